@@ -1,0 +1,300 @@
+"""Checkpoint loading: a local Hugging Face directory, a hub id from the local cache, or ``demo``.
+
+Weights are read without unpickling untrusted data: safetensors first (single file or sharded
+with an index), then ``pytorch_model.bin`` with ``torch.load(weights_only=True)``.
+
+Two key-naming schemes are accepted, with or without the ``vit.`` prefix (and with the prefix
+mixed, as transformers 5.x's ``save_pretrained`` writes for ViTMSNForImageClassification):
+
+* transformers 4.x (the published ``facebook/vit-msn-*`` checkpoints and what 5.x writes on
+  disk): ``encoder.layer.N.attention.attention.query``, ``intermediate.dense``, ``output.dense``;
+* transformers 5.x in-memory names: ``layers.N.attention.q_proj``, ``mlp.fc1``, ``mlp.fc2``.
+
+Every problem raises :class:`InputError` naming the file and the offending keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitmsn.errors import InputError
+from vitmsn.runtime.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
+
+from .model import EXPORT_ATTENTION, Attention, ViTMSNArch, ViTMSNBackbone, ViTMSNClassifier
+from .spec import Task
+
+log = logging.getLogger(__name__)
+
+DEMO = "demo"
+DEMO_DIR = Path(__file__).resolve().parent / "demo" / "checkpoint"
+ACCEPTED_MODEL_TYPES = ("vit_msn", "vit")
+# Tensors some published checkpoints carry that inference does not use.
+IGNORED_KEYS = ("embeddings.mask_token",)
+
+_RENAMES_5X = [
+    (re.compile(r"^layers\.(\d+)\.attention\.q_proj\."), r"encoder.layer.\1.attention.attention.query."),
+    (re.compile(r"^layers\.(\d+)\.attention\.k_proj\."), r"encoder.layer.\1.attention.attention.key."),
+    (re.compile(r"^layers\.(\d+)\.attention\.v_proj\."), r"encoder.layer.\1.attention.attention.value."),
+    (re.compile(r"^layers\.(\d+)\.attention\.o_proj\."), r"encoder.layer.\1.attention.output.dense."),
+    (re.compile(r"^layers\.(\d+)\.mlp\.fc1\."), r"encoder.layer.\1.intermediate.dense."),
+    (re.compile(r"^layers\.(\d+)\.mlp\.fc2\."), r"encoder.layer.\1.output.dense."),
+    (re.compile(r"^layers\.(\d+)\."), r"encoder.layer.\1."),
+]
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: where it came from, its architecture, weights and preprocessing."""
+
+    source: str
+    directory: Path
+    config: dict[str, Any]
+    arch: ViTMSNArch
+    task: Task
+    state_dict: dict[str, torch.Tensor]
+    preprocess: PreprocessConfig
+    preprocess_source: str
+    labels: dict[int, str]
+    sha256: str
+    weight_files: list[str] = field(default_factory=list)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels) if self.task == "image-classification" else 0
+
+    def build_model(self, attention: Attention = EXPORT_ATTENTION) -> torch.nn.Module:
+        """The PyTorch model with these weights, in eval mode."""
+        if self.task == "image-classification":
+            model: torch.nn.Module = ViTMSNClassifier(self.arch, self.num_labels, attention)
+        else:
+            model = ViTMSNBackbone(self.arch, attention)
+        model.load_state_dict(self.state_dict, strict=True)
+        return model.eval()
+
+
+# ---- locating ------------------------------------------------------------------------------
+def _hf_cache_root() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(home) / "hub"
+
+
+def _from_hf_cache(repo_id: str, revision: str = "main") -> Path | None:
+    repo_dir = _hf_cache_root() / ("models--" + repo_id.replace("/", "--"))
+    ref = repo_dir / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = repo_dir / "snapshots" / commit
+    return snapshot if (snapshot / "config.json").is_file() else None
+
+
+def _is_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def resolve_source(source: str) -> Path:
+    """A directory holding config.json for ``source`` (a path, ``demo`` or a hub id)."""
+    if source == DEMO:
+        return DEMO_DIR
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"--model {source}: is a file; pass the checkpoint directory (config.json + weights), a hub id, or 'demo'")
+        return path
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) is None:
+        raise InputError(f"--model {source}: no such directory (and not a hub id of the form owner/name); pass a checkpoint directory, a hub id, or 'demo'")
+    cached = _from_hf_cache(source)
+    if cached is not None:
+        return cached
+    if _is_offline():
+        raise InputError(f"--model {source}: not in the local Hugging Face cache ({_hf_cache_root()}) and HF_HUB_OFFLINE is set; download it on a connected machine or pass a local directory")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise InputError(f"--model {source}: not in the local Hugging Face cache ({_hf_cache_root()}); install huggingface_hub to download it, or pass a local directory") from None
+    try:
+        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+    except Exception as exc:  # network errors come in many types; all mean the same here
+        raise InputError(f"--model {source}: not in the local Hugging Face cache and the download failed ({type(exc).__name__}: {exc}); check the id and network, or pass a local directory") from exc
+
+
+# ---- reading -------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: unreadable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return data
+
+
+def _load_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            tensors.update(load_file(str(f)))
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"{f}: not a readable safetensors file ({exc})") from exc
+    return tensors
+
+
+def _load_bin(files: list[Path]) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            data = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors, zip errors, refused globals
+            raise InputError(f"{f}: cannot be loaded safely with torch.load(weights_only=True) ({exc}); convert it to safetensors") from exc
+        if not isinstance(data, dict):
+            raise InputError(f"{f}: expected a state dict, found {type(data).__name__}")
+        tensors.update(data)
+    return tensors
+
+
+def _weight_files(directory: Path) -> tuple[list[Path], str]:
+    for index_name, kind in (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "bin")):
+        index = directory / index_name
+        if index.is_file():
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise InputError(f"{index}: no weight_map")
+            shards = sorted({directory / name for name in weight_map.values()})
+            missing = [s.name for s in shards if not s.is_file()]
+            if missing:
+                raise InputError(f"{index}: shard files missing: {', '.join(missing)}")
+            return shards, kind
+    if (directory / "model.safetensors").is_file():
+        return [directory / "model.safetensors"], "safetensors"
+    if (directory / "pytorch_model.bin").is_file():
+        return [directory / "pytorch_model.bin"], "bin"
+    raise InputError(f"{directory}: no weights found (expected model.safetensors, a sharded model.safetensors.index.json, or pytorch_model.bin)")
+
+
+def canonical_key(key: str) -> str:
+    """Map any accepted name to our module's name, without the ``vit.`` prefix."""
+    if key.startswith("vit."):
+        key = key[4:]
+    for pattern, repl in _RENAMES_5X:
+        if pattern.match(key):
+            return pattern.sub(repl, key, count=1)
+    return key
+
+
+def _canonical_state(raw: dict[str, torch.Tensor], files: list[Path]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    where = ", ".join(f.name for f in files)
+    for key, value in raw.items():
+        name = canonical_key(key)
+        if name in IGNORED_KEYS:
+            continue
+        if name in out:
+            raise InputError(f"{where}: tensor {key!r} appears twice under different names")
+        out[name] = value
+    return out
+
+
+def _check_against(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], where: str) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = sorted(
+        f"{k} (checkpoint {tuple(found[k].shape)}, config expects {tuple(expected[k].shape)})"
+        for k in set(expected) & set(found)
+        if tuple(expected[k].shape) != tuple(found[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected[:12])}{' ...' if len(unexpected) > 12 else ''}")
+    if shapes:
+        problems.append(f"mis-shaped tensors: {'; '.join(shapes[:12])}")
+    if problems:
+        raise InputError(f"{where}: weights do not match config.json: " + " | ".join(problems))
+
+
+def _fingerprint(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(source: str) -> Checkpoint:
+    directory = resolve_source(source)
+    config = _read_json(directory / "config.json")
+    model_type = config.get("model_type")
+    if model_type not in ACCEPTED_MODEL_TYPES:
+        raise InputError(f"{directory / 'config.json'}: model_type {model_type!r} is not a ViTMSN (expected 'vit_msn')")
+    try:
+        arch = ViTMSNArch.from_config(config)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{directory / 'config.json'}: {exc}") from exc
+
+    files, kind = _weight_files(directory)
+    raw = _load_safetensors(files) if kind == "safetensors" else _load_bin(files)
+    state = _canonical_state(raw, files)
+    where = ", ".join(str(f) for f in files)
+
+    task: Task = "image-classification" if "classifier.weight" in state else "feature-extraction"
+    labels: dict[int, str] = {}
+    if task == "image-classification":
+        num_labels = int(state["classifier.weight"].shape[0])
+        id2label = config.get("id2label") or {}
+        try:
+            labels = {int(k): str(v) for k, v in id2label.items()}
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{directory / 'config.json'}: id2label keys must be integers ({exc})") from exc
+        if not labels:
+            labels = {i: f"LABEL_{i}" for i in range(num_labels)}
+        if sorted(labels) != list(range(num_labels)):
+            raise InputError(
+                f"{directory / 'config.json'}: id2label has {len(labels)} labels but the classifier in {where} has {num_labels} outputs"
+            )
+        reference: torch.nn.Module = ViTMSNClassifier(arch, num_labels)
+        expected = {canonical_key(k): v for k, v in reference.state_dict().items()}
+        _check_against(expected, state, where)
+        state = {k if k.startswith("classifier.") else "vit." + k: v for k, v in state.items()}
+    else:
+        reference = ViTMSNBackbone(arch)
+        _check_against(reference.state_dict(), state, where)
+    bad_dtype = sorted(k for k, v in state.items() if not v.is_floating_point())
+    if bad_dtype:
+        raise InputError(f"{where}: non-floating-point tensors: {', '.join(bad_dtype)}")
+    state = {k: v.to(torch.float32) for k, v in state.items()}
+
+    pre_path = directory / "preprocessor_config.json"
+    if pre_path.is_file():
+        preprocess = PreprocessConfig.from_preprocessor_config(_read_json(pre_path), source=str(pre_path))
+        preprocess_source = "preprocessor_config.json"
+    else:
+        log.warning("%s: no preprocessor_config.json; using ViTImageProcessor defaults (resize %dx%d bilinear, mean/std 0.5)",
+                    directory, arch.image_size, arch.image_size)
+        defaults = dict(DEFAULT_PREPROCESSOR_CONFIG, size={"height": arch.image_size, "width": arch.image_size})
+        preprocess = PreprocessConfig.from_preprocessor_config(defaults, source="defaults")
+        preprocess_source = "default (ViTImageProcessor defaults; no preprocessor_config.json)"
+    if (preprocess.height, preprocess.width) != (arch.image_size, arch.image_size):
+        raise InputError(
+            f"{pre_path}: resizes to {preprocess.height}x{preprocess.width} but config.json image_size is {arch.image_size}"
+        )
+    return Checkpoint(
+        source=source, directory=directory, config=config, arch=arch, task=task, state_dict=state,
+        preprocess=preprocess, preprocess_source=preprocess_source, labels=labels,
+        sha256=_fingerprint(files), weight_files=[f.name for f in files],
+    )

@@ -1,0 +1,143 @@
+"""Staged checks of an exported ONNX graph (STYLE.md #5). Each stage can fail the run.
+
+1. ``onnx_checker``: ``onnx.checker.check_model(full_check=True)`` (with shape inference).
+2. ``io_signature``: input/output names, dtypes and static dims as the spec declares them, and a
+   symbolic batch axis (a ``dim_param``, not a number) on every input and output.
+3. ``onnxruntime_parity``: ONNX Runtime on CPU against PyTorch at batch sizes 1, 3 and 8, per
+   output, with the tolerance stated in the result (``|ort - torch| <= atol + rtol * |torch|``).
+
+A later stage is skipped (and says so) when an earlier one failed, because its result would
+mean nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from .spec import ATOL_FP32, BATCH_AXIS, CHECK_BATCH_SIZES, RTOL_FP32, ExportSpec
+
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
+
+
+@dataclass
+class StageResult:
+    stage: str
+    passed: bool
+    detail: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_onnx_checker(path: Path) -> StageResult:
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return StageResult("onnx_checker", False, f"{path.name}: {str(exc).strip().splitlines()[0]}")
+    return StageResult("onnx_checker", True, f"{path.name}: onnx.checker full check passed")
+
+
+def _signature(values: Any) -> dict[str, tuple[str, list[int | str]]]:
+    sig = {}
+    for v in values:
+        t = v.type.tensor_type
+        dims: list[int | str] = [d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else "?")
+                                 for d in t.shape.dim]
+        sig[v.name] = (_ONNX_DTYPES.get(t.elem_type, onnx.TensorProto.DataType.Name(t.elem_type).lower()), dims)
+    return sig
+
+
+def check_io_signature(proto: onnx.ModelProto, spec: ExportSpec, io_dtype: str = "float32") -> StageResult:
+    problems: list[str] = []
+    got_in, got_out = _signature(proto.graph.input), _signature(proto.graph.output)
+    for expected, got, kind in (([spec.input], got_in, "input"), (list(spec.outputs), got_out, "output")):
+        want_names = [t.name for t in expected]
+        if list(got) != want_names:
+            problems.append(f"{kind} names {list(got)} != declared {want_names}")
+            continue
+        for t in expected:
+            dtype, dims = got[t.name]
+            if dtype != io_dtype:
+                problems.append(f"{kind} {t.name}: dtype {dtype}, expected {io_dtype}")
+            if len(dims) != len(t.shape):
+                problems.append(f"{kind} {t.name}: rank {len(dims)}, expected {len(t.shape)}")
+                continue
+            if not isinstance(dims[0], str) or dims[0] in ("", "?"):
+                problems.append(f"{kind} {t.name}: batch axis is {dims[0]!r}, not symbolic")
+            elif dims[0] != BATCH_AXIS:
+                problems.append(f"{kind} {t.name}: batch axis is named {dims[0]!r}, expected {BATCH_AXIS!r}")
+            for i, (d, w) in enumerate(zip(dims[1:], t.shape[1:]), start=1):
+                if d != w:
+                    problems.append(f"{kind} {t.name}: dim {i} is {d}, expected {w}")
+    if problems:
+        return StageResult("io_signature", False, "; ".join(problems))
+    return StageResult("io_signature", True,
+                       f"inputs {list(got_in)} and outputs {list(got_out)} as declared, batch axis symbolic ({BATCH_AXIS!r})")
+
+
+def compare_outputs(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> dict[str, Any]:
+    """Elementwise comparison figures of one output (float64 arithmetic)."""
+    g, r = got.astype(np.float64), ref.astype(np.float64)
+    diff = np.abs(g - r)
+    bound = atol + rtol * np.abs(r)
+    violations = int((diff > bound).sum()) + int((~np.isfinite(g)).sum())
+    return {
+        "max_abs": float(diff.max()) if diff.size else 0.0,
+        "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        "max_rel": float((diff / np.maximum(np.abs(r), 1e-12)).max()) if diff.size else 0.0,
+        "violations": violations,
+        "elements": int(diff.size),
+    }
+
+
+def check_runtime_parity(run_onnx: Callable[[np.ndarray], dict[str, np.ndarray]],
+                         run_torch: Callable[[np.ndarray], dict[str, np.ndarray]],
+                         spec: ExportSpec, *, atol: float = ATOL_FP32, rtol: float = RTOL_FP32,
+                         batch_sizes: tuple[int, ...] = CHECK_BATCH_SIZES, seed: int = 0,
+                         inputs: np.ndarray | None = None) -> StageResult:
+    """Compare ``run_onnx`` with ``run_torch`` on the same inputs at each batch size.
+
+    ``inputs`` (real preprocessed images, [N,3,H,W]) are used when given and large enough;
+    otherwise inputs are drawn from N(0, 1), the range a normalised image has.
+    """
+    a = spec.arch
+    rng = np.random.default_rng(seed)
+    per_batch: dict[str, dict[str, Any]] = {}
+    failures = []
+    for n in batch_sizes:
+        if inputs is not None and len(inputs) >= n:
+            x = np.ascontiguousarray(inputs[:n], dtype=np.float32)
+        else:
+            x = rng.standard_normal((n, a.num_channels, a.image_size, a.image_size), dtype=np.float32)
+        got, ref = run_onnx(x), run_torch(x)
+        per_output = {}
+        for name in spec.output_names:
+            if name not in got:
+                failures.append(f"batch {n}: output {name!r} missing from ONNX Runtime results")
+                continue
+            if got[name].shape != ref[name].shape:
+                failures.append(f"batch {n}: output {name!r} shape {got[name].shape} != PyTorch {ref[name].shape}")
+                continue
+            m = compare_outputs(got[name], ref[name], atol, rtol)
+            per_output[name] = m
+            if m["violations"]:
+                failures.append(f"batch {n}: output {name!r} has {m['violations']} of {m['elements']} elements outside "
+                                f"atol {atol:g} + rtol {rtol:g} (max abs {m['max_abs']:.3g})")
+        per_batch[str(n)] = per_output
+    metrics = {"atol": atol, "rtol": rtol, "batch_sizes": list(batch_sizes), "per_batch": per_batch}
+    if failures:
+        return StageResult("onnxruntime_parity", False, "; ".join(failures), metrics)
+    worst = max((m["max_abs"] for out in per_batch.values() for m in out.values()), default=0.0)
+    return StageResult("onnxruntime_parity", True,
+                       f"ONNX Runtime CPU matches PyTorch at batch sizes {list(batch_sizes)} within atol {atol:g}, "
+                       f"rtol {rtol:g} (worst max abs {worst:.2e})", metrics)
+
+
+def skipped(stage: str, because: str) -> StageResult:
+    return StageResult(stage, False, f"not run: {because}")

@@ -1,0 +1,220 @@
+"""A deterministic, procedural, labelled image set: one filled shape per image (numpy + Pillow only).
+
+Each image shows one large shape of its class (``LABELS``) with a random fill colour, size,
+position and rotation, on a solid, gradient or noisy background, with small distractor clutter
+(thin lines and dots, always much smaller than the shape) and mild pixel noise. Source images
+are 200-320 px on each side, rarely square, so the runtime's resize really runs.
+
+The same ``(seed, split)`` always gives byte-identical files: every image draws from its own
+``numpy.random.Generator`` seeded by ``(seed, split, class, index)``, and the train and held-out
+splits use different split tags, so their random streams never coincide.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+LABELS: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "crescent")
+Split = Literal["train", "heldout"]
+# Split tags mixed into every image's seed: the two splits never share a random stream.
+SPLIT_TAGS: dict[str, int] = {"train": 0x7261696E, "heldout": 0x68656C64}
+DEFAULT_HELDOUT_SEED = 20240601
+SOURCE_SIZE_RANGE = (200, 320)
+_SUPERSAMPLE = 2  # shapes are drawn at 2x and downsampled, for anti-aliased edges
+
+
+def image_rng(seed: int, split: Split, label_index: int, index: int) -> np.random.Generator:
+    """The generator that renders image ``index`` of class ``label_index`` in ``split``."""
+    if split not in SPLIT_TAGS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_TAGS)}, got {split!r}")
+    return np.random.default_rng([int(seed), SPLIT_TAGS[split], int(label_index), int(index)])
+
+
+# ---- geometry -------------------------------------------------------------------------------
+def _polygon(n: int, radius: float, angle: float, cx: float, cy: float, inner: float | None = None) -> list[tuple[float, float]]:
+    """A regular n-gon (or an n-pointed star when ``inner`` is the inner radius ratio)."""
+    points = []
+    steps = 2 * n if inner is not None else n
+    for k in range(steps):
+        r = radius * (inner if inner is not None and k % 2 else 1.0)
+        a = angle + 2 * math.pi * k / steps
+        points.append((cx + r * math.cos(a), cy + r * math.sin(a)))
+    return points
+
+
+def _rotated(points: Sequence[tuple[float, float]], angle: float, cx: float, cy: float) -> list[tuple[float, float]]:
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
+
+
+def _shape_mask(label: str, size: tuple[int, int], cx: float, cy: float, r: float, angle: float,
+                rng: np.random.Generator) -> Image.Image:
+    """An L-mode mask (255 inside the shape) of ``size``; ``r`` is the circumscribed radius."""
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if label == "circle":
+        draw.ellipse(box, fill=255)
+    elif label == "square":
+        draw.polygon(_polygon(4, r, angle, cx, cy), fill=255)
+    elif label == "triangle":
+        draw.polygon(_polygon(3, r, angle, cx, cy), fill=255)
+    elif label == "hexagon":
+        draw.polygon(_polygon(6, r, angle, cx, cy), fill=255)
+    elif label == "star":
+        draw.polygon(_polygon(5, r, angle, cx, cy, inner=float(rng.uniform(0.38, 0.5))), fill=255)
+    elif label == "cross":
+        w = r * float(rng.uniform(0.28, 0.4))  # half the arm width
+        arm = [(-r, -w), (r, -w), (r, w), (-r, w)]
+        draw.polygon(_rotated(arm, angle, cx, cy), fill=255)
+        draw.polygon(_rotated([(y, x) for x, y in arm], angle, cx, cy), fill=255)
+    elif label == "ring":
+        inner = r * float(rng.uniform(0.45, 0.65))
+        draw.ellipse(box, fill=255)
+        draw.ellipse((cx - inner, cy - inner, cx + inner, cy + inner), fill=0)
+    elif label == "crescent":
+        draw.ellipse(box, fill=255)
+        offset = r * float(rng.uniform(0.45, 0.65))
+        inner = r * float(rng.uniform(0.8, 0.95))
+        ox, oy = cx + offset * math.cos(angle), cy + offset * math.sin(angle)
+        draw.ellipse((ox - inner, oy - inner, ox + inner, oy + inner), fill=0)
+    else:
+        raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
+    return mask
+
+
+# ---- colours and backgrounds ----------------------------------------------------------------
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 256, size=3).astype(np.float32)
+
+
+def _contrasting(rng: np.random.Generator, against: np.ndarray, min_distance: float = 120.0) -> np.ndarray:
+    """A random colour at least ``min_distance`` (RGB Euclidean) from ``against``."""
+    for _ in range(64):
+        c = _colour(rng)
+        if float(np.linalg.norm(c - against)) >= min_distance:
+            return c
+    return 255.0 - against  # the complement is always far enough for mid-range backgrounds too
+
+
+def _background(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 HxWx3 background and its mean colour."""
+    kind = int(rng.integers(0, 3))
+    a = _colour(rng)
+    if kind == 0:  # solid
+        bg = np.broadcast_to(a, (h, w, 3)).copy()
+    elif kind == 1:  # linear gradient between two colours
+        b = _colour(rng)
+        theta = float(rng.uniform(0, 2 * math.pi))
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        t = (xs * math.cos(theta) + ys * math.sin(theta))
+        t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
+        bg = a + (b - a) * t[..., None]
+    else:  # blotchy noise: coarse random field, upsampled smoothly
+        b = _colour(rng)
+        coarse = rng.random((int(rng.integers(3, 8)), int(rng.integers(3, 8)))).astype(np.float32)
+        field = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8), "L").resize((w, h), Image.BICUBIC),
+                           dtype=np.float32) / 255.0
+        bg = a + (b - a) * field[..., None]
+    return bg.astype(np.float32), bg.reshape(-1, 3).mean(axis=0)
+
+
+def _draw_clutter(image: Image.Image, rng: np.random.Generator, r: float, background: np.ndarray) -> None:
+    """Distractors much smaller than the shape, drawn in place: thin line segments and small dots."""
+    w, h = image.size
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(0, 7))):
+        colour = tuple(int(v) for v in _contrasting(rng, background, 60.0))
+        x0, y0 = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+        if rng.random() < 0.5:
+            length, a = float(rng.uniform(0.2, 0.6)) * r, float(rng.uniform(0, 2 * math.pi))
+            draw.line([(x0, y0), (x0 + length * math.cos(a), y0 + length * math.sin(a))],
+                      fill=colour, width=int(rng.integers(1, 4)))
+        else:
+            d = float(rng.uniform(0.04, 0.12)) * r
+            draw.ellipse((x0 - d, y0 - d, x0 + d, y0 + d), fill=colour)
+
+
+# ---- rendering ------------------------------------------------------------------------------
+def render(label: str, rng: np.random.Generator, size: tuple[int, int] | None = None) -> Image.Image:
+    """One RGB image of ``label``; ``size`` is (width, height), random in 200-320 px when None."""
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
+    if size is None:
+        lo, hi = SOURCE_SIZE_RANGE
+        size = (int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)))
+    w, h = size
+
+    bg, bg_mean = _background(rng, w, h)
+    r = min(w, h) * float(rng.uniform(0.2, 0.4))
+    cx = float(rng.uniform(r, w - r))
+    cy = float(rng.uniform(r, h - r))
+    angle = float(rng.uniform(0, 2 * math.pi))
+    fill = _contrasting(rng, bg_mean)
+
+    # Background, then clutter, then the shape on top (clutter never changes its outline).
+    image = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
+    _draw_clutter(image, rng, r, bg_mean)
+    # The mask is drawn at _SUPERSAMPLE x and box-filtered down: anti-aliased edges.
+    s = _SUPERSAMPLE
+    mask = _shape_mask(label, (w * s, h * s), cx * s, cy * s, r * s, angle, rng).resize((w, h), Image.BOX)
+    shade = 1.0 + float(rng.uniform(-0.15, 0.15)) * np.linspace(-1, 1, w, dtype=np.float32)[None, :, None]
+    fill_layer = np.broadcast_to(np.clip(fill * shade, 0, 255).astype(np.uint8), (h, w, 3))
+    image = Image.composite(Image.fromarray(np.ascontiguousarray(fill_layer), "RGB"), image, mask)
+
+    if rng.random() < 0.3:
+        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
+    sigma = float(rng.uniform(0, 8))
+    if sigma > 0.5:
+        noise = rng.standard_normal((h, w, 3), dtype=np.float32) * np.float32(sigma)
+        noisy = np.asarray(image, dtype=np.float32) + noise
+        image = Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8), "RGB")
+    return image
+
+
+def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
+    """Encode as JPEG and decode again, as a file written by :func:`write_dataset` would be read."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    out = Image.open(buf)
+    out.load()
+    return out
+
+
+def write_dataset(out_dir: str | Path, per_class: int, seed: int = DEFAULT_HELDOUT_SEED, split: Split = "heldout",
+                  formats: Iterable[str] = ("jpg", "png"), labels: Sequence[str] = LABELS) -> list[Path]:
+    """Write ``per_class`` images per label into ``out_dir/<label>/<label>_NNNN.<ext>``.
+
+    Formats alternate per image (``formats[i % len(formats)]``); JPEG quality is random in 75-95.
+    Returns the written paths, class by class in ``labels`` order. The same arguments always
+    write byte-identical files.
+    """
+    formats = tuple(f.lower().lstrip(".") for f in formats)
+    if not formats or any(f not in ("jpg", "jpeg", "png") for f in formats):
+        raise ValueError(f"formats must be a non-empty subset of ('jpg', 'jpeg', 'png'), got {formats}")
+    if per_class < 0:
+        raise ValueError(f"per_class must be >= 0, got {per_class}")
+    out = Path(out_dir)
+    paths: list[Path] = []
+    for label in labels:
+        label_index = LABELS.index(label)  # the seed depends on the class, not on the subset asked for
+        folder = out / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            rng = image_rng(seed, split, label_index, i)
+            image = render(label, rng)
+            ext = formats[i % len(formats)]
+            path = folder / f"{label}_{i:04d}.{ext}"
+            if ext in ("jpg", "jpeg"):
+                image.save(path, format="JPEG", quality=int(rng.integers(75, 96)))
+            else:
+                image.save(path, format="PNG", compress_level=1)
+            paths.append(path)
+    return paths

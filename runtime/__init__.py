@@ -1,0 +1,1 @@
+"""The slim runtime: preprocessing and inference on ONNX Runtime or TensorRT. Never imports torch."""
