@@ -111,13 +111,19 @@ class ViTMSNArch:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    def gflops_per_image(self) -> float:
-        """Multiply-accumulate count x2 of one forward pass (matmuls only), in GFLOP."""
+    def gflops_per_image(self, include_attention: bool = False) -> float:
+        """GFLOP (2 x multiply-accumulates) of one forward pass.
+
+        By default the dense layers only (patch projection, Q/K/V/output projections, MLP), the
+        convention behind the 8.48 GFLOP quoted for ViT-S/16 at 224 in ENVIRONMENT.md; the two
+        attention matmuls (Q @ K^T and P @ V, 0.72 GFLOP for ViT-S) are added on request.
+        """
         t = self.num_patches + 1
         d, m = self.hidden_size, self.intermediate_size
-        per_layer = 2 * t * (4 * d * d + 2 * d * m) + 2 * 2 * t * t * d
-        patch = 2 * self.num_patches * d * self.num_channels * self.patch_size**2
-        return (self.num_hidden_layers * per_layer + patch) / 1e9
+        dense = self.num_hidden_layers * 2 * t * (4 * d * d + 2 * d * m)
+        dense += 2 * self.num_patches * d * self.num_channels * self.patch_size**2
+        attention = self.num_hidden_layers * 2 * 2 * t * t * d if include_attention else 0
+        return (dense + attention) / 1e9
 
 
 class PatchEmbeddings(nn.Module):

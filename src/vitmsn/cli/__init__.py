@@ -72,5 +72,31 @@ def _missing_dependency(name: str, missing: str) -> click.Command:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vitmsn")
+def group() -> None:
+    """vitmsn: ViTMSN models from PyTorch to ONNX, FP16/INT8 and TensorRT, with a slim runtime.
+
+    Options of each command may also come from the config file: [tool.vitmsn.<command>] in the
+    working directory's pyproject.toml, or [<command>] in vitmsn.toml.
+    """
+
+
 def main() -> None:
-    """vitmsn: ViTMSN models from PyTorch to ONNX, FP16/INT8 and TensorRT, with a slim runtime."""
+    import sys
+    from pathlib import Path
+
+    from vitmsn.config import default_map
+    from vitmsn.errors import InputError
+
+    # Only the command being run reads its config table, so a broken optional command never
+    # stops the others.
+    name = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    defaults = {}
+    if name in COMMANDS:
+        command = group.get_command(click.Context(group), name)
+        if command is not None:
+            try:
+                defaults = default_map(Path.cwd(), {name: {p.name for p in command.params if p.name}})
+            except InputError as exc:
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(2)
+    group.main(prog_name="vitmsn", default_map=defaults)
