@@ -1,10 +1,14 @@
-"""The whole export run behind ``vitmsn-export``: checkpoint -> ONNX -> checks -> manifest.
+"""The whole export run behind ``vitmsn-export``: checkpoint -> ONNX (FP32, FP16, INT8) -> engines ->
+checks and drift gates -> manifest and report.
 
-Each step is a named function from the other modules; this module only sequences them, records
-what they did in the manifest and report, and decides the outcome:
+Each step is a named function from the other modules (:mod:`.precisions` holds the FP16, INT8
+and engine steps); this module only sequences them, records what they did in the manifest and
+report, and decides the outcome:
 
-* bad options or input -> :class:`InputError` before anything is written (exit 2);
-* artifacts written but a check or gate failed -> :class:`ValidationFailed` (exit 1).
+* bad options or input (including too few calibration images, or ``--engine require`` without a
+  builder) -> :class:`InputError` before anything is written (exit 2);
+* artifacts written but a check, an engine build or a drift gate failed -> :class:`ValidationFailed`
+  (exit 1); the report says which stage, which precision and by how much.
 
 The manifest is removed when a run starts and written last, so an interrupted run never leaves
 a directory that looks complete.
@@ -16,7 +20,7 @@ import datetime as _dt
 import logging
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +28,20 @@ import numpy as np
 import torch
 
 import vitmsn
+from vitmsn.calibration import CalibrationMethod, CalibrationOptions, CalibrationSet, calibration_set_from_directory
 from vitmsn.errors import InputError, ValidationFailed
 from vitmsn.runtime.manifest import MANIFEST_NAME, PRECISIONS, SCHEMA_VERSION, Manifest, sha256_file
 
 from . import checks
 from .checkpoint import Checkpoint, load_checkpoint
+from .comparison import comparison_inputs, outputs_in_batches
+from .drift_gates import Gates
+from .engine import EngineOptions, builder_status
+from .fp16 import Fp16Options
+from .int8 import Int8Options
 from .model import EXPORT_ATTENTION, Attention
 from .onnx_export import onnx_from_model
+from .precisions import FILES, StepContext, engine_step, fp16_step, int8_step
 from .report import write_export_report
 from .spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
 
@@ -52,8 +63,19 @@ class ExportOptions:
     target: str = "tensorrt"
     calib_images: Path | None = None
     calib_samples: int = 128
+    calib_seed: int = 0
+    calib_min_images: int = 16
+    calib_cache: Path | None = None
     validate_images: Path | None = None
     fail_on_drift: bool = False
+    fp16_io: bool = False  # FP16 graph inputs/outputs (default: FP32 I/O, casts inside)
+    int8_method: str = "entropy"
+    int8_exclude: tuple[str, ...] = ()
+    int8_high_precision: str = "auto"  # auto: fp16 when an engine is built from it, else fp32
+    int8_cpu: bool = True  # also write model.int8.cpu.onnx, placed for ONNX Runtime on CPU
+    engine_options: EngineOptions | None = None  # workspace, timing cache, ...; target/batch come from here
+    gates: Gates = Gates()
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -72,9 +94,14 @@ class ExportOptions:
         for option, path in (("--calib-images", self.calib_images), ("--validate-images", self.validate_images)):
             if path is not None and not Path(path).is_dir():
                 raise InputError(f"{option} {path}: no such directory")
-        not_yet = [p for p in self.precisions if p != "fp32"]
-        if not_yet:
-            raise InputError(f"--precision {not_yet[0]}: not available in this version (fp32 only)")
+        if "int8" in self.precisions and self.calib_images is None:
+            raise InputError("--precision int8 needs --calib-images DIR (a folder of representative images)")
+        if self.int8_method not in {m.value for m in CalibrationMethod}:
+            raise InputError(f"--int8-method {self.int8_method}: choose from {', '.join(m.value for m in CalibrationMethod)}")
+        if self.int8_high_precision not in ("auto", "fp16", "fp32"):
+            raise InputError(f"--int8-high-precision {self.int8_high_precision}: choose from auto, fp16, fp32")
+        eo = self.engine_options or EngineOptions()
+        object.__setattr__(self, "engine_options", replace(eo, target=self.target, batch=self.batch))
 
 
 @dataclass
@@ -93,11 +120,13 @@ class ExportResult:
         return [s for s in self.stages if not s.passed]
 
 
-def tool_versions() -> dict[str, str]:
+def tool_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
+    import importlib.metadata as md
+
     import onnx
     import onnxruntime
 
-    return {
+    versions = {
         "vitmsn": vitmsn.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -105,6 +134,11 @@ def tool_versions() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
     }
+    try:
+        versions["nvidia-modelopt"] = md.version("nvidia-modelopt")
+    except md.PackageNotFoundError:
+        pass
+    return {**versions, **(extra or {})}
 
 
 def _ort_runner(path: Path, input_name: str):
@@ -170,15 +204,34 @@ def manifest_skeleton(opts: ExportOptions, ck: Checkpoint, spec: ExportSpec) -> 
     }
 
 
+def _calibration(opts: ExportOptions, preprocess_block: dict[str, Any]) -> CalibrationSet | None:
+    if opts.calib_images is None or not {"fp16", "int8"} & set(opts.precisions):
+        return None
+    return calibration_set_from_directory(opts.calib_images, preprocess_block, CalibrationOptions(
+        samples=opts.calib_samples, seed=opts.calib_seed, min_images=opts.calib_min_images, cache_dir=opts.calib_cache))
+
+
 def run_export(opts: ExportOptions) -> ExportResult:
     """Run the export. Raises InputError (nothing written) or ValidationFailed (artifacts written)."""
     started = time.perf_counter()
     ck = load_checkpoint(opts.model)
     spec = ExportSpec(ck.arch, ck.task, ck.num_labels)
+    assert opts.engine_options is not None
+    notes: list[str] = []
+    build_engines = False
+    if opts.engine != "skip":  # decided before anything is written: --engine require fails here
+        status = builder_status(opts.target)
+        build_engines = status.available
+        if not status.available:
+            if opts.engine == "require":
+                raise InputError(f"--engine require: no engine can be built: {status.reason}")
+            notes.append(f"no engine built (--engine auto): {status.reason}")
+    preprocess_block = dict(ck.preprocess.to_manifest(), source=ck.preprocess_source)
+    calibration = _calibration(opts, preprocess_block)  # too few usable images: InputError, nothing written
+
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
-
     model = ck.build_model(opts.attention)
     fp32_path = out / "model.fp32.onnx"
     log.info("exporting %s (%s, %s attention) to %s", opts.model, spec.task, opts.attention, fp32_path)
@@ -196,14 +249,52 @@ def run_export(opts: ExportOptions) -> ExportResult:
         "export_seconds": round(export_seconds, 2),
         "validation": {s.stage: {"passed": s.passed, "detail": s.detail} for s in stages},
     }
-    result = ExportResult(out, Manifest(out, data), stages)
-    if opts.engine != "skip":
-        result.notes.append(f"no engine built: engine builds arrive with the precision release (--engine {opts.engine})")
-        if opts.engine == "require":
-            raise InputError("--engine require: this version builds no TensorRT engine; use --engine auto or skip")
+    if calibration is not None:
+        data["calibration"] = calibration.to_manifest()
+    result = ExportResult(out, Manifest(out, data), stages, notes)
+    rows: list[dict[str, Any]] = []
+    inputs = None
+    converted = [p for p in opts.precisions if p != "fp32"]
+    if converted and all(s.passed for s in stages):
+        chw = tuple(int(d) for d in spec.input.shape[1:])
+        inputs = comparison_inputs(data["preprocess"], ck.labels, chw, validate_images=opts.validate_images,
+                                   calibration=calibration)
+        reference = outputs_in_batches(_torch_runner(model, spec), inputs.tensors)
+        ctx = StepContext(out, fp32_path, spec, inputs, reference, opts.gates, opts.fail_on_drift, opts.verbose)
+        if "fp16" in opts.precisions:
+            entry, new, r = fp16_step(ctx, Fp16Options(io_dtype="float16" if opts.fp16_io else "float32",
+                                                       verbose=opts.verbose), calibration)
+            data["precisions"]["fp16"] = entry
+            stages += new
+            rows += r
+        if "int8" in opts.precisions:
+            assert calibration is not None
+            high = opts.int8_high_precision if opts.int8_high_precision != "auto" else ("fp16" if build_engines else "fp32")
+            int8_options = Int8Options(method=CalibrationMethod(opts.int8_method), high_precision=high,
+                                       exclude=tuple(opts.int8_exclude), verbose=opts.verbose)
+            entry, new, r = int8_step(ctx, int8_options, calibration, cpu_flavour=opts.int8_cpu)
+            data["precisions"]["int8"] = entry
+            stages += new
+            rows += r
+    elif converted:
+        stages += [checks.skipped(f"convert_{p}", "the FP32 reference graph failed its checks") for p in converted]
+
+    if build_engines and all(s.passed for s in stages if not s.stage.startswith("drift_")):
+        engine_versions = {}
+        for precision in opts.precisions:
+            entry = data["precisions"][precision]
+            onnx_file = entry["file"]
+            built, stage = engine_step(out, precision, onnx_file, spec, entry["io_dtype"], opts.engine_options)
+            stages.append(stage)
+            if built is not None:
+                data["engines"].append(built)
+                engine_versions[opts.target] = built["tensorrt_version"]
+        data["versions"].update(engine_versions)
+    elif build_engines:
+        notes.append("no engine built: an earlier check failed")
 
     data["total_seconds"] = round(time.perf_counter() - started, 2)
-    data["reports"] = write_export_report(out, data, stages)
+    data["reports"] = write_export_report(out, data, stages, rows, inputs.describe() if inputs else None)
     data["passed"] = result.passed
     result.manifest.save()
     if not result.passed:

@@ -25,20 +25,39 @@ def _parity_metrics(stage: StageResult) -> dict[str, Any]:
     }
 
 
-def export_report(manifest: dict[str, Any], stages: list[StageResult]) -> dict[str, Any]:
+def export_report(manifest: dict[str, Any], stages: list[StageResult], rows: list[dict[str, Any]] | None = None,
+                  inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """report.json: the staged checks, then one result per (backend, precision) compared with PyTorch FP32.
+
+    ``rows`` are the converted precisions' comparisons (:mod:`.comparison`); ``failed_stages``
+    names every stage that failed, so a CI log can say which gate stopped the run.
+    """
     parity = next((s for s in stages if s.stage == "onnxruntime_parity"), None)
+    fp32_stages = [s for s in stages if s.stage in ("onnx_checker", "io_signature", "onnxruntime_parity")]
     return {
         "reference": {"backend": "pytorch", "precision": "fp32", "attention": manifest["model"]["attention"],
                       "source": manifest["model"]["source"]},
         "passed": all(s.passed for s in stages),
+        "failed_stages": [s.stage for s in stages if not s.passed],
+        "comparison_inputs": inputs,
         "stages": [s.to_dict() for s in stages],
         "results": [{
             "backend": "onnxruntime",
             "precision": "fp32",
-            "passed": all(s.passed for s in stages),
+            "variant": "fp32",
+            "passed": all(s.passed for s in fp32_stages),
             "metrics": _parity_metrics(parity) if parity else {},
-        }],
+        }] + list(rows or []),
+        "engines": [{k: e.get(k) for k in ("file", "precision", "target", "tensorrt_version", "size_bytes",
+                                             "build_seconds", "profile", "compute_capabilities")}
+                    for e in manifest.get("engines", [])],
     }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
@@ -48,9 +67,10 @@ def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
         "",
         f"- task: {m['task']}, attention: {m['attention']}, opset {manifest['opset']}",
         f"- batch profile: {manifest['batch']}",
-        f"- result: **{'PASSED' if report['passed'] else 'FAILED'}**",
+        f"- result: **{'PASSED' if report['passed'] else 'FAILED'}**"
+        + (f" (failed: {', '.join(report['failed_stages'])})" if report.get("failed_stages") else ""),
         "",
-        "## Staged checks (reference graph, model.fp32.onnx)",
+        "## Staged checks",
         "",
         "| stage | result | detail |",
         "|---|---|---|",
@@ -66,11 +86,41 @@ def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
             for name, f in outputs.items():
                 lines.append(f"| {batch} | {name} | {f['max_abs']:.2e} | {f['mean_abs']:.2e} | {f['max_rel']:.2e} | "
                              f"{f['violations']}/{f['elements']} |")
+    converted = [r for r in report["results"] if r.get("variant") != "fp32"]
+    if converted:
+        inputs = report.get("comparison_inputs") or {}
+        lines += ["", f"## Precisions vs PyTorch FP32 ({inputs.get('source', '?')}, {inputs.get('count', '?')} images)", "",
+                  "| graph | precision | top-1 agreement | cosine min | cosine mean | max abs | accuracy | accuracy (FP32) | gates |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in converted:
+            m = r["metrics"]
+            gates = ", ".join(f"{g['metric']} {g['op']} {g['threshold']:g}: {'pass' if g['passed'] else '**FAIL**'}"
+                              for g in r.get("gates", []))
+            lines.append(f"| {r['variant']} | {r['precision']} | {_fmt(m.get('top1_agreement'))} | {_fmt(m.get('cosine_min'))} | "
+                         f"{_fmt(m.get('cosine_mean'))} | {_fmt(m.get('max_abs'))} | {_fmt(m.get('accuracy'))} | "
+                         f"{_fmt(m.get('accuracy_reference'))} | {gates} |")
+    engines = report.get("engines") or []
+    if engines:
+        lines += ["", "## Engines", "", "| file | precision | target | version | size | build | profile (min/opt/max) | compute |",
+                  "|---|---|---|---|---:|---:|---|---|"]
+        for e in engines:
+            prof = next(iter((e.get("profile") or {}).values()), {})
+            shapes = " / ".join("x".join(str(d) for d in prof.get(k, [])) for k in ("min", "opt", "max"))
+            lines.append(f"| {e['file']} | {e['precision']} | {e['target']} | {e['tensorrt_version']} | "
+                         f"{(e.get('size_bytes') or 0) / 1e6:.1f} MB | {_fmt(e.get('build_seconds'))}s | {shapes} | "
+                         f"{','.join(e.get('compute_capabilities') or [])} |")
+    calib = manifest.get("calibration")
+    if calib:
+        lines += ["", f"Calibration: {calib['count']} images from {calib['source']} (seed {calib['seed']}, "
+                  f"{'stratified by class folder' if calib['stratified'] else 'not class-structured'}), tensors sha256 "
+                  f"{calib['tensor_sha256'][:16]}..., {calib['skipped_count']} unreadable image(s) skipped"
+                  + "".join(f"\n- skipped {s['file']}: {s['reason']}" for s in calib.get("skipped", [])[:20])]
     return "\n".join(lines) + "\n"
 
 
-def write_export_report(out: Path, manifest: dict[str, Any], stages: list[StageResult]) -> dict[str, str]:
-    report = export_report(manifest, stages)
+def write_export_report(out: Path, manifest: dict[str, Any], stages: list[StageResult],
+                        rows: list[dict[str, Any]] | None = None, inputs: dict[str, Any] | None = None) -> dict[str, str]:
+    report = export_report(manifest, stages, rows, inputs)
     write_json_atomic(out / "report.json", report)
     write_bytes_atomic(out / "report.md", export_markdown(manifest, report).encode())
     return {"json": "report.json", "md": "report.md"}

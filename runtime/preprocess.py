@@ -2,18 +2,27 @@
 
 This is the one implementation used by calibration, validation, benchmarks and serving alike
 (STYLE.md #12). It reproduces transformers' ``ViTImageProcessor`` (PIL backend) configured from
-the same ``preprocessor_config.json``:
+the same ``preprocessor_config.json``, to within 1e-5 on the same RGB image (in fact bit-exactly):
 
-1. decode, apply the EXIF orientation, convert to RGB (transparency is composited onto white,
-   as transformers' ``convert_to_rgb`` does; 16-bit grey is scaled to 8 bits, not clipped);
-2. ``PIL.Image.resize((width, height), resample, reducing_gap=None)`` on the uint8 image;
-3. ``(float32(uint8 * rescale_factor) - mean) / std`` per channel, done with a 256-entry
-   lookup table per channel, which is bit-identical to the float arithmetic and much faster;
-4. HWC -> CHW float32.
+1. decode (paths, bytes, file objects; a fixed list of raster formats, never EPS/PDF), refuse
+   images over ``max_pixels`` before decoding them, apply the EXIF orientation;
+2. convert to RGB as transformers' ``convert_to_rgb`` does: transparency (RGBA, LA, P with a
+   transparent index) is composited onto white, everything else goes through ``convert("RGB")``;
+   16-bit grey is scaled to 8 bits (not clipped, which would turn most of it white);
+3. ``PIL.Image.resize((width, height), resample, reducing_gap=None)`` on the uint8 image;
+4. ``(float32(float64(uint8) * rescale_factor) - mean) / std`` per channel, done with a 256-entry
+   lookup table per channel: bit-identical to the float arithmetic and about 10x faster;
+5. HWC -> CHW float32.
+
+``draft=True`` (off by default, never recorded in the manifest) trades exactness for speed: JPEGs
+are decoded at 1/2, 1/4 or 1/8 scale by libjpeg (still at least the target size) and other images
+are pre-reduced with ``reducing_gap=3``. It no longer matches transformers to 1e-5 (measure with
+``python benchmarks/runtime_e2e.py --preprocess-only``).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from dataclasses import dataclass, field
@@ -21,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from vitmsn.errors import InputError
 
@@ -44,6 +53,18 @@ RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "b
 # Refuse images above this many pixels before decoding them (decompression bombs). Pillow's own
 # guard only warns up to 2x its limit and is process-global; this check is per call.
 DEFAULT_MAX_PIXELS = 64_000_000
+# Raster formats Pillow may try. EPS/PS (which would run Ghostscript), PDF, fonts and the like are
+# never attempted on untrusted input.
+# (MPO, the multi-picture JPEG of many cameras, opens through the JPEG plugin.)
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "TGA", "ICO", "JPEG2000", "AVIF")
+# EXIF Orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION_TAG = 0x0112
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 class ImageError(InputError):
@@ -62,6 +83,7 @@ class PreprocessConfig:
     image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    draft: bool = False
     _lut: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -71,6 +93,8 @@ class PreprocessConfig:
             raise InputError("preprocess: image_mean and image_std need 3 values (RGB)")
         if any(s == 0 for s in self.image_std):
             raise InputError("preprocess: image_std must not contain 0")
+        if self.height <= 0 or self.width <= 0:
+            raise InputError(f"preprocess: size {self.height}x{self.width} must be positive")
         object.__setattr__(self, "_lut", self._build_lut())
 
     # ---- construction -------------------------------------------------------------------
@@ -112,7 +136,8 @@ class PreprocessConfig:
         )
 
     @classmethod
-    def from_manifest(cls, block: dict[str, Any]) -> "PreprocessConfig":
+    def from_manifest(cls, block: dict[str, Any], **runtime: Any) -> "PreprocessConfig":
+        """The manifest's ``preprocess`` block; ``runtime`` sets ``max_pixels`` or ``draft``."""
         try:
             return cls(
                 height=int(block["size"]["height"]),
@@ -124,6 +149,7 @@ class PreprocessConfig:
                 do_normalize=bool(block["do_normalize"]),
                 image_mean=tuple(float(v) for v in block["image_mean"]),
                 image_std=tuple(float(v) for v in block["image_std"]),
+                **runtime,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"manifest.json: preprocess block is incomplete or malformed ({exc!r}); re-export") from exc
@@ -150,9 +176,9 @@ class PreprocessConfig:
         lut = np.empty((3, 256), dtype=np.float32)
         for c in range(3):
             x = values.astype(np.float32)
-            if self.do_rescale:
+            if self.do_rescale:  # transformers: float64 multiply, then down to float32
                 x = (values.astype(np.float64) * self.rescale_factor).astype(np.float32)
-            if self.do_normalize:
+            if self.do_normalize:  # transformers: float32 (x - mean) / std
                 x = (x - np.float32(self.image_mean[c])) / np.float32(self.image_std[c])
             lut[c] = x
         return lut
@@ -160,7 +186,8 @@ class PreprocessConfig:
     def resize(self, image: Image.Image) -> Image.Image:
         if not self.do_resize or image.size == (self.width, self.height):
             return image
-        return image.resize((self.width, self.height), resample=self.resample, reducing_gap=None)
+        gap = 3.0 if self.draft else None
+        return image.resize((self.width, self.height), resample=self.resample, reducing_gap=gap)
 
     def normalize_into(self, rgb: np.ndarray, out: np.ndarray) -> np.ndarray:
         """uint8 HWC RGB -> float32 CHW written into ``out`` (shape [3, H, W])."""
@@ -168,21 +195,34 @@ class PreprocessConfig:
             np.take(self._lut[c], rgb[:, :, c], out=out[c])
         return out
 
-    def __call__(self, image: ImageInput) -> np.ndarray:
-        """One image -> float32 [3, H, W]."""
-        rgb = np.asarray(self.resize(to_rgb(image, max_pixels=self.max_pixels)))
-        return self.normalize_into(rgb, np.empty((3, self.height, self.width), dtype=np.float32))
+    def pixels(self, image: ImageInput) -> np.ndarray:
+        """One image -> the resized uint8 HxWx3 RGB array (before rescale/normalize)."""
+        im = to_rgb(image, max_pixels=self.max_pixels, draft_size=(self.width, self.height) if self.draft else None,
+                    keep_grey=True)
+        im = self.resize(im)
+        if im.mode == "L":  # resizing the one grey band, then repeating it, is exact and 3x cheaper
+            im = im.convert("RGB")
+        rgb = np.asarray(im)
+        if rgb.shape[:2] != (self.height, self.width):
+            raise ImageError(f"{describe(image)}: is {rgb.shape[1]}x{rgb.shape[0]} but the model needs "
+                             f"{self.width}x{self.height} and do_resize is off in the manifest")
+        return rgb
+
+    def __call__(self, image: ImageInput, out: np.ndarray | None = None) -> np.ndarray:
+        """One image -> float32 [3, H, W] (written into ``out`` when given)."""
+        if out is None:
+            out = np.empty((3, self.height, self.width), dtype=np.float32)
+        return self.normalize_into(self.pixels(image), out)
 
     def batch(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Images -> float32 [N, 3, H, W]. Raises ImageError naming the first bad image."""
         out = np.empty((len(images), 3, self.height, self.width), dtype=np.float32)
         for i, image in enumerate(images):
-            rgb = np.asarray(self.resize(to_rgb(image, max_pixels=self.max_pixels)))
-            self.normalize_into(rgb, out[i])
+            self(image, out[i])
         return out
 
 
-def describe(image: ImageInput) -> str:
+def describe(image: Any) -> str:
     """How an input is named in messages and in ``predict --json``'s ``input`` field."""
     if isinstance(image, (str, os.PathLike)):
         return os.fspath(image)
@@ -192,26 +232,41 @@ def describe(image: ImageInput) -> str:
         return f"<PIL {image.mode} {image.width}x{image.height}>"
     if isinstance(image, np.ndarray):
         return f"<array {image.dtype} {tuple(image.shape)}>"
+    name = getattr(image, "name", None)
+    if isinstance(name, str):
+        return name
     return f"<{type(image).__name__}>"
 
 
-def _open(image: ImageInput, name: str, max_pixels: int) -> Image.Image:
+@functools.lru_cache(maxsize=1)
+def _formats() -> tuple[str, ...]:
+    """IMAGE_FORMATS that this Pillow build can read (AVIF and JPEG 2000 are optional)."""
+    Image.init()
+    return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
+
+
+def _open(image: Any, name: str, max_pixels: int, draft_size: tuple[int, int] | None) -> Image.Image:
     try:
         if isinstance(image, (str, os.PathLike)):
             path = Path(image)
+            if path.is_dir():
+                raise ImageError(f"{name}: is a directory, not an image file")
             if not path.is_file():
                 raise ImageError(f"{name}: no such file")
-            if path.stat().st_size == 0:
+            data = path.read_bytes()  # one read; nothing stays open if decoding fails
+            if not data:
                 raise ImageError(f"{name}: empty file (0 bytes)")
-            im = Image.open(path)
+            source: Any = io.BytesIO(data)
         elif isinstance(image, (bytes, bytearray, memoryview)):
             if len(image) == 0:
                 raise ImageError(f"{name}: empty input (0 bytes)")
-            im = Image.open(io.BytesIO(bytes(image)))
+            source = io.BytesIO(image)
         elif hasattr(image, "read"):
-            im = Image.open(image)  # type: ignore[arg-type]
+            source = image
         else:
-            raise ImageError(f"{name}: unsupported input type {type(image).__name__}; pass a path, bytes, a file object, a PIL image or a uint8 HxWx3 array")
+            raise ImageError(f"{name}: unsupported input type {type(image).__name__}; pass a path, bytes, "
+                             "a file object, a PIL image or a uint8 HxWx3 array")
+        im = Image.open(source, formats=_formats())
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not a readable image (unknown format or corrupt header)") from exc
     except Image.DecompressionBombError as exc:
@@ -225,51 +280,91 @@ def _open(image: ImageInput, name: str, max_pixels: int) -> Image.Image:
             f"{name}: refused, {im.width}x{im.height} = {pixels / 1e6:.0f} megapixels is over the limit of "
             f"{max_pixels / 1e6:.0f} (possible decompression bomb)"
         )
+    if pixels == 0:
+        im.close()
+        raise ImageError(f"{name}: image has no pixels ({im.width}x{im.height})")
     try:
+        if draft_size is not None and im.format in ("JPEG", "MPO"):
+            w, h = draft_size
+            if _orientation(im) in (5, 6, 7, 8):
+                w, h = h, w
+            im.draft("RGB" if im.mode == "RGB" else None, (w, h))
         im.load()
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        im.close()
         raise ImageError(f"{name}: image data is truncated or corrupt ({exc})") from exc
     return im
 
 
-def _pil_to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        return int(value) if value in _ORIENTATION else 1
+    except Exception:  # a corrupt EXIF block: keep the stored orientation rather than lose the image
+        return 1
+
+
+def _pil_to_rgb(im: Image.Image, keep_grey: bool = False) -> Image.Image:
+    """transformers' convert_to_rgb for PIL images (plus 16-bit/float grey, which it clips)."""
+    if im.mode == "RGB" or (keep_grey and im.mode == "L"):
         return im
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        arr = np.asarray(im, dtype=np.uint32 if im.mode == "I" else np.uint16).astype(np.uint32)
-        top = 65535 if im.mode != "I" or arr.max() > 255 else 255
-        grey = ((arr * 255 + top // 2) // top).clip(0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
+    if im.mode in _SIXTEEN_BIT or im.mode == "I":
+        arr = np.asarray(im).astype(np.int64)
+        top = 255 if im.mode == "I" and arr.max() <= 255 else 65535
+        grey = ((arr.clip(0, top) * 255 + top // 2) // top).astype(np.uint8)
+        return Image.fromarray(grey, "L") if keep_grey else Image.fromarray(grey, "L").convert("RGB")
     if im.mode == "F":
-        arr = np.asarray(im, dtype=np.float32)
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
         grey = np.clip(np.rint(arr if arr.max() > 1.0 else arr * 255), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    has_alpha = "A" in im.getbands() or im.info.get("transparency") is not None
-    if has_alpha:
+        return Image.fromarray(grey, "L") if keep_grey else Image.fromarray(grey, "L").convert("RGB")
+    if "A" in im.getbands() or im.info.get("transparency") is not None:
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return im.convert("RGB")
 
 
-def to_rgb(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Any supported input -> an RGB PIL image with its EXIF orientation applied."""
+def _array_to_rgb(image: np.ndarray, name: str) -> Image.Image:
+    if image.dtype != np.uint8:
+        raise ImageError(f"{name}: arrays must be uint8 HxWx3 RGB (got dtype {image.dtype}); "
+                         "pass float tensors to Predictor.infer instead")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2 and min(image.shape) > 0:
+        return Image.fromarray(np.ascontiguousarray(image), "L")
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) == 0:
+        raise ImageError(f"{name}: arrays must be uint8 HxWx3 RGB, HxWx4 RGBA or HxW grey "
+                         f"(got shape {tuple(image.shape)})")
+    if image.shape[2] == 4:  # transformers' numpy path: blend onto white in float, then round
+        alpha = image[..., 3:4] / 255.0
+        image = np.round(alpha * image[..., :3] + (1.0 - alpha) * 255.0).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(image), "RGB")
+
+
+def to_rgb(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+           draft_size: tuple[int, int] | None = None, keep_grey: bool = False) -> Image.Image:
+    """Any supported input -> an RGB PIL image with its EXIF orientation applied.
+
+    ``keep_grey`` returns 8-bit grey images as mode ``L`` (the caller converts after resizing).
+    """
     name = describe(image)
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ImageError(f"{name}: arrays must be uint8 HxWx3 RGB (got dtype {image.dtype})")
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) == 0:
-            raise ImageError(f"{name}: arrays must be uint8 HxWx3 RGB (got shape {tuple(image.shape)})")
-        return _pil_to_rgb(Image.fromarray(np.ascontiguousarray(image), "RGBA" if image.shape[2] == 4 else "RGB"))
+        im = _array_to_rgb(image, name)
+        return im if keep_grey or im.mode == "RGB" else im.convert("RGB")
     if isinstance(image, Image.Image):
         im = image
+        if im.width * im.height == 0:
+            raise ImageError(f"{name}: image has no pixels")
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageError(f"{name}: image data is truncated or corrupt ({exc})") from exc
     else:
-        im = _open(image, name, max_pixels)
+        im = _open(image, name, max_pixels, draft_size)
     try:
-        im = ImageOps.exif_transpose(im) or im
-    except (OSError, SyntaxError, ValueError, TypeError, KeyError):
-        pass  # a corrupt EXIF block: keep the stored orientation rather than lose the image
-    return _pil_to_rgb(im)
-
+        orientation = _orientation(im)
+        if orientation != 1:
+            im = im.transpose(_ORIENTATION[orientation])
+        return _pil_to_rgb(im, keep_grey)
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{name}: cannot convert mode {im.mode} to RGB ({exc})") from exc

@@ -26,6 +26,9 @@ Split = Literal["train", "heldout"]
 SPLIT_TAGS: dict[str, int] = {"train": 0x7261696E, "heldout": 0x68656C64}
 DEFAULT_HELDOUT_SEED = 20240601
 SOURCE_SIZE_RANGE = (200, 320)
+MAX_ASPECT = 1.3  # source width/height within [1/1.3, 1.3]
+SHAPE_RADIUS = (0.24, 0.42)  # circumscribed radius, as a fraction of the shorter side
+DARK, LIGHT = (0.0, 95.0), (150.0, 255.0)  # luma bands of background and shape (one each)
 _SUPERSAMPLE = 2  # shapes are drawn at 2x and downsampled, for anti-aliased edges
 
 
@@ -90,47 +93,44 @@ def _shape_mask(label: str, size: tuple[int, int], cx: float, cy: float, r: floa
 
 
 # ---- colours and backgrounds ----------------------------------------------------------------
-def _colour(rng: np.random.Generator) -> np.ndarray:
-    return rng.integers(0, 256, size=3).astype(np.float32)
+def _luma(c: np.ndarray) -> float:
+    return float(0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2])
 
 
-def _contrasting(rng: np.random.Generator, against: np.ndarray, min_distance: float = 120.0) -> np.ndarray:
-    """A random colour at least ``min_distance`` (RGB Euclidean) from ``against``."""
-    for _ in range(64):
-        c = _colour(rng)
-        if float(np.linalg.norm(c - against)) >= min_distance:
+def _colour_in(rng: np.random.Generator, band: tuple[float, float]) -> np.ndarray:
+    """A random RGB colour whose luma (BT.601) lies in ``band``."""
+    for _ in range(256):
+        c = rng.integers(0, 256, size=3).astype(np.float32)
+        if band[0] <= _luma(c) <= band[1]:
             return c
-    return 255.0 - against  # the complement is always far enough for mid-range backgrounds too
+    return np.full(3, sum(band) / 2, dtype=np.float32)
 
 
-def _background(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """A float32 HxWx3 background and its mean colour."""
+def _background(rng: np.random.Generator, w: int, h: int, band: tuple[float, float]) -> np.ndarray:
+    """A float32 HxWx3 background: solid, a linear gradient or blotches, colours in ``band``."""
     kind = int(rng.integers(0, 3))
-    a = _colour(rng)
+    a = _colour_in(rng, band)
     if kind == 0:  # solid
-        bg = np.broadcast_to(a, (h, w, 3)).copy()
-    elif kind == 1:  # linear gradient between two colours
-        b = _colour(rng)
+        return np.broadcast_to(a, (h, w, 3)).astype(np.float32)
+    b = _colour_in(rng, band)
+    if kind == 1:  # linear gradient between two colours
         theta = float(rng.uniform(0, 2 * math.pi))
         ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-        t = (xs * math.cos(theta) + ys * math.sin(theta))
+        t = xs * math.cos(theta) + ys * math.sin(theta)
         t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
-        bg = a + (b - a) * t[..., None]
-    else:  # blotchy noise: coarse random field, upsampled smoothly
-        b = _colour(rng)
+    else:  # blotches: a coarse random field, upsampled smoothly
         coarse = rng.random((int(rng.integers(3, 8)), int(rng.integers(3, 8)))).astype(np.float32)
-        field = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8), "L").resize((w, h), Image.BICUBIC),
-                           dtype=np.float32) / 255.0
-        bg = a + (b - a) * field[..., None]
-    return bg.astype(np.float32), bg.reshape(-1, 3).mean(axis=0)
+        t = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8), "L").resize((w, h), Image.BICUBIC),
+                       dtype=np.float32) / 255.0
+    return (a + (b - a) * t[..., None]).astype(np.float32)
 
 
-def _draw_clutter(image: Image.Image, rng: np.random.Generator, r: float, background: np.ndarray) -> None:
+def _draw_clutter(image: Image.Image, rng: np.random.Generator, r: float) -> None:
     """Distractors much smaller than the shape, drawn in place: thin line segments and small dots."""
     w, h = image.size
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(0, 7))):
-        colour = tuple(int(v) for v in _contrasting(rng, background, 60.0))
+    for _ in range(int(rng.integers(0, 6))):
+        colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
         x0, y0 = float(rng.uniform(0, w)), float(rng.uniform(0, h))
         if rng.random() < 0.5:
             length, a = float(rng.uniform(0.2, 0.6)) * r, float(rng.uniform(0, 2 * math.pi))
@@ -148,19 +148,23 @@ def render(label: str, rng: np.random.Generator, size: tuple[int, int] | None = 
         raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
     if size is None:
         lo, hi = SOURCE_SIZE_RANGE
-        size = (int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1)))
+        w = int(rng.integers(lo, hi + 1))
+        h = int(np.clip(round(w * float(rng.uniform(1 / MAX_ASPECT, MAX_ASPECT))), lo, hi))
+        size = (w, h)
     w, h = size
 
-    bg, bg_mean = _background(rng, w, h)
-    r = min(w, h) * float(rng.uniform(0.2, 0.4))
+    # Light shape on a dark background or the reverse: the outline always has luma contrast.
+    bg_band, fill_band = (DARK, LIGHT) if rng.random() < 0.5 else (LIGHT, DARK)
+    bg = _background(rng, w, h, bg_band)
+    r = min(w, h) * float(rng.uniform(*SHAPE_RADIUS))
     cx = float(rng.uniform(r, w - r))
     cy = float(rng.uniform(r, h - r))
     angle = float(rng.uniform(0, 2 * math.pi))
-    fill = _contrasting(rng, bg_mean)
+    fill = _colour_in(rng, fill_band)
 
     # Background, then clutter, then the shape on top (clutter never changes its outline).
     image = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
-    _draw_clutter(image, rng, r, bg_mean)
+    _draw_clutter(image, rng, r)
     # The mask is drawn at _SUPERSAMPLE x and box-filtered down: anti-aliased edges.
     s = _SUPERSAMPLE
     mask = _shape_mask(label, (w * s, h * s), cx * s, cy * s, r * s, angle, rng).resize((w, h), Image.BOX)
@@ -170,7 +174,7 @@ def render(label: str, rng: np.random.Generator, size: tuple[int, int] | None = 
 
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
-    sigma = float(rng.uniform(0, 8))
+    sigma = float(rng.uniform(0, 6))
     if sigma > 0.5:
         noise = rng.standard_normal((h, w, 3), dtype=np.float32) * np.float32(sigma)
         noisy = np.asarray(image, dtype=np.float32) + noise

@@ -34,12 +34,40 @@ def _default_out(model: str) -> Path:
               help="Build TensorRT engines: when a builder is present (auto), always (require), never (skip).")
 @click.option("--target", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True,
               help="Engine builder.")
-@click.option("--validate-images", type=click.Path(path_type=Path), help="Run the drift validation on these images after export.")
-@click.option("--fail-on-drift", is_flag=True, help="A failed drift gate fails the export (exit 1).")
+@click.option("--validate-images", type=click.Path(path_type=Path),
+              help="Compare every precision with PyTorch FP32 on these images (class folders named as labels give accuracy).")
+@click.option("--fail-on-drift", is_flag=True, help="Enforce the drift gates even when no images were given (synthetic inputs).")
+@click.option("--min-top1-agreement", metavar="X|P=X,...", help="Drift gate override, e.g. 0.99 or int8=0.98,fp16=0.995.")
+@click.option("--min-cosine", metavar="X|P=X,...", help="Drift gate override on the lowest per-image cosine.")
+@click.option("--max-accuracy-drop", metavar="X|P=X,...", help="Drift gate override (fraction: 0.01 = 1 point).")
+@click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
+@click.option("--calib-min-images", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Fewer usable calibration images than this is an error.")
+@click.option("--calib-cache", type=click.Path(path_type=Path), help="Calibration cache folder [default: ~/.cache/vitmsn/calibration].")
+@click.option("--fp16-io", is_flag=True, help="FP16 graph inputs/outputs (default: FP32 I/O with casts inside).")
+@click.option("--int8-method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True,
+              help="INT8 activation calibration (ModelOpt 0.47 offers no percentile for INT8).")
+@click.option("--int8-exclude", multiple=True, metavar="PATTERN",
+              help="Keep out of INT8: block:N or block:N-M (encoder blocks), a module scope, or a node-name regex. Repeatable.")
+@click.option("--int8-high-precision", type=click.Choice(["auto", "fp16", "fp32"]), default="auto", show_default=True,
+              help="dtype of what INT8 leaves unquantized: auto = fp16 when an engine is built, else fp32 (ONNX Runtime CPU).")
+@click.option("--int8-cpu/--no-int8-cpu", default=True, show_default=True,
+              help="Also write model.int8.cpu.onnx, INT8 placed for ONNX Runtime on CPU.")
+@click.option("--workspace", metavar="SIZE", help="Engine builder workspace limit, e.g. 2G, 512M.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT timing cache file, read and updated by every build.")
+@click.option("--builder-opt-level", type=click.IntRange(0, 5), help="TensorRT builder optimization level (0-5).")
+@click.option("--hardware-compat", type=click.Choice(["none", "ampere-plus", "same-compute-capability"]), default="none",
+              show_default=True, help="Engine hardware compatibility level.")
+@click.option("--version-compat", is_flag=True, help="Build version-compatible engines.")
+@click.option("--aot-targets", metavar="SM,...", help="TensorRT-RTX compute capabilities, e.g. sm86,sm89 [default: every SM >= 80].")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
 def command(model: str | None, precision: tuple[str, ...], out: Path | None, calib_images: Path | None,
             calib_samples: int, batch: str, opset: int, engine: str, target: str, validate_images: Path | None,
-            fail_on_drift: bool, verbose: bool) -> None:
+            fail_on_drift: bool, min_top1_agreement: str | None, min_cosine: str | None, max_accuracy_drop: str | None,
+            calib_seed: int, calib_min_images: int, calib_cache: Path | None, fp16_io: bool, int8_method: str,
+            int8_exclude: tuple[str, ...], int8_high_precision: str, int8_cpu: bool, workspace: str | None,
+            timing_cache: Path | None, builder_opt_level: int | None, hardware_compat: str, version_compat: bool,
+            aot_targets: str | None, verbose: bool) -> None:
     """Export a ViTMSN checkpoint to ONNX (FP32 reference, FP16, INT8) and TensorRT engines, and validate them.
 
     Exit codes: 0 success; 1 artifacts written but a check or drift gate failed; 2 bad usage or input.
@@ -57,13 +85,27 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
         raise click.BadParameter(str(exc), param_hint="--batch") from None
 
     from vitmsn.errors import ValidationFailed
+    from vitmsn.export.drift_gates import Gates
+    from vitmsn.export.engine import EngineOptions
     from vitmsn.export.pipeline import ExportOptions, run_export
 
     try:
+        if isinstance(int8_exclude, str):  # a config-file string instead of a list
+            int8_exclude = (int8_exclude,)
+        engine_options = EngineOptions(
+            workspace_bytes=_size(workspace), timing_cache=timing_cache, builder_optimization_level=builder_opt_level,
+            hardware_compatibility=None if hardware_compat == "none" else hardware_compat,
+            version_compatible=version_compat, aot_targets=tuple((aot_targets or "").split(",")),
+        )
         options = ExportOptions(
             model=model, out=out or _default_out(model), precisions=tuple(p.lower() for p in precision) or ("fp32",),
             batch=batch_range, opset=opset, engine=engine, target=target, calib_images=calib_images,
-            calib_samples=calib_samples, validate_images=validate_images, fail_on_drift=fail_on_drift,
+            calib_samples=calib_samples, calib_seed=calib_seed, calib_min_images=calib_min_images, calib_cache=calib_cache,
+            validate_images=validate_images, fail_on_drift=fail_on_drift, fp16_io=fp16_io, int8_method=int8_method,
+            int8_exclude=tuple(int8_exclude), int8_high_precision=int8_high_precision, int8_cpu=int8_cpu,
+            engine_options=engine_options, verbose=verbose,
+            gates=Gates.build(min_top1_agreement=min_top1_agreement, min_cosine=min_cosine,
+                              max_accuracy_drop=max_accuracy_drop),
         )
         click.echo(f"vitmsn-export: {options.model} -> {options.out} ({', '.join(options.precisions)})", err=True)
         result = run_export(options)
@@ -78,6 +120,16 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
     for note in result.notes:
         click.echo(f"  note: {note}", err=True)
     click.echo(f"wrote {result.out / 'manifest.json'}", err=True)
+
+
+def _size(text: str | None) -> int | None:
+    """'2G', '512M', '1048576' -> bytes (binary units)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise InputError(f"--workspace {text}: expected a size such as 2G, 512M or a byte count")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
 
 
 def main() -> None:

@@ -150,7 +150,8 @@ class _Checker:
         batch = self.manifest.batch
         self.batching(name, config, 1, batch["max"], "the exported batch range")
         self.labels(name, config)
-        self.report.checked.append(f"{name}: onnxruntime_onnx config matches the ONNX graph's I/O {[t[0] for t in inputs + outputs]}")
+        names = [t[0] for t in inputs + outputs]
+        self.report.checked.append(f"{name}: onnxruntime_onnx config matches the ONNX graph's I/O {names}")
 
     def check_plan(self, name: str, config: Any) -> None:
         path = self.model_file(name, config, "model.plan")

@@ -1,0 +1,227 @@
+"""A calibration set: N preprocessed images as one float32 tensor, built once and cached.
+
+The images are preprocessed by :class:`vitmsn.runtime.preprocess.PreprocessConfig` built from
+the manifest's ``preprocess`` block, the same code the runtime serves with (STYLE.md #12), so
+INT8 scales are calibrated on exactly the inputs the deployed model will see.
+
+The cache is one ``.npz`` per (file list, preprocess block, sample count, seed), read back with
+``np.load(allow_pickle=False)``: plain arrays only, nothing that can execute code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitmsn.errors import InputError
+from vitmsn.progress import Progress
+from vitmsn.runtime.manifest import atomic_path
+from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
+
+from .images import discover_images, file_list_digest, sample_order, strata_of
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+DEFAULT_SAMPLES = 128
+DEFAULT_MIN_IMAGES = 16
+DEFAULT_SEED = 0
+
+
+def default_cache_dir() -> Path:
+    """``$VITMSN_CACHE_DIR/calibration``, else ``$XDG_CACHE_HOME/vitmsn/calibration``, else ``~/.cache/...``."""
+    if os.environ.get("VITMSN_CACHE_DIR"):
+        return Path(os.environ["VITMSN_CACHE_DIR"]) / "calibration"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "vitmsn" / "calibration"
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How to draw a calibration set from an image directory."""
+
+    samples: int = DEFAULT_SAMPLES
+    seed: int = DEFAULT_SEED
+    min_images: int = DEFAULT_MIN_IMAGES  # fewer usable images than this is an error (exit 2)
+    cache_dir: Path | None = None  # None: default_cache_dir(); use_cache=False: no cache at all
+    use_cache: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise InputError(f"--calib-samples {self.samples}: must be at least 1")
+        if self.min_images < 1:
+            raise InputError(f"calibration min_images {self.min_images}: must be at least 1")
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Preprocessed calibration images and where they came from.
+
+    ``tensors`` is float32 [N, 3, H, W]; ``files`` are paths relative to ``source``;
+    ``classes`` is each image's class folder ("" when the folder is not class-structured);
+    ``skipped`` lists ``(relative path, reason)`` of unreadable images that were replaced.
+    """
+
+    tensors: np.ndarray
+    files: tuple[str, ...]
+    classes: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]
+    source: str
+    seed: int
+    requested: int
+    candidates: int
+    stratified: bool
+    cache_file: str | None = None
+    from_cache: bool = False
+    sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", tensor_sha256(self.tensors))
+
+    def __len__(self) -> int:
+        return int(self.tensors.shape[0])
+
+    def reader(self, batch_size: int = 8, input_name: str = "pixel_values") -> "CalibrationReader":
+        from .reader import CalibrationReader
+
+        return CalibrationReader(self.tensors, batch_size=batch_size, input_name=input_name)
+
+    def per_class(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for c in self.classes:
+            counts[c] = counts.get(c, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The manifest's record of this set (what the INT8 entry and the report cite)."""
+        return {
+            "source": self.source,
+            "count": len(self),
+            "requested": self.requested,
+            "candidates": self.candidates,
+            "seed": self.seed,
+            "stratified": self.stratified,
+            "per_class": self.per_class() if self.stratified else {},
+            "tensor_sha256": self.sha256,
+            "shape": list(self.tensors.shape),
+            "skipped_count": len(self.skipped),
+            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+            "cache_file": self.cache_file,
+            "from_cache": self.from_cache,
+        }
+
+
+def tensor_sha256(tensors: np.ndarray) -> str:
+    """SHA-256 of the calibration tensors: dtype, shape and C-order bytes."""
+    a = np.ascontiguousarray(tensors)
+    digest = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode())
+    digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(files_digest: str, preprocess_block: dict[str, Any], samples: int, seed: int) -> str:
+    block = json.dumps(preprocess_block, sort_keys=True, default=str)
+    text = f"format={CACHE_FORMAT}\nfiles={files_digest}\npreprocess={block}\nsamples={samples}\nseed={seed}\n"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_cache(path: Path, source: Path, options: CalibrationOptions, candidates: int,
+                stratified: bool) -> CalibrationSet | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            tensors = np.ascontiguousarray(z["tensors"], dtype=np.float32)
+            files = tuple(str(f) for f in z["files"])
+            classes = tuple(str(c) for c in z["classes"])
+            skipped = tuple((str(f), str(r)) for f, r in z["skipped"].reshape(-1, 2))
+    except (OSError, KeyError, ValueError, EOFError) as exc:  # a damaged or foreign file: rebuild it
+        log.warning("calibration cache %s is unreadable (%s); rebuilding it", path, exc)
+        return None
+    if len(files) != tensors.shape[0] or len(classes) != len(files):
+        log.warning("calibration cache %s is inconsistent; rebuilding it", path)
+        return None
+    return CalibrationSet(tensors, files, classes, skipped, str(source), options.seed, options.samples, candidates,
+                          stratified, cache_file=str(path), from_cache=True)
+
+
+def _save_cache(path: Path, cs: CalibrationSet) -> None:
+    skipped = np.array([list(s) for s in cs.skipped], dtype=str).reshape(-1, 2)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # np.savez would append ".npz" to a path without it
+            np.savez(f, tensors=cs.tensors, files=np.array(cs.files, dtype=str),
+                     classes=np.array(cs.classes, dtype=str), skipped=skipped)
+
+
+def calibration_set_from_directory(images: str | os.PathLike[str], preprocess_block: dict[str, Any],
+                                   options: CalibrationOptions = CalibrationOptions()) -> CalibrationSet:
+    """Draw ``options.samples`` images from ``images`` and preprocess them as the manifest says.
+
+    Unreadable images are skipped and replaced by the next candidate (same class first); they
+    are listed in ``skipped``. Raises :class:`InputError` when the folder has no images or fewer
+    than ``options.min_images`` usable ones.
+    """
+    root = Path(images)
+    if not root.is_dir():
+        raise InputError(f"--calib-images {root}: no such directory")
+    files = discover_images(root)
+    if not files:
+        raise InputError(f"--calib-images {root}: no images found (looked for "
+                         "jpg, jpeg, png, webp, bmp, tif, tiff, recursively)")
+    stratified = strata_of(root, files) is not None
+    preprocess = PreprocessConfig.from_manifest(preprocess_block)
+    cache_path = None
+    if options.use_cache:
+        key = cache_key(file_list_digest(root, files), preprocess_block, options.samples, options.seed)
+        cache_path = Path(options.cache_dir or default_cache_dir()) / f"calib-{key[:32]}.npz"
+        if cache_path.is_file():
+            cached = _load_cache(cache_path, root, options, len(files), stratified)
+            if cached is not None:
+                log.info("calibration set from cache %s (%d images)", cache_path, len(cached))
+                _check_minimum(root, cached, options)
+                return cached
+
+    order = sample_order(root, files, options.samples, options.seed)
+    target = min(options.samples, len(files))
+    tensors = np.empty((target, 3, preprocess.height, preprocess.width), dtype=np.float32)
+    chosen: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    with Progress("calibration images", target, unit="img", enabled=options.progress) as bar:
+        for path in order.candidates():
+            if len(chosen) == target:
+                break
+            try:
+                tensors[len(chosen)] = preprocess(path)
+            except (ImageError, OSError, ValueError) as exc:  # ImageError names the file; keep the reason
+                reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
+                skipped.append((path.relative_to(root).as_posix(), reason))
+                continue
+            chosen.append(path)
+            bar.update()
+    cs = CalibrationSet(
+        tensors[: len(chosen)].copy(), tuple(p.relative_to(root).as_posix() for p in chosen),
+        tuple(order.stratum_of.get(p, "") for p in chosen), tuple(skipped), str(root), options.seed,
+        options.samples, len(files), stratified, cache_file=str(cache_path) if cache_path else None)
+    for f, reason in skipped:
+        log.warning("calibration: skipped %s (%s)", f, reason)
+    _check_minimum(root, cs, options)
+    if cache_path is not None:
+        _save_cache(cache_path, cs)
+    return cs
+
+
+def _check_minimum(root: Path, cs: CalibrationSet, options: CalibrationOptions) -> None:
+    if len(cs) < options.min_images:
+        listed = "; ".join(f"{f} ({r})" for f, r in cs.skipped[:5])
+        raise InputError(
+            f"--calib-images {root}: only {len(cs)} usable images, at least {options.min_images} are needed"
+            + (f"; {len(cs.skipped)} could not be read: {listed}" if cs.skipped else "")
+            + "; add images or lower the minimum")

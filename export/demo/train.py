@@ -1,0 +1,314 @@
+"""Train the demo ViTMSN on procedural shapes and save it in Hugging Face format.
+
+    python -m vitmsn.export.demo.train --out export/demo/checkpoint
+
+Data: a pool of training images rendered by :mod:`vitmsn.export.demo.shapes` (split ``train``),
+a fraction of them JPEG-encoded and decoded so training sees the compression artefacts the
+held-out files have, all preprocessed by :class:`vitmsn.runtime.preprocess.PreprocessConfig`
+(the runtime's one implementation) built from the same preprocessor_config.json that is saved.
+Augmentation: random flips and quarter turns (every class is closed under them).
+Optimisation: AdamW, linear warm-up then cosine decay, gradient clipping; everything seeded.
+
+The checkpoint is then reloaded with :func:`vitmsn.export.checkpoint.load_checkpoint` and
+scored on held-out files written by ``write_dataset(split="heldout")`` and read back through
+the same preprocessing; ``training_report.json`` records the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from vitmsn.export.model import ViTMSNArch, ViTMSNClassifier
+from vitmsn.runtime.preprocess import PreprocessConfig
+
+from . import CHECKPOINT_DIR
+from .shapes import DEFAULT_HELDOUT_SEED, LABELS, image_rng, jpeg_roundtrip, render, write_dataset
+
+PREPROCESSOR_CONFIG: dict[str, Any] = {
+    "image_processor_type": "ViTImageProcessor",
+    "do_resize": True,
+    "size": {"height": 224, "width": 224},
+    "resample": 2,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+}
+DEFAULT_TRAIN_SEED = 1234
+
+
+# ---- what gets saved ------------------------------------------------------------------------
+def hf_config(arch: ViTMSNArch, labels: Sequence[str]) -> dict[str, Any]:
+    """config.json for ``ViTMSNForImageClassification`` (every ViTMSNConfig field)."""
+    return {
+        "architectures": ["ViTMSNForImageClassification"],
+        "model_type": "vit_msn",
+        "hidden_size": arch.hidden_size,
+        "num_hidden_layers": arch.num_hidden_layers,
+        "num_attention_heads": arch.num_attention_heads,
+        "intermediate_size": arch.intermediate_size,
+        "hidden_act": arch.hidden_act,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": arch.layer_norm_eps,
+        "image_size": arch.image_size,
+        "patch_size": arch.patch_size,
+        "num_channels": arch.num_channels,
+        "qkv_bias": arch.qkv_bias,
+        "id2label": {str(i): name for i, name in enumerate(labels)},
+        "label2id": {name: i for i, name in enumerate(labels)},
+        "torch_dtype": "float32",
+    }
+
+
+def save_checkpoint(model: ViTMSNClassifier, labels: Sequence[str], out: Path) -> Path:
+    """config.json, model.safetensors (transformers 4.x key names) and preprocessor_config.json."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    # Our module tree uses the transformers 4.x names verbatim (vit.encoder.layer.N.attention...).
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
+    weights = out / "model.safetensors"
+    save_file(state, str(weights), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(hf_config(model.arch, labels), indent=2) + "\n")
+    (out / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2) + "\n")
+    return weights
+
+
+# ---- data -----------------------------------------------------------------------------------
+def render_pool(count: int, seed: int, jpeg_fraction: float, labels: Sequence[str] = LABELS,
+                offset: int = 0) -> tuple[list[Image.Image], np.ndarray]:
+    """``count`` training images (class-balanced, shuffled) and their label indices."""
+    order = np.random.default_rng([seed, 1]).permutation(np.arange(count) % len(labels))
+    images: list[Image.Image] = []
+    for i, label_index in enumerate(order):
+        rng = image_rng(seed, "train", int(label_index), offset + i)
+        image = render(labels[label_index], rng)
+        if rng.random() < jpeg_fraction:
+            image = jpeg_roundtrip(image, int(rng.integers(70, 96)))
+        images.append(image)
+    return images, order.astype(np.int64)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and quarter turn per image (the label never changes under them)."""
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    turns = torch.randint(0, 4, (x.shape[0],), generator=generator)
+    return torch.stack([torch.rot90(img, int(k), dims=(-2, -1)) for img, k in zip(x, turns)])
+
+
+def _init_weights(model: nn.Module) -> None:
+    """transformers' ViT initialisation: truncated normal (std 0.02) weights, zero biases."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    emb = model.vit.embeddings  # type: ignore[union-attr]
+    nn.init.trunc_normal_(emb.position_embeddings, std=0.02)
+    nn.init.trunc_normal_(emb.cls_token, std=0.02)
+
+
+def _lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * t))
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+@torch.no_grad()
+def logits_for(model: nn.Module, preprocess: PreprocessConfig, images: Sequence[Any], batch: int = 32) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        pixels = torch.from_numpy(preprocess.batch(images[i:i + batch]))
+        out.append(model(pixels)[0].numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def score(logits: np.ndarray, targets: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    pred = logits.argmax(1)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    margins = top2[:, 1] - top2[:, 0]
+    per_class = {name: float((pred[targets == k] == k).mean()) for k, name in enumerate(labels) if (targets == k).any()}
+    return {
+        "accuracy": float((pred == targets).mean()),
+        "per_class_accuracy": per_class,
+        "logit_margin": {"min": float(margins.min()), "p01": float(np.percentile(margins, 1)),
+                         "median": float(np.median(margins))},
+        "errors": int((pred != targets).sum()),
+    }
+
+
+def evaluate_heldout(checkpoint_dir: Path, per_class: int, seed: int) -> dict[str, Any]:
+    """Reload the saved checkpoint and score it on freshly written held-out files."""
+    from vitmsn.export.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(str(checkpoint_dir))
+    labels = [ckpt.labels[i] for i in range(len(ckpt.labels))]
+    model = ckpt.build_model()
+    with tempfile.TemporaryDirectory(prefix="vitmsn-heldout-") as tmp:
+        paths = write_dataset(tmp, per_class=per_class, seed=seed, split="heldout", labels=labels)
+        targets = np.array([labels.index(p.parent.name) for p in paths])
+        logits = logits_for(model, ckpt.preprocess, paths)
+    result = score(logits, targets, labels)
+    result.update(images=len(paths), per_class_images=per_class, seed=seed, split="heldout",
+                  formats=["jpg", "png"])
+    return result
+
+
+# ---- training -------------------------------------------------------------------------------
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    labels = list(LABELS)
+    arch = ViTMSNArch(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                      intermediate_size=args.mlp, hidden_act="gelu", layer_norm_eps=1e-6,
+                      image_size=224, patch_size=16, num_channels=3, qkv_bias=True)
+    preprocess = PreprocessConfig.from_preprocessor_config(PREPROCESSOR_CONFIG)
+    model = ViTMSNClassifier(arch, len(labels), attention="sdpa")
+    _init_weights(model)
+    params = sum(p.numel() for p in model.parameters())
+    _log(f"arch: {arch.to_dict()}; {params / 1e6:.2f}M parameters ({params * 4 / 1e6:.1f} MB fp32)")
+
+    t0 = time.perf_counter()
+    images, targets = render_pool(args.pool, args.seed, args.jpeg_fraction, labels)
+    monitor_images, monitor_targets = render_pool(args.monitor, args.seed + 1, args.jpeg_fraction, labels, offset=10**7)
+    _log(f"rendered {len(images)} training + {len(monitor_images)} monitor images in {time.perf_counter() - t0:.1f}s")
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "position_embeddings" not in n and "cls_token" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "position_embeddings" not in n and "cls_token" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.999))
+    steps_per_epoch = len(images) // args.batch
+    total = steps_per_epoch * args.epochs
+    warmup = max(1, int(0.05 * total))
+    gen = torch.Generator().manual_seed(args.seed)
+    order_rng = np.random.default_rng([args.seed, 2])
+    _log(f"training: {args.epochs} epochs x {steps_per_epoch} steps of {args.batch} = {total} steps")
+
+    t_train = time.perf_counter()
+    step, seen, run_loss, run_correct, run_n = 0, 0, 0.0, 0, 0
+    for epoch in range(args.epochs):
+        order = order_rng.permutation(len(images))
+        model.train()
+        for b in range(steps_per_epoch):
+            idx = order[b * args.batch:(b + 1) * args.batch]
+            x = augment(torch.from_numpy(preprocess.batch([images[i] for i in idx])), gen)
+            y = torch.from_numpy(targets[idx])
+            lr = _lr_at(step, total, warmup, args.lr, args.lr * 0.01)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            logits, _ = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            seen += len(idx)
+            run_loss += float(loss) * len(idx)
+            run_correct += int((logits.argmax(1) == y).sum())
+            run_n += len(idx)
+            if step % args.log_every == 0 or step == total:
+                elapsed = time.perf_counter() - t_train
+                _log(f"epoch {epoch + 1}/{args.epochs} step {step}/{total} loss {run_loss / run_n:.4f} "
+                     f"train-acc {run_correct / run_n:.3f} lr {lr:.2e} {seen / elapsed:.1f} img/s "
+                     f"{elapsed:.0f}s elapsed ~{elapsed / step * (total - step):.0f}s left")
+                run_loss, run_correct, run_n = 0.0, 0, 0
+        if monitor_images:
+            m = score(logits_for(model, preprocess, monitor_images), monitor_targets, labels)
+            _log(f"epoch {epoch + 1}: monitor accuracy {m['accuracy']:.4f} ({len(monitor_images)} images), "
+                 f"min margin {m['logit_margin']['min']:.2f}")
+    train_seconds = time.perf_counter() - t_train
+
+    out = Path(args.out)
+    model.eval()
+    weights = save_checkpoint(model, labels, out)
+    t_eval = time.perf_counter()
+    heldout = evaluate_heldout(out, args.heldout_per_class, args.heldout_seed)
+    _log(f"held-out accuracy {heldout['accuracy']:.4f} on {heldout['images']} images "
+         f"({heldout['errors']} errors), min logit margin {heldout['logit_margin']['min']:.2f}, "
+         f"in {time.perf_counter() - t_eval:.0f}s")
+    report = {
+        "heldout": heldout,
+        "heldout_accuracy": heldout["accuracy"],
+        "per_class_accuracy": heldout["per_class_accuracy"],
+        "seeds": {"train": args.seed, "heldout": args.heldout_seed, "monitor": args.seed + 1},
+        "steps": total,
+        "epochs": args.epochs,
+        "batch_size": args.batch,
+        "training_images": len(images),
+        "jpeg_fraction": args.jpeg_fraction,
+        "optimizer": {"name": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay, "schedule": "warmup 5% + cosine",
+                      "grad_clip": 1.0},
+        "augmentation": ["horizontal flip", "rot90"],
+        "arch": arch.to_dict(),
+        "parameters": params,
+        "threads": args.threads,
+        "wall_seconds": {"total": round(time.perf_counter() - t0, 1), "training": round(train_seconds, 1)},
+        "model_safetensors_bytes": weights.stat().st_size,
+        "model_safetensors_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "versions": {"torch": torch.__version__, "numpy": np.__version__, "pillow": Image.__version__},
+        "command": "python -m vitmsn.export.demo.train " + " ".join(sys.argv[1:]),
+    }
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _log(f"wrote {out} (model.safetensors {report['model_safetensors_bytes'] / 1e6:.2f} MB)")
+    return report
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m vitmsn.export.demo.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(CHECKPOINT_DIR), help="checkpoint directory to write (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=144)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--mlp", type=int, default=576)
+    p.add_argument("--pool", type=int, default=8000, help="training images rendered (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--jpeg-fraction", type=float, default=0.5)
+    p.add_argument("--monitor", type=int, default=200, help="training-split images scored after each epoch")
+    p.add_argument("--heldout-per-class", type=int, default=100)
+    p.add_argument("--seed", type=int, default=DEFAULT_TRAIN_SEED)
+    p.add_argument("--heldout-seed", type=int, default=DEFAULT_HELDOUT_SEED)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=25)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    report = train(parse_args(argv))
+    return 0 if report["heldout_accuracy"] >= 0.95 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

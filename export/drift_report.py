@@ -1,0 +1,326 @@
+"""The drift report: report.json (stable schema), report.md (tables) and report.html (self-contained).
+
+report.json follows CONTRACT.md (``reference``, ``passed``, ``results[]`` with ``backend``,
+``precision``, ``passed``, ``metrics``); fields are only ever added. When the directory already
+holds an export report, its other keys (the export's ``stages`` in particular) are kept, and the
+top-level ``passed`` covers both the stages and the drift gates, so one report.json describes
+the run; ``gates_passed`` is the drift verdict alone.
+
+report.html embeds everything (CSS, plots as base64 PNG, thumbnails as base64 JPEG): it can be
+mailed or archived as one file and opened offline. Plots use matplotlib's object API (no pyplot
+state), rendered with the Agg canvas.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import vitmsn
+from vitmsn.runtime.manifest import write_bytes_atomic, write_json_atomic
+
+from .validation import BackendResult, ValidationResult
+
+SUMMARY_COLUMNS = [  # (metric key, header, format)
+    ("top1_agreement", "top-1 agree", "pct"), ("top5_overlap", "top-5 overlap", "pct"),
+    ("cosine_min", "cos min", "cos"), ("cosine_p1", "cos p1", "cos"), ("cosine_mean", "cos mean", "cos"),
+    ("max_abs", "max abs", "sci"), ("mean_abs", "mean abs", "sci"), ("rel_l2_mean", "rel err", "sci"),
+    ("kl_mean", "KL mean", "sci"), ("accuracy", "accuracy", "pct"), ("accuracy_drop", "acc drop", "pts"),
+]
+
+# Keys a validation writes; an older report's values for these are replaced, never carried over.
+VALIDATION_KEYS = frozenset({"reference", "passed", "gates_passed", "task", "primary_output", "results", "checks",
+                             "images", "skipped_backends", "thresholds", "sensitivity", "requantization",
+                             "generated_utc", "vitmsn_version"})
+
+
+def fmt(value: Any, kind: str = "g") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "pts":
+        return f"{100 * value:+.2f} pt"
+    if kind == "cos":
+        return f"{value:.6f}"
+    if kind == "exact":  # gate values: enough digits to see which side of the threshold they are
+        return f"{value:.8g}"
+    if kind == "sci":
+        return f"{value:.2e}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# ---- report.json ------------------------------------------------------------------------------
+def report_dict(result: ValidationResult, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """report.json's content: the validation, merged over ``previous`` (an export report) if any."""
+    ours = result.to_dict()
+    ours["gates_passed"] = ours["passed"]
+    ours["generated_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    ours["vitmsn_version"] = vitmsn.__version__
+    # Keep what another step wrote (the export's "stages"), never a stale figure of an older validation.
+    merged = {k: v for k, v in (previous or {}).items() if k not in ours and k not in VALIDATION_KEYS}
+    merged.update(ours)
+    stages = merged.get("stages") or []
+    merged["passed"] = bool(ours["passed"] and all(s.get("passed", False) for s in stages))
+    return merged
+
+
+def read_previous(directory: Path) -> dict[str, Any] | None:
+    path = directory / "report.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# ---- report.md --------------------------------------------------------------------------------
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    esc = [[c.replace("|", "\\|") for c in r] for r in rows]
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in esc]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    ref, images = report["reference"], report["images"]
+    lines = [f"# Accuracy-drift report: {ref.get('source') or ref['checkpoint']}", "",
+             f"- result: **{'PASSED' if report['passed'] else 'FAILED'}** (drift gates: "
+             f"{'passed' if report['gates_passed'] else 'FAILED'})",
+             f"- reference: PyTorch FP32 ({ref['attention']} attention), checkpoint sha256 {ref['checkpoint_sha256'][:16]}...",
+             f"- images: {images['evaluated']} compared from {images['root']}, {images['skipped_count']} skipped; "
+             f"{images['note']}"]
+    if ref.get("accuracy") is not None:
+        lines.append(f"- reference accuracy: {fmt(ref['accuracy'], 'pct')} on {images['labelled']} labelled images")
+    lines += ["", "## Summary (primary output: " + report["primary_output"] + ")", ""]
+    rows = [[r["backend"], _label(r), "pass" if r["passed"] else "**FAIL**"]
+            + [fmt(r["metrics"].get(k), kind) for k, _, kind in SUMMARY_COLUMNS] for r in report["results"]]
+    lines += _table(["backend", "precision", "gates"] + [h for _, h, _ in SUMMARY_COLUMNS], rows)
+    for c in report.get("checks", []):
+        lines += ["", f"- check {c['check']}: {'pass' if c['passed'] else '**FAIL**'}: {c['detail']}"]
+    for r in report["results"]:
+        lines += ["", f"## {r['backend']} {_label(r)} ({r['file']})", "", "Gates:", ""]
+        lines += _table(["gate", "metric", "value", "threshold", "source", "result"],
+                        [[g["gate"], g["metric"], fmt(g["value"], "exact"),
+                          f"{g['op']} {g['threshold']:g}", g["source"], "pass" if g["passed"] else "**FAIL**"]
+                         for g in r["gates"]])
+        lines += ["", "Per output:", ""]
+        lines += _table(["output", "max abs", "mean abs", "rel err (mean/max)", "cos min", "cos p1", "cos mean",
+                         "top-1", "top-5", "KL mean/max"],
+                        [[o, fmt(s.get("max_abs"), "sci"), fmt(s.get("mean_abs"), "sci"),
+                          f"{fmt(s.get('rel_l2_mean'), 'sci')} / {fmt(s.get('rel_l2_max'), 'sci')}",
+                          fmt(s.get("cosine_min"), "cos"), fmt(s.get("cosine_p1"), "cos"), fmt(s.get("cosine_mean"), "cos"),
+                          fmt(s.get("top1_agreement"), "pct"), fmt(s.get("top5_overlap"), "pct"),
+                          f"{fmt(s.get('kl_mean'), 'sci')} / {fmt(s.get('kl_max'), 'sci')}"]
+                         for o, s in r["outputs"].items()])
+        lines += ["", "Worst images:", ""]
+        lines += _table(["image", "label", "reference", "this backend", "cosine", "KL"],
+                        [[w["image"], str(w.get("label") or ""), _pred(w.get("reference")), _pred(w.get("prediction")),
+                          fmt(w.get("cosine"), "cos"), fmt(w.get("kl"), "sci")] for w in r["worst_images"]])
+    if report.get("sensitivity"):
+        lines += ["", *sensitivity_markdown(report["sensitivity"])]
+    if report.get("requantization"):
+        lines += ["", *requantization_markdown(report["requantization"])]
+    if images["skipped"]:
+        lines += ["", f"## Skipped images ({images['skipped_count']})", ""]
+        lines += [f"- {s['image']}: {s['reason']}" for s in images["skipped"]]
+    if report.get("skipped_backends"):
+        lines += ["", "## Backends not run here", ""] + [f"- {s['backend']}: {s['reason']}" for s in report["skipped_backends"]]
+    if report.get("stages"):
+        lines += ["", "## Export checks", ""]
+        lines += _table(["stage", "result", "detail"], [[s["stage"], "pass" if s["passed"] else "**FAIL**", s["detail"]]
+                                                        for s in report["stages"]])
+    return "\n".join(lines) + "\n"
+
+
+def _label(r: dict[str, Any]) -> str:
+    """The precision, and the flavour when there is one (``int8 (onnxruntime_cpu)``)."""
+    return r["precision"] + (f" ({r['variant']})" if r.get("variant") else "")
+
+
+def _pred(p: dict[str, Any] | None) -> str:
+    return f"{p['label']} ({p['score']:.3f})" if p else ""
+
+
+def sensitivity_markdown(s: dict[str, Any]) -> list[str]:
+    lines = [f"## INT8 sensitivity ({s['method']}, {s['images']} calibration images, score: {s['score']})", ""]
+    return lines + _table(["rank", "group", "score", "top-1 agree", "cos mean", "Q/DQ nodes"],
+                          [[str(i + 1), g["group"], fmt(g["score"], "sci"), fmt(g.get("top1_agreement"), "pct"),
+                            fmt(g.get("cosine_mean"), "cos"), str(g["qdq_nodes"])] for i, g in enumerate(s["ranking"])])
+
+
+def requantization_markdown(r: dict[str, Any]) -> list[str]:
+    lines = [f"## INT8 re-quantization: {'gate holds' if r['passed'] else '**gate still fails**'} after "
+             f"{len(r['tries'])} tr{'y' if len(r['tries']) == 1 else 'ies'} (at most {r['max_tries']})",
+             "", f"- kept in higher precision: {', '.join(r['excluded']) or 'nothing'}",
+             f"- speed: {fmt(r.get('images_per_second'))} img/s vs {fmt(r.get('images_per_second_all_int8'))} img/s "
+             f"fully quantized and {fmt(r.get('images_per_second_fp32'))} img/s FP32", ""]
+    return lines + _table(["try", "excluded", "gate", "metrics", "img/s"],
+                          [[str(i), ", ".join(t["excluded"]) or "-", "pass" if t["passed"] else "fail",
+                            ", ".join(f"{k} {fmt(v)}" for k, v in t["metrics"].items()), fmt(t.get("images_per_second"))]
+                           for i, t in enumerate(r["tries"])])
+
+
+# ---- plots and thumbnails ----------------------------------------------------------------------
+def _png(fig: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def histogram_png(r: BackendResult, primary: str) -> bytes:
+    """Histograms of per-image (1 - cosine) and max abs error of the primary output, log x axes."""
+    from matplotlib.figure import Figure
+
+    per = r.per_output[primary]
+    fig = Figure(figsize=(9, 2.8))
+    for ax, values, title in ((fig.add_subplot(1, 2, 1), 1.0 - per["cosine"], "1 - cosine per image"),
+                              (fig.add_subplot(1, 2, 2), per["max_abs"], "max abs error per image")):
+        v = np.clip(values[np.isfinite(values)], 1e-16, None)
+        if v.size:
+            lo, hi = np.log10(v.min()), np.log10(v.max())
+            bins = np.logspace(lo - 0.1, hi + 0.1, 30) if hi - lo > 1e-9 else np.logspace(lo - 0.5, lo + 0.5, 3)
+            ax.hist(v, bins=bins, color="#3b6ea8")
+            ax.set_xscale("log")
+        ax.set_title(f"{r.name}: {title} ({primary})", fontsize=9)
+        ax.set_ylabel("images", fontsize=8)
+        ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def sensitivity_png(s: dict[str, Any]) -> bytes:
+    from matplotlib.figure import Figure
+
+    ranking = s["ranking"][:16][::-1]
+    fig = Figure(figsize=(7, 0.3 * len(ranking) + 1))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.barh([g["group"] for g in ranking], [g["score"] for g in ranking], color="#a84b3b")
+    ax.set_xlabel(s["score"], fontsize=8)
+    ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def thumbnail_jpeg(path: Path, size: int = 112) -> bytes | None:
+    from vitmsn.runtime.preprocess import to_rgb
+
+    try:
+        im = to_rgb(path)
+    except Exception:  # the report must not fail because one image cannot be shown
+        return None
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def _img(data: bytes | None, mime: str, alt: str) -> str:
+    if data is None:
+        return f"<span class='na'>{html.escape(alt)}: unreadable</span>"
+    return f"<img alt='{html.escape(alt)}' src='data:{mime};base64,{base64.b64encode(data).decode()}'>"
+
+
+# ---- report.html -------------------------------------------------------------------------------
+CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td.text{text-align:left}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
+.pass{color:#17702c;font-weight:600}.fail{color:#b00020;font-weight:700}.na{color:#888}
+.worst{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;padding:6px;width:190px;font-size:12px}
+.card img{display:block;margin:0 auto 4px}.banner{padding:10px 14px;font-size:18px;border-radius:4px}
+.banner.pass{background:#e3f4e6}.banner.fail{background:#fbe3e6}"""
+
+
+def _status(ok: bool) -> str:
+    return "<span class='pass'>pass</span>" if ok else "<span class='fail'>FAIL</span>"
+
+
+def _html_table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(report: dict[str, Any], result: ValidationResult) -> str:
+    e = html.escape
+    ref, images = report["reference"], report["images"]
+    ok = report["passed"]
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>vitmsn drift report</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>Accuracy-drift report</h1><div class='banner {'pass' if ok else 'fail'}'>"
+             f"{'PASSED' if ok else 'FAILED'}: {len(report['results'])} backend/precision result(s) against PyTorch FP32</div>",
+             f"<p>Checkpoint {e(ref['checkpoint'])} (sha256 {e(ref['checkpoint_sha256'][:16])}...), "
+             f"{images['evaluated']} images from {e(images['root'])}, {images['skipped_count']} skipped. {e(images['note'])}."
+             + (f" Reference accuracy {fmt(ref['accuracy'], 'pct')}." if ref.get("accuracy") is not None else "") + "</p>"]
+    failures = result.failures()
+    if failures:
+        parts.append("<h2>Failed gates</h2><ul>" + "".join(f"<li class='fail'>{e(f)}</li>" for f in failures) + "</ul>")
+    parts.append("<h2>Summary per precision</h2>" + _html_table(
+        ["backend", "precision", "gates"] + [h for _, h, _ in SUMMARY_COLUMNS] + ["img/s"],
+        [[e(r["backend"]), e(_label(r)), _status(r["passed"])]
+         + [fmt(r["metrics"].get(k), kind) for k, _, kind in SUMMARY_COLUMNS] + [fmt(r["timing"]["images_per_second"])]
+         for r in report["results"]]))
+    for r, obj in zip(report["results"], result.results):
+        parts.append(f"<h2>{e(r['backend'])} {e(_label(r))} <small>({e(r['file'])})</small> {_status(r['passed'])}</h2>")
+        parts.append(_html_table(["gate", "metric", "value", "threshold", "source", "result"],
+                                 [[e(g["gate"]), e(g["metric"]), fmt(g["value"], "exact"), f"{e(g['op'])} {g['threshold']:g}",
+                                   e(g["source"]), _status(g["passed"])] for g in r["gates"]]))
+        parts.append(_html_table(["output", "max abs", "mean abs", "rel err", "cos min", "cos p1", "cos mean", "top-1", "KL mean"],
+                                 [[e(o), fmt(s.get("max_abs"), "sci"), fmt(s.get("mean_abs"), "sci"),
+                                   fmt(s.get("rel_l2_mean"), "sci"), fmt(s.get("cosine_min"), "cos"),
+                                   fmt(s.get("cosine_p1"), "cos"), fmt(s.get("cosine_mean"), "cos"),
+                                   fmt(s.get("top1_agreement"), "pct"), fmt(s.get("kl_mean"), "sci")]
+                                  for o, s in r["outputs"].items()]))
+        parts.append(_img(histogram_png(obj, result.primary_output), "image/png", f"histograms {r['precision']}"))
+        cards = []
+        for w in r["worst_images"]:
+            thumb = thumbnail_jpeg(result.images.root / w["image"])
+            lines = [f"<b>{e(w['image'])}</b>"]
+            if w.get("label"):
+                lines.append(f"label: {e(w['label'])}")
+            if w.get("reference"):
+                lines.append(f"pytorch: {e(_pred(w['reference']))}")
+                lines.append(f"{e(r['precision'])}: {e(_pred(w['prediction']))}"
+                             + ("" if w.get("top1_agree", True) else " <span class='fail'>differs</span>"))
+            lines.append(f"cosine {fmt(w.get('cosine'), 'cos')}" + (f", KL {fmt(w.get('kl'), 'sci')}" if "kl" in w else ""))
+            cards.append(f"<div class='card'>{_img(thumb, 'image/jpeg', w['image'])}{'<br>'.join(lines)}</div>")
+        parts.append(f"<h3>Worst images</h3><div class='worst'>{''.join(cards)}</div>")
+    if report.get("sensitivity"):
+        s = report["sensitivity"]
+        parts.append(f"<h2>INT8 sensitivity</h2><p>{e(s['method'])} on {s['images']} calibration images; "
+                     f"score: {e(s['score'])} (higher hurts more).</p>" + _img(sensitivity_png(s), "image/png", "sensitivity"))
+        parts.append(_html_table(["rank", "group", "score", "top-1 agree", "cos mean"],
+                                 [[str(i + 1), e(g["group"]), fmt(g["score"], "sci"), fmt(g.get("top1_agreement"), "pct"),
+                                   fmt(g.get("cosine_mean"), "cos")] for i, g in enumerate(s["ranking"])]))
+    if report.get("requantization"):
+        parts.append("<h2>INT8 re-quantization</h2><pre>" + e("\n".join(requantization_markdown(report["requantization"])))
+                     + "</pre>")
+    if images["skipped"]:
+        parts.append("<h2>Skipped images</h2><ul>" + "".join(f"<li>{e(s['image'])}: {e(s['reason'])}</li>"
+                                                            for s in images["skipped"]) + "</ul>")
+    if report.get("skipped_backends"):
+        parts.append("<h2>Backends not run here</h2><ul>" + "".join(f"<li>{e(s['backend'])}: {e(s['reason'])}</li>"
+                                                                   for s in report["skipped_backends"]) + "</ul>")
+    if report.get("stages"):
+        parts.append("<h2>Export checks</h2>" + _html_table(["stage", "result", "detail"], [
+            [e(s["stage"]), _status(s["passed"]), f"<span class='text'>{e(s['detail'])}</span>"] for s in report["stages"]]))
+    return "".join(parts) + "</body></html>\n"
+
+
+def write_drift_reports(out: str | Path, result: ValidationResult) -> dict[str, str]:
+    """Write report.json, report.md and report.html into ``out``; return their names."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = read_previous(out) or (read_previous(result.artifacts) if result.artifacts != out else None)
+    report = report_dict(result, previous)
+    write_json_atomic(out / "report.json", report)
+    write_bytes_atomic(out / "report.md", markdown(report).encode())
+    write_bytes_atomic(out / "report.html", render_html(report, result).encode())
+    return {"json": "report.json", "md": "report.md", "html": "report.html"}

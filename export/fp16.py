@@ -1,0 +1,163 @@
+"""FP32 ONNX -> FP16 ONNX with NVIDIA ModelOpt's AutoCast, keeping what must stay FP32 in FP32.
+
+TensorRT 11 has no FP16 builder flag: precision is written into the graph, and a strongly typed
+network runs each layer in the type the graph gives it. AutoCast converts node by node and keeps
+a node in FP32 when a rule says so. The rules used here guard the known ViT FP16 failure, a
+LayerNorm (or any reduction over the hidden axis) whose sum of squares or residual input
+overflows FP16's 65504:
+
+* op types: ``LayerNormalization`` and the ops of a decomposed LayerNorm (ReduceMean, Pow, Sqrt,
+  ReduceSumSquare, ...) always stay FP32 (TensorRT then runs the normalisation in FP32, its own
+  recommendation for transformer models);
+* values: AutoCast runs the FP32 graph with ONNX Runtime on reference inputs (real calibration
+  images when there are some) and keeps every node whose inputs or outputs exceed ``data_max``
+  in magnitude (default 512, so that a x128 growth inside the node still fits FP16) in FP32;
+* initializers larger than FP16's range keep their node in FP32.
+
+Every node that stayed FP32 is returned with AutoCast's reason, for the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from vitmsn.runtime.manifest import atomic_path
+
+from .modelopt_quirks import captured_modelopt_logs
+
+log = logging.getLogger(__name__)
+
+IO_DTYPES = ("float32", "float16")
+# LayerNorm and the pieces of a decomposed LayerNorm: the reductions that overflow in FP16.
+LAYERNORM_OP_TYPES = ("LayerNormalization", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt")
+DEFAULT_DATA_MAX = 512.0
+DEFAULT_REFERENCE_SAMPLES = 16
+_SKIPPED = re.compile(r"^Skipping node (\S+): (.*)$")
+_RULE_REASONS = {
+    "DisabledOpTypes": "op type kept in FP32 (LayerNorm/reduction overflow protection)",
+    "DisabledNodeNameRegexRule": "excluded by name",
+}
+
+
+@dataclass(frozen=True)
+class Fp16Options:
+    io_dtype: str = "float32"  # "float16": the graph's inputs and outputs become FP16 too
+    keep_fp32_op_types: tuple[str, ...] = LAYERNORM_OP_TYPES
+    keep_fp32_nodes: tuple[str, ...] = ()  # regular expressions over node names
+    data_max: float = DEFAULT_DATA_MAX
+    reference_samples: int = DEFAULT_REFERENCE_SAMPLES  # images AutoCast's range check runs on
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.io_dtype not in IO_DTYPES:
+            raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {self.io_dtype!r}")
+
+
+@dataclass(frozen=True)
+class Fp16Result:
+    path: Path
+    io_dtype: str
+    kept_fp32: tuple[dict[str, str], ...]  # {"node", "op_type", "reason"}
+    converted_nodes: int
+    total_nodes: int
+    reference: str  # what the range check ran on
+    seconds: float
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_manifest(self) -> dict[str, Any]:
+        by_op: dict[str, int] = {}
+        for k in self.kept_fp32:
+            by_op[k["op_type"]] = by_op.get(k["op_type"], 0) + 1
+        return {
+            "converter": "modelopt.onnx.autocast",
+            "io_dtype": self.io_dtype,
+            "converted_nodes": self.converted_nodes,
+            "total_nodes": self.total_nodes,
+            "kept_fp32": {"count": len(self.kept_fp32), "by_op_type": dict(sorted(by_op.items())),
+                          "nodes": list(self.kept_fp32)},
+            "range_check": {"reference": self.reference},
+            "convert_seconds": round(self.seconds, 2),
+        }
+
+
+def _write_reference_batches(tensors: np.ndarray, input_name: str, folder: Path, batch: int = 4) -> None:
+    """AutoCast reads a folder of .npz files as several batches and keeps only per-tensor statistics."""
+    for i, start in enumerate(range(0, len(tensors), batch)):
+        np.savez(folder / f"batch_{i:04d}.npz", **{input_name: np.ascontiguousarray(tensors[start:start + batch])})
+
+
+def fp16_onnx_from_fp32(fp32_path: str | Path, out_path: str | Path, *, options: Fp16Options = Fp16Options(),
+                        reference_inputs: np.ndarray | None = None, input_name: str = "pixel_values") -> Fp16Result:
+    """Convert ``fp32_path`` to FP16 at ``out_path`` (written atomically).
+
+    ``reference_inputs`` (preprocessed images, float32 [N,3,H,W]) feed AutoCast's range check;
+    without them it runs on random inputs in [-1, 1], which is weaker (the report says so).
+    """
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vitmsn-fp16-") as tmp:
+        calibration_data = None
+        reference = "random inputs in [-1, 1] (no calibration images)"
+        if reference_inputs is not None and len(reference_inputs):
+            ref = reference_inputs[: options.reference_samples]
+            _write_reference_batches(ref, input_name, Path(tmp))
+            calibration_data = tmp
+            reference = f"{len(ref)} calibration images"
+        with captured_modelopt_logs(options.verbose) as messages:
+            model = convert_to_mixed_precision(
+                str(fp32_path),
+                low_precision_type="fp16",
+                op_types_to_exclude=list(options.keep_fp32_op_types),
+                nodes_to_exclude=list(options.keep_fp32_nodes) or None,
+                data_max=options.data_max,
+                keep_io_types=options.io_dtype == "float32",
+                calibration_data=calibration_data,
+                providers=["cpu"],
+            )
+    kept = _kept_fp32(model, messages)
+    total = sum(1 for n in model.graph.node if n.op_type != "Cast")
+    with atomic_path(out_path) as tmp_out:
+        onnx.save_model(model, str(tmp_out))
+    warnings = tuple(m for m in messages if "smaller than smallest fp16" in m or "out of range" in m)
+    result = Fp16Result(Path(out_path), options.io_dtype, kept, total - len(kept), total, reference,
+                        time.perf_counter() - started, warnings)
+    log.info("fp16: %d of %d nodes converted, %d kept in FP32", result.converted_nodes, total, len(kept))
+    return result
+
+
+def _kept_fp32(model: onnx.ModelProto, messages: list[str]) -> tuple[dict[str, str], ...]:
+    """The nodes AutoCast left in FP32, each with the rule that kept it (from its log)."""
+    op_type = {n.name: n.op_type for n in model.graph.node}
+    kept: dict[str, dict[str, str]] = {}
+    for message in messages:
+        m = _SKIPPED.match(message)
+        if not m or m.group(1) not in op_type:
+            continue
+        name, detail = m.groups()
+        if "reference IO out of range" in detail:
+            reason = f"values beyond FP16-safe range on the reference inputs ({detail.split(': ', 1)[-1]})"
+        elif "initializer" in detail:
+            reason = f"initializer beyond FP16 range ({detail})"
+        else:
+            reason = _RULE_REASONS.get(detail, detail)
+        kept.setdefault(name, {"node": name, "op_type": op_type[name], "reason": reason})
+    return tuple(kept[n.name] for n in model.graph.node if n.name in kept)
+
+
+def fp32_compute_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of non-Cast nodes whose float outputs are FP32 in ``model`` (graph-structure checks)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+    return [n.name for n in model.graph.node if n.op_type != "Cast"
+            and any(types.get(o) == onnx.TensorProto.FLOAT for o in n.output)]

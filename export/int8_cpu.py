@@ -1,0 +1,172 @@
+"""FP32 ONNX + the same calibration data -> an INT8 graph laid out for ONNX Runtime on CPU.
+
+The TensorRT-placed graph (:mod:`.int8`) is the wrong shape for ONNX Runtime's CPU kernels:
+symmetric INT8 activations take MLAS's slower s8 x s8 path on CPUs without VNNI, and a
+DequantizeLinear shared by the Q, K and V projections blocks ONNX Runtime's fusion, so those
+MatMuls run in FP32 on freshly dequantized weights. Measured on a ViT-S shape at batch 8 it was
+only ~1.2x faster than FP32. This flavour is placed for ONNX Runtime instead:
+
+* ``onnxruntime.quantization.quantize_static`` in QDQ format, calibrated on the same tensors as
+  the TensorRT graph (entropy or max);
+* only the weight-bearing MatMuls (the encoder's linear layers, ~95% of the FLOPs); the patch
+  embedding Conv, the classifier Gemm (one token: INT8 does not pay) and the attention
+  score/context MatMuls (activation x activation) stay FP32;
+* activations uint8 (asymmetric, per tensor), weights int8 per output channel, 7-bit weight
+  range (``reduce_range``): the u8 x s8 AVX2 path multiplies pairs into int16 (``vpmaddubsw``),
+  which saturates with full-range weights on CPUs without VNNI; on a 1-layer test model full
+  range gave a minimum cosine of 0.09 against FP32, 7-bit weights 0.989;
+* a dedicated DequantizeLinear per consumer and no QuantizeLinear on MatMul outputs, so ONNX
+  Runtime fuses each ``Q -> DQ -> MatMul`` into one ``MatMulIntegerToFloat`` (integer GEMM,
+  float output, scales folded in) and nothing is requantized between layers.
+
+``benchmarks/int8_cpu.py`` measures it against FP32 on ONNX Runtime in the same run.
+
+The quantization runs in a fresh Python process: ModelOpt's first ``quantize()`` monkeypatches
+ONNX Runtime's calibrators process-wide (``ort_patching.patch_ort_modules``) and never restores
+them, and with its patches in place ``quantize_static`` collects no histogram at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from vitmsn.calibration import CalibrationMethod, CalibrationReader, as_ort_reader, even_batch_size
+from vitmsn.runtime.manifest import atomic_path
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CpuInt8Result:
+    path: Path
+    method: CalibrationMethod
+    quantized_nodes: tuple[str, ...]
+    excluded_nodes: tuple[str, ...]
+    counts: dict[str, int]
+    seconds: float
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "quantizer": "onnxruntime.quantization.quantize_static (QDQ, placed for ONNX Runtime CPU)",
+            "method": self.method.value,
+            "activations": "uint8 asymmetric per tensor",
+            "weights": "int8 symmetric per output channel, 7-bit range (reduce_range)",
+            "high_precision_dtype": "float32",
+            "quantized_nodes": len(self.quantized_nodes),
+            "excluded_nodes": list(self.excluded_nodes),
+            "quantize_linear": self.counts.get("QuantizeLinear", 0),
+            "dequantize_linear": self.counts.get("DequantizeLinear", 0),
+            "quantize_seconds": round(self.seconds, 2),
+        }
+
+
+def linear_nodes(model: onnx.ModelProto) -> list[str]:
+    """MatMul nodes with a constant (initializer) operand: the linear layers, worth INT8 on CPU."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(i in inits for i in n.input)]
+
+
+def cpu_int8_onnx_from_calibration(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, *,
+                                   method: CalibrationMethod = CalibrationMethod.ENTROPY,
+                                   exclude_nodes: Sequence[str] = (), input_name: str = "pixel_values",
+                                   batch_size: int = 8, verbose: bool = False) -> CpuInt8Result:
+    """Quantize ``fp32_path`` for ONNX Runtime CPU with ``calibration`` (float32 [N,3,H,W]).
+
+    Runs :func:`_quantize` in a child interpreter (see the module docstring); raises RuntimeError
+    with the child's last lines when it fails.
+    """
+    method = CalibrationMethod(method)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vitmsn-int8cpu-") as tmp:
+        data, summary = Path(tmp) / "calibration.npy", Path(tmp) / "result.json"
+        np.save(data, np.ascontiguousarray(calibration, dtype=np.float32), allow_pickle=False)
+        (Path(tmp) / "exclude.json").write_text(json.dumps(list(exclude_nodes)))
+        cmd = [sys.executable, "-m", "vitmsn.export.int8_cpu", str(fp32_path), str(out_path), str(data),
+               "--method", method.value, "--exclude", str(Path(tmp) / "exclude.json"), "--input-name", input_name,
+               "--batch-size", str(batch_size), "--summary", str(summary)]
+        proc = subprocess.run(cmd, capture_output=not verbose, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        if proc.returncode != 0:
+            tail = "\n".join(((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-5:])
+            raise RuntimeError(f"INT8 (ONNX Runtime CPU) quantization of {Path(fp32_path).name} failed: {tail}")
+        done = json.loads(summary.read_text())
+    result = CpuInt8Result(Path(out_path), method, tuple(done["quantized_nodes"]), tuple(exclude_nodes),
+                           dict(done["counts"]), time.perf_counter() - started)
+    log.info("int8 (onnxruntime cpu): %d nodes quantized in %.1fs", len(result.quantized_nodes), result.seconds)
+    return result
+
+
+def _quantize(fp32_path: Path, out_path: Path, calibration: np.ndarray, method: CalibrationMethod,
+              exclude_nodes: Sequence[str], input_name: str, batch_size: int) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(fp32_path))
+    # ONNX Runtime's quantizer re-runs shape inference and fails on the dynamo exporter's
+    # value_info ("Inferred shape and existing shape differ"); the graph's own shapes are
+    # enough for it, so the stale intermediate annotations are dropped first.
+    del model.graph.value_info[:]
+    nodes = [n for n in linear_nodes(model) if n not in set(exclude_nodes)]
+    batch = even_batch_size(len(calibration), batch_size)  # the histogram collector cannot stack ragged batches
+    reader = as_ort_reader(CalibrationReader(calibration, batch_size=batch, input_name=input_name))
+    with tempfile.TemporaryDirectory(prefix="vitmsn-int8cpu-") as tmp:
+        clean = Path(tmp) / "fp32.onnx"
+        onnx.save_model(model, str(clean))
+        with atomic_path(out_path) as tmp_out:
+            quantize_static(
+                str(clean), str(tmp_out), reader,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["MatMul"],
+                nodes_to_quantize=nodes,
+                per_channel=True,
+                reduce_range=True,  # see the module docstring: int16 saturation without VNNI
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=OrtMethod.Entropy if method is CalibrationMethod.ENTROPY else OrtMethod.MinMax,
+                extra_options={
+                    "DedicatedQDQPair": True,  # one DQ per consumer: each MatMul can fuse on its own
+                    "OpTypesToExcludeOutputQuantization": ["MatMul"],  # float out, no requantize
+                    "DefaultTensorType": onnx.TensorProto.FLOAT,
+                },
+            )
+            counts = Counter(n.op_type for n in onnx.load(str(tmp_out), load_external_data=False).graph.node)
+    return {"quantized_nodes": nodes, "counts": dict(counts)}
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="INT8 for ONNX Runtime CPU (run by cpu_int8_onnx_from_calibration)")
+    p.add_argument("fp32", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("calibration", type=Path, help=".npy float32 [N,3,H,W]")
+    p.add_argument("--method", default="entropy", choices=[m.value for m in CalibrationMethod])
+    p.add_argument("--exclude", type=Path, help="JSON list of node names")
+    p.add_argument("--input-name", default="pixel_values")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--summary", type=Path, required=True)
+    a = p.parse_args(argv)
+    logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's quantizer warns through the root logger
+    exclude = json.loads(a.exclude.read_text()) if a.exclude else []
+    calibration = np.load(a.calibration, allow_pickle=False)
+    with contextlib.redirect_stdout(sys.stderr):  # its calibration progress goes to stdout
+        summary = _quantize(a.fp32, a.out, calibration, CalibrationMethod(a.method), exclude, a.input_name,
+                            a.batch_size)
+    a.summary.write_text(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    _main()

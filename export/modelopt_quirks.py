@@ -1,0 +1,86 @@
+"""ModelOpt quirks, handled in one place: its logging, and its TensorRT detection.
+
+:func:`captured_modelopt_logs`: ModelOpt's INFO chatter kept off the terminal, its decisions captured.
+:func:`modelopt_without_fake_tensorrt`: ModelOpt's ``trt_utils`` decides "TensorRT is available"
+from ``import tensorrt`` succeeding. ``tensorrt-stubs`` (our static-check dependency) installs a
+bare ``tensorrt/`` folder of ``.pyi`` files, which imports as an empty namespace package, and
+ModelOpt's INT8 quantization then dies on ``trt.Logger``. Inside the block its flag is cleared
+when the imported ``tensorrt`` has no ``Logger`` (a real TensorRT is used as before).
+
+ModelOpt (``modelopt.onnx``) installs its own stream handlers and logs every node it skips at
+INFO. We need some of those lines as data (which nodes AutoCast kept in FP32, and why) but not
+on the user's terminal, so :func:`captured_modelopt_logs` raises its handlers to WARNING for the
+duration of a call and records the messages. ModelOpt's handlers and ONNX Runtime's calibration
+progress write to stdout; inside the block stdout goes to stderr, so a command's stdout stays
+machine-readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from typing import Iterator
+
+MODELOPT_LOGGERS = ("modelopt.onnx", "modelopt.onnx.autocast", "modelopt.onnx.quantization")
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def modelopt_without_fake_tensorrt() -> Iterator[None]:
+    from modelopt.onnx import trt_utils
+
+    fake = getattr(trt_utils, "TRT_PYTHON_AVAILABLE", False) and not hasattr(getattr(trt_utils, "trt", None), "Logger")
+    if not fake:
+        yield
+        return
+    trt_utils.TRT_PYTHON_AVAILABLE = False
+    try:
+        yield
+    finally:
+        trt_utils.TRT_PYTHON_AVAILABLE = True
+
+
+@contextlib.contextmanager
+def captured_modelopt_logs(verbose: bool = False) -> Iterator[list[str]]:
+    """Yield a list that receives every ModelOpt log message (INFO and up) made inside the block."""
+    collect = _Collect()
+    saved: list[tuple[logging.Handler, int, object]] = []
+    saved_levels: list[tuple[logging.Logger, int]] = []
+    for name in MODELOPT_LOGGERS:
+        lg = logging.getLogger(name)
+        saved_levels.append((lg, lg.level))
+        for h in lg.handlers:
+            stream = getattr(h, "stream", None)
+            saved.append((h, h.level, stream))
+            if not verbose:
+                h.setLevel(max(h.level, logging.WARNING))
+            if isinstance(h, logging.StreamHandler) and stream in (sys.stdout, sys.__stdout__):
+                h.setStream(sys.stderr)
+    # AutoCast's modules all log through "modelopt.onnx.autocast"; quantization is told its level
+    # by argument (its entry point reconfigures the handlers on every call).
+    autocast = logging.getLogger("modelopt.onnx.autocast")
+    autocast.setLevel(logging.INFO)  # restored below with the others
+    autocast.addHandler(collect)
+    propagate = autocast.propagate
+    autocast.propagate = verbose  # its INFO lines would otherwise reach the root logger's handlers
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # ModelOpt and ORT print progress to stdout
+            yield collect.messages
+    finally:
+        autocast.removeHandler(collect)
+        autocast.propagate = propagate
+        for h, level, stream in saved:
+            h.setLevel(level)
+            if isinstance(h, logging.StreamHandler) and stream is not None and h.stream is not stream:
+                h.setStream(stream)  # type: ignore[arg-type]
+        for lg, level in saved_levels:
+            lg.setLevel(level)

@@ -1,0 +1,148 @@
+"""The FP16, INT8 and engine steps of an export run: each writes its artifact, checks it, and
+returns the manifest entry and the report stages (the pipeline only sequences them).
+
+Artifacts (all named in manifest.json with their SHA-256):
+
+* ``model.fp16.onnx``: AutoCast FP16 (:mod:`.fp16`), ``precisions["fp16"]``;
+* ``model.int8.onnx``: Q/DQ placed for TensorRT (:mod:`.int8`), ``precisions["int8"]``; its
+  high-precision dtype is FP16 when an engine is built from it, FP32 otherwise (it is then meant
+  for ONNX Runtime);
+* ``model.int8.cpu.onnx``: the same calibration, placed for ONNX Runtime on CPU
+  (:mod:`.int8_cpu`), ``precisions["int8"]["onnxruntime_cpu"]``: what a CPU runtime should load;
+* ``engine.<precision>.<target>.plan`` (:mod:`.engine`), one ``engines`` entry each.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from vitmsn.calibration import CalibrationMethod, CalibrationSet
+from vitmsn.runtime.manifest import sha256_file
+
+from . import checks
+from .comparison import ComparisonInputs, compare_with_reference, onnxruntime_outputs
+from .drift_gates import Gates
+from .engine import EngineOptions, engine_from_onnx
+from .fp16 import Fp16Options, fp16_onnx_from_fp32
+from .int8 import Int8Options, qdq_onnx_from_calibration
+from .int8_cpu import cpu_int8_onnx_from_calibration
+from .spec import ExportSpec
+
+log = logging.getLogger(__name__)
+
+FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+CPU_INT8_FILE = "model.int8.cpu.onnx"
+
+
+@dataclass(frozen=True)
+class StepContext:
+    out: Path
+    fp32_path: Path
+    spec: ExportSpec
+    inputs: ComparisonInputs
+    reference: dict[str, np.ndarray]  # PyTorch FP32 outputs on ``inputs``
+    gates: Gates
+    fail_on_drift: bool
+    verbose: bool = False
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    return {"file": path.name, "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+
+
+def _graph_stages(path: Path, spec: ExportSpec, io_dtype: str) -> list[checks.StageResult]:
+    stages = [checks.check_onnx_checker(path)]
+    if stages[-1].passed:
+        sig = checks.check_io_signature(onnx.load(str(path), load_external_data=False), spec, io_dtype)
+        stages.append(checks.StageResult(f"io_signature_{path.stem.split('.', 1)[1]}", sig.passed, sig.detail))
+    return stages
+
+
+def _drift(ctx: StepContext, label: str, precision: str, path: Path) -> tuple[checks.StageResult, dict[str, Any]]:
+    got = onnxruntime_outputs(path, ctx.inputs.tensors, ctx.spec.input.name)
+    return compare_with_reference(label, precision, got, ctx.reference, ctx.inputs, ctx.gates, enforce=ctx.fail_on_drift)
+
+
+def fp16_step(ctx: StepContext, options: Fp16Options,
+              calibration: CalibrationSet | None) -> tuple[dict[str, Any], list[checks.StageResult], list[dict[str, Any]]]:
+    path = ctx.out / FILES["fp16"]
+    reference = calibration.tensors if calibration is not None else (ctx.inputs.tensors if ctx.inputs.real else None)
+    result = fp16_onnx_from_fp32(ctx.fp32_path, path, options=options, reference_inputs=reference,
+                                 input_name=ctx.spec.input.name)
+    stages = _graph_stages(path, ctx.spec, options.io_dtype)
+    rows = []
+    if all(s.passed for s in stages):
+        stage, row = _drift(ctx, "fp16", "fp16", path)
+        stages.append(stage)
+        rows.append(row)
+    entry = {**file_entry(path), **result.to_manifest(),
+             "validation": {s.stage: {"passed": s.passed, "detail": s.detail} for s in stages}}
+    return entry, stages, rows
+
+
+def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, *,
+              cpu_flavour: bool = True) -> tuple[dict[str, Any], list[checks.StageResult], list[dict[str, Any]]]:
+    path = ctx.out / FILES["int8"]
+    result = qdq_onnx_from_calibration(ctx.fp32_path, path, calibration.tensors, options=options,
+                                       input_name=ctx.spec.input.name)
+    stages = _graph_stages(path, ctx.spec, "float32")
+    rows = []
+    if all(s.passed for s in stages):
+        stage, row = _drift(ctx, "int8", "int8", path)
+        stages.append(stage)
+        rows.append(row)
+    quant = result.to_manifest()
+    entry: dict[str, Any] = {
+        **file_entry(path), "io_dtype": "float32",
+        "method": quant["method"], "high_precision_dtype": quant["high_precision_dtype"],
+        "excluded_nodes": quant["excluded_nodes"],
+        "calibration": {"method": quant["method"], "count": len(calibration), "source": calibration.source,
+                        "sha256": calibration.sha256, "skipped_images": len(calibration.skipped),
+                        **{k: v for k, v in calibration.to_manifest().items() if k not in ("source", "count")}},
+        "quantization": quant,
+    }
+    if cpu_flavour:
+        cpu_path = ctx.out / CPU_INT8_FILE
+        cpu = cpu_int8_onnx_from_calibration(ctx.fp32_path, cpu_path, calibration.tensors,
+                                             method=CalibrationMethod(options.method),
+                                             exclude_nodes=result.excluded_nodes, input_name=ctx.spec.input.name,
+                                             verbose=ctx.verbose)
+        cpu_stages = _graph_stages(cpu_path, ctx.spec, "float32")
+        if all(s.passed for s in cpu_stages):
+            stage, row = _drift(ctx, "int8_cpu", "int8", cpu_path)
+            cpu_stages.append(stage)
+            rows.append(row)
+        stages += cpu_stages
+        entry["onnxruntime_cpu"] = {**file_entry(cpu_path), "io_dtype": "float32", **cpu.to_manifest(),
+                                    "calibration_sha256": calibration.sha256,
+                                    "validation": {s.stage: {"passed": s.passed, "detail": s.detail} for s in cpu_stages}}
+    entry["validation"] = {s.stage: {"passed": s.passed, "detail": s.detail} for s in stages}
+    return entry, stages, rows
+
+
+def engine_step(out: Path, precision: str, onnx_file: str, spec: ExportSpec, io_dtype: str,
+                options: EngineOptions) -> tuple[dict[str, Any] | None, checks.StageResult]:
+    target = options.target
+    plan = out / f"engine.{precision}.{target}.plan"
+    try:
+        r = engine_from_onnx(out / onnx_file, plan, precision=precision, input_name=spec.input.name,
+                             input_chw=tuple(int(d) for d in spec.input.shape[1:]), options=options)
+    except RuntimeError as exc:
+        return None, checks.StageResult(f"engine_{precision}", False, str(exc))
+    entry = {
+        **file_entry(plan), "precision": precision, "target": target, "onnx": onnx_file,
+        "tensorrt_version": r.tensorrt_version, "io_dtype": io_dtype,
+        ("aot_targets" if r.aot else "compute_capabilities"): list(r.compute_capabilities),
+        "compute_capabilities": list(r.compute_capabilities),
+        "profile": r.profile, "build_seconds": round(r.build_seconds, 2), "strongly_typed": r.strongly_typed,
+        "precision_flags": list(r.precision_flags), "options": r.options.to_manifest(), "notes": list(r.notes),
+    }
+    detail = (f"{plan.name}: {entry['size_bytes'] / 1e6:.1f} MB in {r.build_seconds:.1f}s, {target} {r.tensorrt_version}, "
+              f"{'AOT ' if r.aot else ''}{','.join(r.compute_capabilities)}, profile {r.profile[spec.input.name]}")
+    return entry, checks.StageResult(f"engine_{precision}", True, detail)

@@ -1,0 +1,333 @@
+"""``vitmsn validate``: every precision and backend of an artifacts directory against PyTorch FP32.
+
+The reference is the exported checkpoint itself (``load_checkpoint(...).build_model()``, its
+SHA-256 checked against the manifest), fed exactly the float32 tensors every backend gets: each
+image is preprocessed once, by the runtime's :class:`PreprocessConfig` built from the manifest.
+Each backend runs through the runtime's runners (``OnnxRuntimeRunner`` for every ONNX graph,
+``TensorRTRunner`` for every engine this machine can run), i.e. the code users deploy.
+
+Images stream through in batches, so memory stays flat whatever the image count; figures are
+computed per image (:mod:`.drift_metrics`) and gated per precision (:mod:`.drift_gates`).
+Unreadable images are listed and skipped. Labels come from class sub-folders named as the
+model's labels, or from a CSV ``path,label`` file (:mod:`.validation_inputs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from vitmsn.errors import InputError
+from vitmsn.progress import Progress
+from vitmsn.runtime.manifest import Manifest
+from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
+
+from . import drift_metrics as dm
+from .drift_gates import Gates, GateResult, evaluate
+from .validation_inputs import ImageSet, image_set
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("all", "onnxruntime", "tensorrt")
+WORST_IMAGES = 12
+
+
+@dataclass
+class Target:
+    """One thing to compare with the reference: a backend running one artifact file."""
+
+    backend: str
+    precision: str
+    file: str
+    make_runner: Callable[[], Any]
+    variant: str = ""  # "" for the precision's own graph, else the manifest key of a flavour of it
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    precision: str
+    file: str
+    per_output: dict[str, dict[str, np.ndarray]]  # output -> per-image metric arrays
+    logits: np.ndarray | None
+    metrics: dict[str, Any]
+    outputs: dict[str, dict[str, Any]]
+    gates: list[GateResult]
+    worst_images: list[dict[str, Any]]
+    seconds: float
+    providers: list[str] = field(default_factory=list)
+    variant: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend} {self.precision}" + (f" ({self.variant})" if self.variant else "")
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def to_dict(self) -> dict[str, Any]:
+        n = self.metrics.get("images", 0)
+        return {
+            "backend": self.backend, "precision": self.precision, "variant": self.variant, "file": self.file,
+            "providers": self.providers,
+            "passed": self.passed, "metrics": self.metrics, "outputs": self.outputs,
+            "gates": [g.to_dict() for g in self.gates], "worst_images": self.worst_images,
+            "timing": {"seconds": round(self.seconds, 3),
+                       "images_per_second": round(n / self.seconds, 2) if self.seconds > 0 else None},
+        }
+
+
+@dataclass
+class ValidationResult:
+    artifacts: Path
+    task: str
+    primary_output: str
+    reference: dict[str, Any]
+    images: ImageSet
+    evaluated: list[str]  # relative paths of the images compared, in order
+    evaluated_labels: np.ndarray  # their class indices (-1 unknown)
+    skipped_images: list[dict[str, str]]
+    results: list[BackendResult]
+    skipped_backends: list[dict[str, str]]
+    gates: Gates
+    checks: list[dict[str, Any]] = field(default_factory=list)  # reference-level checks (preprocess)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. "sensitivity", added by callers
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results) and all(c["passed"] for c in self.checks)
+
+    def failures(self) -> list[str]:
+        out = [f"{c['check']}: {c['detail']}" for c in self.checks if not c["passed"]]
+        for r in self.results:
+            out += [g.describe(r.backend, r.precision + (f" ({r.variant})" if r.variant else ""))
+                    for g in r.gates if not g.passed]
+        return out
+
+    def result(self, precision: str, backend: str = "onnxruntime", variant: str = "") -> BackendResult:
+        for r in self.results:
+            if r.precision == precision and r.backend == backend and r.variant == variant:
+                return r
+        raise KeyError(f"no {backend} {precision} result")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "passed": self.passed,
+            "task": self.task,
+            "primary_output": self.primary_output,
+            "results": [r.to_dict() for r in self.results],
+            "checks": self.checks,
+            "images": {**self.images.describe(), "evaluated": len(self.evaluated),
+                       "labelled": int((self.evaluated_labels >= 0).sum()),
+                       "skipped_count": len(self.skipped_images), "skipped": self.skipped_images},
+            "skipped_backends": self.skipped_backends,
+            "thresholds": self.gates.to_dict(),
+            **self.extra,
+        }
+
+
+# ---- what to run ------------------------------------------------------------------------------
+def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None = None,
+                          backend: str = "all") -> tuple[list[Target], list[dict[str, str]]]:
+    """Every (backend, precision) the artifacts hold and this machine can run, and why not the others."""
+    if backend == "auto":
+        backend = "all"
+    if backend not in BACKENDS:
+        raise InputError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
+    wanted = [p.lower() for p in precisions] if precisions else None
+    available = set(manifest.precisions) | {str(e.get("precision")) for e in manifest.engines}
+    for p in wanted or []:
+        if p not in available:
+            raise InputError(f"--precision {p}: {manifest.root} has no {p} artifact (it has: {', '.join(sorted(available))})")
+    targets: list[Target] = []
+    skipped: list[dict[str, str]] = []
+    if backend in ("all", "onnxruntime"):
+        from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+        # No spin-waiting: backends take turns on each batch, and a spinning idle session steals the
+        # cores the next one (or PyTorch) needs.
+
+        for precision, entry in manifest.precisions.items():
+            if wanted and precision not in wanted:
+                continue
+            # the graph itself, and any flavour recorded inside its entry (int8's "onnxruntime_cpu")
+            flavours = [("", entry)] + [(k, v) for k, v in entry.items() if isinstance(v, dict) and "file" in v and "sha256" in v]
+            for variant, e in flavours:
+                path = manifest.verify_file(e["file"], e["sha256"])
+                targets.append(Target("onnxruntime", precision, e["file"],
+                                      lambda path=path, precision=precision: OnnxRuntimeRunner(
+                                          path, precision=precision, allow_spinning=False), variant))
+    if backend in ("all", "tensorrt"):
+        from vitmsn.runtime.selection import engine_choices
+
+        runnable, why_not = engine_choices(manifest, None)
+        for entry in runnable:
+            if wanted and entry.get("precision") not in wanted:
+                continue
+            from vitmsn.runtime.tensorrt_runner import TensorRTRunner
+
+            path = manifest.verify_file(entry["file"], entry["sha256"])
+            targets.append(Target(str(entry.get("target", "tensorrt")), str(entry["precision"]), entry["file"],
+                                  lambda path=path, entry=entry: TensorRTRunner(path, entry)))
+        skipped += [{"backend": "tensorrt", "reason": reason} for reason in why_not]
+    if not targets:
+        raise InputError(f"{manifest.root}: nothing to validate with --backend {backend}"
+                         + (f" --precision {','.join(wanted)}" if wanted else "")
+                         + (f" ({'; '.join(s['reason'] for s in skipped)})" if skipped else ""))
+    return targets, skipped
+
+
+def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    """The PyTorch FP32 model the artifacts were exported from, its description, and its checks."""
+    from .checkpoint import load_checkpoint
+
+    model_block = manifest.data["model"]
+    source = checkpoint or (model_block.get("directory") if Path(str(model_block.get("directory", ""))).is_dir()
+                            else model_block.get("source"))
+    ck = load_checkpoint(str(source))
+    expected = model_block.get("checkpoint_sha256")
+    if ck.sha256 != expected:
+        raise InputError(f"{ck.directory}: checkpoint SHA-256 {ck.sha256[:12]}... does not match the manifest's "
+                         f"model.checkpoint_sha256 {str(expected)[:12]}...; this is not the checkpoint the artifacts "
+                         "were exported from (pass the original one with --checkpoint, or re-export)")
+    attention = model_block.get("attention", "math")
+    model = ck.build_model(attention)
+    manifest_pre = PreprocessConfig.from_manifest(manifest.preprocess)
+    same = manifest_pre == ck.preprocess
+    check = {"check": "preprocess_matches_checkpoint", "passed": same,
+             "detail": ("manifest preprocess equals the checkpoint's " + ck.preprocess_source) if same else
+             f"manifest preprocess {manifest_pre} differs from the checkpoint's ({ck.preprocess_source}: "
+             f"{ck.preprocess}); images would be normalised differently from training: re-export"}
+    info = {"backend": "pytorch", "precision": "fp32", "attention": attention, "source": model_block.get("source"),
+            "checkpoint": str(ck.directory),
+            "checkpoint_sha256": ck.sha256}
+    return model, info, [check]
+
+
+# ---- running --------------------------------------------------------------------------------
+def _preprocess_batch(pre: PreprocessConfig, files: Sequence[Path], root: Path) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
+    out = np.empty((len(files), 3, pre.height, pre.width), dtype=np.float32)
+    ok, skipped = [], []
+    for i, f in enumerate(files):
+        try:
+            pre(f, out[len(ok)])
+            ok.append(i)
+        except (ImageError, OSError, ValueError) as exc:
+            reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
+            skipped.append({"image": f.relative_to(root).as_posix(), "reason": reason})
+    return out[: len(ok)], ok, skipped
+
+
+def _prediction(logits: np.ndarray, labels: dict[int, str]) -> dict[str, Any]:
+    p = np.exp(dm.log_softmax(logits))
+    i = int(np.argmax(logits))
+    return {"index": i, "label": labels.get(i, str(i)), "score": round(float(p[i]), 6)}
+
+
+def _worst(per: dict[str, np.ndarray], classification: bool, n: int) -> np.ndarray:
+    if classification:  # disagreements first, then by divergence
+        return np.lexsort((-per["kl"], per["top1_agree"].astype(int)))[:n]
+    return np.argsort(per["cosine"], kind="stable")[:n]
+
+
+def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | Path, labels_file: str | Path | None = None,
+                       gates: Gates | None = None, *, precisions: Sequence[str] | None = None, backend: str = "all",
+                       checkpoint: str | None = None, batch_size: int | None = None, progress: bool = True,
+                       worst_images: int = WORST_IMAGES) -> ValidationResult:
+    """Compare every runnable precision/backend of ``artifacts_dir`` with PyTorch FP32 on ``images_dir``.
+
+    Raises InputError for bad input (exit 2); returns the result whatever the gates say (the
+    caller decides: ``vitmsn validate`` exits 1 when ``not result.passed``).
+    """
+    import torch
+
+    gates = gates or Gates()
+    # a Manifest object lets the export pipeline validate before it writes manifest.json (it is written last)
+    manifest = artifacts_dir if isinstance(artifacts_dir, Manifest) else Manifest.load(artifacts_dir)
+    labels = manifest.labels
+    images = image_set(images_dir, labels if manifest.task == "image-classification" else {}, labels_file)
+    pre = PreprocessConfig.from_manifest(manifest.preprocess)
+    targets, skipped_backends = targets_from_manifest(manifest, precisions, backend)
+    model, reference, checks = reference_model(manifest, checkpoint)
+    classification = manifest.task == "image-classification"
+    names = manifest.output_names
+    primary = "logits" if classification else "embedding"
+    bs = batch_size or max(1, int(manifest.batch.get("opt", 8)))
+
+    per: dict[int, dict[str, list[dict[str, np.ndarray]]]] = {i: {o: [] for o in names} for i in range(len(targets))}
+    logits: dict[int, list[np.ndarray]] = {i: [] for i in range(-1, len(targets))}
+    seconds = {i: 0.0 for i in range(-1, len(targets))}
+    evaluated: list[int] = []
+    skipped_images: list[dict[str, str]] = []
+    files = images.files
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(t.make_runner()) for t in targets]
+        with Progress(f"validate {len(targets)} backend(s) against pytorch fp32", len(files), unit="img",
+                      enabled=progress) as bar:
+            for start in range(0, len(files), bs):
+                chunk = files[start:start + bs]
+                x, ok, bad = _preprocess_batch(pre, chunk, images.root)
+                skipped_images += bad
+                evaluated += [start + i for i in ok]
+                if len(ok):
+                    t0 = time.perf_counter()
+                    with torch.inference_mode():
+                        ref = {n: t.numpy() for n, t in zip(names, model(torch.from_numpy(x)))}
+                    seconds[-1] += time.perf_counter() - t0
+                    if classification:
+                        logits[-1].append(ref["logits"])
+                    for i, runner in enumerate(runners):
+                        t0 = time.perf_counter()
+                        got = runner.infer({manifest.input_name: x})
+                        seconds[i] += time.perf_counter() - t0
+                        for o in names:
+                            if o not in got:
+                                raise InputError(f"{targets[i].file}: output {o!r} missing ({targets[i].backend} returned "
+                                                 f"{sorted(got)}); re-run vitmsn-export")
+                            per[i][o].append(dm.per_image(got[o], ref[o], classification=classification and o == "logits"))
+                        if classification:
+                            logits[i].append(np.asarray(got["logits"], dtype=np.float32))
+                bar.update(len(chunk))
+        providers = [list(getattr(r, "providers", [])) for r in runners]
+    for s in skipped_images:
+        log.info("validate: skipped %s (%s)", s["image"], s["reason"])
+    if not evaluated:
+        raise InputError(f"--images {images.root}: none of the {len(files)} images could be read "
+                         f"(first: {skipped_images[0]['image']}: {skipped_images[0]['reason']})")
+
+    truth = images.labels[evaluated]
+    rel = [images.relative(i) for i in evaluated]
+    ref_logits = np.concatenate(logits[-1]) if classification else None
+    acc_ref = dm.accuracy(ref_logits, truth) if classification else None
+    reference.update(images=len(evaluated), seconds=round(seconds[-1], 3), accuracy=acc_ref)
+    results = []
+    for i, t in enumerate(targets):
+        per_output = {o: dm.concat(per[i][o]) for o in names}
+        outputs = {o: dm.summarize(per_output[o]) for o in names}
+        metrics = dict(outputs[primary], output=primary)
+        got_logits = np.concatenate(logits[i]) if classification else None
+        if classification and acc_ref is not None:
+            acc = dm.accuracy(got_logits, truth)
+            metrics.update(accuracy=acc, accuracy_reference=acc_ref, accuracy_drop=round(acc_ref - acc, 10),
+                           labelled_images=int((truth >= 0).sum()))
+        worst = []
+        for j in _worst(per_output[primary], classification, worst_images):
+            item: dict[str, Any] = {"image": rel[j], **{k: dm.finite_or_none(v[j]) if v.dtype.kind == "f" else bool(v[j])
+                                                        for k, v in per_output[primary].items()}}
+            if classification:
+                item["reference"] = _prediction(ref_logits[j], labels)
+                item["prediction"] = _prediction(got_logits[j], labels)
+                item["label"] = labels.get(int(truth[j])) if truth[j] >= 0 else None
+            worst.append(item)
+        results.append(BackendResult(t.backend, t.precision, t.file, per_output, got_logits, metrics, outputs,
+                                     evaluate(gates, t.precision, metrics), worst, seconds[i], providers[i], t.variant))
+    return ValidationResult(manifest.root, manifest.task, primary, reference, images,
+                            rel, truth, skipped_images, results, skipped_backends, gates, checks)

@@ -1,0 +1,115 @@
+"""The images a validation runs on, and their labels when there are any.
+
+* Images: every image file under ``--images DIR`` (recursive, sorted by relative path; the
+  calibration side's :func:`discover_images`, so both mean the same thing by "an image folder").
+* Labels, from class sub-folders: when *every* image sits in a first-level sub-folder named as
+  one of the model's labels, the folder is its label. When no folder is a label name the images
+  are unlabelled (the report says so); when some are and some are not, that is almost surely a
+  mistake and is refused (exit 2), naming the folders that are not labels.
+* Labels, from ``--labels FILE``: CSV rows ``path,label`` (an optional ``path,label`` header);
+  ``path`` relative to the images folder, ``label`` a label name or a class index. A listed file
+  that does not exist, or an unknown label, is refused with the line number. Images the file does
+  not list are compared with the reference but count for no accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitmsn.calibration.images import IMAGE_EXTENSIONS, discover_images
+from vitmsn.errors import InputError
+
+
+@dataclass
+class ImageSet:
+    root: Path
+    files: list[Path]
+    labels: np.ndarray  # class index per file, -1 when unknown
+    label_source: str | None  # "folders", "labels-file" or None
+    note: str = ""
+
+    def relative(self, i: int) -> str:
+        return self.files[i].relative_to(self.root).as_posix()
+
+    def describe(self) -> dict[str, Any]:
+        return {"root": str(self.root), "count": len(self.files), "label_source": self.label_source,
+                "labelled": int((self.labels >= 0).sum()), "note": self.note}
+
+
+def _from_folders(root: Path, files: list[Path], labels: dict[int, str]) -> tuple[np.ndarray, str | None, str]:
+    index = {name: i for i, name in labels.items()}
+    folders = {f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1}
+    top_level = [f for f in files if len(f.relative_to(root).parts) == 1]
+    matching = folders & set(index)
+    unknown = -np.ones(len(files), dtype=np.int64)
+    if not labels:
+        return unknown, None, "the model has no labels (feature extraction): no accuracy"
+    if not matching:
+        return unknown, None, ("no sub-folder is named as one of the model's labels: no accuracy "
+                               "(use class sub-folders named as the labels, or --labels FILE)")
+    if top_level or folders - matching:
+        others = sorted(folders - matching)[:8] + ([f"{len(top_level)} image(s) at the top level"] if top_level else [])
+        raise InputError(f"--images {root}: {len(matching)} sub-folder(s) are named as the model's labels but these are "
+                         f"not: {', '.join(others)}; put every image in a folder named as its label, or pass --labels FILE")
+    out = np.array([index[f.relative_to(root).parts[0]] for f in files], dtype=np.int64)
+    return out, "folders", f"labels from {len(matching)} class sub-folders"
+
+
+def _from_csv(root: Path, files: list[Path], labels: dict[int, str], labels_file: Path) -> tuple[np.ndarray, str, str]:
+    if not labels:
+        raise InputError(f"--labels {labels_file}: the model has no labels (feature extraction); drop --labels")
+    index = {name: i for i, name in labels.items()}
+    position = {f.relative_to(root).as_posix(): i for i, f in enumerate(files)}
+    out = -np.ones(len(files), dtype=np.int64)
+    try:
+        rows = list(csv.reader(labels_file.read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"--labels {labels_file}: cannot be read ({exc})") from exc
+    for line, row in enumerate(rows, start=1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if line == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+            continue
+        if len(row) != 2:
+            raise InputError(f"--labels {labels_file}: line {line}: expected 'path,label', got {len(row)} field(s)")
+        path, label = row[0].strip(), row[1].strip()
+        p = Path(path)
+        if p.is_absolute():
+            try:
+                path = p.relative_to(root).as_posix()
+            except ValueError:
+                raise InputError(f"--labels {labels_file}: line {line}: {path} is not inside --images {root}") from None
+        if path not in position:
+            raise InputError(f"--labels {labels_file}: line {line}: {path} is not an image under --images {root}")
+        if label in index:
+            out[position[path]] = index[label]
+        elif label.isdigit() and int(label) in labels:
+            out[position[path]] = int(label)
+        else:
+            raise InputError(f"--labels {labels_file}: line {line}: label {label!r} is not one of the model's labels "
+                             f"({', '.join(list(index)[:10])}{', ...' if len(index) > 10 else ''}) nor a class index")
+    missing = int((out < 0).sum())
+    note = f"labels from {labels_file.name}" + (f"; {missing} image(s) not listed there count for no accuracy" if missing else "")
+    return out, "labels-file", note
+
+
+def image_set(images_dir: str | Path, labels: dict[int, str], labels_file: str | Path | None = None) -> ImageSet:
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise InputError(f"--images {root}: no such directory")
+    files = discover_images(root)
+    if not files:
+        raise InputError(f"--images {root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
+    if labels_file is not None:
+        lf = Path(labels_file)
+        if not lf.is_file():
+            raise InputError(f"--labels {lf}: no such file")
+        found, source, note = _from_csv(root, files, labels, lf)
+    else:
+        found, source, note = _from_folders(root, files, labels)
+    return ImageSet(root, files, found, source, note)

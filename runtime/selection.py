@@ -1,0 +1,129 @@
+"""Which backend and precision to run, from what the artifacts hold and what this machine has.
+
+The rule (``backend="auto"``, ``precision=None``):
+
+1. A TensorRT engine, when one in the manifest can run here: a CUDA GPU whose compute capability
+   the engine was built for, and the exact ``tensorrt``/``tensorrt_rtx`` release that built it.
+   Among runnable engines the fastest precision wins: int8, then fp16, then fp32.
+2. Otherwise ONNX Runtime. On a GPU (CUDA or TensorRT execution provider usable) the fastest
+   exported graph: int8 then fp16 then fp32 with the TensorRT provider, fp16 then fp32 then int8
+   with CUDA alone (its Q/DQ int8 path is slow). On CPU: fp32, because fp16 graphs run about 3x
+   slower on the CPU provider and int8 changes results; ask for ``precision="int8"`` explicitly
+   for the faster CPU int8 graph.
+
+A forced ``backend`` or ``precision`` is honoured or refused with a message that says why and
+what to do; it is never silently replaced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitmsn.errors import InputError
+
+from . import device
+from .engine_check import engine_problems
+from .manifest import Manifest
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+ENGINE_ORDER = ("int8", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str  # "onnxruntime" or "tensorrt"
+    precision: str
+    file: str  # relative to the artifacts directory
+    sha256: str
+    engine: dict[str, Any] | None = None
+    providers: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+
+def _tensorrt_version(target: str) -> str | None:
+    module = device.TENSORRT_MODULES.get(target)
+    if module is None or not device.module_available(module):
+        return None
+    try:
+        return str(device.import_tensorrt(target).__version__)
+    except Exception:  # not installed, stubs only, or libraries that fail to load
+        return None
+
+
+def engine_choices(manifest: Manifest, precision: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Runnable engine entries (fastest first) and, for the others, why not."""
+    gpus = device.cuda_gpus()
+    runnable, why_not = [], []
+    for entry in manifest.engines:
+        if precision and entry.get("precision") != precision:
+            continue
+        version = _tensorrt_version(str(entry.get("target", "tensorrt"))) if gpus else None
+        problems = engine_problems(entry, runtime_version=version, gpus=gpus, root=manifest.root)
+        (why_not.extend(problems) if problems else runnable.append(entry))
+    order = {p: i for i, p in enumerate(ENGINE_ORDER)}
+    runnable.sort(key=lambda e: order.get(str(e.get("precision")), len(order)))
+    return runnable, why_not
+
+
+def onnxruntime_precision_order(providers: tuple[str, ...]) -> tuple[str, ...]:
+    if "TensorrtExecutionProvider" in providers:
+        return ("int8", "fp16", "fp32")
+    if "CUDAExecutionProvider" in providers:
+        return ("fp16", "fp32", "int8")
+    return ("fp32",)
+
+
+def _ort_providers() -> tuple[str, ...]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return ()
+    from .onnxruntime_runner import auto_providers
+
+    return tuple(auto_providers(ort.get_available_providers()))
+
+
+def choose(manifest: Manifest, backend: str = "auto", precision: str | None = None) -> Choice:
+    if backend not in BACKENDS:
+        raise InputError(f"backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    if precision in (None, "", "auto"):
+        precision = None
+    elif precision not in manifest.precisions and not any(e.get("precision") == precision for e in manifest.engines):
+        have = sorted(set(manifest.precisions) | {str(e.get("precision")) for e in manifest.engines})
+        raise InputError(f"{manifest.root}: precision {precision!r} was not exported (it has: {', '.join(have)}); "
+                         f"re-run vitmsn-export with --precision {precision}")
+    notes: list[str] = []
+    if backend in ("auto", "tensorrt"):
+        runnable, why_not = engine_choices(manifest, precision)
+        if runnable:
+            e = runnable[0]
+            return Choice("tensorrt", str(e["precision"]), str(e["file"]), str(e["sha256"]), engine=e)
+        if backend == "tensorrt":
+            if not manifest.engines or (precision and not why_not):
+                what = f"{precision} engine" if precision else "TensorRT engine"
+                raise InputError(f"{manifest.root}: the manifest has no {what}; build one with vitmsn-export "
+                                 f"--precision {precision or 'fp16'} --engine require, or use --backend onnxruntime")
+            raise InputError("no TensorRT engine can run here: " + "; ".join(why_not))
+        notes.extend(why_not)
+    providers = _ort_providers()
+    if not providers:
+        raise InputError("no inference backend is installed: pip install 'vitmsn[onnxruntime]' (or 'vitmsn[tensorrt]' on a GPU)")
+    if precision is None:
+        order = onnxruntime_precision_order(providers)
+        precision = next((p for p in order if p in manifest.precisions), None)
+        if precision is None:
+            raise InputError(f"{manifest.root}: no ONNX model to run with ONNX Runtime (manifest precisions: "
+                             f"{', '.join(manifest.precisions) or 'none'}); re-run vitmsn-export")
+    elif precision not in manifest.precisions:
+        raise InputError(f"{manifest.root}: precision {precision} exists only as a TensorRT engine, which cannot "
+                         f"run here ({'; '.join(notes) or 'backend onnxruntime was asked for'})")
+    entry = manifest.precisions[precision]
+    return Choice("onnxruntime", precision, str(entry["file"]), str(entry["sha256"]), providers=providers,
+                  notes=tuple(notes))
+
+
+def describe_choice(choice: Choice) -> str:
+    where = f" ({', '.join(choice.providers)})" if choice.providers else ""
+    return f"{choice.backend}{where} {choice.precision} {Path(choice.file).name}"

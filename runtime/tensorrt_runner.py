@@ -1,0 +1,227 @@
+"""TensorRT engine backend (``tensorrt`` or ``tensorrt_rtx``), buffers and streams via cuda-python.
+
+Activation: check the engine against this machine (release, GPU architecture; see
+``engine_check``), deserialize, create one execution context, one CUDA stream, and for every I/O
+tensor a device buffer plus a pinned host buffer sized for the profile's max batch. ``infer``:
+copy the batch into pinned memory, H2D, ``set_input_shape`` within the profile, ``execute_async_v3``,
+D2H, synchronize. Batches above the profile's max are split; below its min, padded. One context
+is not re-entrant, so ``infer`` holds a lock: a Predictor stays safe to call from many threads.
+
+The TensorRT API is feature-detected (``hasattr``), never chosen by comparing version strings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vitmsn.errors import InputError
+
+from . import device
+from .engine_check import engine_problems
+from .runner import RunnerBase, TensorMeta
+
+if TYPE_CHECKING:  # checked statically against tensorrt-stubs; at run time the module is chosen by target
+    import tensorrt as trt
+
+_NP_BY_TRT_NAME = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64,
+                   "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+
+
+def import_cudart() -> Any:
+    """cuda-python's runtime API: ``cuda.bindings.runtime`` (cuda-python >= 12.6) or ``cuda.cudart``."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # type: ignore[no-redef]
+        except ImportError as exc:
+            raise InputError("the TensorRT backend needs cuda-python for device buffers and streams; "
+                             "pip install 'vitmsn[tensorrt]'") from exc
+    return cudart
+
+
+def check_cuda(result: Any, what: str) -> Any:
+    """cuda-python returns ``(error, *values)``; raise on an error, return the value(s)."""
+    err: Any
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(getattr(err, "value", err)) != 0:
+        raise RuntimeError(f"CUDA error in {what}: {err}")
+    return values[0] if len(values) == 1 else tuple(values) if values else None
+
+
+def np_dtype(trt_module: Any, dtype: Any) -> np.dtype:
+    if hasattr(trt_module, "nptype"):
+        try:
+            return np.dtype(trt_module.nptype(dtype))
+        except TypeError:
+            pass
+    name = getattr(dtype, "name", str(dtype)).split(".")[-1].upper()
+    if name not in _NP_BY_TRT_NAME:
+        raise InputError(f"engine tensor dtype {name} has no numpy equivalent")
+    return np.dtype(_NP_BY_TRT_NAME[name])
+
+
+class _Buffer:
+    """A device buffer and a pinned host buffer of the same size (NVIDIA common_runtime.py style)."""
+
+    def __init__(self, cudart: Any, nbytes: int, dtype: np.dtype) -> None:
+        self.cudart, self.nbytes, self.dtype = cudart, nbytes, dtype
+        self.device = check_cuda(cudart.cudaMalloc(nbytes), "cudaMalloc")
+        self.host_ptr = check_cuda(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+        raw = ctypes.cast(int(self.host_ptr), ctypes.POINTER(ctypes.c_uint8))
+        self.host = np.ctypeslib.as_array(raw, (nbytes,)).view(dtype)
+
+    def free(self) -> None:
+        self.cudart.cudaFree(self.device)
+        self.cudart.cudaFreeHost(self.host_ptr)
+
+
+class TensorRTRunner(RunnerBase):
+    def __init__(self, path: str | os.PathLike[str], entry: dict[str, Any], *, gpu_index: int = 0) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.entry = dict(entry)
+        self.target = str(entry.get("target", "tensorrt"))
+        self.name = self.target
+        self.precision = str(entry.get("precision", "fp32"))
+        self.gpu_index = gpu_index
+        self.min_batch = 1
+        self._lock = threading.Lock()
+        self._trt: Any = None
+        self._cudart: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
+        self._buffers: dict[str, _Buffer] = {}
+        self._inputs: dict[str, TensorMeta] = {}
+        self._outputs: dict[str, np.dtype] = {}
+        self._profile: dict[str, tuple[tuple[int, ...], ...]] = {}
+
+    # ---- activation ----------------------------------------------------------------------
+    def _activate(self) -> None:
+        try:
+            trt_module = device.import_tensorrt(self.target)
+            version: str | None = str(trt_module.__version__)
+        except Exception:  # not installed, stubs only, or libraries that fail to load
+            trt_module, version = None, None
+        problems = engine_problems(self.entry, runtime_version=version, gpus=device.cuda_gpus(), root=self.path.parent)
+        if problems or trt_module is None:
+            raise InputError("; ".join(problems))
+        self._trt = trt_module
+        self._cudart = cudart = import_cudart()
+        check_cuda(cudart.cudaSetDevice(self.gpu_index), "cudaSetDevice")
+        logger = trt_module.Logger(trt_module.Logger.WARNING)
+        runtime = trt_module.Runtime(logger)
+        plan = self.path.read_bytes()
+        if hasattr(runtime, "get_engine_validity"):  # TensorRT-RTX: a cheap check before deserializing
+            validity, diagnostics = runtime.get_engine_validity(plan)
+            if getattr(validity, "name", str(validity)).upper() == "INVALID":
+                raise InputError(f"{self.path}: {self.target} reports the engine invalid here (diagnostics {diagnostics}); "
+                                 "rebuild it on this machine with vitmsn-export --engine require")
+        engine = runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            raise InputError(f"{self.path}: {self.target} {version} could not deserialize it (see the log above); "
+                             "rebuild it on this machine with vitmsn-export --engine require")
+        self._engine = engine
+        self._describe_io(engine)
+        self._context = engine.create_execution_context()
+        self._stream = check_cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        if engine.num_optimization_profiles > 1:
+            self._context.set_optimization_profile_async(0, int(self._stream))
+        self._allocate(engine)
+
+    def _describe_io(self, engine: "trt.ICudaEngine") -> None:
+        trt_module = self._trt
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            dtype = np_dtype(trt_module, engine.get_tensor_dtype(name))
+            if engine.get_tensor_mode(name) == trt_module.TensorIOMode.INPUT:
+                shape = tuple(engine.get_tensor_shape(name))
+                self._inputs[name] = TensorMeta(name, dtype, tuple("batch" if d < 0 else d for d in shape))
+                lo, opt, hi = engine.get_tensor_profile_shape(name, 0)
+                self._profile[name] = (tuple(lo), tuple(opt), tuple(hi))
+            else:
+                self._outputs[name] = dtype
+        first = next(iter(self._profile.values()))
+        self.min_batch, self.max_batch = int(first[0][0]), int(first[2][0])
+
+    def _allocate(self, engine: "trt.ICudaEngine") -> None:
+        context: trt.IExecutionContext = self._context
+        for name, meta in self._inputs.items():
+            hi = self._profile[name][2]
+            context.set_input_shape(name, hi)
+            self._buffers[name] = _Buffer(self._cudart, int(np.prod(hi)) * meta.dtype.itemsize, meta.dtype)
+        for name, dtype in self._outputs.items():
+            shape = tuple(context.get_tensor_shape(name))  # at the max input shape
+            if any(d < 0 for d in shape):
+                raise InputError(f"{self.path}: output {name} has a data-dependent shape {shape}; not supported")
+            self._buffers[name] = _Buffer(self._cudart, int(np.prod(shape)) * dtype.itemsize, dtype)
+        for name, buf in self._buffers.items():
+            context.set_tensor_address(name, int(buf.device))
+
+    def _deactivate(self) -> None:
+        with self._lock:
+            if self._stream is not None:
+                self._cudart.cudaStreamSynchronize(self._stream)
+            for buf in self._buffers.values():
+                buf.free()
+            self._buffers.clear()
+            if self._stream is not None:
+                self._cudart.cudaStreamDestroy(self._stream)
+            self._context = self._engine = self._stream = None
+
+    def get_input_metadata(self) -> dict[str, TensorMeta]:
+        if not self._inputs:
+            raise RuntimeError("activate the runner before asking for its input metadata")
+        return dict(self._inputs)
+
+    # ---- inference -----------------------------------------------------------------------
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self._inputs if n not in feed]
+        if missing:
+            raise InputError(f"missing input {missing[0]!r}; the engine takes {sorted(self._inputs)}")
+        n = len(next(iter(feed.values())))
+        assert self.max_batch is not None
+        parts = []
+        for start in range(0, n, self.max_batch):
+            chunk = {k: np.asarray(v)[start:start + self.max_batch] for k, v in feed.items()}
+            parts.append(self._infer_chunk(chunk))
+        return {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in self._outputs}
+
+    def _infer_chunk(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cudart = self._cudart
+        context: trt.IExecutionContext = self._context
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        n = len(next(iter(feed.values())))
+        run_n = max(n, self.min_batch)  # pad a batch below the profile's min by repeating its last row
+        with self._lock:
+            check_cuda(cudart.cudaSetDevice(self.gpu_index), "cudaSetDevice")  # this thread's device
+            for name, meta in self._inputs.items():
+                x = np.asarray(feed[name], dtype=meta.dtype)
+                if run_n > n:
+                    x = np.concatenate([x, np.repeat(x[-1:], run_n - n, axis=0)])
+                lo, _, hi = self._profile[name]
+                if x.ndim != len(hi) or any(not (a <= d <= b) for a, d, b in zip(lo[1:], x.shape[1:], hi[1:])):
+                    raise InputError(f"input {name}: shape {x.shape} is outside the engine profile {lo}..{hi}")
+                buf = self._buffers[name]
+                buf.host[: x.size] = x.ravel()
+                check_cuda(cudart.cudaMemcpyAsync(buf.device, buf.host_ptr, x.nbytes, h2d, self._stream), "H2D copy")
+                if not context.set_input_shape(name, x.shape):
+                    raise InputError(f"input {name}: the engine rejected shape {x.shape}")
+            if not context.execute_async_v3(int(self._stream)):
+                raise RuntimeError(f"{self.path}: execute_async_v3 failed (see the TensorRT log)")
+            shapes = {name: tuple(context.get_tensor_shape(name)) for name in self._outputs}
+            for name, shape in shapes.items():
+                buf = self._buffers[name]
+                nbytes = int(np.prod(shape)) * buf.dtype.itemsize
+                check_cuda(cudart.cudaMemcpyAsync(buf.host_ptr, buf.device, nbytes, d2h, self._stream), "D2H copy")
+            check_cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+            # copy out of the pinned buffers: they are reused by the next call
+            return {name: self._buffers[name].host[: int(np.prod(s))].reshape(s)[:n].copy() for name, s in shapes.items()}

@@ -1,0 +1,339 @@
+"""``vitmsn bench``: every backend x precision x batch size, timed against PyTorch in the same run.
+
+The run, in order:
+
+1. describe the machine (CPU flags, GPUs, library versions, thread settings) and measure the
+   GEMM ceiling on the same thread count;
+2. open every backend the artifacts and this machine allow (the others are listed as skipped,
+   with the reason) and spot-check each against PyTorch FP32 on the same inputs;
+3. time all rows of one batch size together, interleaved in rounds (``timing.py``), first the
+   model alone (pixel values in, outputs out), then end to end (JPEG bytes in: decode, resize,
+   normalise, infer);
+4. derive each row's ratio to PyTorch eager (same device, mode and batch size), GFLOP/s and
+   fraction of the GEMM ceiling, and warn where INT8 is not faster than FP16/FP32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from vitmsn.errors import InputError
+
+from . import machine as machine_info
+from .backends import BenchBackend, OnnxRuntimeBackend, PyTorchBackend, TensorRTBackend
+from .correctness import compare_outputs, tolerance_for
+from .inputs import jpeg_images
+from .timing import TimingPlan, time_interleaved
+
+log = logging.getLogger(__name__)
+MODES = ("model", "e2e")
+ORT_FUSED = "onnxruntime_optimized"  # the manifest key (inside precisions["fp32"]) of the ONNX Runtime-fused graph
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    batch_sizes: tuple[int, ...] = (1, 8)
+    backends: tuple[str, ...] = ()  # name prefixes to keep, e.g. ("onnxruntime", "pytorch-sdpa"); empty: all
+    precisions: tuple[str, ...] = ()  # empty: all
+    plan: TimingPlan = TimingPlan()
+    threads: int | None = None  # CPU threads for PyTorch and ONNX Runtime (default: CPUs available)
+    e2e: bool = True
+    compile: bool = False
+    compile_mode: str | None = None
+    ort_fused: bool = True  # also time the ONNX Runtime-fused FP32 graph (vitmsn.export.ort_optimize)
+    cuda: bool = True  # GPU rows when a GPU is present
+    trt_streams: int = 2
+    cuda_graphs: bool = True
+    check_batch: int = 4
+    gemm_n: int = 2048
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise InputError(f"--batch-sizes: positive integers required, got {self.batch_sizes}")
+
+    def wants(self, backend: str, precision: str) -> bool:
+        ok_backend = not self.backends or any(backend.startswith(b) for b in self.backends)
+        return ok_backend and (not self.precisions or precision in self.precisions)
+
+
+@dataclass
+class _Prepared:
+    backends: list[BenchBackend] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _load_checkpoint(manifest: Any) -> Any:
+    """The checkpoint the artifacts were exported from (None when it is not on this machine)."""
+    from vitmsn.export.checkpoint import load_checkpoint
+
+    model = manifest.data["model"]
+    for source in (model.get("directory"), model.get("source")):
+        if not source:
+            continue
+        try:
+            ck = load_checkpoint(str(source))
+        except InputError:
+            continue
+        if model.get("checkpoint_sha256") and ck.sha256 != model["checkpoint_sha256"]:
+            raise InputError(f"{source}: the checkpoint changed since the export (its SHA-256 differs from "
+                             f"{manifest.root / 'manifest.json'}); re-export, or restore the checkpoint the artifacts came from")
+        return ck
+    return None
+
+
+def flavours(manifest: Any, precision: str) -> list[tuple[str, Path]]:
+    """The graph of a precision and every flavour recorded inside its entry (a nested dict with a file
+    and its SHA-256, e.g. int8's ``onnxruntime_cpu``), as ``(variant, verified path)``."""
+    entry = manifest.precisions[precision]
+    out = [("", manifest.verify_file(entry["file"], entry["sha256"]))]
+    for key, value in entry.items():
+        if isinstance(value, dict) and "file" in value and "sha256" in value:
+            out.append((key, manifest.verify_file(value["file"], value["sha256"])))
+    return out
+
+
+def _fused_graph(manifest: Any, ck: Any, tmp: Path, notes: list[str]) -> Path:
+    """Build the ONNX Runtime-fused FP32 graph for a manifest that has none (into ``tmp``)."""
+    from vitmsn.export.model import ViTMSNArch
+    from vitmsn.export.ort_optimize import ort_optimized_onnx_from_fp32
+
+    arch = ck.arch if ck is not None else ViTMSNArch.from_config(manifest.data["model"]["config"])
+    result = ort_optimized_onnx_from_fp32(manifest.onnx_path("fp32"), tmp / "model.fp32.ort.onnx", arch)
+    notes.append(f"ORT-fused FP32 graph built at bench time (the manifest has none): {result.fused}")
+    return result.path
+
+
+def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, tmp: Path) -> _Prepared:
+    """The backends to run here, in report order; the rest as ``skipped`` entries with the reason."""
+    import torch
+
+    prep = _Prepared()
+    outputs = manifest.output_names
+    name = manifest.input_name
+
+    def skip(backend: str, precision: str, device: str, reason: str, variant: str = "") -> None:
+        prep.skipped.append({"backend": backend, "precision": precision, "device": device, "variant": variant,
+                             "reason": reason})
+
+    devices = ["cpu"] + (["cuda"] if opts.cuda and torch.cuda.is_available() else [])
+    for device in devices:
+        torch_rows = [("pytorch-eager", "fp32"), ("pytorch-sdpa", "fp32")]
+        if device == "cuda":
+            torch_rows.append(("pytorch-sdpa", "fp16"))
+        if opts.compile:
+            torch_rows.append(("pytorch-compile", "fp16" if device == "cuda" else "fp32"))
+        for backend, precision in torch_rows:
+            if ck is None:
+                skip(backend, precision, device, "the checkpoint named in the manifest is not on this machine")
+            elif backend == "pytorch-eager" or opts.wants(backend, precision):  # eager: the baseline of every ratio
+                prep.backends.append(PyTorchBackend(backend, ck.build_model, outputs, precision=precision, device=device,
+                                                    compile_mode=opts.compile_mode))
+    if not opts.compile:
+        skip("pytorch-compile", "fp32", "cpu", "not requested (--compile; compiling takes minutes on small CPUs)")
+
+    import onnxruntime as ort
+
+    ort_devices = ["cpu"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        from vitmsn.runtime import device as rt_device
+
+        if rt_device.has_cuda_gpu() and opts.cuda:
+            ort_devices.append("cuda")
+        else:
+            skip("onnxruntime", "*", "cuda", "no CUDA GPU on this machine")
+    else:
+        skip("onnxruntime", "*", "cuda", "onnxruntime-gpu (CUDA provider) is not installed")
+    graphs = [(p, v, path) for p in manifest.precisions if opts.wants("onnxruntime", p) for v, path in flavours(manifest, p)]
+    if opts.ort_fused and opts.wants("onnxruntime", "fp32") and not any(v == ORT_FUSED for _, v, _ in graphs):
+        try:
+            graphs.append(("fp32", ORT_FUSED, _fused_graph(manifest, ck, tmp, prep.notes)))
+        except (ValueError, ImportError, OSError) as exc:
+            skip("onnxruntime", "fp32", "cpu", f"ORT-fused graph could not be built: {exc}", ORT_FUSED)
+    order = {p: i for i, p in enumerate(("fp32", "fp16", "int8"))}
+    graphs.sort(key=lambda g: order.get(g[0], 9))
+    for device in ort_devices:
+        for precision, variant, path in graphs:
+            prep.backends.append(OnnxRuntimeBackend(path, name, precision=precision, device=device, threads=threads,
+                                                    variant=variant))
+    if not manifest.engines:
+        skip("tensorrt", "*", "cuda", "the artifacts hold no TensorRT engine (vitmsn-export --engine require)")
+    for entry in manifest.engines:
+        precision = str(entry.get("precision"))
+        if opts.wants("tensorrt", precision):
+            prep.backends.append(TensorRTBackend(manifest.path_of(entry["file"]), entry, name, streams=opts.trt_streams,
+                                                 cuda_graphs=opts.cuda_graphs))
+    return prep
+
+
+def _open_and_check(prep: _Prepared, x: np.ndarray, reference: dict[str, np.ndarray] | None,
+                    say: Callable[[str], None]) -> tuple[list[BenchBackend], dict[int, dict[str, Any]]]:
+    """Open every backend and run the spot check; failures to open become skipped rows."""
+    opened, checks = [], {}
+    for b in prep.backends:
+        say(f"opening {b.label}")
+        try:
+            b.open()
+            out = b.infer(x)
+        except Exception as exc:  # any backend failure (missing library, no GPU, compile error) skips its row
+            prep.skipped.append({"backend": b.backend, "precision": b.precision, "device": b.device,
+                                 "variant": b.variant, "reason": f"{type(exc).__name__}: {exc}".strip()[:500]})
+            with contextlib.suppress(Exception):
+                b.close()
+            continue
+        if reference is None:
+            reference = out  # no PyTorch here: the first backend (ONNX Runtime FP32) is the reference
+        checks[id(b)] = compare_outputs(out, reference, tolerance_for(b.precision, b.device))
+        opened.append(b)
+    return opened, checks
+
+
+def _row(b: BenchBackend, mode: str, batch: int, stats: Any, throughput: float, check: dict[str, Any],
+         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"backend": b.backend, "precision": b.precision, "batch_size": batch, "throughput": round(throughput, 3),
+            "latency_ms": stats.to_dict(), "device": b.device, "variant": b.variant, "mode": mode,
+            "correctness": check, **b.info(), **(extra or {})}
+
+
+def _time_batch(backends: list[BenchBackend], checks: dict[int, dict[str, Any]], mode: str, batch: int,
+                x: np.ndarray, jpegs: list[bytes], preprocess: Any, plan: TimingPlan, prep: _Prepared,
+                say: Callable[[str], None], gemm: Any = None) -> list[dict[str, Any]]:
+    rows, timed, calls = [], [], []
+    for b in backends:
+        if isinstance(b, TensorRTBackend) and not b.supports_batch(batch):
+            prep.skipped.append({"backend": b.backend, "precision": b.precision, "device": b.device, "variant": b.variant,
+                                 "reason": f"batch {batch} is outside the engine's profile", "batch_size": batch})
+            continue
+        if isinstance(b, TensorRTBackend) and mode == "model":
+            say(f"timing {b.label} batch {batch} (CUDA events)")
+            try:
+                t = b.measure(batch, plan)
+            except Exception as exc:  # the unverified TensorRT timing path must not sink the other rows
+                prep.skipped.append({"backend": b.backend, "precision": b.precision, "device": b.device, "variant": b.variant,
+                                     "reason": f"timing failed: {type(exc).__name__}: {exc}"[:500], "batch_size": batch})
+                continue
+            rows.append(_row(b, mode, batch, t.latency, t.throughput, checks[id(b)], t.info()))
+            continue
+        call = b.call_for(x) if mode == "model" else (lambda b=b: b.infer(preprocess.batch(jpegs)))
+        try:
+            call()  # first call: compiles (torch.compile) or allocates; not timed
+        except Exception as exc:
+            prep.skipped.append({"backend": b.backend, "precision": b.precision, "device": b.device, "variant": b.variant,
+                                 "reason": f"{type(exc).__name__}: {exc}"[:500], "batch_size": batch, "mode": mode})
+            continue
+        timed.append(b)
+        calls.append(call)
+    if calls:
+        probe = gemm is not None and any(b.device == "cpu" for b in timed)
+        say(f"timing {len(calls)} rows{' and the GEMM ceiling' if probe else ''}, {mode}, batch {batch}")
+        stats = time_interleaved(calls + ([gemm] if probe else []), plan,
+                                 on_round=lambda r: say(f"  round {r}/{plan.rounds}"))
+        ceiling = {"gemm_ceiling_gflops_per_s": round(gemm.gflops_per_s(stats[-1].median), 2)} if probe else {}
+        for b, st in zip(timed, stats):
+            rows.append(_row(b, mode, batch, st, st.throughput(batch), checks[id(b)], ceiling if b.device == "cpu" else None))
+    return rows
+
+
+def derive(rows: list[dict[str, Any]], gflops_per_image: float, ceilings: dict[str, float]) -> list[str]:
+    """Add ratio_to_pytorch_eager, gflops_per_s, roofline_fraction to every row; return warnings."""
+    warnings = []
+    for r in rows:
+        key = (r["device"], r["mode"], r["batch_size"])
+        eager = next((e for e in rows if e["backend"] == "pytorch-eager" and e["precision"] == "fp32"
+                      and (e["device"], e["mode"], e["batch_size"]) == key), None)
+        r["ratio_to_pytorch_eager"] = round(r["throughput"] / eager["throughput"], 3) if eager else None
+        r["gflops_per_s"] = round(gflops_per_image * r["throughput"], 2)
+        ceiling = r.get("gemm_ceiling_gflops_per_s") or ceilings.get(
+            f"{r['device']}-{'fp16' if r['precision'] == 'fp16' and r['device'] != 'cpu' else 'fp32'}")
+        r["roofline_fraction"] = round(r["gflops_per_s"] / ceiling, 3) if ceiling else None
+    for r in rows:
+        if r["precision"] != "int8":
+            continue
+        same = [o for o in rows if o["backend"] == r["backend"] and o["device"] == r["device"] and o["mode"] == r["mode"]
+                and o["batch_size"] == r["batch_size"] and o["precision"] in ("fp16", "fp32")]
+        for o in same:
+            if r["throughput"] <= o["throughput"]:
+                warnings.append(f"INT8 is not faster than {o['precision'].upper()}{' [' + o['variant'] + ']' if o['variant'] else ''} "
+                                f"on this device: {r['backend']} {r['device']} {r['mode']} batch {r['batch_size']}: "
+                                f"{r['throughput']:.2f} vs {o['throughput']:.2f} img/s")
+    return warnings
+
+
+def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
+              say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run the benchmark on an artifacts directory; the report as a JSON-ready dict."""
+    import torch
+
+    from vitmsn.runtime.manifest import Manifest
+    from vitmsn.runtime.preprocess import PreprocessConfig
+
+    manifest = Manifest.load(artifacts)
+    threads = opts.threads or machine_info.available_cpus()
+    torch.set_num_threads(threads)
+    machine = machine_info.describe_machine(threads)
+    say(f"measuring the GEMM ceiling ({opts.gemm_n}x{opts.gemm_n} FP32, {threads} threads)")
+    ceilings = {"cpu-fp32": machine_info.gemm_ceiling_cpu(threads, opts.gemm_n)}
+    ck = _load_checkpoint(manifest)
+    from vitmsn.export.model import ViTMSNArch
+
+    gflops = ViTMSNArch.from_config(manifest.data["model"]["config"]).gflops_per_image()
+    preprocess = PreprocessConfig.from_manifest(manifest.preprocess)
+    rng_images = jpeg_images(max(opts.batch_sizes + (opts.check_batch,)), seed=opts.seed)
+    check_x = preprocess.batch(rng_images[: opts.check_batch])
+
+    with tempfile.TemporaryDirectory(prefix="vitmsn-bench-") as tmp:
+        prep = prepare_backends(manifest, ck, opts, threads, Path(tmp))
+        if any(b.device == "cuda" for b in prep.backends):
+            for dtype in ("float32", "float16"):
+                with contextlib.suppress(Exception):
+                    c = machine_info.gemm_ceiling_cuda(dtype)
+                    ceilings[f"cuda-{'fp32' if dtype == 'float32' else 'fp16'}"] = c
+        reference_out = None
+        if ck is not None:
+            reference = PyTorchBackend("pytorch-eager", ck.build_model, manifest.output_names)
+            reference.open()
+            reference_out = reference.infer(check_x)
+            reference.close()
+        backends, checks = _open_and_check(prep, check_x, reference_out, say)
+        rows: list[dict[str, Any]] = []
+        gemm = machine_info.GemmProbe(opts.gemm_n)
+        try:
+            for mode in MODES if opts.e2e else ("model",):
+                for batch in opts.batch_sizes:
+                    jpegs = rng_images[:batch]
+                    x = preprocess.batch(jpegs)
+                    rows += _time_batch(backends, checks, mode, batch, x, jpegs, preprocess, opts.plan, prep, say, gemm)
+        finally:
+            for b in backends:
+                b.close()
+
+    flat = {k: v["gflops_per_s"] for k, v in ceilings.items()}
+    warnings = derive(rows, gflops, flat)
+    interleaved = sorted(r["gemm_ceiling_gflops_per_s"] for r in rows if r.get("gemm_ceiling_gflops_per_s"))
+    if interleaved:
+        ceilings["cpu-fp32"]["gflops_per_s_interleaved_median"] = interleaved[len(interleaved) // 2]
+    machine["gemm_ceiling"] = ceilings
+    machine["load_average_end"] = machine_info.load_average()
+    plan = asdict(opts.plan)
+    return {
+        "machine": machine,
+        "artifacts": str(Path(artifacts)),
+        "model": {"source": manifest.data["model"].get("source"), "task": manifest.task,
+                  "config": manifest.data["model"].get("config"), "gflops_per_image": gflops},
+        "reference": ("pytorch-eager fp32 cpu" if ck is not None else "onnxruntime fp32 cpu (no checkpoint here)"),
+        "options": {"batch_sizes": list(opts.batch_sizes), "threads": threads, "timing": plan, "e2e": opts.e2e,
+                    "compile": opts.compile, "check_batch": opts.check_batch},
+        "passed": all(r["correctness"]["passed"] for r in rows),
+        "results": rows,
+        "skipped": prep.skipped,
+        "warnings": warnings,
+        "notes": prep.notes,
+    }

@@ -1,0 +1,85 @@
+"""``vitmsn bench ARTIFACTS``: latency and throughput per backend, precision and batch size.
+
+A thin layer over :func:`vitmsn.bench.suite.run_bench`. Exit codes: 0 all rows passed their
+correctness check; 1 a row failed it (the reports are still written); 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from .common import handle_errors
+
+BACKEND_NAMES = ("pytorch", "pytorch-eager", "pytorch-sdpa", "pytorch-compile", "onnxruntime", "tensorrt", "all")
+
+
+def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated positive integers such as 1,8,32, got {value!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise click.BadParameter(f"expected comma-separated positive integers such as 1,8,32, got {value!r}")
+    return tuple(dict.fromkeys(sizes))
+
+
+@click.command("bench")
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.option("--backend", "backends", multiple=True, type=click.Choice(BACKEND_NAMES),
+              help="Backends to time (repeatable; prefixes: 'pytorch' is all three PyTorch rows). PyTorch eager always "
+                   "runs: it is the baseline of every ratio. [default: all]")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Precisions to time (repeatable). [default: all exported]")
+@click.option("--batch-sizes", default="1,8", show_default=True, callback=_batch_sizes, help="Comma-separated batch sizes.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@click.option("--markdown", "md_path", type=click.Path(path_type=Path), help="Write the Markdown report here.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls per row.")
+@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls per row (at least).")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved rounds the iterations are spread over.")
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Keep timing until every row has this much timed work.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for PyTorch and ONNX Runtime [default: CPUs available].")
+@click.option("--e2e/--no-e2e", default=True, show_default=True, help="Also time decode + preprocess + inference.")
+@click.option("--compile", "compile_", is_flag=True, help="Add torch.compile rows (minutes of compiling on small CPUs).")
+@click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead", "max-autotune"]), default=None)
+@click.option("--ort-fused/--no-ort-fused", default=True, show_default=True,
+              help="Also time the ONNX Runtime-fused FP32 graph (built on the fly when the manifest has none).")
+@click.option("--cpu-only", is_flag=True, help="No GPU rows even when a GPU is present.")
+@click.option("--trt-streams", type=click.IntRange(min=1), default=2, show_default=True,
+              help="TensorRT execution contexts/streams for the throughput figure.")
+@click.option("--no-cuda-graphs", is_flag=True, help="TensorRT: plain enqueues instead of CUDA graph replays.")
+@click.option("--gemm-size", type=click.IntRange(min=16), default=2048, show_default=True,
+              help="Side of the square FP32 GEMM that measures the ceiling.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@handle_errors
+def command(artifacts: Path, backends: tuple[str, ...], precisions: tuple[str, ...], batch_sizes: tuple[int, ...],
+            json_path: Path | None, md_path: Path | None, warmup: int, iterations: int, rounds: int, min_seconds: float,
+            threads: int | None, e2e: bool, compile_: bool, compile_mode: str | None, ort_fused: bool, cpu_only: bool,
+            trt_streams: int, no_cuda_graphs: bool, gemm_size: int, quiet: bool) -> None:
+    """Latency and throughput of every backend, precision and batch size, against PyTorch in the same run."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from vitmsn.bench.report import markdown, write_reports
+    from vitmsn.bench.suite import BenchOptions, run_bench
+    from vitmsn.bench.timing import TimingPlan
+    from vitmsn.errors import ValidationFailed
+
+    if "all" in backends:
+        backends = ()
+    wants_compile = compile_ or "pytorch-compile" in backends
+    options = BenchOptions(
+        batch_sizes=batch_sizes, backends=backends, precisions=precisions, threads=threads, e2e=e2e,
+        plan=TimingPlan(warmup=warmup, iterations=iterations, rounds=rounds, min_seconds=min_seconds),
+        compile=wants_compile, compile_mode=None if compile_mode == "default" else compile_mode, ort_fused=ort_fused,
+        cuda=not cpu_only, trt_streams=trt_streams, cuda_graphs=not no_cuda_graphs, gemm_n=gemm_size,
+    )
+    say = (lambda s: None) if quiet else (lambda s: click.echo(f"bench: {s}", err=True))
+    report = run_bench(artifacts, options, say=say)
+    write_reports(report, json_path, md_path)
+    click.echo(markdown(report))
+    if not report["passed"]:
+        failed = [f"{r['backend']} {r['precision']} {r['device']}" for r in report["results"] if not r["correctness"]["passed"]]
+        raise ValidationFailed(f"correctness check failed for: {', '.join(sorted(set(failed)))}")

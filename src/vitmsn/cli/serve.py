@@ -1,0 +1,76 @@
+"""``vitmsn serve ARTIFACTS --host H --port P``: HTTP serving with micro-batching.
+
+A thin layer: load the Predictor (bad artifacts exit 2 before anything listens), bind the socket,
+run :func:`vitmsn.serving.server.serve` until SIGTERM/SIGINT, release the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+from pathlib import Path
+
+import click
+
+from .common import handle_errors
+
+
+@click.command("serve")
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="TCP port; 0 picks a free one (printed on startup).")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--precision", default=None, help="fp32, fp16 or int8 [default: chosen for this machine].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Predictions per image unless a request asks for ?top_k=K.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Images per inference batch [default: the export's optimal batch].")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a batch waits to fill after its first image.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images waiting for a batch (and requests being received) before requests get 503.")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=10 * 1024 * 1024, show_default=True,
+              help="Largest request body (413 above).")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a request may wait for its result (504 after).")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds in-flight requests get to finish after SIGTERM/SIGINT.")
+@click.option("--decode-threads", type=click.IntRange(min=1), default=None,
+              help="Threads decoding request images [default: half the CPU cores].")
+@click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+@handle_errors
+def command(artifacts: Path, host: str, port: int, backend: str, precision: str | None, threads: int | None,
+            top_k: int, max_batch: int | None, max_wait_ms: float, max_queue: int, max_body_bytes: int,
+            request_timeout: float, shutdown_timeout: float, decode_threads: int | None, access_log: bool,
+            log_level: str) -> None:
+    """Serve ARTIFACTS over HTTP: POST /predict (image bytes in, JSON out), GET /healthz, GET /metrics.
+
+    Stops gracefully on SIGTERM or Ctrl-C: in-flight requests are answered first. Exit codes:
+    0 stopped normally; 2 bad usage or input (artifacts, address).
+    """
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from vitmsn.runtime import Predictor
+    from vitmsn.serving.server import ServeOptions, bind_socket, create_app, serve
+
+    options = ServeOptions(top_k=top_k, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                           max_body_bytes=max_body_bytes, request_timeout_s=request_timeout,
+                           shutdown_timeout_s=shutdown_timeout, decode_threads=decode_threads,
+                           access_log=access_log)
+    with Predictor.from_artifacts(artifacts, backend=backend, precision=precision and precision.lower(),
+                                  threads=threads) as predictor:
+        sock = bind_socket(host, port)
+        bound_host, bound_port = sock.getsockname()[:2]
+        url = f"http://{f'[{bound_host}]' if sock.family == socket.AF_INET6 else bound_host}:{bound_port}"
+
+        def ready() -> None:
+            click.echo(f"vitmsn serve: listening on {url} ({predictor.describe()}); "
+                       "POST /predict, GET /healthz, GET /metrics", err=False)
+
+        received = serve(create_app(predictor, options), sock, options, log_level=log_level, on_ready=ready)
+    names = ", ".join(signal.Signals(s).name for s in received) or "server exit"
+    click.echo(f"vitmsn serve: stopped ({names}); in-flight requests were answered")

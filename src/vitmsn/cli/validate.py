@@ -1,0 +1,104 @@
+"""``vitmsn validate``: the accuracy-drift report, a thin layer over vitmsn.export.validation.
+
+Exit codes: 0 every gate passed; 1 a drift gate failed (the message names the metric, the
+precision and the value; the reports are written either way); 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .common import handle_errors
+
+
+class ThresholdType(click.ParamType):
+    """A number for every precision, or ``int8=0.97,fp16=0.99``; the config file may also give a TOML
+    table ``{int8 = 0.97}``. Checked by ``Gates.build`` (a bad value exits 2 naming the option)."""
+
+    name = "X|P=X,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (dict, int, float, str)) and not isinstance(value, bool):
+            return value
+        self.fail(f"{value!r}: expected a number or PRECISION=NUMBER[,...]", param, ctx)
+
+
+THRESHOLD = ThresholdType()
+
+
+@click.command("validate", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("artifacts", type=click.Path(path_type=Path))
+@click.option("--images", type=click.Path(path_type=Path), help="Image folder (class sub-folders named as the labels give accuracy).")
+@click.option("--labels", type=click.Path(path_type=Path), help="CSV of path,label when the folder has no class sub-folders.")
+@click.option("--precision", "precisions", multiple=True, metavar="P", help="Only these precisions (repeatable) [default: all].")
+@click.option("--backend", type=click.Choice(["all", "auto", "onnxruntime", "tensorrt"]), default="all", show_default=True,
+              help="Which backends to compare (TensorRT engines only where they can run).")
+@click.option("--min-top1-agreement", type=THRESHOLD, help="Gate: share of images with the reference's top-1 [default per precision].")
+@click.option("--min-cosine", type=THRESHOLD, help="Gate: lowest per-image cosine similarity [default per precision].")
+@click.option("--max-accuracy-drop", type=THRESHOLD, help="Gate: accuracy points lost vs the reference, e.g. 0.01 [needs labels].")
+@click.option("--out", type=click.Path(path_type=Path), help="Report directory [default: ARTIFACTS].")
+@click.option("--checkpoint", help="The reference checkpoint, when it is no longer where the manifest says.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per inference call [default: the manifest's opt batch].")
+@click.option("--sensitivity", is_flag=True, help="Also rank the INT8 graph's encoder blocks by the drift each causes.")
+@click.option("--calib-images", type=click.Path(path_type=Path), help="Images for --sensitivity [default: --images].")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=32, show_default=True, help="Images for --sensitivity.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@handle_errors
+def command(artifacts: Path, images: Path | None, labels: Path | None, precisions: tuple[str, ...], backend: str,
+            min_top1_agreement: Any, min_cosine: Any, max_accuracy_drop: Any, out: Path | None, checkpoint: str | None,
+            batch_size: int | None, sensitivity: bool, calib_images: Path | None, calib_samples: int, quiet: bool) -> None:
+    """Accuracy drift of every precision and backend in ARTIFACTS against the PyTorch FP32 reference.
+
+    Writes report.json, report.md and report.html. Exit 1 when a gate fails, 2 on bad input.
+    --min-top1-agreement, --min-cosine and --max-accuracy-drop take X (every precision) or
+    int8=X,fp16=Y; the defaults (why: vitmsn.export.drift_gates):
+
+    \b
+    {defaults}
+    """
+    from vitmsn.errors import InputError, ValidationFailed
+    from vitmsn.export.drift_gates import Gates
+    from vitmsn.export.drift_report import write_drift_reports
+    from vitmsn.export.validation import validate_artifacts
+
+    if images is None:
+        raise InputError("--images DIR is required (or set images = \"...\" under [tool.vitmsn.validate])")
+    if isinstance(precisions, str):  # a config-file string instead of a list
+        precisions = (precisions,)
+    gates = Gates.build(min_top1_agreement=min_top1_agreement, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop)
+    result = validate_artifacts(artifacts, images, labels, gates, precisions=precisions or None, backend=backend,
+                                checkpoint=checkpoint, batch_size=batch_size, progress=not quiet)
+    if sensitivity:
+        from vitmsn.export.sensitivity import sensitivity_for_artifacts
+
+        result.extra["sensitivity"] = sensitivity_for_artifacts(artifacts, calib_images or images, samples=calib_samples,
+                                                                progress=not quiet).to_dict()
+    target = out or artifacts
+    write_drift_reports(target, result)
+    for r in result.results:
+        m = r.metrics
+        figures = [f"top-1 agreement {m['top1_agreement']:.4f}" if "top1_agreement" in m else "",
+                   f"cosine min {m['cosine_min']:.6f}" if m.get("cosine_min") is not None else "cosine min n/a",
+                   f"accuracy {m['accuracy']:.4f} (reference {m['accuracy_reference']:.4f})" if m.get("accuracy") is not None else ""]
+        click.echo(f"[{'ok' if r.passed else 'FAIL'}] {r.name}: " + ", ".join(f for f in figures if f))
+    if "sensitivity" in result.extra:
+        worst = ", ".join(f"{g['group']} ({g['score']:.3g})" for g in result.extra["sensitivity"]["ranking"][:3])
+        click.echo(f"int8 sensitivity, worst first: {worst}")
+    for s in result.skipped_images:
+        click.echo(f"skipped {s['image']}: {s['reason']}", err=True)
+    click.echo(f"wrote {target / 'report.json'}, report.md, report.html", err=True)
+    if not result.passed:
+        raise ValidationFailed("; ".join(result.failures()) + f" (see {target / 'report.md'})")
+
+
+def _defaults_help() -> str:
+    from vitmsn.export.drift_gates import DEFAULT_THRESHOLDS
+
+    return "\n    ".join(f"{p}: top-1 agreement >= {t.min_top1_agreement:g}, cosine >= {t.min_cosine:g}, "
+                          f"accuracy drop <= {t.max_accuracy_drop:g}" for p, t in DEFAULT_THRESHOLDS.items())
+
+
+command.help = (command.help or "").replace("{defaults}", _defaults_help())

@@ -1,0 +1,179 @@
+"""``vitmsn bench`` on a tiny export with tiny iteration counts: the report's schema, the
+consistency of its derived figures, and the correctness check's teeth. No timed assertions."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bench_fixtures import bench_tiny_artifacts  # noqa: F401  (fixture)
+from checkpoints import TINY_CONFIG
+
+FAST = ["--iterations", "2", "--rounds", "1", "--warmup", "0", "--gemm-size", "128", "-q"]
+
+
+def _bench(args: list[str]):
+    from vitmsn.cli.bench import command
+
+    return CliRunner().invoke(command, args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def report(bench_tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: F811
+    out = tmp_path_factory.mktemp("bench") / "out.json"
+    md = out.with_suffix(".md")
+    result = _bench([str(bench_tiny_artifacts), "--batch-sizes", "1,2", "--json", str(out), "--markdown", str(md), *FAST])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    data["_markdown"] = md.read_text()
+    return data
+
+
+def test_report_follows_the_contract(report: dict) -> None:
+    assert set(report["machine"]) >= {"cpu", "versions", "threads", "gemm_ceiling"}
+    assert report["machine"]["cpu"]["available_cpus"] >= 1
+    assert "torch" in report["machine"]["versions"] and report["machine"]["threads"]["bench_threads"] >= 1
+    rows = report["results"]
+    assert rows
+    for r in rows:
+        assert isinstance(r["backend"], str) and r["precision"] in ("fp32", "fp16", "int8")
+        assert r["batch_size"] in (1, 2)
+        assert r["throughput"] > 0
+        assert set(r["latency_ms"]) >= {"median", "p90", "p99"}
+        assert r["latency_ms"]["median"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["p99"]
+        assert r["correctness"]["passed"], r["correctness"]
+    seen = {(r["backend"], r["variant"], r["mode"], r["batch_size"]) for r in rows}
+    for backend, variant in [("pytorch-eager", ""), ("pytorch-sdpa", ""), ("onnxruntime", ""), ("onnxruntime", "onnxruntime_optimized")]:
+        for mode in ("model", "e2e"):
+            for batch in (1, 2):
+                assert (backend, variant, mode, batch) in seen
+    assert report["passed"] is True
+    assert any("tensorrt" in s["backend"] for s in report["skipped"])  # said plainly, not silently dropped
+
+
+def test_derived_figures_are_consistent(report: dict) -> None:
+    rows = report["results"]
+    gflops = report["model"]["gflops_per_image"]
+    for r in rows:
+        assert math.isclose(r["throughput"], r["batch_size"] * 1000 / r["latency_ms"]["median"], rel_tol=1e-3)
+        eager = [e for e in rows if e["backend"] == "pytorch-eager" and e["device"] == r["device"]
+                 and e["mode"] == r["mode"] and e["batch_size"] == r["batch_size"]]
+        assert len(eager) == 1
+        assert math.isclose(r["ratio_to_pytorch_eager"], r["throughput"] / eager[0]["throughput"], rel_tol=5e-3, abs_tol=1e-3)
+        assert math.isclose(r["gflops_per_s"], gflops * r["throughput"], rel_tol=1e-2, abs_tol=1e-2)
+        assert math.isclose(r["roofline_fraction"], r["gflops_per_s"] / r["gemm_ceiling_gflops_per_s"], rel_tol=1e-2, abs_tol=1e-3)
+    assert all(r["ratio_to_pytorch_eager"] == 1.0 for r in rows if r["backend"] == "pytorch-eager")
+
+
+def test_markdown_lists_every_row_and_what_did_not_run(report: dict) -> None:
+    md = report["_markdown"]
+    assert md.count("| pytorch-eager | fp32 | cpu |") == 4  # 2 batch sizes x (model, e2e)
+    assert "ORT-fused graph" in md and "## Not run here" in md and "GEMM ceiling" in md
+
+
+class _Wrong:
+    """Wraps a backend and corrupts its outputs (a sign flip on the embedding)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        for attr in ("backend", "precision", "device", "variant", "label", "open", "close", "info"):
+            setattr(self, attr, getattr(inner, attr))
+        self.variant = "deliberately-wrong"
+
+    def infer(self, x):
+        out = dict(self.inner.infer(x))
+        out["embedding"] = -out["embedding"]
+        return out
+
+    def call_for(self, x):
+        return lambda: self.infer(x)
+
+
+def test_a_wrong_backend_fails_the_check_and_the_command(bench_tiny_artifacts: Path, tmp_path: Path,  # noqa: F811
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from vitmsn.bench import suite
+
+    real = suite.prepare_backends
+
+    def with_a_wrong_one(*args, **kwargs):
+        prep = real(*args, **kwargs)
+        ort_plain = next(b for b in prep.backends if b.backend == "onnxruntime" and not b.variant)
+        prep.backends.append(_Wrong(type(ort_plain)(ort_plain.path, ort_plain.input_name, threads=1)))
+        return prep
+
+    monkeypatch.setattr(suite, "prepare_backends", with_a_wrong_one)
+    out = tmp_path / "out.json"
+    result = _bench([str(bench_tiny_artifacts), "--batch-sizes", "1", "--no-e2e", "--no-ort-fused", "--json", str(out), *FAST])
+    assert result.exit_code == 1, result.output
+    data = json.loads(out.read_text())
+    assert data["passed"] is False
+    wrong = [r for r in data["results"] if r["variant"] == "deliberately-wrong"]
+    assert wrong and not wrong[0]["correctness"]["passed"]
+    assert "embedding" in " ".join(wrong[0]["correctness"]["problems"])
+    assert all(r["correctness"]["passed"] for r in data["results"] if r["variant"] != "deliberately-wrong")
+
+
+def test_tolerances_match_the_export_parity_stage() -> None:
+    from vitmsn.bench import correctness
+    from vitmsn.export import spec
+
+    assert (correctness.ATOL_FP32, correctness.RTOL_FP32) == (spec.ATOL_FP32, spec.RTOL_FP32)
+    ref = {"logits": np.ones((2, 3), np.float32), "embedding": np.ones((2, 4), np.float32)}
+    tol = correctness.tolerance_for("fp32", "cpu")
+    assert correctness.compare_outputs({k: v + 5e-5 for k, v in ref.items()}, ref, tol)["passed"]
+    assert not correctness.compare_outputs({k: v + 5e-3 for k, v in ref.items()}, ref, tol)["passed"]
+    assert not correctness.compare_outputs({"logits": ref["logits"]}, ref, tol)["passed"]  # missing output
+    int8 = correctness.tolerance_for("int8", "cpu")
+    assert correctness.compare_outputs({"logits": -ref["logits"], "embedding": ref["embedding"]}, ref, int8)["passed"]
+
+
+def test_interleaved_timing_gives_every_row_its_samples() -> None:
+    from vitmsn.bench.timing import LatencyStats, TimingPlan, time_interleaved
+
+    order: list[str] = []
+    plan = TimingPlan(warmup=1, iterations=4, rounds=2, rewarm=0)
+    stats = time_interleaved([lambda: order.append("a"), lambda: order.append("b")], plan)
+    assert [s.count for s in stats] == [4, 4]
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 2  # warm-up, then alternating rounds
+    st = LatencyStats([1.0, 2.0, 3.0, 4.0])
+    assert st.median == 2.5 and st.throughput(8) == pytest.approx(3200.0)
+
+
+def test_ort_fused_graph_fuses_every_layer(bench_tiny_artifacts: Path, tmp_path: Path) -> None:  # noqa: F811
+    import onnx
+
+    from vitmsn.export.model import ViTMSNArch
+    from vitmsn.export.ort_optimize import ort_optimized_onnx_from_fp32
+
+    arch = ViTMSNArch.from_config(TINY_CONFIG)
+    layers = arch.num_hidden_layers
+    result = ort_optimized_onnx_from_fp32(bench_tiny_artifacts / "model.fp32.onnx", tmp_path / "fused.onnx", arch)
+    assert result.fused == {"Attention": layers, "SkipLayerNormalization": 2 * layers, "BiasGelu": layers,
+                            "LayerNormalization": 1}
+    assert result.rewrites == {"shape_slice": 1, "scale_mul_to_div": layers, "residual_branch_first": 2 * layers}
+    assert result.max_abs_diff < 1e-4 and not result.notes
+    onnx.checker.check_model(onnx.load(str(result.path)))
+
+
+def _assert_every_row_passed(artifacts: Path, out: Path) -> dict:
+    result = _bench([str(artifacts), "--batch-sizes", "1,8", "--json", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert {r["batch_size"] for r in data["results"]} == {1, 8}
+    assert data["passed"] and all(r["correctness"]["passed"] for r in data["results"])
+    return data
+
+
+def test_bench_on_the_demo(demo_artifacts: Path, tmp_path: Path) -> None:
+    _assert_every_row_passed(demo_artifacts, tmp_path / "out.json")
+
+
+@pytest.mark.slow
+def test_bench_on_a_vit_s_shaped_model(vits_artifacts: Path, tmp_path: Path) -> None:
+    data = _assert_every_row_passed(vits_artifacts, tmp_path / "out.json")
+    assert data["model"]["gflops_per_image"] == pytest.approx(9.197, abs=1e-3)

@@ -1,0 +1,215 @@
+"""``vitmsn validate`` end to end on the trained demo model: figures, gates, exit codes, inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from validation_fixtures import (PLANTED_BLOCK, calib_images, copy_artifacts, demo_int8_artifacts,  # noqa: F401
+                                 few_images, planted_artifacts)
+
+from vitmsn.cli.validate import command
+
+
+def run_cli(*args: object) -> Result:
+    return CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+
+
+def independent_figures(artifacts: Path, images: Path, precision: str) -> dict[str, float]:
+    """Top-1 agreement and accuracies computed without vitmsn: PIL + numpy preprocessing from the
+    checkpoint's preprocessor_config.json, transformers' ViTMSN as the reference, raw ONNX Runtime."""
+    import onnxruntime as ort
+    import torch
+    from PIL import Image
+    from transformers import ViTMSNForImageClassification
+
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    checkpoint = Path(manifest["model"]["directory"])
+    cfg = json.loads((checkpoint / "preprocessor_config.json").read_text())
+    mean, std = (np.array(cfg[k], dtype=np.float32).reshape(3, 1, 1) for k in ("image_mean", "image_std"))
+    files = sorted(p for p in images.rglob("*") if p.suffix in (".jpg", ".png"))
+    x = np.stack([
+        (np.asarray(Image.open(f).convert("RGB").resize((cfg["size"]["width"], cfg["size"]["height"]), cfg["resample"],
+                                                       reducing_gap=None)).transpose(2, 0, 1).astype(np.float64)
+         * cfg["rescale_factor"]).astype(np.float32) - mean for f in files]) / std
+    model = ViTMSNForImageClassification.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        ref = model(pixel_values=torch.from_numpy(x.astype(np.float32))).logits.numpy()
+    session = ort.InferenceSession(str(artifacts / manifest["precisions"][precision]["file"]),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"pixel_values": x.astype(np.float32)})[0]
+    label_of = {v: int(k) for k, v in model.config.id2label.items()}
+    truth = np.array([label_of[f.parent.name] for f in files])
+    return {"images": len(files), "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
+            "accuracy": float((got.argmax(1) == truth).mean()), "accuracy_reference": float((ref.argmax(1) == truth).mean())}
+
+
+def test_demo_int8_report_agrees_with_independent_computation(demo_int8_artifacts, heldout_images, tmp_path):
+    out = tmp_path / "report"
+    result = run_cli(demo_int8_artifacts, "--images", heldout_images, "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    by_precision = {r["precision"]: r for r in report["results"]}
+    assert set(by_precision) == {"fp32", "int8"} and report["passed"] is True
+    assert "validate" in result.stderr  # progress was shown
+
+    expected = independent_figures(demo_int8_artifacts, heldout_images, "int8")
+    m = by_precision["int8"]["metrics"]
+    assert m["images"] == expected["images"] == report["images"]["evaluated"]
+    # transformers and our model differ by ~1e-6 in the logits: an exact tie could flip, nothing more
+    n = expected["images"]
+    assert m["top1_agreement"] == pytest.approx(expected["top1_agreement"], abs=1.01 / n)
+    assert m["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)  # same graph, same tensors
+    assert m["accuracy_reference"] == pytest.approx(expected["accuracy_reference"], abs=1.01 / n)
+    assert report["reference"]["accuracy"] == m["accuracy_reference"]
+    print(f"\ndemo int8 on {n} held-out images: report agreement {m['top1_agreement']:.4f} accuracy {m['accuracy']:.4f} "
+          f"(ref {m['accuracy_reference']:.4f}); independent {expected}")
+
+    md = (out / "report.md").read_text()
+    assert f"{100 * m['top1_agreement']:.2f}%" in md and f"{100 * m['accuracy']:.2f}%" in md
+    html = (out / "report.html").read_text()
+    assert f"{100 * m['top1_agreement']:.2f}%" in html and "data:image/png;base64," in html
+    # every metric the contract names is there, for every result
+    for r in report["results"]:
+        assert {"top1_agreement", "cosine_min", "cosine_mean", "max_abs", "accuracy", "accuracy_reference"} <= set(r["metrics"])
+        assert r["gates"] and r["worst_images"] and {"logits", "embedding"} == set(r["outputs"])
+    # the export's staged checks were kept
+    assert [s["stage"] for s in report["stages"]] == ["onnx_checker", "io_signature", "onnxruntime_parity"]
+
+
+def test_damaged_int8_fails_the_gate(planted_artifacts, few_images, tmp_path):
+    result = run_cli(planted_artifacts, "--images", few_images, "--out", tmp_path, "--quiet")
+    assert result.exit_code == 1, result.output
+    assert "onnxruntime int8:" in result.stderr and "FAILED" in result.stderr
+    assert ("cosine_min = " in result.stderr) or ("top1_agreement = " in result.stderr)
+    report = json.loads((tmp_path / "report.json").read_text())
+    results = {r["precision"]: r for r in report["results"]}
+    assert results["fp32"]["passed"] and not results["int8"]["passed"] and not report["passed"]
+    failed = [g for g in results["int8"]["gates"] if not g["passed"]]
+    assert failed and all(g["value"] is None or g["value"] < g["threshold"] for g in failed if g["op"] == ">=")
+
+
+def test_impossible_threshold_exits_1(demo_artifacts, few_images, tmp_path):
+    result = run_cli(demo_artifacts, "--images", few_images, "--out", tmp_path, "--quiet", "--min-top1-agreement", "1.01")
+    assert result.exit_code == 1
+    assert "onnxruntime fp32: top1_agreement = 1, gate >= 1.01" in result.stderr
+
+
+def test_per_precision_threshold_applies_only_there(demo_int8_artifacts, few_images, tmp_path):
+    result = run_cli(demo_int8_artifacts, "--images", few_images, "--out", tmp_path, "--quiet",
+                     "--min-cosine", "int8=1.5")
+    assert result.exit_code == 1
+    report = json.loads((tmp_path / "report.json").read_text())
+    gates = {r["precision"]: {g["gate"]: g for g in r["gates"]} for r in report["results"]}
+    assert gates["int8"]["min_cosine"]["threshold"] == 1.5 and gates["int8"]["min_cosine"]["source"] == "override"
+    assert gates["fp32"]["min_cosine"]["threshold"] == 0.99999 and gates["fp32"]["min_cosine"]["passed"]
+
+
+def test_wrong_normalization_in_the_artifacts_fails(demo_artifacts, few_images, tmp_path):
+    art = copy_artifacts(demo_artifacts, tmp_path / "art")
+    data = json.loads((art / "manifest.json").read_text())
+    data["preprocess"]["image_mean"] = [0.5, 0.5, 0.5]
+    data["preprocess"]["image_std"] = [0.5, 0.5, 0.5]
+    (art / "manifest.json").write_text(json.dumps(data))
+    result = run_cli(art, "--images", few_images, "--quiet")
+    assert result.exit_code == 1
+    assert "preprocess_matches_checkpoint" in result.stderr
+
+
+def test_checkpoint_that_is_not_the_exported_one_exits_2(demo_artifacts, few_images, tmp_path):
+    art = copy_artifacts(demo_artifacts, tmp_path / "art")
+    data = json.loads((art / "manifest.json").read_text())
+    data["model"]["checkpoint_sha256"] = "0" * 64
+    (art / "manifest.json").write_text(json.dumps(data))
+    result = run_cli(art, "--images", few_images, "--quiet")
+    assert result.exit_code == 2
+    assert "does not match the manifest's model.checkpoint_sha256" in result.stderr
+
+
+def test_unreadable_images_are_listed_skipped_and_counted(demo_artifacts, few_images, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(few_images, images)
+    (images / "circle" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (images / "square" / "empty.png").write_bytes(b"")
+    result = run_cli(demo_artifacts, "--images", images, "--out", tmp_path / "r", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["images"]["skipped_count"] == 2 and report["images"]["evaluated"] == 16
+    assert sorted(s["image"] for s in report["images"]["skipped"]) == ["circle/broken.jpg", "square/empty.png"]
+    assert "skipped circle/broken.jpg" in result.stderr
+    assert "circle/broken.jpg" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_labels_file_gives_the_same_accuracy_as_folders(demo_artifacts, few_images, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rows = ["path,label"]
+    for f in sorted(few_images.rglob("*.*")):
+        shutil.copy(f, flat / f.name)
+        rows.append(f"{f.name},{f.parent.name}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert run_cli(demo_artifacts, "--images", flat, "--labels", tmp_path / "labels.csv", "--out", tmp_path / "a",
+                   "--quiet").exit_code == 0
+    assert run_cli(demo_artifacts, "--images", few_images, "--out", tmp_path / "b", "--quiet").exit_code == 0
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
+    assert a["images"]["label_source"] == "labels-file" and b["images"]["label_source"] == "folders"
+    assert a["results"][0]["metrics"]["accuracy"] == b["results"][0]["metrics"]["accuracy"] is not None
+
+    (tmp_path / "bad.csv").write_text(f"{rows[1].split(',')[0]},not-a-label\n")
+    bad = run_cli(demo_artifacts, "--images", flat, "--labels", tmp_path / "bad.csv", "--quiet")
+    assert bad.exit_code == 2 and "line 1" in bad.stderr and "not-a-label" in bad.stderr
+
+
+def test_folders_partly_named_as_labels_are_refused(demo_artifacts, few_images, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(few_images, images)
+    (images / "circle").rename(images / "circles")
+    result = run_cli(demo_artifacts, "--images", images, "--quiet")
+    assert result.exit_code == 2 and "circles" in result.stderr
+
+
+def test_bad_usage_exits_2(demo_artifacts, few_images, tmp_path):
+    assert run_cli(tmp_path / "nowhere", "--images", few_images).exit_code == 2
+    assert run_cli(demo_artifacts, "--images", tmp_path / "nowhere").exit_code == 2
+    assert run_cli(demo_artifacts, "--images", few_images, "--precision", "int8").exit_code == 2  # not exported
+    assert run_cli(demo_artifacts, "--images", few_images, "--min-cosine", "fp64=0.9").exit_code == 2
+
+
+def test_config_file_sets_the_gate(demo_artifacts, few_images, tmp_path, monkeypatch):
+    import sys
+
+    from vitmsn.cli import main
+
+    (tmp_path / "vitmsn.toml").write_text(f'[validate]\nimages = "{few_images}"\nmin-top1-agreement = 1.01\nquiet = true\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["vitmsn", "validate", str(demo_artifacts), "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1
+    gate = json.loads((tmp_path / "r" / "report.json").read_text())["results"][0]["gates"][0]
+    assert gate["threshold"] == 1.01 and gate["source"] == "override"
+
+
+def test_feature_extractor_is_gated_on_embedding_cosine(tmp_path):
+    from checkpoints import save_transformers
+    from PIL import Image
+
+    from vitmsn.export.pipeline import ExportOptions, run_export
+
+    save_transformers(tmp_path / "ck", classifier=False)
+    run_export(ExportOptions(model=str(tmp_path / "ck"), out=tmp_path / "art", engine="skip"))
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    result = run_cli(tmp_path / "art", "--images", tmp_path / "img", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "art" / "report.json").read_text())
+    r = report["results"][0]
+    assert report["primary_output"] == "embedding" and r["metrics"]["output"] == "embedding"
+    assert [g["gate"] for g in r["gates"]] == ["min_cosine"] and "top1_agreement" not in r["metrics"]
+    assert set(r["outputs"]) == {"last_hidden_state", "embedding"}
