@@ -29,7 +29,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 VIT_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, layer_norm_eps=1e-6)
-ISSUE_VIT_S_GFLOP = 8.48  # the issue's figure: the linear layers only (no attention score/context GEMMs)
 GOAL_ORT_VS_SDPA, GOAL_INT8_VS_FP32, GOAL_ROOFLINE = 1.1, 1.5, 0.85
 
 
@@ -114,9 +113,9 @@ def goals(report: dict) -> tuple[list[str], dict]:
     if int8 and plain and best is not plain:
         line("  (INT8 / FP32 plain export)", GOAL_INT8_VS_FP32, int8["throughput"] / plain["throughput"])
     line(f"ONNX Runtime FP32 ({best_name}) of the GEMM ceiling", GOAL_ROOFLINE * 100, best["roofline_fraction"] * 100, "%")
-    gflops = report["model"]["gflops_per_image"]
-    line(f"  (same, counting the issue's {ISSUE_VIT_S_GFLOP} GFLOP/image)", GOAL_ROOFLINE * 100,
-         best["roofline_fraction"] * 100 * ISSUE_VIT_S_GFLOP / gflops, "%")
+    dense, full = report["model"]["gflops_per_image"], report["model"]["gflops_per_image_with_attention"]
+    line(f"  (same, counting the attention matmuls too: {full:.2f} instead of {dense:.2f} GFLOP/image)", GOAL_ROOFLINE * 100,
+         best["roofline_fraction"] * 100 * full / dense, "%")
     return lines, summary
 
 

@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from vitmsn.runtime.manifest import atomic_path
 from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
 
 from .images import discover_images, file_list_digest, sample_order, strata_of
+
+if TYPE_CHECKING:
+    from .reader import CalibrationReader
 
 log = logging.getLogger(__name__)
 

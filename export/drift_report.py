@@ -181,6 +181,7 @@ def _png(fig: Any) -> bytes:
 def histogram_png(r: BackendResult, primary: str) -> bytes:
     """Histograms of per-image (1 - cosine) and max abs error of the primary output, log x axes."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     per = r.per_output[primary]
     fig = Figure(figsize=(9, 2.8))
@@ -192,6 +193,7 @@ def histogram_png(r: BackendResult, primary: str) -> bytes:
             bins = np.logspace(lo - 0.1, hi + 0.1, 30) if hi - lo > 1e-9 else np.logspace(lo - 0.5, lo + 0.5, 3)
             ax.hist(v, bins=bins, color="#3b6ea8")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow log range overlap
         ax.set_title(f"{r.name}: {title} ({primary})", fontsize=9)
         ax.set_ylabel("images", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -70,14 +70,15 @@ def captured_modelopt_logs(verbose: bool = False) -> Iterator[list[str]]:
     autocast = logging.getLogger("modelopt.onnx.autocast")
     autocast.setLevel(logging.INFO)  # restored below with the others
     autocast.addHandler(collect)
-    propagate = autocast.propagate
-    autocast.propagate = verbose  # its INFO lines would otherwise reach the root logger's handlers
+    parent = logging.getLogger("modelopt.onnx")
+    propagate, parent_propagate = autocast.propagate, parent.propagate
+    autocast.propagate = parent.propagate = verbose  # INFO lines would otherwise reach the root logger's handlers
     try:
         with contextlib.redirect_stdout(sys.stderr):  # ModelOpt and ORT print progress to stdout
             yield collect.messages
     finally:
         autocast.removeHandler(collect)
-        autocast.propagate = propagate
+        autocast.propagate, parent.propagate = propagate, parent_propagate
         for h, level, stream in saved:
             h.setLevel(level)
             if isinstance(h, logging.StreamHandler) and stream is not None and h.stream is not stream:

@@ -41,7 +41,7 @@ from .fp16 import Fp16Options
 from .int8 import Int8Options
 from .model import EXPORT_ATTENTION, Attention
 from .onnx_export import onnx_from_model
-from .precisions import FILES, StepContext, engine_step, fp16_step, int8_step
+from .precisions import StepContext, engine_step, fp16_step, int8_step
 from .report import write_export_report
 from .spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
 
@@ -227,7 +227,14 @@ def run_export(opts: ExportOptions) -> ExportResult:
                 raise InputError(f"--engine require: no engine can be built: {status.reason}")
             notes.append(f"no engine built (--engine auto): {status.reason}")
     preprocess_block = dict(ck.preprocess.to_manifest(), source=ck.preprocess_source)
-    calibration = _calibration(opts, preprocess_block)  # too few usable images: InputError, nothing written
+    # Input problems surface before anything is written: too few calibration images, or
+    # validation folders that are not the model's labels, are InputError (exit 2).
+    calibration = _calibration(opts, preprocess_block)
+    converted = [p for p in opts.precisions if p != "fp32"]
+    inputs = None
+    if converted:
+        inputs = comparison_inputs(preprocess_block, ck.labels, tuple(int(d) for d in spec.input.shape[1:]),
+                                   validate_images=opts.validate_images, calibration=calibration)
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -253,12 +260,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
         data["calibration"] = calibration.to_manifest()
     result = ExportResult(out, Manifest(out, data), stages, notes)
     rows: list[dict[str, Any]] = []
-    inputs = None
-    converted = [p for p in opts.precisions if p != "fp32"]
-    if converted and all(s.passed for s in stages):
-        chw = tuple(int(d) for d in spec.input.shape[1:])
-        inputs = comparison_inputs(data["preprocess"], ck.labels, chw, validate_images=opts.validate_images,
-                                   calibration=calibration)
+    if inputs is not None and all(s.passed for s in stages):
         reference = outputs_in_batches(_torch_runner(model, spec), inputs.tensors)
         ctx = StepContext(out, fp32_path, spec, inputs, reference, opts.gates, opts.fail_on_drift, opts.verbose)
         if "fp16" in opts.precisions:

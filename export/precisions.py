@@ -57,10 +57,13 @@ def file_entry(path: Path) -> dict[str, Any]:
 
 
 def _graph_stages(path: Path, spec: ExportSpec, io_dtype: str) -> list[checks.StageResult]:
-    stages = [checks.check_onnx_checker(path)]
-    if stages[-1].passed:
+    """onnx.checker and the I/O signature of one converted graph; stage names carry its tag (``int8_cpu``)."""
+    tag = path.name.removeprefix("model.").removesuffix(".onnx").replace(".", "_")
+    checked = checks.check_onnx_checker(path)
+    stages = [checks.StageResult(f"onnx_checker_{tag}", checked.passed, checked.detail)]
+    if checked.passed:
         sig = checks.check_io_signature(onnx.load(str(path), load_external_data=False), spec, io_dtype)
-        stages.append(checks.StageResult(f"io_signature_{path.stem.split('.', 1)[1]}", sig.passed, sig.detail))
+        stages.append(checks.StageResult(f"io_signature_{tag}", sig.passed, sig.detail))
     return stages
 
 
@@ -141,6 +144,7 @@ def engine_step(out: Path, precision: str, onnx_file: str, spec: ExportSpec, io_
         ("aot_targets" if r.aot else "compute_capabilities"): list(r.compute_capabilities),
         "compute_capabilities": list(r.compute_capabilities),
         "profile": r.profile, "build_seconds": round(r.build_seconds, 2), "strongly_typed": r.strongly_typed,
+        "version_compatible": options.version_compatible, "hardware_compatible": options.hardware_compatibility is not None,
         "precision_flags": list(r.precision_flags), "options": r.options.to_manifest(), "notes": list(r.notes),
     }
     detail = (f"{plan.name}: {entry['size_bytes'] / 1e6:.1f} MB in {r.build_seconds:.1f}s, {target} {r.tensorrt_version}, "

@@ -43,15 +43,15 @@ def versions_compatible(built: str, running: str, target: str, version_compatibl
     return False
 
 
-def rebuild_hint(entry: dict[str, Any], root: Any = "ARTIFACTS") -> str:
+def rebuild_hint(entry: dict[str, Any], root: Any = "ARTIFACTS", model: str | None = None) -> str:
     precision = entry.get("precision", "fp16")
     target = entry.get("target", "tensorrt")
-    return (f"rebuild it on this machine: vitmsn-export --model <the model> --precision {precision} "
+    return (f"rebuild it on this machine: vitmsn-export --model {model or '<the model>'} --precision {precision} "
             f"--engine require --target {target} --out {root}; or run it with --backend onnxruntime")
 
 
 def engine_problems(entry: dict[str, Any], *, runtime_version: str | None, gpus: Iterable[Gpu],
-                    root: Any = "ARTIFACTS") -> list[str]:
+                    root: Any = "ARTIFACTS", model: str | None = None) -> list[str]:
     """Why the engine ``entry`` cannot run here (empty when it can).
 
     ``runtime_version`` is the installed module's ``__version__`` (None: not importable) and
@@ -64,7 +64,9 @@ def engine_problems(entry: dict[str, Any], *, runtime_version: str | None, gpus:
     gpus = list(gpus)
     if not gpus:
         problems.append(f"{name}: needs an NVIDIA GPU with a CUDA driver, and none was found")
-    if runtime_version is None:
+    if not gpus and runtime_version is None:
+        pass  # without a GPU the release was not looked up (importing TensorRT just to refuse is slow)
+    elif runtime_version is None:
         module = "tensorrt_rtx" if target == "tensorrt-rtx" else "tensorrt"
         problems.append(f"{name}: built for {target} {built}, but the {module!r} module is not importable here")
     elif not versions_compatible(built, runtime_version, target, bool(entry.get("version_compatible"))):
@@ -77,5 +79,5 @@ def engine_problems(entry: dict[str, Any], *, runtime_version: str | None, gpus:
             problems.append(f"{name}: built for compute capability {', '.join(wanted)}, but GPU {gpu.index} "
                             f"({gpu.name}) is {gpu.compute_capability}")
     if problems:
-        problems[-1] += "; " + rebuild_hint(entry, root)
+        problems[-1] += "; " + rebuild_hint(entry, root, model)
     return problems

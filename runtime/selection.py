@@ -60,7 +60,8 @@ def engine_choices(manifest: Manifest, precision: str | None) -> tuple[list[dict
         if precision and entry.get("precision") != precision:
             continue
         version = _tensorrt_version(str(entry.get("target", "tensorrt"))) if gpus else None
-        problems = engine_problems(entry, runtime_version=version, gpus=gpus, root=manifest.root)
+        problems = engine_problems(entry, runtime_version=version, gpus=gpus, root=manifest.root,
+                                   model=str(manifest.data.get("model", {}).get("source") or "") or None)
         (why_not.extend(problems) if problems else runnable.append(entry))
     order = {p: i for i, p in enumerate(ENGINE_ORDER)}
     runnable.sort(key=lambda e: order.get(str(e.get("precision")), len(order)))

@@ -129,7 +129,12 @@ def test_tolerances_match_the_export_parity_stage() -> None:
     assert not correctness.compare_outputs({k: v + 5e-3 for k, v in ref.items()}, ref, tol)["passed"]
     assert not correctness.compare_outputs({"logits": ref["logits"]}, ref, tol)["passed"]  # missing output
     int8 = correctness.tolerance_for("int8", "cpu")
-    assert correctness.compare_outputs({"logits": -ref["logits"], "embedding": ref["embedding"]}, ref, int8)["passed"]
+    emb = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32) + 3.0  # alike, as a random ViT's are
+    ref = {"logits": ref["logits"][:1].repeat(4, 0), "embedding": emb}
+    noisy = emb + np.random.default_rng(1).normal(scale=0.05, size=emb.shape).astype(np.float32)
+    assert correctness.compare_outputs({"logits": -ref["logits"], "embedding": noisy}, ref, int8)["passed"]  # logits not checked
+    mixed = correctness.compare_outputs({"logits": ref["logits"], "embedding": emb[::-1].copy()}, ref, int8)
+    assert not mixed["passed"] and "nearer another sample" in mixed["problems"][0]
 
 
 def test_interleaved_timing_gives_every_row_its_samples() -> None:
@@ -176,4 +181,4 @@ def test_bench_on_the_demo(demo_artifacts: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_on_a_vit_s_shaped_model(vits_artifacts: Path, tmp_path: Path) -> None:
     data = _assert_every_row_passed(vits_artifacts, tmp_path / "out.json")
-    assert data["model"]["gflops_per_image"] == pytest.approx(9.197, abs=1e-3)
+    assert data["model"]["gflops_per_image"] == pytest.approx(8.48, abs=5e-3)  # the ViT-S figure

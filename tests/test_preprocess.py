@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,16 @@ CONFIG = {"do_resize": True, "size": {"height": 224, "width": 224}, "resample": 
 
 
 def hf_processor(config: dict):
+    """transformers' processor loaded from a preprocessor_config.json holding ``config``."""
     transformers = pytest.importorskip("transformers")
-    return transformers.ViTImageProcessorPil(**config)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "preprocessor_config.json").write_text(json.dumps(dict(config, image_processor_type="ViTImageProcessor")))
+        return transformers.ViTImageProcessorPil.from_pretrained(tmp)
+
+
+def ours_from_json(config: dict) -> PreprocessConfig:
+    """Ours from the same JSON text (what vitmsn-export reads into the manifest)."""
+    return PreprocessConfig.from_manifest(PreprocessConfig.from_preprocessor_config(json.loads(json.dumps(config))).to_manifest())
 
 
 def hf_pixels(processor, image) -> np.ndarray:
@@ -49,7 +59,7 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                   "palette_transparent.png", "palette.gif", "cmyk.jpg"])
 def test_matches_transformers_on_every_format(formats: dict[str, Path], name: str) -> None:
     processor = hf_processor(CONFIG)
-    ours = PreprocessConfig.from_preprocessor_config(CONFIG)
+    ours = ours_from_json(CONFIG)
     with Image.open(formats[name]) as im:
         expected = hf_pixels(processor, im)
     got = ours(formats[name])
@@ -62,7 +72,7 @@ def test_matches_transformers_with_every_resample_filter_and_a_non_square_size(f
     config = dict(CONFIG, resample=resample, size={"height": 40, "width": 56}, image_mean=[0.5, 0.4, 0.3],
                   image_std=[0.2, 0.3, 0.4], rescale_factor=0.00392156862745098)
     processor = hf_processor(config)
-    ours = PreprocessConfig.from_preprocessor_config(config)
+    ours = ours_from_json(config)
     with Image.open(formats["photo.jpg"]) as im:
         expected = hf_pixels(processor, im)
     got = ours(formats["photo.jpg"])

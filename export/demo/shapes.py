@@ -27,7 +27,8 @@ SPLIT_TAGS: dict[str, int] = {"train": 0x7261696E, "heldout": 0x68656C64}
 DEFAULT_HELDOUT_SEED = 20240601
 SOURCE_SIZE_RANGE = (200, 320)
 MAX_ASPECT = 1.3  # source width/height within [1/1.3, 1.3]
-SHAPE_RADIUS = (0.24, 0.42)  # circumscribed radius, as a fraction of the shorter side
+SHAPE_RADIUS = (0.26, 0.44)  # circumscribed radius, as a fraction of the shorter side
+POSITION_JITTER = 0.12  # centre offset, as a fraction of the side, kept inside the image
 DARK, LIGHT = (0.0, 95.0), (150.0, 255.0)  # luma bands of background and shape (one each)
 _SUPERSAMPLE = 2  # shapes are drawn at 2x and downsampled, for anti-aliased edges
 
@@ -157,8 +158,8 @@ def render(label: str, rng: np.random.Generator, size: tuple[int, int] | None = 
     bg_band, fill_band = (DARK, LIGHT) if rng.random() < 0.5 else (LIGHT, DARK)
     bg = _background(rng, w, h, bg_band)
     r = min(w, h) * float(rng.uniform(*SHAPE_RADIUS))
-    cx = float(rng.uniform(r, w - r))
-    cy = float(rng.uniform(r, h - r))
+    cx = float(np.clip(w * (0.5 + rng.uniform(-POSITION_JITTER, POSITION_JITTER)), r, w - r))
+    cy = float(np.clip(h * (0.5 + rng.uniform(-POSITION_JITTER, POSITION_JITTER)), r, h - r))
     angle = float(rng.uniform(0, 2 * math.pi))
     fill = _colour_in(rng, fill_band)
 

@@ -9,9 +9,13 @@ every report):
 * ``fp32`` on a GPU: cosine similarity >= 0.9999 per sample and output (cuDNN convolutions may use
   TF32 by PyTorch's default, and GPU kernels sum in other orders).
 * ``fp16``: cosine >= 0.999 per sample and output.
-* ``int8``: cosine >= 0.95 on the embedding output only. This is a spot check that the graph
-  computes the model, not an accuracy gate (``vitmsn validate`` is that): logits of a randomly
-  initialised model carry almost no signal, so their int8 cosine is meaningless (ENVIRONMENT.md).
+* ``int8``: on the embedding output, cosine >= 0.8 per sample, and every sample's output is
+  nearer (by cosine) to its own reference than to any other sample's. This checks that the graph
+  computes this model on these inputs (a wrong graph, a sign error or a mixed-up batch fails it),
+  not its accuracy: that is ``vitmsn validate``'s drift gate. On a randomly initialised ViT-S,
+  where every image's embedding looks alike (mean inter-image cosine 0.72), a correct Q/DQ INT8
+  graph measured cosine 0.89 and a mixed-up batch would still score about 0.7-0.97, hence the
+  nearest-reference rule rather than a higher cosine bar. The measured cosines are in every row.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Tolerance:
     atol: float | None = None  # elementwise allclose, when set
     rtol: float | None = None
     min_cosine: float | None = None
+    nearest_own: bool = False  # each sample's output is nearest (cosine) to its own reference
     outputs: tuple[str, ...] | None = None  # outputs the rule applies to (None: all)
 
     def describe(self) -> str:
@@ -39,6 +44,8 @@ class Tolerance:
             parts.append(f"|x - ref| <= {self.atol:g} + {self.rtol:g}*|ref|")
         if self.min_cosine is not None:
             parts.append(f"cosine >= {self.min_cosine:g}")
+        if self.nearest_own:
+            parts.append("each sample nearest its own reference")
         where = f" on {', '.join(self.outputs)}" if self.outputs else ""
         return " and ".join(parts) + where
 
@@ -48,8 +55,8 @@ TOLERANCES = {
     ("fp32", "cuda"): Tolerance("fp32-gpu", min_cosine=0.9999),
     ("fp16", "cpu"): Tolerance("fp16", min_cosine=0.999),
     ("fp16", "cuda"): Tolerance("fp16", min_cosine=0.999),
-    ("int8", "cpu"): Tolerance("int8", min_cosine=0.95, outputs=("embedding",)),
-    ("int8", "cuda"): Tolerance("int8", min_cosine=0.95, outputs=("embedding",)),
+    ("int8", "cpu"): Tolerance("int8", min_cosine=0.8, nearest_own=True, outputs=("embedding",)),
+    ("int8", "cuda"): Tolerance("int8", min_cosine=0.8, nearest_own=True, outputs=("embedding",)),
 }
 
 
@@ -64,6 +71,14 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.abs(a).sum(1) + np.abs(b).sum(1) == 0, 1.0, 0.0))
     return out
+
+
+def _nearest_reference(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    a = got.reshape(len(got), -1).astype(np.float64)
+    b = ref.reshape(len(ref), -1).astype(np.float64)
+    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
+    b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-30)
+    return (a @ b.T).argmax(axis=1)
 
 
 def compare_outputs(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], tol: Tolerance) -> dict[str, Any]:
@@ -97,4 +112,9 @@ def compare_outputs(outputs: dict[str, np.ndarray], reference: dict[str, np.ndar
                 problems.append(f"{name}: {int(bad.sum())} elements outside {tol.describe()} (max abs {diff.max():.3g})")
         if tol.min_cosine is not None and cos.min() < tol.min_cosine:
             problems.append(f"{name}: cosine {cos.min():.6f} < {tol.min_cosine:g}")
+        if tol.nearest_own and len(ref) > 1:
+            own = _nearest_reference(got, ref) == np.arange(len(ref))
+            m["nearest_own_reference"] = float(own.mean())
+            if not own.all():
+                problems.append(f"{name}: {int((~own).sum())} of {len(ref)} samples are nearer another sample's reference")
     return {"passed": not problems, "tolerance": tol.describe(), "metrics": metrics, "problems": problems}

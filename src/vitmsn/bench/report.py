@@ -28,8 +28,8 @@ def row_name(r: dict[str, Any]) -> str:
 
 
 def results_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| backend | precision | device | batch | median ms | p90 ms | p99 ms | img/s | x eager | GFLOP/s | of GEMM ceiling | check |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| backend | precision | device | batch | median ms | p90 ms | p99 ms | img/s | x eager | GFLOP/s | of GEMM ceiling | min cosine | check |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lat = r["latency_ms"]
         check = r["correctness"]
@@ -37,11 +37,12 @@ def results_table(rows: list[dict[str, Any]]) -> list[str]:
         if r.get("verified") is False:
             verdict += " (unverified path)"
         frac = r.get("roofline_fraction")
+        cosines = [m["cosine_min"] for m in check.get("metrics", {}).values()]
         lines.append(
             f"| {row_name(r)} | {r['precision']} | {r['device']} | {r['batch_size']} | {_fmt(lat['median'], '.1f')} | "
             f"{_fmt(lat['p90'], '.1f')} | {_fmt(lat['p99'], '.1f')} | {_fmt(r['throughput'])} | "
             f"{_fmt(r.get('ratio_to_pytorch_eager'), '.2f')}x | {_fmt(r.get('gflops_per_s'), '.1f')} | "
-            f"{_fmt(frac * 100 if frac is not None else None, '.0f')}% | {verdict} |")
+            f"{_fmt(frac * 100 if frac is not None else None, '.0f')}% | {_fmt(min(cosines) if cosines else None, '.4f')} | {verdict} |")
     return lines
 
 
@@ -67,7 +68,8 @@ def machine_lines(report: dict[str, Any]) -> list[str]:
         f"- Load average at start / end: {m.get('load_average_start')} / {m.get('load_average_end')}",
         f"- Model: {model.get('source')} ({model.get('task')}; hidden {cfg.get('hidden_size')}, "
         f"{cfg.get('num_hidden_layers')} layers, {cfg.get('num_attention_heads')} heads, image {cfg.get('image_size')}), "
-        f"{model.get('gflops_per_image'):.3f} GFLOP per image (matmuls x2, attention included)",
+        f"{model.get('gflops_per_image'):.3f} GFLOP per image (dense layers, 2 x MACs; "
+        f"{model.get('gflops_per_image_with_attention') or 0:.3f} with the attention matmuls), used for GFLOP/s and the roofline",
     ]
 
 

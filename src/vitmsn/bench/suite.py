@@ -284,7 +284,8 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
     ck = _load_checkpoint(manifest)
     from vitmsn.export.model import ViTMSNArch
 
-    gflops = ViTMSNArch.from_config(manifest.data["model"]["config"]).gflops_per_image()
+    arch = ViTMSNArch.from_config(manifest.data["model"]["config"])
+    gflops = arch.gflops_per_image()  # dense layers: the 8.48 GFLOP convention for ViT-S/16
     preprocess = PreprocessConfig.from_manifest(manifest.preprocess)
     rng_images = jpeg_images(max(opts.batch_sizes + (opts.check_batch,)), seed=opts.seed)
     check_x = preprocess.batch(rng_images[: opts.check_batch])
@@ -327,7 +328,8 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
         "machine": machine,
         "artifacts": str(Path(artifacts)),
         "model": {"source": manifest.data["model"].get("source"), "task": manifest.task,
-                  "config": manifest.data["model"].get("config"), "gflops_per_image": gflops},
+                  "config": manifest.data["model"].get("config"), "gflops_per_image": gflops,
+                  "gflops_per_image_with_attention": arch.gflops_per_image(include_attention=True)},
         "reference": ("pytorch-eager fp32 cpu" if ck is not None else "onnxruntime fp32 cpu (no checkpoint here)"),
         "options": {"batch_sizes": list(opts.batch_sizes), "threads": threads, "timing": plan, "e2e": opts.e2e,
                     "compile": opts.compile, "check_batch": opts.check_batch},

@@ -56,7 +56,7 @@ def _read_stdin_if_dash(images: tuple[str, ...]) -> list[Any]:
 
 @click.command("predict")
 @click.argument("artifacts", type=click.Path(file_okay=False))
-@click.argument("images", nargs=-1, required=True)
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True,
               help="auto: a TensorRT engine when one can run here, else ONNX Runtime.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
