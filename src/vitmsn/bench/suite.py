@@ -162,6 +162,8 @@ def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, t
     graphs.sort(key=lambda g: order.get(g[0], 9))
     for device in ort_devices:
         for precision, variant, path in graphs:
+            if device != "cpu" and variant.endswith("_cpu"):  # a flavour placed for the CPU provider only
+                continue
             prep.backends.append(OnnxRuntimeBackend(path, name, precision=precision, device=device, threads=threads,
                                                     variant=variant))
     if not manifest.engines:
