@@ -35,31 +35,26 @@ def _session(path: Path, level: str = "all", threads: int = 2, spinning: bool | 
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("artifacts", type=Path)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--iterations", type=int, default=18)
-    args = parser.parse_args(argv)
-
+def lever_table(artifacts: Path, batch_size: int = 8, threads: int = 2, rounds: int = 6, iterations: int = 18,
+                fused: Path | None = None) -> list[str]:
+    """Markdown lines: every lever's throughput against the baseline and PyTorch SDPA, interleaved."""
     import torch
 
-    from vitmsn.bench.timing import TimingPlan, time_interleaved
     from vitmsn.bench.machine import load_average
+    from vitmsn.bench.timing import TimingPlan, time_interleaved
     from vitmsn.export.checkpoint import load_checkpoint
     from vitmsn.export.ort_optimize import ort_optimized_onnx_from_fp32
     from vitmsn.runtime.manifest import Manifest
 
-    torch.set_num_threads(args.threads)
-    manifest = Manifest.load(args.artifacts)
+    torch.set_num_threads(threads)
+    manifest = Manifest.load(artifacts)
     plain = manifest.onnx_path("fp32")
     ck = load_checkpoint(manifest.data["model"]["directory"])
-    tmp = Path(tempfile.mkdtemp(prefix="vitmsn-levers-"))
-    fused = ort_optimized_onnx_from_fp32(plain, tmp / "model.fp32.ort.onnx", ck.arch).path
-    x = np.random.default_rng(0).uniform(-1, 1, (args.batch_size, 3, ck.arch.image_size, ck.arch.image_size)).astype(np.float32)
-    t = args.threads
+    if fused is None:
+        fused = ort_optimized_onnx_from_fp32(plain, Path(tempfile.mkdtemp(prefix="vitmsn-levers-")) / "model.fp32.ort.onnx",
+                                             ck.arch).path
+    x = np.random.default_rng(0).uniform(-1, 1, (batch_size, 3, ck.arch.image_size, ck.arch.image_size)).astype(np.float32)
+    t = threads
     variants = {
         "plain export, level all (baseline)": _session(plain, "all", t),
         "plain export, level extended": _session(plain, "extended", t),
@@ -78,14 +73,28 @@ def main(argv: list[str] | None = None) -> None:
             sdpa(xt)
 
     names = list(variants) + ["PyTorch SDPA (reference)"]
-    stats = time_interleaved(calls + [torch_call], TimingPlan(warmup=2, iterations=args.iterations, rounds=args.rounds),
-                             on_round=lambda r: print(f"round {r}/{args.rounds}", file=sys.stderr, flush=True))
-    base, ref = stats[0].throughput(args.batch_size), stats[-1].throughput(args.batch_size)
-    print(f"batch {args.batch_size}, {t} threads, {stats[0].count} samples per row, load average {load_average()}\n")
-    print("| variant | median ms | img/s | vs baseline | vs PyTorch SDPA |\n|---|---:|---:|---:|---:|")
+    start_load = load_average()
+    stats = time_interleaved(calls + [torch_call], TimingPlan(warmup=2, iterations=iterations, rounds=rounds),
+                             on_round=lambda r: print(f"levers: round {r}/{rounds}", file=sys.stderr, flush=True))
+    base, ref = stats[0].throughput(batch_size), stats[-1].throughput(batch_size)
+    lines = [f"Batch {batch_size}, {t} threads, {stats[0].count} samples per row in {rounds} interleaved rounds, "
+             f"load average {start_load} -> {load_average()}.", "",
+             "| variant | median ms | img/s | vs baseline | vs PyTorch SDPA |", "|---|---:|---:|---:|---:|"]
     for name, st in zip(names, stats):
-        thr = st.throughput(args.batch_size)
-        print(f"| {name} | {st.median:.1f} | {thr:.2f} | {thr / base:.3f}x | {thr / ref:.3f}x |")
+        thr = st.throughput(batch_size)
+        lines.append(f"| {name} | {st.median:.1f} | {thr:.2f} | {thr / base:.3f}x | {thr / ref:.3f}x |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifacts", type=Path)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--iterations", type=int, default=18)
+    args = parser.parse_args(argv)
+    print("\n".join(lever_table(args.artifacts, args.batch_size, args.threads, args.rounds, args.iterations)))
 
 
 if __name__ == "__main__":

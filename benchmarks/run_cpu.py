@@ -6,7 +6,8 @@
    (hidden 384, 12 layers, 6 heads, MLP 1536, 1000 labels; random weights with non-zero biases
    and LayerNorm parameters, saved by transformers), asking for FP16 and INT8 where the export
    pipeline offers them (calibration images: the demo's renderer).
-2. Runs ``vitmsn bench`` on both at batch 1 and 8, model-only and end to end.
+2. Runs ``vitmsn bench`` on both at batch 1 and 8, model-only and end to end (ViT-S also with
+   ``torch.compile``, unless ``--no-compile``).
 3. Checks the three goals of the benchmark issue on the ViT-S rows at batch 8, and measures
    what limits ONNX Runtime FP32: the time per operator type (ONNX Runtime's profiler) and
    ONNX Runtime's own GEMM ceiling (one MatMul) against PyTorch's, interleaved.
@@ -71,11 +72,12 @@ def export(model: str, out: Path, calib: Path, fresh: bool) -> tuple[bool, list[
     return False, [f"{model}: could not be exported here ({failure[0][:300]})"]
 
 
-def bench(artifacts: Path, json_path: Path, iterations: int, rounds: int) -> dict:
+def bench(artifacts: Path, json_path: Path, iterations: int, rounds: int, compile_: bool) -> dict:
     from vitmsn.bench.suite import BenchOptions, run_bench
     from vitmsn.bench.timing import TimingPlan
 
-    opts = BenchOptions(batch_sizes=(1, 8), plan=TimingPlan(warmup=2, iterations=iterations, rounds=rounds))
+    opts = BenchOptions(batch_sizes=(1, 8), plan=TimingPlan(warmup=2, iterations=iterations, rounds=rounds),
+                        compile=compile_)
     report = run_bench(artifacts, opts, say=lambda s: say(f"[{artifacts.name}] {s}"))
     json_path.write_text(json.dumps(report, indent=1) + "\n")
     return report
@@ -117,6 +119,33 @@ def goals(report: dict) -> tuple[list[str], dict]:
     line(f"  (same, counting the attention matmuls too: {full:.2f} instead of {dense:.2f} GFLOP/image)", GOAL_ROOFLINE * 100,
          best["roofline_fraction"] * 100 * full / dense, "%")
     return lines, summary
+
+
+def limit_notes(report: dict, shares: list[tuple[str, float]], ceilings: dict[str, float]) -> list[str]:
+    """Plain-language reading of the measurements: where the FP32 time goes beyond the GEMM ceiling."""
+    cfg = report["model"]["config"]
+    t, d, m = (cfg["image_size"] // cfg["patch_size"]) ** 2 + 1, cfg["hidden_size"], cfg["intermediate_size"]
+    dense = report["model"]["gflops_per_image"] * 1e9
+    qkv = cfg["num_hidden_layers"] * 2 * t * 3 * d * d
+    attn_extra = (report["model"]["gflops_per_image_with_attention"] * 1e9) - dense
+    share = dict(shares)
+    mlas = ceilings["onnxruntime MatMul (MLAS)"] / ceilings["torch.matmul"]
+    outside = 1.0 - share.get("MatMul", 0.0) - share.get("Attention", 0.0)
+    matmul_flops = (dense - qkv - 2 * 196 * d * 3 * cfg["patch_size"] ** 2) / dense
+    attn_rate = ((qkv + attn_extra) / dense) / max(share.get("Attention", 0.0), 1e-9)
+    matmul_rate = matmul_flops / max(share.get("MatMul", 0.0), 1e-9)
+    return [
+        f"- ONNX Runtime's own GEMM (MLAS) runs at {mlas * 100:.0f}% of PyTorch's GEMM ceiling on the same 2048x2048 "
+        "problem: the roofline is PyTorch's, and every FP32 ONNX Runtime kernel starts below it.",
+        f"- The Attention kernel takes {share.get('Attention', 0) * 100:.0f}% of the time for the Q/K/V projections "
+        f"({qkv / dense * 100:.0f}% of the dense FLOPs) plus the per-head score and context matmuls (197x64 by 64x197, "
+        f"197x197 by 197x64: {attn_extra / dense * 100:.0f}% more FLOPs, not counted in the roofline) and the softmax: "
+        f"it does its FLOPs at {attn_rate / matmul_rate * 100:.0f}% of the rate of the MatMul kernels.",
+        f"- The MatMul kernels (output projection and MLP, {matmul_flops * 100:.0f}% of the dense FLOPs) take "
+        f"{share.get('MatMul', 0) * 100:.0f}% of the time; {outside * 100:.0f}% goes to kernels that are not GEMMs "
+        f"(BiasGelu {share.get('BiasGelu', 0) * 100:.1f}%, SkipLayerNormalization "
+        f"{share.get('SkipLayerNormalization', 0) * 100:.1f}%, Conv {share.get('Conv', 0) * 100:.1f}%, ...).",
+    ]
 
 
 def op_breakdown(onnx_path: Path, batch: int, threads: int, runs: int = 6) -> list[tuple[str, float]]:
@@ -175,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
     parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (they compile for minutes)")
     args = parser.parse_args(argv)
 
     from vitmsn.bench.machine import available_cpus, load_average, machine_class
@@ -193,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("; ".join(notes))
     reports = {}
     for name in ("vit-s", "demo") if ok_demo else ("vit-s",):
-        reports[name] = bench(args.work / name, args.work / f"{name}.bench.json", args.iterations, args.rounds)
+        reports[name] = bench(args.work / name, args.work / f"{name}.bench.json", args.iterations, args.rounds,
+                              compile_=name == "vit-s" and not args.no_compile)
     threads = reports["vit-s"]["options"]["threads"]
     cls = machine_class(reports["vit-s"]["machine"])
     say("profiling ONNX Runtime FP32 and measuring ONNX Runtime's own GEMM ceiling")
@@ -205,6 +236,11 @@ def main(argv: list[str] | None = None) -> None:
                                          ViTMSNArch.from_config(reports["vit-s"]["model"]["config"])).path
     shares = op_breakdown(fused, 8, threads)
     ceilings = gemm_ceilings(threads)
+    say("timing the ONNX Runtime levers one at a time")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ort_levers import lever_table
+
+    levers = lever_table(vits, 8, threads, rounds=args.rounds, iterations=max(8, args.iterations // 2), fused=fused)
     goal_lines, summary = goals(reports["vit-s"])
 
     md = [f"# CPU benchmark: {cls} ({reports['vit-s']['machine']['cpu'].get('model')})", "",
@@ -215,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
           f"- GEMM ceilings measured interleaved, {threads} threads, 2048x2048 FP32: " +
           ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in ceilings.items()) + ".",
           "- Kernel time per operator type, ORT-fused graph, batch 8 (ONNX Runtime profiler): " +
-          ", ".join(f"{op} {share * 100:.1f}%" for op, share in shares[:8]) + ".", ""]
+          ", ".join(f"{op} {share * 100:.1f}%" for op, share in shares[:8]) + ".", *limit_notes(reports["vit-s"], shares, ceilings), "",
+          "### ONNX Runtime FP32 levers, one at a time (ViT-S shape; `python benchmarks/ort_levers.py`)", ""] + levers + [""]
     md += ["", "## ViT-S shape", ""] + markdown(reports["vit-s"], "").splitlines()[2:]
     if "demo" in reports:
         md += ["", "## Demo model", ""] + markdown(reports["demo"], "").splitlines()[2:]

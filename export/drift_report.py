@@ -191,7 +191,7 @@ def histogram_png(r: BackendResult, primary: str) -> bytes:
         if v.size:
             lo, hi = np.log10(v.min()), np.log10(v.max())
             bins = np.logspace(lo - 0.1, hi + 0.1, 30) if hi - lo > 1e-9 else np.logspace(lo - 0.5, lo + 0.5, 3)
-            ax.hist(v, bins=bins, color="#3b6ea8")
+            ax.hist(v, bins=list(bins), color="#3b6ea8")
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow log range overlap
         ax.set_title(f"{r.name}: {title} ({primary})", fontsize=9)

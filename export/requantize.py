@@ -47,10 +47,11 @@ class GateCheck:
         got = run_model(path, self.inputs, self.input_name)
         primary = "logits" if "logits" in self.reference else "embedding"
         m = dm.summarize(dm.per_image(got[primary], self.reference[primary], classification=primary == "logits"))
-        metrics = {k: m[k] for k in ("top1_agreement", "cosine_min", "cosine_mean", "kl_mean") if k in m}
-        if primary == "logits" and self.labels is not None and (self.labels >= 0).any():
+        metrics: dict[str, Any] = {k: m[k] for k in ("top1_agreement", "cosine_min", "cosine_mean", "kl_mean") if k in m}
+        if primary == "logits" and self.labels is not None:
             acc, ref = dm.accuracy(got["logits"], self.labels), dm.accuracy(self.reference["logits"], self.labels)
-            metrics.update(accuracy=acc, accuracy_reference=ref, accuracy_drop=round(ref - acc, 10))
+            if acc is not None and ref is not None:
+                metrics.update(accuracy=acc, accuracy_reference=ref, accuracy_drop=round(ref - acc, 10))
         results = evaluate(self.gates, self.precision, metrics)
         return all(r.passed for r in results), metrics, results
 
@@ -62,11 +63,11 @@ def gate_check_for_images(fp32_path: str | Path, images_dir: str | Path, preproc
     against the FP32 ONNX graph's outputs."""
     from vitmsn.runtime.preprocess import PreprocessConfig
 
-    from .validation import _preprocess_batch
+    from .validation import preprocess_files
     from .validation_inputs import image_set
 
     images = image_set(images_dir, labels, labels_file)
-    x, ok, _ = _preprocess_batch(PreprocessConfig.from_manifest(preprocess_block), images.files, images.root)
+    x, ok, _ = preprocess_files(PreprocessConfig.from_manifest(preprocess_block), images.files, images.root)
     if not ok:
         raise InputError(f"{images.root}: none of the images could be read")
     return GateCheck(x, run_model(fp32_path, x, input_name), gates, images.labels[ok], input_name=input_name)

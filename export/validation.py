@@ -150,10 +150,6 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
     targets: list[Target] = []
     skipped: list[dict[str, str]] = []
     if backend in ("all", "onnxruntime"):
-        from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
-
-        # No spin-waiting: backends take turns on each batch, and a spinning idle session steals the
-        # cores the next one (or PyTorch) needs.
 
         for precision, entry in manifest.precisions.items():
             if wanted and precision not in wanted:
@@ -162,9 +158,7 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
             flavours = [("", entry)] + [(k, v) for k, v in entry.items() if isinstance(v, dict) and "file" in v and "sha256" in v]
             for variant, e in flavours:
                 path = manifest.verify_file(e["file"], e["sha256"])
-                targets.append(Target("onnxruntime", precision, e["file"],
-                                      lambda path=path, precision=precision: OnnxRuntimeRunner(
-                                          path, precision=precision, allow_spinning=False), variant))
+                targets.append(Target("onnxruntime", precision, e["file"], _ort_factory(path, precision), variant))
     if backend in ("all", "tensorrt"):
         from vitmsn.runtime.selection import engine_choices
 
@@ -172,17 +166,29 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
         for entry in runnable:
             if wanted and entry.get("precision") not in wanted:
                 continue
-            from vitmsn.runtime.tensorrt_runner import TensorRTRunner
-
             path = manifest.verify_file(entry["file"], entry["sha256"])
             targets.append(Target(str(entry.get("target", "tensorrt")), str(entry["precision"]), entry["file"],
-                                  lambda path=path, entry=entry: TensorRTRunner(path, entry)))
+                                  _trt_factory(path, entry)))
         skipped += [{"backend": "tensorrt", "reason": reason} for reason in why_not]
     if not targets:
         raise InputError(f"{manifest.root}: nothing to validate with --backend {backend}"
                          + (f" --precision {','.join(wanted)}" if wanted else "")
                          + (f" ({'; '.join(s['reason'] for s in skipped)})" if skipped else ""))
     return targets, skipped
+
+
+def _ort_factory(path: Path, precision: str) -> Callable[[], Any]:
+    from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+
+    # No spin-waiting: backends take turns on each batch, and a spinning idle session steals the
+    # cores the next one (or PyTorch) needs.
+    return lambda: OnnxRuntimeRunner(path, precision=precision, allow_spinning=False)
+
+
+def _trt_factory(path: Path, entry: dict[str, Any]) -> Callable[[], Any]:
+    from vitmsn.runtime.tensorrt_runner import TensorRTRunner
+
+    return lambda: TensorRTRunner(path, entry)
 
 
 def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
@@ -213,9 +219,10 @@ def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[
 
 
 # ---- running --------------------------------------------------------------------------------
-def _preprocess_batch(pre: PreprocessConfig, files: Sequence[Path], root: Path) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
+def preprocess_files(pre: PreprocessConfig, files: Sequence[Path], root: Path) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
     out = np.empty((len(files), 3, pre.height, pre.width), dtype=np.float32)
-    ok, skipped = [], []
+    ok: list[int] = []
+    skipped: list[dict[str, str]] = []
     for i, f in enumerate(files):
         try:
             pre(f, out[len(ok)])
@@ -274,7 +281,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
                       enabled=progress) as bar:
             for start in range(0, len(files), bs):
                 chunk = files[start:start + bs]
-                x, ok, bad = _preprocess_batch(pre, chunk, images.root)
+                x, ok, bad = preprocess_files(pre, chunk, images.root)
                 skipped_images += bad
                 evaluated += [start + i for i in ok]
                 if len(ok):
@@ -305,7 +312,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
 
     truth = images.labels[evaluated]
     rel = [images.relative(i) for i in evaluated]
-    ref_logits = np.concatenate(logits[-1]) if classification else None
+    ref_logits = np.concatenate(logits[-1]) if classification else np.zeros((len(evaluated), 0), np.float32)
     acc_ref = dm.accuracy(ref_logits, truth) if classification else None
     reference.update(images=len(evaluated), seconds=round(seconds[-1], 3), accuracy=acc_ref)
     results = []
@@ -313,9 +320,9 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
         per_output = {o: dm.concat(per[i][o]) for o in names}
         outputs = {o: dm.summarize(per_output[o]) for o in names}
         metrics = dict(outputs[primary], output=primary)
-        got_logits = np.concatenate(logits[i]) if classification else None
-        if classification and acc_ref is not None:
-            acc = dm.accuracy(got_logits, truth)
+        got_logits = np.concatenate(logits[i]) if classification else np.zeros((len(evaluated), 0), np.float32)
+        acc = dm.accuracy(got_logits, truth) if classification else None
+        if acc is not None and acc_ref is not None:
             metrics.update(accuracy=acc, accuracy_reference=acc_ref, accuracy_drop=round(acc_ref - acc, 10),
                            labelled_images=int((truth >= 0).sum()))
         worst = []
@@ -327,7 +334,8 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
                 item["prediction"] = _prediction(got_logits[j], labels)
                 item["label"] = labels.get(int(truth[j])) if truth[j] >= 0 else None
             worst.append(item)
-        results.append(BackendResult(t.backend, t.precision, t.file, per_output, got_logits, metrics, outputs,
+        results.append(BackendResult(t.backend, t.precision, t.file, per_output,
+                                     got_logits if classification else None, metrics, outputs,
                                      evaluate(gates, t.precision, metrics), worst, seconds[i], providers[i], t.variant))
     return ValidationResult(manifest.root, manifest.task, primary, reference, images,
                             rel, truth, skipped_images, results, skipped_backends, gates, checks)

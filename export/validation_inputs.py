@@ -105,6 +105,7 @@ def image_set(images_dir: str | Path, labels: dict[int, str], labels_file: str |
     files = discover_images(root)
     if not files:
         raise InputError(f"--images {root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, recursively)")
+    source: str | None
     if labels_file is not None:
         lf = Path(labels_file)
         if not lf.is_file():

@@ -182,3 +182,9 @@ def test_bench_on_the_demo(demo_artifacts: Path, tmp_path: Path) -> None:
 def test_bench_on_a_vit_s_shaped_model(vits_artifacts: Path, tmp_path: Path) -> None:
     data = _assert_every_row_passed(vits_artifacts, tmp_path / "out.json")
     assert data["model"]["gflops_per_image"] == pytest.approx(8.48, abs=5e-3)  # the ViT-S figure
+
+
+def test_bad_input_exits_2(tmp_path: Path) -> None:
+    missing = _bench([str(tmp_path / "nope"), "-q"])
+    assert missing.exit_code == 2 and "not an artifacts directory" in missing.output
+    assert _bench([str(tmp_path), "--batch-sizes", "0,x"]).exit_code == 2

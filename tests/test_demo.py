@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from demo_status import needs_trained_demo
 from PIL import Image
 
 from vitmsn.export.demo import CHECKPOINT_DIR, LABELS, write_dataset
@@ -179,6 +180,7 @@ def test_transformers_image_processor_reads_our_preprocessor_config(checkpoint, 
     assert float(np.abs(got - ref).max()) <= 1e-5
 
 
+@needs_trained_demo
 def test_heldout_accuracy(checkpoint, heldout: list[Path]) -> None:
     torch = pytest.importorskip("torch")
     torch.set_num_threads(2)
@@ -205,13 +207,14 @@ def test_training_script_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
 
     out = tmp_path / "ckpt"
     train.main(["--out", str(out), "--hidden", "32", "--layers", "1", "--heads", "2", "--mlp", "64",
-                "--pool", "16", "--epochs", "1", "--batch", "8", "--monitor", "0", "--heldout-per-class", "1"])
+                "--stages", "64:2:8:1e-3,224:1:8:1e-3", "--pool", "16", "--monitor", "8",
+                "--heldout-per-class", "1", "--log-every", "1"])
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["config.json", "model.safetensors", "preprocessor_config.json", "training_report.json"])
     ckpt = load_checkpoint(str(out))
     assert ckpt.arch.hidden_size == 32 and ckpt.arch.num_hidden_layers == 1
     report = json.loads((out / "training_report.json").read_text())
-    assert report["steps"] == 2
+    assert report["steps"] == 3
     assert report["heldout"]["images"] == len(LABELS)
     assert report["model_safetensors_sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     _, info = transformers.ViTMSNForImageClassification.from_pretrained(out, output_loading_info=True)

@@ -86,7 +86,7 @@ def test_html_is_self_contained(written, validation):
 
 def test_report_json_keeps_export_stages_and_contract_fields(written, validation):
     report = json.loads((written / "report.json").read_text())
-    assert [s["stage"] for s in report["stages"]] == ["onnx_checker", "io_signature", "onnxruntime_parity"]
+    assert [s["stage"] for s in report["stages"]][:3] == ["onnx_checker", "io_signature", "onnxruntime_parity"]
     assert report["reference"]["backend"] == "pytorch" and report["reference"]["precision"] == "fp32"
     assert report["passed"] == (validation.passed and all(s["passed"] for s in report["stages"]))
     for r in report["results"]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from demo_status import needs_trained_demo
 
 from vitmsn.export.fp16 import Fp16Options, fp16_onnx_from_fp32, fp32_compute_nodes
 
@@ -70,6 +71,7 @@ def test_out_of_range_values_keep_their_nodes_in_fp32(tiny_fp32: Path, tmp_path:
     assert kept_float and kept_float <= fp32_nodes
 
 
+@needs_trained_demo
 @pytest.mark.slow
 @pytest.mark.skipif(not demo_available(), reason="the trained demo checkpoint (export/demo/checkpoint) is not there yet")
 def test_demo_fp16_matches_fp32_on_heldout_images(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from demo_status import needs_trained_demo
 
 from vitmsn.calibration import CalibrationMethod, tensor_sha256
 from vitmsn.errors import InputError
@@ -94,6 +95,7 @@ def test_cpu_flavour_is_uint8_and_fuses_to_integer_matmuls(tiny: dict, tmp_path:
     assert tiny["cpu"].to_manifest()["activations"].startswith("uint8")
 
 
+@needs_trained_demo
 @pytest.mark.slow
 @pytest.mark.skipif(not demo_available(), reason="the trained demo checkpoint (export/demo/checkpoint) is not there yet")
 @pytest.mark.parametrize("graph", ["model.int8.onnx", "model.int8.cpu.onnx"])

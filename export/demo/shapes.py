@@ -30,6 +30,12 @@ MAX_ASPECT = 1.3  # source width/height within [1/1.3, 1.3]
 SHAPE_RADIUS = (0.26, 0.44)  # circumscribed radius, as a fraction of the shorter side
 POSITION_JITTER = 0.12  # centre offset, as a fraction of the side, kept inside the image
 DARK, LIGHT = (0.0, 95.0), (150.0, 255.0)  # luma bands of background and shape (one each)
+# Each class has an upright pose (triangle and star point up, square and cross axis-aligned,
+# hexagon with a flat top, crescent opening to the right), turned by a random angle up to this.
+BASE_ANGLE = {"circle": 0.0, "square": math.pi / 4, "triangle": -math.pi / 2, "star": -math.pi / 2,
+              "cross": 0.0, "ring": 0.0, "hexagon": 0.0, "crescent": 0.0}
+ROTATION_JITTER_DEGREES = 15.0
+POLARITY = "random"  # "random", "light-on-dark" or "dark-on-light"
 _SUPERSAMPLE = 2  # shapes are drawn at 2x and downsampled, for anti-aliased edges
 
 
@@ -145,6 +151,12 @@ def _draw_clutter(image: Image.Image, rng: np.random.Generator, r: float) -> Non
 # ---- rendering ------------------------------------------------------------------------------
 def render(label: str, rng: np.random.Generator, size: tuple[int, int] | None = None) -> Image.Image:
     """One RGB image of ``label``; ``size`` is (width, height), random in 200-320 px when None."""
+    return render_with_mask(label, rng, size)[0]
+
+
+def render_with_mask(label: str, rng: np.random.Generator,
+                     size: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Image]:
+    """:func:`render` and the shape's anti-aliased coverage mask (mode ``L``, 255 = inside)."""
     if label not in LABELS:
         raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
     if size is None:
@@ -155,12 +167,14 @@ def render(label: str, rng: np.random.Generator, size: tuple[int, int] | None = 
     w, h = size
 
     # Light shape on a dark background or the reverse: the outline always has luma contrast.
-    bg_band, fill_band = (DARK, LIGHT) if rng.random() < 0.5 else (LIGHT, DARK)
+    light_shape = rng.random() < 0.5 if POLARITY == "random" else POLARITY == "light-on-dark"
+    bg_band, fill_band = (DARK, LIGHT) if light_shape else (LIGHT, DARK)
     bg = _background(rng, w, h, bg_band)
     r = min(w, h) * float(rng.uniform(*SHAPE_RADIUS))
     cx = float(np.clip(w * (0.5 + rng.uniform(-POSITION_JITTER, POSITION_JITTER)), r, w - r))
     cy = float(np.clip(h * (0.5 + rng.uniform(-POSITION_JITTER, POSITION_JITTER)), r, h - r))
-    angle = float(rng.uniform(0, 2 * math.pi))
+    jitter = math.radians(ROTATION_JITTER_DEGREES)
+    angle = BASE_ANGLE[label] + float(rng.uniform(-jitter, jitter))
     fill = _colour_in(rng, fill_band)
 
     # Background, then clutter, then the shape on top (clutter never changes its outline).
@@ -180,7 +194,7 @@ def render(label: str, rng: np.random.Generator, size: tuple[int, int] | None = 
         noise = rng.standard_normal((h, w, 3), dtype=np.float32) * np.float32(sigma)
         noisy = np.asarray(image, dtype=np.float32) + noise
         image = Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8), "RGB")
-    return image
+    return image, mask
 
 
 def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:

@@ -20,9 +20,11 @@ import argparse
 import hashlib
 import json
 import math
+import shlex
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,7 +35,7 @@ from PIL import Image
 from torch import nn
 
 from vitmsn.export.model import ViTMSNArch, ViTMSNClassifier
-from vitmsn.runtime.preprocess import PreprocessConfig
+from vitmsn.runtime.preprocess import PreprocessConfig, to_rgb
 
 from . import CHECKPOINT_DIR
 from .shapes import DEFAULT_HELDOUT_SEED, LABELS, image_rng, jpeg_roundtrip, render, write_dataset
@@ -92,52 +94,76 @@ def save_checkpoint(model: ViTMSNClassifier, labels: Sequence[str], out: Path) -
 
 
 # ---- data -----------------------------------------------------------------------------------
-def render_pool(count: int, seed: int, jpeg_fraction: float, labels: Sequence[str] = LABELS,
-                offset: int = 0) -> tuple[list[Image.Image], np.ndarray]:
-    """``count`` training images (class-balanced, shuffled) and their label indices."""
+def render_pool(count: int, seed: int, jpeg_fraction: float, preprocess: PreprocessConfig,
+                labels: Sequence[str] = LABELS, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` class-balanced, shuffled training images, resized (uint8 [N,H,W,3]), and their labels.
+
+    A ``jpeg_fraction`` of them goes through a JPEG encode/decode first, like the held-out files.
+    The images are decoded and resized by ``preprocess`` exactly as :meth:`PreprocessConfig.batch`
+    does; :func:`normalized` applies the rest (its per-channel lookup table) per batch.
+    """
     order = np.random.default_rng([seed, 1]).permutation(np.arange(count) % len(labels))
-    images: list[Image.Image] = []
+    pool = np.empty((count, preprocess.height, preprocess.width, 3), dtype=np.uint8)
     for i, label_index in enumerate(order):
         rng = image_rng(seed, "train", int(label_index), offset + i)
         image = render(labels[label_index], rng)
         if rng.random() < jpeg_fraction:
             image = jpeg_roundtrip(image, int(rng.integers(70, 96)))
-        images.append(image)
-    return images, order.astype(np.int64)
+        pool[i] = np.asarray(preprocess.resize(to_rgb(image)))
+    return pool, order.astype(np.int64)
+
+
+def normalized(pool: np.ndarray, idx: np.ndarray, preprocess: PreprocessConfig) -> torch.Tensor:
+    out = np.empty((len(idx), 3, preprocess.height, preprocess.width), dtype=np.float32)
+    for j, i in enumerate(idx):
+        preprocess.normalize_into(pool[i], out[j])
+    return torch.from_numpy(out)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and quarter turn per image (the label never changes under them)."""
+    """Random horizontal flip per image (every class keeps its label and its upright pose)."""
     flip = torch.rand(x.shape[0], generator=generator) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    turns = torch.randint(0, 4, (x.shape[0],), generator=generator)
-    return torch.stack([torch.rot90(img, int(k), dims=(-2, -1)) for img, k in zip(x, turns)])
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def _init_weights(model: nn.Module) -> None:
-    """transformers' ViT initialisation: truncated normal (std 0.02) weights, zero biases."""
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    emb = model.vit.embeddings  # type: ignore[union-attr]
-    nn.init.trunc_normal_(emb.position_embeddings, std=0.02)
-    nn.init.trunc_normal_(emb.cls_token, std=0.02)
+# ---- progressive resolution -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Stage:
+    """Train at ``resolution`` for ``steps`` steps of ``batch`` images, peak learning rate ``lr``."""
+
+    resolution: int
+    steps: int
+    batch: int
+    lr: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Stage":
+        try:
+            res, steps, batch, lr = text.split(":")
+            return cls(int(res), int(steps), int(batch), float(lr))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"stage {text!r}: expected RESOLUTION:STEPS:BATCH:LR, e.g. 64:1500:32:1.5e-3") from None
 
 
-def _lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * t))
+def logits_at(model: ViTMSNClassifier, x: torch.Tensor) -> torch.Tensor:
+    """Class logits for pixels at any multiple of the patch size.
 
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)
+    At the model's own image size this is the model's forward. Below it, the 14x14 grid of
+    position embeddings is area-pooled to the smaller grid (one parameter, trained at every
+    resolution), which is what lets most training steps run on few tokens.
+    """
+    arch = model.arch
+    if x.shape[-1] == arch.image_size:
+        return model(x)[0]
+    emb = model.vit.embeddings
+    side, grid = arch.image_size // arch.patch_size, x.shape[-1] // arch.patch_size
+    pos = emb.position_embeddings
+    pos_grid = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    pos_grid = F.adaptive_avg_pool2d(pos_grid, grid).flatten(2).transpose(1, 2)
+    tokens = torch.cat((emb.cls_token.expand(x.shape[0], -1, -1) + pos[:, :1],
+                        emb.patch_embeddings(x) + pos_grid), dim=1)
+    hidden = model.vit.layernorm(model.vit.encoder(tokens))
+    return model.classifier(hidden[:, 0])
 
 
 # ---- evaluation -----------------------------------------------------------------------------
@@ -183,6 +209,43 @@ def evaluate_heldout(checkpoint_dir: Path, per_class: int, seed: int) -> dict[st
 
 
 # ---- training -------------------------------------------------------------------------------
+def _init_weights(model: ViTMSNClassifier) -> None:
+    """transformers' ViT initialisation: truncated normal (std 0.02) weights, zero biases."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    nn.init.trunc_normal_(model.vit.embeddings.position_embeddings, std=0.02)
+    nn.init.trunc_normal_(model.vit.embeddings.cls_token, std=0.02)
+
+
+def _lr_at(step: int, total: int, peak: float) -> float:
+    """Linear warm-up over the first 5% (at least 10 steps), then cosine decay to 1% of peak."""
+    warmup = max(10, total // 20)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@torch.no_grad()
+def _monitor(model: ViTMSNClassifier, pool: np.ndarray, targets: np.ndarray, preprocess: PreprocessConfig,
+             labels: Sequence[str]) -> dict[str, Any]:
+    model.eval()
+    logits = [model(normalized(pool, np.arange(i, min(i + 50, len(pool))), preprocess))[0].numpy()
+              for i in range(0, len(pool), 50)]
+    model.train()
+    return score(np.concatenate(logits), targets, labels)
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -191,41 +254,53 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     arch = ViTMSNArch(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
                       intermediate_size=args.mlp, hidden_act="gelu", layer_norm_eps=1e-6,
                       image_size=224, patch_size=16, num_channels=3, qkv_bias=True)
+    stages: list[Stage] = args.stages
+    bad = [st for st in stages if st.resolution % arch.patch_size or st.resolution > arch.image_size]
+    if bad or stages[-1].resolution != arch.image_size:
+        raise SystemExit(f"--stages: resolutions must be multiples of {arch.patch_size} up to {arch.image_size}, "
+                         f"and the last stage must train at {arch.image_size}")
     preprocess = PreprocessConfig.from_preprocessor_config(PREPROCESSOR_CONFIG)
     model = ViTMSNClassifier(arch, len(labels), attention="sdpa")
     _init_weights(model)
     params = sum(p.numel() for p in model.parameters())
-    _log(f"arch: {arch.to_dict()}; {params / 1e6:.2f}M parameters ({params * 4 / 1e6:.1f} MB fp32)")
+    _log(f"arch: {arch.to_dict()}; {params / 1e6:.2f}M parameters ({params * 4 / 1e6:.1f} MB fp32); "
+         f"{args.threads} threads")
 
     t0 = time.perf_counter()
-    images, targets = render_pool(args.pool, args.seed, args.jpeg_fraction, labels)
-    monitor_images, monitor_targets = render_pool(args.monitor, args.seed + 1, args.jpeg_fraction, labels, offset=10**7)
-    _log(f"rendered {len(images)} training + {len(monitor_images)} monitor images in {time.perf_counter() - t0:.1f}s")
+    pool, targets = render_pool(args.pool, args.seed, args.jpeg_fraction, preprocess, labels)
+    monitor_pool, monitor_targets = render_pool(args.monitor, args.seed + 1, args.jpeg_fraction, preprocess, labels)
+    _log(f"rendered {len(pool)} training + {len(monitor_pool)} monitor images in {time.perf_counter() - t0:.1f}s")
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "position_embeddings" not in n and "cls_token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "position_embeddings" not in n and "cls_token" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.999))
-    steps_per_epoch = len(images) // args.batch
-    total = steps_per_epoch * args.epochs
-    warmup = max(1, int(0.05 * total))
+    decayed = {n for n, p in model.named_parameters() if p.ndim >= 2 and n not in (
+        "vit.embeddings.position_embeddings", "vit.embeddings.cls_token")}
+    opt = torch.optim.AdamW(
+        [{"params": [p for n, p in model.named_parameters() if n in decayed], "weight_decay": args.weight_decay},
+         {"params": [p for n, p in model.named_parameters() if n not in decayed], "weight_decay": 0.0}],
+        lr=stages[0].lr, betas=(0.9, 0.999))
     gen = torch.Generator().manual_seed(args.seed)
     order_rng = np.random.default_rng([args.seed, 2])
-    _log(f"training: {args.epochs} epochs x {steps_per_epoch} steps of {args.batch} = {total} steps")
+    order, cursor = order_rng.permutation(len(pool)), 0
+    total = sum(st.steps for st in stages)
+    _log("stages: " + ", ".join(f"{st.steps} steps of {st.batch} at {st.resolution}px (lr {st.lr:g})" for st in stages))
 
+    model.train()
     t_train = time.perf_counter()
-    step, seen, run_loss, run_correct, run_n = 0, 0, 0.0, 0, 0
-    for epoch in range(args.epochs):
-        order = order_rng.permutation(len(images))
-        model.train()
-        for b in range(steps_per_epoch):
-            idx = order[b * args.batch:(b + 1) * args.batch]
-            x = augment(torch.from_numpy(preprocess.batch([images[i] for i in idx])), gen)
+    step, seen, history = 0, 0, []
+    for number, st in enumerate(stages, 1):
+        t_stage, run_loss, run_correct, run_n = time.perf_counter(), 0.0, 0, 0
+        for k in range(st.steps):
+            if cursor + st.batch > len(order):
+                order, cursor = order_rng.permutation(len(pool)), 0
+            idx = order[cursor:cursor + st.batch]
+            cursor += st.batch
+            x = augment(normalized(pool, idx, preprocess), gen)
+            if st.resolution != arch.image_size:
+                x = F.adaptive_avg_pool2d(x, st.resolution)  # area downsampling of the preprocessed pixels
             y = torch.from_numpy(targets[idx])
-            lr = _lr_at(step, total, warmup, args.lr, args.lr * 0.01)
+            lr = _lr_at(k, st.steps, st.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            logits, _ = model(x)
+            logits = logits_at(model, x)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -233,19 +308,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             opt.step()
             step += 1
             seen += len(idx)
-            run_loss += float(loss) * len(idx)
+            run_loss += float(loss.detach()) * len(idx)
             run_correct += int((logits.argmax(1) == y).sum())
             run_n += len(idx)
-            if step % args.log_every == 0 or step == total:
-                elapsed = time.perf_counter() - t_train
-                _log(f"epoch {epoch + 1}/{args.epochs} step {step}/{total} loss {run_loss / run_n:.4f} "
-                     f"train-acc {run_correct / run_n:.3f} lr {lr:.2e} {seen / elapsed:.1f} img/s "
-                     f"{elapsed:.0f}s elapsed ~{elapsed / step * (total - step):.0f}s left")
+            if (k + 1) % args.log_every == 0 or k + 1 == st.steps:
+                elapsed = time.perf_counter() - t_stage
+                line = (f"stage {number}/{len(stages)} ({st.resolution}px) step {k + 1}/{st.steps} "
+                        f"loss {run_loss / run_n:.4f} train-acc {run_correct / run_n:.3f} lr {lr:.2e} "
+                        f"{(k + 1) * st.batch / elapsed:.1f} img/s, {time.perf_counter() - t_train:.0f}s elapsed")
+                if len(monitor_pool) and ((k + 1) % (args.log_every * 4) == 0 or k + 1 == st.steps):
+                    m = _monitor(model, monitor_pool, monitor_targets, preprocess, labels)
+                    line += f", monitor@224 {m['accuracy']:.3f} (median margin {m['logit_margin']['median']:.2f})"
+                    history.append({"step": step, "resolution": st.resolution, "monitor_accuracy": m["accuracy"]})
+                _log(line)
                 run_loss, run_correct, run_n = 0.0, 0, 0
-        if monitor_images:
-            m = score(logits_for(model, preprocess, monitor_images), monitor_targets, labels)
-            _log(f"epoch {epoch + 1}: monitor accuracy {m['accuracy']:.4f} ({len(monitor_images)} images), "
-                 f"min margin {m['logit_margin']['min']:.2f}")
     train_seconds = time.perf_counter() - t_train
 
     out = Path(args.out)
@@ -262,13 +338,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "per_class_accuracy": heldout["per_class_accuracy"],
         "seeds": {"train": args.seed, "heldout": args.heldout_seed, "monitor": args.seed + 1},
         "steps": total,
-        "epochs": args.epochs,
-        "batch_size": args.batch,
-        "training_images": len(images),
+        "stages": [asdict(st) for st in stages],
+        "images_seen": seen,
+        "training_images": len(pool),
         "jpeg_fraction": args.jpeg_fraction,
-        "optimizer": {"name": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay, "schedule": "warmup 5% + cosine",
-                      "grad_clip": 1.0},
-        "augmentation": ["horizontal flip", "rot90"],
+        "optimizer": {"name": "AdamW", "betas": [0.9, 0.999], "weight_decay": args.weight_decay,
+                      "schedule": "per stage: linear warm-up 5%, cosine to 1% of peak", "grad_clip": 1.0},
+        "augmentation": ["horizontal flip"],
+        "monitor": history,
         "arch": arch.to_dict(),
         "parameters": params,
         "threads": args.threads,
@@ -276,33 +353,39 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "model_safetensors_bytes": weights.stat().st_size,
         "model_safetensors_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "versions": {"torch": torch.__version__, "numpy": np.__version__, "pillow": Image.__version__},
-        "command": "python -m vitmsn.export.demo.train " + " ".join(sys.argv[1:]),
+        "command": "python -m vitmsn.export.demo.train " + shlex.join(args.argv),
     }
     (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    _log(f"wrote {out} (model.safetensors {report['model_safetensors_bytes'] / 1e6:.2f} MB)")
+    _log(f"wrote {out} (model.safetensors {report['model_safetensors_bytes'] / 1e6:.2f} MB) "
+         f"in {report['wall_seconds']['total']:.0f}s")
     return report
+
+
+DEFAULT_STAGES = "64:1500:32:1.5e-3,112:300:32:1e-3,224:150:32:5e-4"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m vitmsn.export.demo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(CHECKPOINT_DIR), help="checkpoint directory to write (default: %(default)s)")
-    p.add_argument("--hidden", type=int, default=144)
-    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--mlp", type=int, default=576)
-    p.add_argument("--pool", type=int, default=8000, help="training images rendered (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--mlp", type=int, default=512)
+    p.add_argument("--stages", type=lambda t: [Stage.parse(x) for x in t.split(",")], default=DEFAULT_STAGES,
+                   help="comma-separated RESOLUTION:STEPS:BATCH:LR, trained in order; the last at 224 "
+                        "(default: %(default)s)")
+    p.add_argument("--pool", type=int, default=6000, help="training images rendered (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--jpeg-fraction", type=float, default=0.5)
-    p.add_argument("--monitor", type=int, default=200, help="training-split images scored after each epoch")
+    p.add_argument("--monitor", type=int, default=200, help="training-split images scored at 224 during training")
     p.add_argument("--heldout-per-class", type=int, default=100)
     p.add_argument("--seed", type=int, default=DEFAULT_TRAIN_SEED)
     p.add_argument("--heldout-seed", type=int, default=DEFAULT_HELDOUT_SEED)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=25)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
