@@ -111,7 +111,9 @@ def goals(report: dict) -> tuple[list[str], dict]:
     line(f"ONNX Runtime FP32 ({best_name}) / PyTorch SDPA", GOAL_ORT_VS_SDPA, best["throughput"] / sdpa["throughput"])
     if plain and fused:
         line("  (plain export / PyTorch SDPA, for reference)", GOAL_ORT_VS_SDPA, plain["throughput"] / sdpa["throughput"])
-    line(f"ONNX Runtime INT8 / FP32 ({best_name})", GOAL_INT8_VS_FP32, int8["throughput"] / best["throughput"] if int8 else None)
+    int8_name = "CPU-placed graph" if int8 and int8["variant"] == "onnxruntime_cpu" else "Q/DQ graph"
+    line(f"ONNX Runtime INT8 ({int8_name}) / FP32 ({best_name})", GOAL_INT8_VS_FP32,
+         int8["throughput"] / best["throughput"] if int8 else None)
     if int8 and plain and best is not plain:
         line("  (INT8 / FP32 plain export)", GOAL_INT8_VS_FP32, int8["throughput"] / plain["throughput"])
     line(f"ONNX Runtime FP32 ({best_name}) of the GEMM ceiling", GOAL_ROOFLINE * 100, best["roofline_fraction"] * 100, "%")
@@ -257,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     if "demo" in reports:
         md += ["", "## Demo model", ""] + markdown(reports["demo"], "").splitlines()[2:]
     md += ["", "## Export notes", ""] + [f"- {n}" for n in notes] + [""]
-    (args.out / f"{cls}.md").write_text("\n".join(md))
+    text = "\n".join(md).replace(str(ROOT) + "/", "")  # repository-relative paths in the committed file
+    (args.out / f"{cls}.md").write_text(text)
     (args.out / f"{cls}.json").write_text(json.dumps({"goals": summary, "gemm_ceilings": ceilings,
                                                       "op_time_shares": dict(shares), "reports": reports}, indent=1) + "\n")
     say(f"wrote {args.out / f'{cls}.md'}")

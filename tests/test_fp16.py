@@ -15,6 +15,7 @@ import pytest
 from demo_status import needs_trained_demo
 
 from vitmsn.export.fp16 import Fp16Options, fp16_onnx_from_fp32, fp32_compute_nodes
+from vitmsn.runtime.manifest import Manifest
 
 from precision_fixtures import demo_available, demo_precision_run, drift, heldout_tensors, io_elem_types, onnx_logits
 
@@ -81,7 +82,7 @@ def test_demo_fp16_matches_fp32_on_heldout_images(tmp_path_factory: pytest.TempP
     d = drift(onnx_logits(out / "model.fp16.onnx", x), onnx_logits(out / "model.fp32.onnx", x), labels)
     assert d["top1_agreement"] == 1.0, d
     assert d["cosine_min"] >= 0.999, d
-    entry = run["result"].manifest.data["precisions"]["fp16"]
+    entry = Manifest.load(run["out"]).data["precisions"]["fp16"]
     n_ln = sum(1 for n in onnx.load(str(out / "model.fp16.onnx")).graph.node if n.op_type == "LayerNormalization")
     assert entry["kept_fp32"]["by_op_type"].get("LayerNormalization") == n_ln and entry["io_dtype"] == "float32"
     assert entry["range_check"]["reference"] == "16 calibration images"

@@ -21,6 +21,7 @@ from vitmsn.calibration import CalibrationMethod, tensor_sha256
 from vitmsn.errors import InputError
 from vitmsn.export.int8 import Int8Options, qdq_onnx_from_calibration, resolve_exclusions
 from vitmsn.export.int8_cpu import cpu_int8_onnx_from_calibration
+from vitmsn.runtime.manifest import Manifest
 
 from precision_fixtures import (consumers_of_dq, demo_available, demo_precision_run, drift, heldout_tensors,
                                 onnx_logits, op_counts, zero_points)
@@ -114,7 +115,7 @@ def test_demo_int8_manifest_records_the_calibration(tmp_path_factory: pytest.Tem
     from vitmsn.runtime.manifest import sha256_file
 
     run = demo_precision_run(tmp_path_factory.getbasetemp() / "demo-precisions")
-    entry = run["result"].manifest.data["precisions"]["int8"]
+    entry = Manifest.load(run["out"]).data["precisions"]["int8"]
     calib = entry["calibration"]
     assert calib["method"] == entry["method"] == "entropy" and calib["count"] == 32
     assert calib["source"] == str(run["calib"]) and calib["skipped_images"] == 0 and calib["stratified"]
