@@ -198,24 +198,37 @@ def test_heldout_accuracy(checkpoint, heldout: list[Path]) -> None:
 
 
 # ---- the training script ------------------------------------------------------------------------
-def test_training_script_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
-    """A two-step run of a tiny network: every file is written and both loaders accept it."""
+TINY_RUN = ["--hidden", "32", "--layers", "1", "--heads", "2", "--mlp", "64", "--stages", "64:2:8:1e-3,224:1:8:1e-3",
+            "--pool", "16", "--monitor", "8", "--heldout-per-class", "1", "--log-every", "1"]
+
+
+def test_training_script_writes_a_loadable_checkpoint_deterministically(tmp_path: Path) -> None:
+    """Two three-step runs of a tiny network: every file is written, both loaders accept it, and
+    the same seed gives byte-identical weights."""
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from vitmsn.export.checkpoint import load_checkpoint
     from vitmsn.export.demo import train
 
-    out = tmp_path / "ckpt"
-    train.main(["--out", str(out), "--hidden", "32", "--layers", "1", "--heads", "2", "--mlp", "64",
-                "--stages", "64:2:8:1e-3,224:1:8:1e-3", "--pool", "16", "--monitor", "8",
-                "--heldout-per-class", "1", "--log-every", "1"])
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    first, second = tmp_path / "first", tmp_path / "second"
+    train.main(["--out", str(first), *TINY_RUN])
+    train.main(["--out", str(second), *TINY_RUN])
+    assert sorted(p.name for p in first.iterdir()) == sorted(
         ["config.json", "model.safetensors", "preprocessor_config.json", "training_report.json"])
-    ckpt = load_checkpoint(str(out))
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    ckpt = load_checkpoint(str(first))
     assert ckpt.arch.hidden_size == 32 and ckpt.arch.num_hidden_layers == 1
-    report = json.loads((out / "training_report.json").read_text())
+    report = json.loads((first / "training_report.json").read_text())
     assert report["steps"] == 3
     assert report["heldout"]["images"] == len(LABELS)
-    assert report["model_safetensors_sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
-    _, info = transformers.ViTMSNForImageClassification.from_pretrained(out, output_loading_info=True)
+    assert report["model_safetensors_sha256"] == hashlib.sha256((first / "model.safetensors").read_bytes()).hexdigest()
+    _, info = transformers.ViTMSNForImageClassification.from_pretrained(first, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
+
+
+def test_training_script_rejects_a_last_stage_below_224() -> None:
+    pytest.importorskip("torch")
+    from vitmsn.export.demo import train
+
+    with pytest.raises(SystemExit):
+        train.main(["--out", "/nonexistent/never-written", "--stages", "64:1:8:1e-3"])

@@ -4,10 +4,15 @@
 
 Data: a pool of training images rendered by :mod:`vitmsn.export.demo.shapes` (split ``train``),
 a fraction of them JPEG-encoded and decoded so training sees the compression artefacts the
-held-out files have, all preprocessed by :class:`vitmsn.runtime.preprocess.PreprocessConfig`
-(the runtime's one implementation) built from the same preprocessor_config.json that is saved.
-Augmentation: random flips and quarter turns (every class is closed under them).
-Optimisation: AdamW, linear warm-up then cosine decay, gradient clipping; everything seeded.
+held-out files have, decoded and resized by :class:`vitmsn.runtime.preprocess.PreprocessConfig`
+(the runtime's one implementation) built from the very preprocessor_config.json that is saved.
+Augmentation: random horizontal flips.
+
+Progressive resolution: a ViT trained from scratch on 196 tokens learns slowly, and on two CPU
+cores 224 px steps are expensive. Most steps therefore run on area-downsampled pixels (64 px:
+4x4 patches, then 112 px: 7x7) with the 14x14 position-embedding grid area-pooled to match
+(:func:`logits_at`); the last stage trains the unchanged model at 224 px. Each stage has its own
+warm-up and cosine decay; AdamW, gradient clipping, everything seeded.
 
 The checkpoint is then reloaded with :func:`vitmsn.export.checkpoint.load_checkpoint` and
 scored on held-out files written by ``write_dataset(split="heldout")`` and read back through
@@ -24,7 +29,9 @@ import shlex
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -94,22 +101,36 @@ def save_checkpoint(model: ViTMSNClassifier, labels: Sequence[str], out: Path) -
 
 
 # ---- data -----------------------------------------------------------------------------------
+def _render_chunk(seed: int, jpeg_fraction: float, preprocess: PreprocessConfig, labels: Sequence[str],
+                  items: Sequence[tuple[int, int]]) -> np.ndarray:
+    out = np.empty((len(items), preprocess.height, preprocess.width, 3), dtype=np.uint8)
+    for j, (index, label_index) in enumerate(items):
+        rng = image_rng(seed, "train", label_index, index)
+        image = render(labels[label_index], rng)
+        if rng.random() < jpeg_fraction:
+            image = jpeg_roundtrip(image, int(rng.integers(70, 96)))
+        out[j] = np.asarray(preprocess.resize(to_rgb(image)))
+    return out
+
+
 def render_pool(count: int, seed: int, jpeg_fraction: float, preprocess: PreprocessConfig,
-                labels: Sequence[str] = LABELS, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                labels: Sequence[str] = LABELS, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """``count`` class-balanced, shuffled training images, resized (uint8 [N,H,W,3]), and their labels.
 
     A ``jpeg_fraction`` of them goes through a JPEG encode/decode first, like the held-out files.
     The images are decoded and resized by ``preprocess`` exactly as :meth:`PreprocessConfig.batch`
-    does; :func:`normalized` applies the rest (its per-channel lookup table) per batch.
+    does; :func:`normalized` applies the rest (its per-channel lookup table) per batch. Every
+    image has its own seeded generator, so ``workers`` processes give the same pool as one.
     """
     order = np.random.default_rng([seed, 1]).permutation(np.arange(count) % len(labels))
-    pool = np.empty((count, preprocess.height, preprocess.width, 3), dtype=np.uint8)
-    for i, label_index in enumerate(order):
-        rng = image_rng(seed, "train", int(label_index), offset + i)
-        image = render(labels[label_index], rng)
-        if rng.random() < jpeg_fraction:
-            image = jpeg_roundtrip(image, int(rng.integers(70, 96)))
-        pool[i] = np.asarray(preprocess.resize(to_rgb(image)))
+    items = [(i, int(k)) for i, k in enumerate(order)]
+    chunks = [items[i:i + 250] for i in range(0, len(items), 250)]
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(workers) as pool_exec:
+            parts = list(pool_exec.map(partial(_render_chunk, seed, jpeg_fraction, preprocess, tuple(labels)), chunks))
+    else:
+        parts = [_render_chunk(seed, jpeg_fraction, preprocess, labels, c) for c in chunks]
+    pool = np.concatenate(parts) if parts else np.empty((0, preprocess.height, preprocess.width, 3), np.uint8)
     return pool, order.astype(np.int64)
 
 
@@ -267,7 +288,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
          f"{args.threads} threads")
 
     t0 = time.perf_counter()
-    pool, targets = render_pool(args.pool, args.seed, args.jpeg_fraction, preprocess, labels)
+    pool, targets = render_pool(args.pool, args.seed, args.jpeg_fraction, preprocess, labels, args.workers)
     monitor_pool, monitor_targets = render_pool(args.monitor, args.seed + 1, args.jpeg_fraction, preprocess, labels)
     _log(f"rendered {len(pool)} training + {len(monitor_pool)} monitor images in {time.perf_counter() - t0:.1f}s")
 
@@ -316,7 +337,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 line = (f"stage {number}/{len(stages)} ({st.resolution}px) step {k + 1}/{st.steps} "
                         f"loss {run_loss / run_n:.4f} train-acc {run_correct / run_n:.3f} lr {lr:.2e} "
                         f"{(k + 1) * st.batch / elapsed:.1f} img/s, {time.perf_counter() - t_train:.0f}s elapsed")
-                if len(monitor_pool) and ((k + 1) % (args.log_every * 4) == 0 or k + 1 == st.steps):
+                final = number == len(stages)
+                if len(monitor_pool) and (k + 1 == st.steps or (final and (k + 1) % (args.log_every * 4) == 0)):
                     m = _monitor(model, monitor_pool, monitor_targets, preprocess, labels)
                     line += f", monitor@224 {m['accuracy']:.3f} (median margin {m['logit_margin']['median']:.2f})"
                     history.append({"step": step, "resolution": st.resolution, "monitor_accuracy": m["accuracy"]})
@@ -361,7 +383,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-DEFAULT_STAGES = "64:1500:32:1.5e-3,112:300:32:1e-3,224:150:32:5e-4"
+DEFAULT_STAGES = "64:2500:32:1.5e-3,112:300:32:7e-4,224:200:32:4e-4"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -374,14 +396,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stages", type=lambda t: [Stage.parse(x) for x in t.split(",")], default=DEFAULT_STAGES,
                    help="comma-separated RESOLUTION:STEPS:BATCH:LR, trained in order; the last at 224 "
                         "(default: %(default)s)")
-    p.add_argument("--pool", type=int, default=6000, help="training images rendered (default: %(default)s)")
+    p.add_argument("--pool", type=int, default=8000, help="training images rendered (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--jpeg-fraction", type=float, default=0.5)
     p.add_argument("--monitor", type=int, default=200, help="training-split images scored at 224 during training")
     p.add_argument("--heldout-per-class", type=int, default=100)
     p.add_argument("--seed", type=int, default=DEFAULT_TRAIN_SEED)
     p.add_argument("--heldout-seed", type=int, default=DEFAULT_HELDOUT_SEED)
-    p.add_argument("--threads", type=int, default=2)
+    # One thread by default: on two cores shared with other jobs, two OpenMP threads spin-wait on
+    # each other and measured 4x slower than one (224 px steps, load ~2 from other processes).
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="processes rendering the training pool (default: %(default)s)")
     p.add_argument("--log-every", type=int, default=25)
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
