@@ -35,6 +35,9 @@ SUMMARY_COLUMNS = [  # (metric key, header, format)
     ("kl_mean", "KL mean", "sci"), ("accuracy", "accuracy", "pct"), ("accuracy_drop", "acc drop", "pts"),
 ]
 
+# The export's stage for its own run of this validation (vitmsn-export --validate-images).
+VALIDATION_STAGE = "drift_validation"
+
 # Keys a validation writes; an older report's values for these are replaced, never carried over.
 VALIDATION_KEYS = frozenset({"reference", "passed", "gates_passed", "task", "primary_output", "results", "checks",
                              "images", "skipped_backends", "thresholds", "sensitivity", "requantization",
@@ -68,10 +71,29 @@ def report_dict(result: ValidationResult, previous: dict[str, Any] | None = None
     ours["vitmsn_version"] = vitmsn.__version__
     # Keep what another step wrote (the export's "stages"), never a stale figure of an older validation.
     merged = {k: v for k, v in (previous or {}).items() if k not in ours and k not in VALIDATION_KEYS}
+    if previous and "stages" in previous and "export_results" not in merged and previous.get("results"):
+        # the export's own per-graph comparison rows (fp32/fp16/int8/int8_cpu on its comparison inputs),
+        # kept under their own key: "results" is the validation's, as CONTRACT.md defines it
+        merged["export_results"] = previous["results"]
     merged.update(ours)
+    if any(s.get("stage") == VALIDATION_STAGE for s in merged.get("stages") or []):
+        # the export's own run of this validation (--validate-images): this run's verdict replaces it
+        merged["stages"] = [_validation_stage(result, ours["passed"]) if s.get("stage") == VALIDATION_STAGE else s
+                            for s in merged["stages"]]
+        if "failed_stages" in merged:
+            merged["failed_stages"] = [s["stage"] for s in merged["stages"] if not s.get("passed", False)]
     stages = merged.get("stages") or []
     merged["passed"] = bool(ours["passed"] and all(s.get("passed", False) for s in stages))
     return merged
+
+
+def _validation_stage(result: ValidationResult, passed: bool) -> dict[str, Any]:
+    failures = result.failures()
+    detail = "; ".join(failures) if failures else (
+        f"{len(result.results)} backend/precision result(s) vs PyTorch FP32 on {len(result.evaluated)} image(s): "
+        + ("every gate passed" if passed else "failed"))
+    return {"stage": VALIDATION_STAGE, "passed": bool(passed), "detail": detail,
+            "metrics": {"images": len(result.evaluated)}}
 
 
 def read_previous(directory: Path) -> dict[str, Any] | None:
@@ -157,8 +179,9 @@ def sensitivity_markdown(s: dict[str, Any]) -> list[str]:
 
 
 def requantization_markdown(r: dict[str, Any]) -> list[str]:
+    n = len(r["tries"]) - 1  # try 0 is the graph as first quantized; max_tries counts re-quantizations
     lines = [f"## INT8 re-quantization: {'gate holds' if r['passed'] else '**gate still fails**'} after "
-             f"{len(r['tries'])} tr{'y' if len(r['tries']) == 1 else 'ies'} (at most {r['max_tries']})",
+             f"{n} re-quantization{'' if n == 1 else 's'} (at most {r['max_tries']}; try 0 is the graph as first quantized)",
              "", f"- kept in higher precision: {', '.join(r['excluded']) or 'nothing'}",
              f"- speed: {fmt(r.get('images_per_second'))} img/s vs {fmt(r.get('images_per_second_all_int8'))} img/s "
              f"fully quantized and {fmt(r.get('images_per_second_fp32'))} img/s FP32", ""]

@@ -122,6 +122,10 @@ def _quantize(fp32_path: Path, out_path: Path, calibration: np.ndarray, method: 
     # enough for it, so the stale intermediate annotations are dropped first.
     del model.graph.value_info[:]
     nodes = [n for n in linear_nodes(model) if n not in set(exclude_nodes)]
+    if not nodes:  # every linear layer excluded: quantize_static reads nodes_to_quantize=[] as "all of them"
+        with atomic_path(out_path) as tmp_out:
+            onnx.save_model(model, str(tmp_out))
+        return {"quantized_nodes": [], "counts": dict(Counter(n.op_type for n in model.graph.node))}
     batch = even_batch_size(len(calibration), batch_size)  # the histogram collector cannot stack ragged batches
     reader = as_ort_reader(CalibrationReader(calibration, batch_size=batch, input_name=input_name))
     with tempfile.TemporaryDirectory(prefix="vitmsn-int8cpu-") as tmp:

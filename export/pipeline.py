@@ -10,6 +10,12 @@ report, and decides the outcome:
 * artifacts written but a check, an engine build or a drift gate failed -> :class:`ValidationFailed`
   (exit 1); the report says which stage, which precision and by how much.
 
+With ``--validate-images`` the run ends with the full ``vitmsn validate`` on what it wrote
+(:func:`drift_validation`): its report.html/.md/.json go into the artifacts directory, merged over
+the export report, and its verdict is the ``drift_validation`` stage. An INT8 graph that fails its
+drift gate is re-quantized with its most sensitive blocks in high precision when
+``int8_max_tries`` > 0 (:func:`.precisions.requantize_within_gate`).
+
 The manifest is removed when a run starts and written last, so an interrupted run never leaves
 a directory that looks complete.
 """
@@ -36,6 +42,7 @@ from . import checks
 from .checkpoint import Checkpoint, load_checkpoint
 from .comparison import comparison_inputs, outputs_in_batches
 from .drift_gates import Gates
+from .drift_report import write_drift_reports
 from .engine import EngineOptions, builder_status
 from .fp16 import Fp16Options
 from .int8 import Int8Options
@@ -44,6 +51,8 @@ from .onnx_export import onnx_from_model
 from .precisions import StepContext, engine_step, fp16_step, int8_step
 from .report import write_export_report
 from .spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
+from .validation import ValidationResult, validate_artifacts
+from .validation_inputs import image_set
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +80,12 @@ class ExportOptions:
     fp16_io: bool = False  # FP16 graph inputs/outputs (default: FP32 I/O, casts inside)
     int8_method: str = "entropy"
     int8_exclude: tuple[str, ...] = ()
+    int8_quantize_attention: bool = False  # also the attention MatMuls (activation x activation)
     int8_high_precision: str = "auto"  # auto: fp16 when an engine is built from it, else fp32
     int8_cpu: bool = True  # also write model.int8.cpu.onnx, placed for ONNX Runtime on CPU
+    # INT8 re-quantizations (most sensitive blocks kept in high precision) when the first INT8 graph fails its
+    # drift gate; 0 disables. The CLI defaults to 3; the library keeps 0 so a caller opts into the extra time.
+    int8_max_tries: int = 0
     engine_options: EngineOptions | None = None  # workspace, timing cache, ...; target/batch come from here
     gates: Gates = Gates()
     verbose: bool = False
@@ -98,6 +111,8 @@ class ExportOptions:
             raise InputError("--precision int8 needs --calib-images DIR (a folder of representative images)")
         if self.int8_method not in {m.value for m in CalibrationMethod}:
             raise InputError(f"--int8-method {self.int8_method}: choose from {', '.join(m.value for m in CalibrationMethod)}")
+        if self.int8_max_tries < 0:
+            raise InputError(f"--int8-max-tries {self.int8_max_tries}: must be >= 0 (0 disables re-quantization)")
         if self.int8_high_precision not in ("auto", "fp16", "fp32"):
             raise InputError(f"--int8-high-precision {self.int8_high_precision}: choose from auto, fp16, fp32")
         eo = self.engine_options or EngineOptions()
@@ -211,6 +226,39 @@ def _calibration(opts: ExportOptions, preprocess_block: dict[str, Any]) -> Calib
         samples=opts.calib_samples, seed=opts.calib_seed, min_images=opts.calib_min_images, cache_dir=opts.calib_cache))
 
 
+def drift_validation(manifest: Manifest, opts: ExportOptions,
+                     stages: list[checks.StageResult]) -> tuple[ValidationResult | None, checks.StageResult]:
+    """``--validate-images``: the full ``vitmsn validate`` run on the artifacts just written (every precision and
+    flavour, every engine this machine can run, against PyTorch FP32), as the ``drift_validation`` stage.
+
+    The stage fails exactly when ``vitmsn validate`` would exit 1 on these images: a drift gate failed. The
+    images are real, so the gates are enforced whatever ``--fail-on-drift`` says (as the ``drift_*`` stages
+    enforce them on real images). Skipped when a graph or engine check failed (what would be compared is
+    not sound); an input problem found only now (e.g. no image readable) fails the stage, since the
+    artifacts are already written.
+    """
+    broken = [s.stage for s in stages if not s.passed and not s.stage.startswith(("drift_", "requantize_"))]
+    if broken:
+        return None, checks.skipped("drift_validation", f"{', '.join(broken)} failed")
+    int8 = manifest.precisions.get("int8", {})
+    try:
+        v = validate_artifacts(manifest, opts.validate_images, gates=opts.gates)
+    except InputError as exc:
+        return None, checks.StageResult("drift_validation", False, f"--validate-images {opts.validate_images}: {exc}")
+    if int8.get("requantization"):  # shown in report.md/.html next to the figures of the graph kept
+        v.extra["requantization"] = {k: val for k, val in int8["requantization"].items() if k != "sensitivity"}
+        v.extra["sensitivity"] = int8["requantization"]["sensitivity"]
+    n = len(v.evaluated)
+    metrics = {"images": n, "skipped_images": len(v.skipped_images),
+               "results": {r.name: r.passed for r in v.results}, "failures": v.failures()}
+    if v.passed:
+        detail = (f"{len(v.results)} backend/precision result(s) vs PyTorch FP32 on {n} image(s) of "
+                  f"{opts.validate_images}: every gate passed")
+    else:
+        detail = "; ".join(v.failures())
+    return v, checks.StageResult("drift_validation", v.passed, detail, metrics)
+
+
 def run_export(opts: ExportOptions) -> ExportResult:
     """Run the export. Raises InputError (nothing written) or ValidationFailed (artifacts written)."""
     started = time.perf_counter()
@@ -235,6 +283,8 @@ def run_export(opts: ExportOptions) -> ExportResult:
     if converted:
         inputs = comparison_inputs(preprocess_block, ck.labels, tuple(int(d) for d in spec.input.shape[1:]),
                                    validate_images=opts.validate_images, calibration=calibration)
+    elif opts.validate_images is not None:  # the drift validation reads it at the end: refuse a bad folder now
+        image_set(opts.validate_images, ck.labels if spec.task == "image-classification" else {})
 
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,15 +323,19 @@ def run_export(opts: ExportOptions) -> ExportResult:
             assert calibration is not None
             high = opts.int8_high_precision if opts.int8_high_precision != "auto" else ("fp16" if build_engines else "fp32")
             int8_options = Int8Options(method=CalibrationMethod(opts.int8_method), high_precision=high,
-                                       exclude=tuple(opts.int8_exclude), verbose=opts.verbose)
-            entry, new, r = int8_step(ctx, int8_options, calibration, cpu_flavour=opts.int8_cpu)
+                                       exclude=tuple(opts.int8_exclude),
+                                       quantize_attention=opts.int8_quantize_attention, verbose=opts.verbose)
+            entry, new, r = int8_step(ctx, int8_options, calibration, cpu_flavour=opts.int8_cpu,
+                                      max_tries=opts.int8_max_tries)
             data["precisions"]["int8"] = entry
             stages += new
             rows += r
     elif converted:
         stages += [checks.skipped(f"convert_{p}", "the FP32 reference graph failed its checks") for p in converted]
 
-    if build_engines and all(s.passed for s in stages if not s.stage.startswith("drift_")):
+    # A drift gate that fails (after any re-quantization) still gets its engines: artifacts are written and the
+    # run exits 1 naming the gate; a graph that failed its checks gets none.
+    if build_engines and all(s.passed for s in stages if not s.stage.startswith(("drift_", "requantize_"))):
         engine_versions = {}
         for precision in opts.precisions:
             entry = data["precisions"][precision]
@@ -295,8 +349,18 @@ def run_export(opts: ExportOptions) -> ExportResult:
     elif build_engines:
         notes.append("no engine built: an earlier check failed")
 
+    validation = None
+    if opts.validate_images is not None:
+        validation, stage = drift_validation(result.manifest, opts, stages)
+        stages.append(stage)
+        data["drift_validation"] = {"passed": stage.passed, "detail": stage.detail, **stage.metrics}
+
     data["total_seconds"] = round(time.perf_counter() - started, 2)
     data["reports"] = write_export_report(out, data, stages, rows, inputs.describe() if inputs else None)
+    if validation is not None:
+        # report.json/.md/.html of `vitmsn validate`, merged over the export report (its stages are kept, and
+        # the top-level "passed" covers both), so the directory holds one report of the whole run.
+        data["reports"].update(write_drift_reports(out, validation))
     data["passed"] = result.passed
     result.manifest.save()
     if not result.passed:

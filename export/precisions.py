@@ -15,7 +15,9 @@ Artifacts (all named in manifest.json with their SHA-256):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from .comparison import ComparisonInputs, compare_with_reference, onnxruntime_ou
 from .drift_gates import Gates
 from .engine import EngineOptions, engine_from_onnx
 from .fp16 import Fp16Options, fp16_onnx_from_fp32
-from .int8 import Int8Options, qdq_onnx_from_calibration
+from .int8 import Int8Options, Int8Result, qdq_onnx_from_calibration
 from .int8_cpu import cpu_int8_onnx_from_calibration
 from .spec import ExportSpec
 
@@ -89,27 +91,114 @@ def fp16_step(ctx: StepContext, options: Fp16Options,
     return entry, stages, rows
 
 
-def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, *,
-              cpu_flavour: bool = True) -> tuple[dict[str, Any], list[checks.StageResult], list[dict[str, Any]]]:
-    path = ctx.out / FILES["int8"]
-    result = qdq_onnx_from_calibration(ctx.fp32_path, path, calibration.tensors, options=options,
-                                       input_name=ctx.spec.input.name)
+def _int8_checked(ctx: StepContext, path: Path) -> tuple[list[checks.StageResult], list[dict[str, Any]]]:
+    """The graph stages of ``model.int8.onnx`` and, when they pass, its drift stage and report row."""
     stages = _graph_stages(path, ctx.spec, "float32")
     rows = []
     if all(s.passed for s in stages):
         stage, row = _drift(ctx, "int8", "int8", path)
         stages.append(stage)
         rows.append(row)
+    return stages, rows
+
+
+def requantize_within_gate(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, path: Path,
+                           max_tries: int, *, progress: bool = True) -> tuple[Int8Result | None, dict[str, Any]]:
+    """The INT8 graph at ``path`` failed its drift gate: rank its encoder blocks by sensitivity, re-quantize with
+    the worst ones kept in high precision until the gate holds (:func:`.requantize.int8_within_gate`).
+
+    The gate is the export's own: the same comparison inputs, PyTorch reference outputs, thresholds
+    and labels as the ``drift_int8`` stage. When a try passes, its graph replaces ``path``
+    (``os.replace``) and its :class:`Int8Result` is returned; otherwise ``path`` is left as it was
+    and None is returned. The tries are written in a temporary folder inside the artifacts
+    directory (same file system, so the replacement is atomic) and removed afterwards. The second
+    value is the manifest's ``requantization`` record: :meth:`RequantResult.to_dict` (each try's
+    exclusions, gate figures and ONNX Runtime speed) plus the sensitivity ranking.
+    """
+    from .requantize import GateCheck, int8_within_gate
+
+    known = ctx.inputs.labels >= 0
+    check = GateCheck(ctx.inputs.tensors, ctx.reference, ctx.gates, ctx.inputs.labels if known.any() else None,
+                      precision="int8", input_name=ctx.spec.input.name)
+    built: dict[Path, Int8Result] = {}
+    final: Int8Result | None = None
+    log.info("int8: drift gate failed; re-quantizing with the most sensitive blocks excluded (at most %d tries)", max_tries)
+    with tempfile.TemporaryDirectory(prefix=".requantize-", dir=ctx.out) as tmp:
+        sens, rq = int8_within_gate(ctx.fp32_path, path, calibration.tensors, check, tmp, options=options,
+                                    max_tries=max_tries, input_name=ctx.spec.input.name, progress=progress, built=built)
+        if rq.passed and Path(rq.path) != path:
+            os.replace(rq.path, path)
+            final = replace(built[Path(rq.path)], path=path)
+    record = rq.to_dict()
+    kept = len(record["tries"]) - 1 if final is not None else 0  # the try whose graph is model.int8.onnx now
+    for i, t in enumerate(record["tries"]):  # the other tries' files were temporary
+        t["file"] = path.name if i == kept else None
+    record["kept_try"] = kept
+    record["exclude"] = list(options.exclude) + list(rq.excluded) if final is not None else list(options.exclude)
+    record["sensitivity"] = sens.to_dict()
+    return final, record
+
+
+def _requantization_stage(record: dict[str, Any]) -> checks.StageResult:
+    tries = record["tries"]
+    n = len(tries) - 1  # try 0 is the graph as first quantized
+    excluded = ", ".join(record["excluded"]) or "nothing"
+    if record["passed"] and n == 0:
+        detail = "the re-quantization's gate check passes the first INT8 graph (borderline figures); nothing re-quantized"
+    elif record["passed"]:
+        detail = (f"gate holds after {n} re-quantization(s) with {excluded} kept in high precision "
+                  f"({_speed(record.get('images_per_second'))} vs {_speed(record.get('images_per_second_all_int8'))} "
+                  "fully quantized)")
+    elif not record["sensitivity"]["ranking"] or n == 0:
+        detail = "no re-quantization possible: no encoder block adds measurable drift"
+    else:
+        last = tries[-1]["metrics"]
+        figures = ", ".join(f"{k} {last[k]:.{8 if k == 'cosine_min' else 4}g}"
+                            for k in ("top1_agreement", "cosine_min", "accuracy_drop") if last.get(k) is not None)
+        detail = (f"gate still fails after {n} re-quantization(s) (at most {record['max_tries']}; last try kept "
+                  f"{excluded} in high precision: {figures}); the first INT8 graph is kept")
+    return checks.StageResult("requantize_int8", bool(record["passed"]), detail, {"requantization": record})
+
+
+def _speed(value: float | None) -> str:
+    return "n/a img/s" if value is None else f"{value:.1f} img/s"
+
+
+def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, *,
+              cpu_flavour: bool = True, max_tries: int = 0,
+              progress: bool = True) -> tuple[dict[str, Any], list[checks.StageResult], list[dict[str, Any]]]:
+    """Quantize, check, compare; with ``max_tries`` > 0, a graph that fails its drift gate is re-quantized
+    with its most sensitive blocks in high precision (:func:`requantize_within_gate`), and the stages
+    and figures reported are those of the file finally written."""
+    path = ctx.out / FILES["int8"]
+    result = qdq_onnx_from_calibration(ctx.fp32_path, path, calibration.tensors, options=options,
+                                       input_name=ctx.spec.input.name)
+    stages, rows = _int8_checked(ctx, path)
+    requantization = None
+    exclude = list(options.exclude)
+    drift = next((s for s in stages if s.stage == "drift_int8"), None)
+    if max_tries > 0 and drift is not None and not drift.passed:
+        requantized, requantization = requantize_within_gate(ctx, options, calibration, path, max_tries,
+                                                             progress=progress)
+        if requantized is not None:  # model.int8.onnx was replaced: check and compare the file kept
+            result = requantized
+            exclude = requantization["exclude"]
+            stages, rows = _int8_checked(ctx, path)
+        stages.insert(len(stages) - 1 if stages and stages[-1].stage == "drift_int8" else len(stages),
+                      _requantization_stage(requantization))
     quant = result.to_manifest()
     entry: dict[str, Any] = {
         **file_entry(path), "io_dtype": "float32",
         "method": quant["method"], "high_precision_dtype": quant["high_precision_dtype"],
+        "exclude": exclude,
         "excluded_nodes": quant["excluded_nodes"],
         "calibration": {"method": quant["method"], "count": len(calibration), "source": calibration.source,
                         "sha256": calibration.sha256, "skipped_images": len(calibration.skipped),
                         **{k: v for k, v in calibration.to_manifest().items() if k not in ("source", "count")}},
         "quantization": quant,
     }
+    if requantization is not None:
+        entry["requantization"] = requantization
     if cpu_flavour:
         cpu_path = ctx.out / CPU_INT8_FILE
         cpu = cpu_int8_onnx_from_calibration(ctx.fp32_path, cpu_path, calibration.tensors,

@@ -109,6 +109,11 @@ def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
             lines.append(f"| {e['file']} | {e['precision']} | {e['target']} | {e['tensorrt_version']} | "
                          f"{(e.get('size_bytes') or 0) / 1e6:.1f} MB | {_fmt(e.get('build_seconds'))}s | {shapes} | "
                          f"{','.join(e.get('compute_capabilities') or [])} |")
+    requantization = (manifest.get("precisions", {}).get("int8") or {}).get("requantization")
+    if requantization:
+        from .drift_report import requantization_markdown
+
+        lines += ["", *requantization_markdown(requantization)]
     calib = manifest.get("calibration")
     if calib:
         lines += ["", f"Calibration: {calib['count']} images from {calib['source']} (seed {calib['seed']}, "

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from vitmsn.errors import InputError
+from vitmsn.progress import Progress
 
 from . import drift_metrics as dm
 from .drift_gates import Gates, GateResult, evaluate
@@ -90,15 +91,22 @@ def throughput(path: str | Path, inputs: np.ndarray, batch: int = 8, repeats: in
 
 
 def modelopt_builder(fp32_path: str | Path, calibration: np.ndarray, options: Any = None,
-                     input_name: str = "pixel_values") -> Callable[[list[str], Path], Path]:
-    """``build(excluded_groups, out)``: re-quantize ``fp32_path`` with those groups excluded (:mod:`.int8`)."""
+                     input_name: str = "pixel_values",
+                     results: dict[Path, Any] | None = None) -> Callable[[list[str], Path], Path]:
+    """``build(excluded_groups, out)``: re-quantize ``fp32_path`` with those groups excluded (:mod:`.int8`).
+
+    ``results``, when given, receives each build's :class:`.int8.Int8Result` under its output path
+    (what the export records for the graph it keeps)."""
     from .int8 import Int8Options, qdq_onnx_from_calibration
 
     base = options or Int8Options()
 
     def build(excluded: list[str], out: Path) -> Path:
         opts = replace(base, exclude=tuple(base.exclude) + tuple(excluded))
-        return qdq_onnx_from_calibration(fp32_path, out, calibration, options=opts, input_name=input_name).path
+        result = qdq_onnx_from_calibration(fp32_path, out, calibration, options=opts, input_name=input_name)
+        if results is not None:
+            results[Path(result.path)] = result
+        return result.path
 
     return build
 
@@ -134,35 +142,46 @@ class RequantResult:
 
 def requantize_until(int8_path: str | Path, ranking: Sequence[str], check: GateCheck,
                      build: Callable[[list[str], Path], Path], workdir: str | Path, *, max_tries: int = 4,
-                     fp32_path: str | Path | None = None, measure_speed: bool = True) -> RequantResult:
-    """Exclude the worst groups of ``ranking`` one more at a time until ``check`` passes (bounded)."""
+                     fp32_path: str | Path | None = None, measure_speed: bool = True,
+                     progress: bool = False) -> RequantResult:
+    """Exclude the worst groups of ``ranking`` one more at a time until ``check`` passes (bounded).
+
+    Try 0 is ``int8_path`` as it is; tries 1..``max_tries`` are re-quantizations."""
     if max_tries < 0:
         raise InputError(f"max tries {max_tries}: must be >= 0")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tries: list[dict[str, Any]] = []
     path, excluded = Path(int8_path), []
-    for k in range(0, min(max_tries, len(ranking)) + 1):
-        excluded = list(ranking[:k])
-        if k:
-            path = build(excluded, workdir / f"model.int8.try{k}.onnx")
-        passed, metrics, gate_results = check(path)
-        speed = throughput(path, check.inputs, input_name=check.input_name) if measure_speed else None
-        tries.append({"excluded": excluded, "passed": passed, "metrics": metrics, "file": str(path),
-                      "gates": [g.to_dict() for g in gate_results], "images_per_second": speed})
-        if passed:
-            break
+    count = min(max_tries, len(ranking)) + 1
+    with Progress(f"int8 re-quantization (at most {count - 1} re-quantization(s))", count, unit="try",
+                  enabled=progress) as bar:
+        for k in range(0, count):
+            excluded = list(ranking[:k])
+            if k:
+                path = build(excluded, workdir / f"model.int8.try{k}.onnx")
+            passed, metrics, gate_results = check(path)
+            speed = throughput(path, check.inputs, input_name=check.input_name) if measure_speed else None
+            tries.append({"excluded": excluded, "passed": passed, "metrics": metrics, "file": str(path),
+                          "gates": [g.to_dict() for g in gate_results], "images_per_second": speed})
+            bar.update()
+            if passed:
+                break
     fp32_speed = throughput(fp32_path, check.inputs, input_name=check.input_name) if fp32_path and measure_speed else None
     return RequantResult(tries[-1]["passed"], excluded, path, tries, max_tries, fp32_speed)
 
 
 def int8_within_gate(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray, check: GateCheck,
                      workdir: str | Path, *, options: Any = None, max_tries: int = 4, input_name: str = "pixel_values",
-                     progress: bool = True) -> tuple[SensitivityResult, RequantResult]:
+                     progress: bool = True,
+                     built: dict[Path, Any] | None = None) -> tuple[SensitivityResult, RequantResult]:
     """Sensitivity per encoder block on ``calibration``, then re-quantize (ModelOpt, :mod:`.int8`) with the worst
-    blocks excluded, one more per try, until ``check`` passes or ``max_tries`` re-quantizations were made."""
+    blocks excluded, one more per try, until ``check`` passes or ``max_tries`` re-quantizations were made.
+
+    ``built`` (optional) receives the :class:`.int8.Int8Result` of every re-quantization, by path."""
     sens = sensitivity_analysis(int8_path, fp32_path, calibration, granularity="block", input_name=input_name,
                                 progress=progress)
     ranking = [g.group for g in sens.ranking if g.group != "other" and g.score > 0]
-    build = modelopt_builder(fp32_path, calibration, options, input_name)
-    return sens, requantize_until(int8_path, ranking, check, build, workdir, max_tries=max_tries, fp32_path=fp32_path)
+    build = modelopt_builder(fp32_path, calibration, options, input_name, results=built)
+    return sens, requantize_until(int8_path, ranking, check, build, workdir, max_tries=max_tries, fp32_path=fp32_path,
+                                  progress=progress)

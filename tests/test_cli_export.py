@@ -61,6 +61,8 @@ def test_command_line_beats_config_file(tiny_ck: Path, tmp_path: Path) -> None:
     (["--batch", "eight"], "MIN:OPT:MAX"),
     (["--opset", "12"], "--opset 12: unsupported"),
     (["--calib-images", "/no/such/images"], "--calib-images /no/such/images: no such directory"),
+    (["--int8-max-tries", "-1"], "--int8-max-tries"),
+    (["--validate-images", "/no/such/images"], "--validate-images /no/such/images: no such directory"),
     ([], None),
 ])
 def test_bad_usage_exits_2_with_a_message(tiny_ck: Path, tmp_path: Path, args: list[str], needle: str | None) -> None:

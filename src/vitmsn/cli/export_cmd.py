@@ -35,7 +35,9 @@ def _default_out(model: str) -> Path:
 @click.option("--target", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt", show_default=True,
               help="Engine builder.")
 @click.option("--validate-images", type=click.Path(path_type=Path),
-              help="Compare every precision with PyTorch FP32 on these images (class folders named as labels give accuracy).")
+              help="Compare every precision with PyTorch FP32 on these images (class folders named as labels give "
+                   "accuracy), then run `vitmsn validate` on the artifacts with them and the same gates: "
+                   "report.html, report.md, report.json in --out; a failed gate exits 1.")
 @click.option("--fail-on-drift", is_flag=True, help="Enforce the drift gates even when no images were given (synthetic inputs).")
 @click.option("--min-top1-agreement", metavar="X|P=X,...", help="Drift gate override, e.g. 0.99 or int8=0.98,fp16=0.995.")
 @click.option("--min-cosine", metavar="X|P=X,...", help="Drift gate override on the lowest per-image cosine.")
@@ -49,8 +51,17 @@ def _default_out(model: str) -> Path:
               help="INT8 activation calibration (ModelOpt 0.47 offers no percentile for INT8).")
 @click.option("--int8-exclude", multiple=True, metavar="PATTERN",
               help="Keep out of INT8: block:N or block:N-M (encoder blocks), a module scope, or a node-name regex. Repeatable.")
+@click.option("--int8-quantize-attention", is_flag=True,
+              help="Also quantize attention's Q.K^T and softmax.V MatMuls (off by default: INT8 softmax outputs lose "
+                   "most attention weights; check the drift report before using it).")
 @click.option("--int8-high-precision", type=click.Choice(["auto", "fp16", "fp32"]), default="auto", show_default=True,
               help="dtype of what INT8 leaves unquantized: auto = fp16 when an engine is built, else fp32 (ONNX Runtime CPU).")
+@click.option("--int8-max-tries", type=click.IntRange(min=0), default=3, show_default=True, metavar="N",
+              help="When the INT8 graph fails its drift gate (--min-top1-agreement, --min-cosine, --max-accuracy-drop): "
+                   "rank its encoder blocks by sensitivity and re-quantize up to N times, one more of the worst blocks "
+                   "kept in high precision each time, until the gate holds; the passing graph replaces model.int8.onnx "
+                   "(slower than fully INT8; the manifest and report record every try). Each try is a full "
+                   "calibration; 0 disables.")
 @click.option("--int8-cpu/--no-int8-cpu", default=True, show_default=True,
               help="Also write model.int8.cpu.onnx, INT8 placed for ONNX Runtime on CPU.")
 @click.option("--workspace", metavar="SIZE", help="Engine builder workspace limit, e.g. 2G, 512M.")
@@ -65,7 +76,8 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
             calib_samples: int, batch: str, opset: int, engine: str, target: str, validate_images: Path | None,
             fail_on_drift: bool, min_top1_agreement: str | None, min_cosine: str | None, max_accuracy_drop: str | None,
             calib_seed: int, calib_min_images: int, calib_cache: Path | None, fp16_io: bool, int8_method: str,
-            int8_exclude: tuple[str, ...], int8_high_precision: str, int8_cpu: bool, workspace: str | None,
+            int8_exclude: tuple[str, ...], int8_high_precision: str, int8_quantize_attention: bool, int8_max_tries: int, int8_cpu: bool,
+            workspace: str | None,
             timing_cache: Path | None, builder_opt_level: int | None, hardware_compat: str, version_compat: bool,
             aot_targets: str | None, verbose: bool) -> None:
     """Export a ViTMSN checkpoint to ONNX (FP32 reference, FP16, INT8) and TensorRT engines, and validate them.
@@ -103,6 +115,8 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
             calib_samples=calib_samples, calib_seed=calib_seed, calib_min_images=calib_min_images, calib_cache=calib_cache,
             validate_images=validate_images, fail_on_drift=fail_on_drift, fp16_io=fp16_io, int8_method=int8_method,
             int8_exclude=tuple(int8_exclude), int8_high_precision=int8_high_precision, int8_cpu=int8_cpu,
+            int8_quantize_attention=int8_quantize_attention,
+            int8_max_tries=int8_max_tries,
             engine_options=engine_options, verbose=verbose,
             gates=Gates.build(min_top1_agreement=min_top1_agreement, min_cosine=min_cosine,
                               max_accuracy_drop=max_accuracy_drop),

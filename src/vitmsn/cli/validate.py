@@ -1,7 +1,9 @@
 """``vitmsn validate``: the accuracy-drift report, a thin layer over vitmsn.export.validation.
 
-Exit codes: 0 every gate passed; 1 a drift gate failed (the message names the metric, the
-precision and the value; the reports are written either way); 2 bad usage or input.
+Exit codes: the written report's verdict. 0 when report.json says ``passed: true``; 1 when it says
+false: a drift gate failed (the message names the metric, the precision and the value), or a stage
+of the export report it was merged into failed (named too); the reports are written either way.
+2 bad usage or input (nothing is written).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def command(artifacts: Path, images: Path | None, labels: Path | None, precision
             batch_size: int | None, sensitivity: bool, calib_images: Path | None, calib_samples: int, quiet: bool) -> None:
     """Accuracy drift of every precision and backend in ARTIFACTS against the PyTorch FP32 reference.
 
-    Writes report.json, report.md and report.html. Exit 1 when a gate fails, 2 on bad input.
+    Writes report.json, report.md and report.html. Exit 1 when the report says passed=false (a gate failed,
+    or a check of the export whose report it extends), 2 on bad input.
     --min-top1-agreement, --min-cosine and --max-accuracy-drop take X (every precision) or
     int8=X,fp16=Y; the defaults (why: vitmsn.export.drift_gates):
 
@@ -61,7 +64,7 @@ def command(artifacts: Path, images: Path | None, labels: Path | None, precision
     """
     from vitmsn.errors import InputError, ValidationFailed
     from vitmsn.export.drift_gates import Gates
-    from vitmsn.export.drift_report import write_drift_reports
+    from vitmsn.export.drift_report import VALIDATION_STAGE, read_previous, write_drift_reports
     from vitmsn.export.validation import validate_artifacts
 
     if images is None:
@@ -78,6 +81,10 @@ def command(artifacts: Path, images: Path | None, labels: Path | None, precision
                                                                 progress=not quiet).to_dict()
     target = out or artifacts
     write_drift_reports(target, result)
+    # The exit code is the written report's verdict: its top-level "passed" also covers the stages of an export
+    # report it was merged into (a failed export check fails it even when every drift gate holds).
+    report = read_previous(target) or {}
+    passed = bool(report.get("passed", result.passed))
     for r in result.results:
         m = r.metrics
         figures = [f"top-1 agreement {m['top1_agreement']:.4f}" if "top1_agreement" in m else "",
@@ -90,8 +97,11 @@ def command(artifacts: Path, images: Path | None, labels: Path | None, precision
     for s in result.skipped_images:
         click.echo(f"skipped {s['image']}: {s['reason']}", err=True)
     click.echo(f"wrote {target / 'report.json'}, report.md, report.html", err=True)
-    if not result.passed:
-        raise ValidationFailed("; ".join(result.failures()) + f" (see {target / 'report.md'})")
+    if not passed:
+        failures = result.failures() + [f"export stage {s.get('stage')} failed: {s.get('detail')}"
+                                        for s in report.get("stages") or [] if not s.get("passed", False)
+                                        and s.get("stage") != VALIDATION_STAGE]
+        raise ValidationFailed("; ".join(failures or ["the report says passed=false"]) + f" (see {target / 'report.md'})")
 
 
 def _defaults_help() -> str:

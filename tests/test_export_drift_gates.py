@@ -1,0 +1,247 @@
+"""``vitmsn-export`` as a CI gate on accuracy drift (issue 5), run as users run it, on a tiny random checkpoint:
+
+* ``--validate-images DIR`` runs the full ``vitmsn validate`` on the artifacts it wrote: report.html,
+  report.md and report.json in the artifacts directory, named in ``manifest["reports"]``, and the
+  manifest's ``passed`` agrees with the report's (and with the exit code);
+* ``vitmsn validate`` exits with the verdict of the report it writes (1 when it says passed=false,
+  0 when true, 2 on bad input);
+* an INT8 graph that fails its drift gate is re-quantized with its most sensitive blocks in high
+  precision (``--int8-max-tries``, default 3): the passing graph replaces model.int8.onnx and every
+  try is recorded; when no try passes the first graph is kept and the run fails; 0 disables it.
+
+The gates are made strict enough for a random 2-block model to fail fully quantized: its INT8
+graph reaches a per-image cosine of about 0.99999 against FP32, 0.999999 only with both encoder
+blocks kept in FP32.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from vitmsn.cli.export_cmd import command as export_command
+from vitmsn.cli.validate import command as validate_command
+from vitmsn.runtime.manifest import sha256_file
+
+from checkpoints import TINY_CONFIG, save_transformers
+
+STRICT_INT8 = ["--min-cosine", "int8=0.999999"]  # the fully quantized random model fails it, FP32 blocks pass it
+IMPOSSIBLE_INT8 = ["--min-cosine", "int8=1.0001"]  # no graph can pass it: a cosine is at most 1
+
+
+def _images(root: Path, per_class: int, seed: int) -> Path:
+    """Random RGB images in class folders named as the tiny checkpoint's labels (class_0..class_2)."""
+    rng = np.random.default_rng(seed)
+    for c in range(TINY_CONFIG["num_labels"]):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("drift_gates")
+    save_transformers(base / "ck", **TINY_CONFIG)
+    return {"ck": base / "ck", "calib": _images(base / "calib", 8, seed=1), "val": _images(base / "val", 4, seed=2),
+            "cache": base / "cache"}
+
+
+def export(data: dict[str, Path], out: Path, *args: str) -> Result:
+    return CliRunner().invoke(export_command, ["--model", str(data["ck"]), "--out", str(out), "--engine", "skip",
+                                               "--batch", "1:4:8", *args], catch_exceptions=False)
+
+
+def int8_export(data: dict[str, Path], out: Path, *args: str) -> Result:
+    return export(data, out, "--precision", "int8", "--calib-images", str(data["calib"]), "--calib-samples", "24",
+                  "--calib-min-images", "4", "--calib-cache", str(data["cache"]), "--no-int8-cpu", *args)
+
+
+def validate(*args: object) -> Result:
+    return CliRunner().invoke(validate_command, [str(a) for a in args], catch_exceptions=False)
+
+
+def load(out: Path, name: str) -> dict:
+    return json.loads((out / name).read_text())
+
+
+def stages(report: dict) -> dict[str, dict]:
+    return {s["stage"]: s for s in report["stages"]}
+
+
+def cosine_min_vs_fp32(out: Path, images: Path) -> float:
+    """Lowest per-image cosine of model.int8.onnx's logits against model.fp32.onnx, computed here (PIL + numpy,
+    the checkpoint's defaults: 32x32 bilinear, mean/std 0.5; raw ONNX Runtime)."""
+    import onnxruntime as ort
+
+    files = sorted(images.rglob("*.png"))
+    x = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32), Image.BILINEAR), dtype=np.float32)
+                  .transpose(2, 0, 1) / 255.0 for f in files])
+    x = ((x - 0.5) / 0.5).astype(np.float32)
+    logits = {}
+    for name in ("model.fp32.onnx", "model.int8.onnx"):
+        s = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+        logits[name] = s.run(["logits"], {"pixel_values": x})[0].astype(np.float64)
+    g, r = logits["model.int8.onnx"], logits["model.fp32.onnx"]
+    return float(((g * r).sum(1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(r, axis=1))).min())
+
+
+# ---- --validate-images: the drift reports of the whole run -------------------------------------
+def test_validate_images_writes_the_drift_reports(data, tmp_path):
+    out = tmp_path / "ok"
+    result = export(data, out, "--validate-images", str(data["val"]))
+    assert result.exit_code == 0, result.output
+    manifest, report = load(out, "manifest.json"), load(out, "report.json")
+    assert manifest["reports"] == {"json": "report.json", "md": "report.md", "html": "report.html"}
+    for name in manifest["reports"].values():
+        assert (out / name).is_file()
+    # report.json is the validation's (results with worst images, 12 images), merged over the export's stages
+    assert report["images"]["evaluated"] == 12 and report["images"]["labelled"] == 12
+    assert {(r["backend"], r["precision"]) for r in report["results"]} == {("onnxruntime", "fp32")}
+    assert all("worst_images" in r for r in report["results"])
+    assert stages(report)["drift_validation"]["passed"] is True
+    assert manifest["passed"] is True and report["passed"] is True and report["gates_passed"] is True
+    assert manifest["drift_validation"]["passed"] is True and manifest["drift_validation"]["images"] == 12
+    html = (out / "report.html").read_text()
+    assert "Accuracy-drift report" in html and "PASSED" in html and "data:image/png;base64," in html
+    md = (out / "report.md").read_text()
+    assert "# Accuracy-drift report" in md and "| drift_validation | pass |" in md
+    assert "validate 1 backend(s)" in result.output  # the validation's progress was shown
+
+
+def test_validate_images_failed_gate_fails_the_export_and_says_so_everywhere(data, tmp_path):
+    out = tmp_path / "strict"
+    result = export(data, out, "--validate-images", str(data["val"]), "--min-cosine", "fp32=1.0001")
+    assert result.exit_code == 1, result.output
+    assert "drift_validation" in result.output and "cosine_min" in result.output
+    manifest, report = load(out, "manifest.json"), load(out, "report.json")  # written anyway
+    assert manifest["reports"]["html"] == "report.html" and (out / "report.html").is_file()
+    assert manifest["passed"] is False and report["passed"] is False and report["gates_passed"] is False
+    assert manifest["drift_validation"]["passed"] is False and manifest["drift_validation"]["failures"]
+    assert "drift_validation" in report["failed_stages"]
+    assert "FAILED" in (out / "report.html").read_text()
+
+    # re-validating with the default gates replaces the export's verdict instead of keeping a stale one
+    again = validate(out, "--images", data["val"], "--quiet")
+    assert again.exit_code == 0, again.output
+    report = load(out, "report.json")
+    assert report["passed"] is True and stages(report)["drift_validation"]["passed"] is True
+    assert report["failed_stages"] == []
+
+
+def test_export_refuses_a_validation_folder_that_is_not_the_labels_before_writing(data, tmp_path):
+    images = tmp_path / "images"
+    _images(images, 1, seed=3)
+    (images / "not_a_label").mkdir()
+    Image.new("RGB", (8, 8)).save(images / "not_a_label" / "x.png")
+    result = export(data, tmp_path / "o", "--validate-images", str(images))
+    assert result.exit_code == 2, result.output
+    assert "not_a_label" in result.output
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+# ---- INT8 re-quantization loop ----------------------------------------------------------------
+def test_int8_failing_its_gate_is_requantized_until_it_holds(data, tmp_path):
+    out = tmp_path / "requant"
+    result = int8_export(data, out, "--validate-images", str(data["val"]), *STRICT_INT8)  # default: 3 tries
+    assert result.exit_code == 0, result.output
+    assert "int8 sensitivity" in result.output and "int8 re-quantization" in result.output  # progress
+    manifest = load(out, "manifest.json")
+    entry = manifest["precisions"]["int8"]
+    rq = entry["requantization"]
+    tries = rq["tries"]
+    assert rq["passed"] is True and rq["max_tries"] == 3
+    assert 2 <= len(tries) <= 4 and not tries[0]["passed"] and tries[-1]["passed"]
+    assert tries[0]["excluded"] == [] and tries[0]["metrics"]["cosine_min"] < 0.999999
+    assert tries[-1]["metrics"]["cosine_min"] >= 0.999999
+    assert all(len(t["excluded"]) == i for i, t in enumerate(tries))  # one more block kept out per try
+    assert rq["excluded"] == tries[-1]["excluded"] and entry["exclude"] == rq["excluded"]
+    assert rq["kept_try"] == len(tries) - 1 and tries[-1]["file"] == "model.int8.onnx"
+    assert [g["group"] for g in rq["sensitivity"]["ranking"]][: len(rq["excluded"])] == rq["excluded"]
+    # the file on disk is the passing graph: what the manifest hashes, with the excluded blocks unquantized
+    assert entry["sha256"] == sha256_file(out / "model.int8.onnx")
+    from vitmsn.export.int8 import qdq_structure
+
+    quantized, plain = qdq_structure(onnx.load(str(out / "model.int8.onnx")))
+    assert entry["excluded_nodes"] and set(entry["excluded_nodes"]) <= set(plain)
+    assert not set(entry["excluded_nodes"]) & set(quantized)
+    assert cosine_min_vs_fp32(out, data["val"]) >= 0.999999  # measured here, not by the pipeline
+    assert not [p for p in out.iterdir() if p.name.startswith(".requantize")]  # the tries were cleaned up
+    # the reported figures are the final file's, and the report shows the tries
+    report = load(out, "report.json")
+    s = stages(report)
+    assert s["requantize_int8"]["passed"] and s["drift_int8"]["passed"] and s["drift_validation"]["passed"]
+    assert s["drift_int8"]["metrics"]["metrics"]["cosine_min"] >= 0.999999
+    int8 = next(r for r in report["results"] if r["precision"] == "int8")
+    assert int8["passed"] and int8["metrics"]["cosine_min"] >= 0.999999
+    assert report["requantization"]["tries"] == tries
+    assert "INT8 re-quantization: gate holds" in (out / "report.md").read_text()
+    assert "INT8 re-quantization" in (out / "report.html").read_text()
+    assert manifest["passed"] is True and report["passed"] is True
+
+
+def test_int8_requantization_that_never_passes_keeps_the_first_graph_and_fails(data, tmp_path):
+    out = tmp_path / "impossible"
+    result = int8_export(data, out, "--int8-max-tries", "2", *IMPOSSIBLE_INT8)
+    assert result.exit_code == 1, result.output
+    assert "requantize_int8" in result.output and "gate still fails after 2 re-quantization(s)" in result.output
+    manifest = load(out, "manifest.json")
+    entry = manifest["precisions"]["int8"]
+    rq = entry["requantization"]
+    assert rq["passed"] is False and rq["max_tries"] == 2 and len(rq["tries"]) == 3
+    assert not any(t["passed"] for t in rq["tries"])
+    assert [t["file"] for t in rq["tries"]] == ["model.int8.onnx", None, None] and rq["kept_try"] == 0
+    # the first, fully quantized graph is what stays on disk and in the manifest
+    assert entry["exclude"] == [] and entry["excluded_nodes"] == []
+    assert entry["sha256"] == sha256_file(out / "model.int8.onnx")
+    from vitmsn.export.int8 import qdq_structure, resolve_exclusions
+
+    from vitmsn.export.int8_cpu import linear_nodes
+
+    fp32 = onnx.load(str(out / "model.fp32.onnx"))
+    quantized, _ = qdq_structure(onnx.load(str(out / "model.int8.onnx")))
+    linear_in_blocks = set(resolve_exclusions(fp32, ["block:0", "block:1"])) & set(linear_nodes(fp32))
+    assert linear_in_blocks and linear_in_blocks <= set(quantized)  # both encoder blocks' linear layers still INT8
+    report = load(out, "report.json")
+    s = stages(report)
+    assert not s["requantize_int8"]["passed"] and not s["drift_int8"]["passed"]
+    assert s["requantize_int8"]["metrics"]["requantization"]["tries"] == rq["tries"]
+    assert manifest["passed"] is False and report["passed"] is False
+    assert "gate still fails" in (out / "report.md").read_text()
+
+
+def test_int8_max_tries_0_disables_requantization(data, tmp_path):
+    out = tmp_path / "off"
+    result = int8_export(data, out, "--int8-max-tries", "0", *STRICT_INT8)
+    assert result.exit_code == 1, result.output
+    assert "int8 sensitivity" not in result.output and "re-quantization" not in result.output
+    manifest = load(out, "manifest.json")
+    entry = manifest["precisions"]["int8"]
+    assert "requantization" not in entry and entry["exclude"] == [] and entry["excluded_nodes"] == []
+    report = load(out, "report.json")
+    assert "requantize_int8" not in stages(report) and not stages(report)["drift_int8"]["passed"]
+    assert manifest["passed"] is False and report["passed"] is False
+
+    # `vitmsn validate` with the default gates: every gate passes, but the report it writes keeps the export's
+    # failed drift_int8 stage, so it says passed=false, and the exit code agrees with it
+    v = validate(out, "--images", data["val"], "--quiet")
+    report = load(out, "report.json")
+    assert report["gates_passed"] is True and report["passed"] is False
+    assert v.exit_code == 1, v.output
+    assert "export stage drift_int8 failed" in v.output
+
+
+def test_validate_exit_2_on_bad_input_writes_nothing(data, tmp_path):
+    out = tmp_path / "fp32"
+    assert export(data, out).exit_code == 0
+    before = (out / "report.json").read_bytes()
+    v = validate(out, "--images", tmp_path / "no-such-dir", "--quiet")
+    assert v.exit_code == 2 and "no such directory" in v.output
+    assert (out / "report.json").read_bytes() == before and not (out / "report.html").exists()
