@@ -130,6 +130,11 @@ def test_cpu_flavour_is_uint8_and_fuses_to_integer_matmuls(tiny: dict, tmp_path:
     assert fused["MatMulIntegerToFloat"] == len(tiny["cpu"].quantized_nodes) > 0
     assert fused["QLinearMatMul"] == 0
     assert tiny["cpu"].to_manifest()["activations"].startswith("uint8")
+    # what stays FP32 between the integer GEMMs is fused (one BiasGelu per block, two SkipLayerNorms
+    # per block but the first block's first, which reads the embeddings' plain LayerNorm)
+    blocks = TINY_CONFIG["num_hidden_layers"]
+    assert fused["BiasGelu"] == blocks and fused["SkipLayerNormalization"] == 2 * blocks
+    assert tiny["cpu"].to_manifest()["ort_fusion"]["applied"]
 
 
 @needs_trained_demo
