@@ -54,6 +54,9 @@ def test_report_follows_the_contract(report: dict) -> None:
                 assert (backend, variant, mode, batch) in seen
     assert report["passed"] is True
     assert any("tensorrt" in s["backend"] for s in report["skipped"])  # said plainly, not silently dropped
+    if report["options"]["threads"] > 1:  # the data-parallel rows: the batch split over single-thread sessions
+        split = [r for r in rows if r["sessions"] > 1]
+        assert split and all(r["variant"] == "onnxruntime_optimized" and r["session"]["intra_op_threads"] == 1 for r in split)
 
 
 def test_derived_figures_are_consistent(report: dict) -> None:

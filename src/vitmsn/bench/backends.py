@@ -122,43 +122,74 @@ class PyTorchBackend(BenchBackend):
 
 
 class OnnxRuntimeBackend(BenchBackend):
+    """One runner with ``threads`` intra-op threads; or, with ``sessions`` > 1, that many runners
+    with ``threads // sessions`` threads each, the batch split between them and run side by side
+    (data parallelism instead of operator parallelism; ONNX Runtime releases the GIL in ``run``)."""
+
     backend = "onnxruntime"
 
     def __init__(self, path: Path, input_name: str, *, precision: str = "fp32", device: str = "cpu",
                  variant: str = "", threads: int | None = None, graph_optimization: str = "all",
-                 allow_spinning: bool = True) -> None:
+                 allow_spinning: bool = True, sessions: int = 1) -> None:
         self.path, self.input_name, self.precision, self.device = Path(path), input_name, precision, device
         self.variant, self.threads, self.graph_optimization = variant, threads, graph_optimization
-        self.allow_spinning = allow_spinning
-        self.runner: Any = None
+        self.allow_spinning, self.sessions = allow_spinning, max(1, sessions)
+        self.runners: list[Any] = []
+        self._pool: Any = None
+
+    @property
+    def runner(self) -> Any:
+        return self.runners[0] if self.runners else None
+
+    @property
+    def label(self) -> str:
+        split = f" x{self.sessions} sessions" if self.sessions > 1 else ""
+        return super().label + split
 
     def open(self) -> None:
         from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
         providers = ["cuda", "cpu"] if self.device.startswith("cuda") else ["cpu"]
-        self.runner = OnnxRuntimeRunner(self.path, precision=self.precision, providers=providers,
-                                        intra_op_threads=self.threads, inter_op_threads=1,
-                                        graph_optimization=self.graph_optimization, allow_spinning=self.allow_spinning)
-        self.runner.activate()
+        threads = max(1, (self.threads or 1) // self.sessions) if self.sessions > 1 else self.threads
+        for _ in range(self.sessions):
+            runner = OnnxRuntimeRunner(self.path, precision=self.precision, providers=providers,
+                                       intra_op_threads=threads, inter_op_threads=1,
+                                       graph_optimization=self.graph_optimization, allow_spinning=self.allow_spinning)
+            runner.activate()
+            self.runners.append(runner)
         if self.device.startswith("cuda") and "CUDAExecutionProvider" not in self.runner.providers:
             raise RuntimeError(f"the CUDA provider did not load (session got {self.runner.providers})")
+        if self.sessions > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=self.sessions, thread_name_prefix="bench-ort")
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return self.runner.infer({self.input_name: x})
+        if self.sessions == 1:
+            return self.runner.infer({self.input_name: x})
+        parts = [p for p in np.array_split(np.asarray(x), self.sessions) if len(p)]
+        outs = list(self._pool.map(lambda rp: rp[0].infer({self.input_name: rp[1]}), zip(self.runners, parts)))
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
     def call_for(self, x: np.ndarray) -> Call:
-        feed = {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}
-        return lambda: self.runner.infer(feed)
+        feed = np.ascontiguousarray(x, dtype=np.float32)
+        if self.sessions == 1:
+            return lambda: self.runner.infer({self.input_name: feed})
+        return lambda: self.infer(feed)
 
     def info(self) -> dict[str, Any]:
+        threads = max(1, (self.threads or 1) // self.sessions) if self.sessions > 1 else self.threads
         return {"file": self.path.name, "providers": list(getattr(self.runner, "providers", [])),
-                "session": {"intra_op_threads": self.threads, "inter_op_threads": 1,
+                "session": {"intra_op_threads": threads, "inter_op_threads": 1, "sessions": self.sessions,
                             "graph_optimization": self.graph_optimization, "allow_spinning": self.allow_spinning}}
 
     def close(self) -> None:
-        if self.runner is not None:
-            self.runner.deactivate()
-            self.runner = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for runner in self.runners:
+            runner.deactivate()
+        self.runners = []
 
 
 class TensorRTBackend(BenchBackend):

@@ -23,8 +23,11 @@ def _fmt(value: Any, spec: str = ".2f", none: str = "-") -> str:
 
 
 def row_name(r: dict[str, Any]) -> str:
-    variant = VARIANT_NAMES.get(r.get("variant", ""), r.get("variant", ""))
-    return f"{r['backend']}{f' ({variant})' if variant else ''}"
+    parts = [VARIANT_NAMES.get(r.get("variant", ""), r.get("variant", ""))]
+    if r.get("sessions", 1) > 1:
+        parts.append(f"batch split over {r['sessions']} single-thread sessions")
+    detail = ", ".join(p for p in parts if p)
+    return f"{r['backend']}{f' ({detail})' if detail else ''}"
 
 
 def results_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -51,6 +51,7 @@ class BenchOptions:
     cuda: bool = True  # GPU rows when a GPU is present
     trt_streams: int = 2
     cuda_graphs: bool = True
+    data_parallel: bool = True  # CPU: also time the fastest graphs as the batch split over single-thread sessions
     check_batch: int = 4
     gemm_n: int = 2048
     seed: int = 0
@@ -166,6 +167,9 @@ def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, t
                 continue
             prep.backends.append(OnnxRuntimeBackend(path, name, precision=precision, device=device, threads=threads,
                                                     variant=variant))
+            if device == "cpu" and opts.data_parallel and threads > 1 and variant in (ORT_FUSED, "onnxruntime_cpu"):
+                prep.backends.append(OnnxRuntimeBackend(path, name, precision=precision, device=device, threads=threads,
+                                                        variant=variant, sessions=threads))
     if not manifest.engines:
         skip("tensorrt", "*", "cuda", "the artifacts hold no TensorRT engine (vitmsn-export --engine require)")
     for entry in manifest.engines:
@@ -202,6 +206,7 @@ def _row(b: BenchBackend, mode: str, batch: int, stats: Any, throughput: float, 
          extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"backend": b.backend, "precision": b.precision, "batch_size": batch, "throughput": round(throughput, 3),
             "latency_ms": stats.to_dict(), "device": b.device, "variant": b.variant, "mode": mode,
+            "sessions": getattr(b, "sessions", 1),
             "correctness": check, **b.info(), **(extra or {})}
 
 

@@ -48,6 +48,9 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead", "max-autotune"]), default=None)
 @click.option("--ort-fused/--no-ort-fused", default=True, show_default=True,
               help="Also time the ONNX Runtime-fused FP32 graph (built on the fly when the manifest has none).")
+@click.option("--data-parallel/--no-data-parallel", default=True, show_default=True,
+              help="CPU: also time the ORT-fused FP32 and CPU-placed INT8 graphs with the batch split over "
+                   "single-thread sessions run side by side.")
 @click.option("--cpu-only", is_flag=True, help="No GPU rows even when a GPU is present.")
 @click.option("--trt-streams", type=click.IntRange(min=1), default=2, show_default=True,
               help="TensorRT execution contexts/streams for the throughput figure.")
@@ -58,7 +61,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @handle_errors
 def command(artifacts: Path, backends: tuple[str, ...], precisions: tuple[str, ...], batch_sizes: tuple[int, ...],
             json_path: Path | None, md_path: Path | None, warmup: int, iterations: int, rounds: int, min_seconds: float,
-            threads: int | None, e2e: bool, compile_: bool, compile_mode: str | None, ort_fused: bool, cpu_only: bool,
+            threads: int | None, e2e: bool, compile_: bool, compile_mode: str | None, ort_fused: bool, data_parallel: bool, cpu_only: bool,
             trt_streams: int, no_cuda_graphs: bool, gemm_size: int, quiet: bool) -> None:
     """Latency and throughput of every backend, precision and batch size, against PyTorch in the same run."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -74,6 +77,7 @@ def command(artifacts: Path, backends: tuple[str, ...], precisions: tuple[str, .
         batch_sizes=batch_sizes, backends=backends, precisions=precisions, threads=threads, e2e=e2e,
         plan=TimingPlan(warmup=warmup, iterations=iterations, rounds=rounds, min_seconds=min_seconds),
         compile=wants_compile, compile_mode=None if compile_mode == "default" else compile_mode, ort_fused=ort_fused,
+        data_parallel=data_parallel,
         cuda=not cpu_only, trt_streams=trt_streams, cuda_graphs=not no_cuda_graphs, gemm_n=gemm_size,
     )
     say = (lambda s: None) if quiet else (lambda s: click.echo(f"bench: {s}", err=True))
