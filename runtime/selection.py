@@ -121,11 +121,11 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
         raise InputError(f"{manifest.root}: precision {precision} exists only as a TensorRT engine, which cannot "
                          f"run here ({'; '.join(notes) or 'backend onnxruntime was asked for'})")
     entry = manifest.precisions[precision]
-    cpu_flavour = entry.get("onnxruntime_cpu")
+    cpu_flavour = entry.get("onnxruntime_cpu") or entry.get("onnxruntime_optimized")
     if cpu_flavour and not set(providers) & {"CUDAExecutionProvider", "TensorrtExecutionProvider"}:
-        # INT8 on the CPU provider: the graph quantized for ONNX Runtime's CPU kernels (uint8
-        # activations), not the TensorRT-placed Q/DQ graph, which runs slower there.
-        notes.append(f"int8 on CPU: using {cpu_flavour['file']}, the ONNX Runtime CPU flavour")
+        # On the CPU provider: INT8 quantized for ONNX Runtime's CPU kernels (uint8 activations), not
+        # the TensorRT-placed Q/DQ graph, which runs slower there; FP32 with ONNX Runtime's fusions.
+        notes.append(f"{precision} on CPU: using {cpu_flavour['file']}, the ONNX Runtime CPU flavour")
         entry = cpu_flavour
     return Choice("onnxruntime", precision, str(entry["file"]), str(entry["sha256"]), providers=providers,
                   notes=tuple(notes))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import json
 from pathlib import Path
 
@@ -41,8 +43,28 @@ def test_demo_export_manifest_and_symbolic_batch(demo_artifacts: Path) -> None:
     assert [o.name for o in proto.graph.output] == ["logits", "embedding"]
     assert m.data["inputs"][0]["shape"] == ["batch", 3, 224, 224]
     report = json.loads((demo_artifacts / "report.json").read_text())
-    assert report["passed"] and [s["stage"] for s in report["stages"]] == ["onnx_checker", "io_signature", "onnxruntime_parity"]
-    assert (demo_artifacts / "report.md").read_text().count("| pass |") == 3
+    assert report["passed"] and [s["stage"] for s in report["stages"]] == [
+        "onnx_checker", "io_signature", "onnxruntime_parity", "ort_fused_fp32"]
+    assert (demo_artifacts / "report.md").read_text().count("| pass |") == 4
+
+
+def test_demo_fused_fp32_flavour_matches_and_is_what_the_cpu_runtime_loads(demo_artifacts: Path) -> None:
+    from vitmsn.runtime.selection import choose
+
+    m = Manifest.load(demo_artifacts)
+    flavour = m.precisions["fp32"]["onnxruntime_optimized"]
+    path = demo_artifacts / flavour["file"]
+    assert flavour["file"] == "model.fp32.ort.onnx" and flavour["sha256"] == sha256_file(path)
+    layers = m.data["model"]["config"]["num_hidden_layers"]
+    ops = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    assert ops["Attention"] == layers and ops["SkipLayerNormalization"] >= layers and ops["BiasGelu"] == layers
+    x = np.random.default_rng(7).standard_normal((4, 3, 224, 224), dtype=np.float32)
+    fused = _ort(path).run(["logits", "embedding"], {"pixel_values": x})
+    plain = _ort(demo_artifacts / "model.fp32.onnx").run(["logits", "embedding"], {"pixel_values": x})
+    for got, ref in zip(fused, plain):
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
+    choice = choose(m, "onnxruntime", "fp32")  # CPU provider only on this machine
+    assert choice.file == "model.fp32.ort.onnx" and choice.sha256 == flavour["sha256"]
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])

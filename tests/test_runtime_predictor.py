@@ -7,6 +7,8 @@ scores are more than 1e-4 apart. Thread safety is checked by exact equality.
 
 from __future__ import annotations
 
+import json
+
 import shutil
 import threading
 from pathlib import Path
@@ -194,10 +196,15 @@ def test_context_manager_frees_the_session(rt_cls: Exported) -> None:
 def test_a_changed_model_file_is_refused(rt_cls: Exported, tmp_path: Path) -> None:
     copy = tmp_path / "artifacts"
     shutil.copytree(rt_cls.artifacts, copy)
-    with open(copy / "model.fp32.onnx", "ab") as f:
-        f.write(b"\0")
-    with pytest.raises(InputError, match="SHA-256 .* does not match the manifest"):
-        Predictor.from_artifacts(copy)
+    for name in ("model.fp32.ort.onnx", "model.fp32.onnx"):  # the CPU flavour the runtime loads, then the graph
+        with open(copy / name, "ab") as f:
+            f.write(b"\0")
+        with pytest.raises(InputError, match="SHA-256 .* does not match the manifest"):
+            Predictor.from_artifacts(copy, precision="fp32")
+        if name == "model.fp32.ort.onnx":  # without the flavour in the manifest the plain graph is loaded and checked
+            data = json.loads((copy / "manifest.json").read_text())
+            del data["precisions"]["fp32"]["onnxruntime_optimized"]
+            (copy / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(InputError, match="precision 'int8' was not exported"):
         Predictor.from_artifacts(rt_cls.artifacts, precision="int8")
     with pytest.raises(InputError, match="not an artifacts directory"):

@@ -62,6 +62,9 @@ def _default_out(model: str) -> Path:
                    "kept in high precision each time, until the gate holds; the passing graph replaces model.int8.onnx "
                    "(slower than fully INT8; the manifest and report record every try). Each try is a full "
                    "calibration; 0 disables.")
+@click.option("--fp32-cpu/--no-fp32-cpu", default=True, show_default=True,
+              help="Also write model.fp32.ort.onnx, the FP32 graph with ONNX Runtime's transformer fusions (checked "
+                   "against model.fp32.onnx), which the runtime loads on ONNX Runtime's CPU provider.")
 @click.option("--int8-cpu/--no-int8-cpu", default=True, show_default=True,
               help="Also write model.int8.cpu.onnx, INT8 placed for ONNX Runtime on CPU.")
 @click.option("--workspace", metavar="SIZE", help="Engine builder workspace limit, e.g. 2G, 512M.")
@@ -76,7 +79,7 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
             calib_samples: int, batch: str, opset: int, engine: str, target: str, validate_images: Path | None,
             fail_on_drift: bool, min_top1_agreement: str | None, min_cosine: str | None, max_accuracy_drop: str | None,
             calib_seed: int, calib_min_images: int, calib_cache: Path | None, fp16_io: bool, int8_method: str,
-            int8_exclude: tuple[str, ...], int8_high_precision: str, int8_quantize_attention: bool, int8_max_tries: int, int8_cpu: bool,
+            int8_exclude: tuple[str, ...], int8_high_precision: str, int8_quantize_attention: bool, int8_max_tries: int, fp32_cpu: bool, int8_cpu: bool,
             workspace: str | None,
             timing_cache: Path | None, builder_opt_level: int | None, hardware_compat: str, version_compat: bool,
             aot_targets: str | None, verbose: bool) -> None:
@@ -114,7 +117,7 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
             batch=batch_range, opset=opset, engine=engine, target=target, calib_images=calib_images,
             calib_samples=calib_samples, calib_seed=calib_seed, calib_min_images=calib_min_images, calib_cache=calib_cache,
             validate_images=validate_images, fail_on_drift=fail_on_drift, fp16_io=fp16_io, int8_method=int8_method,
-            int8_exclude=tuple(int8_exclude), int8_high_precision=int8_high_precision, int8_cpu=int8_cpu,
+            int8_exclude=tuple(int8_exclude), int8_high_precision=int8_high_precision, int8_cpu=int8_cpu, fp32_cpu=fp32_cpu,
             int8_quantize_attention=int8_quantize_attention,
             int8_max_tries=int8_max_tries,
             engine_options=engine_options, verbose=verbose,
