@@ -113,7 +113,7 @@ def test_validate_images_writes_the_drift_reports(data, tmp_path):
     assert "Accuracy-drift report" in html and "PASSED" in html and "data:image/png;base64," in html
     md = (out / "report.md").read_text()
     assert "# Accuracy-drift report" in md and "| drift_validation | pass |" in md
-    assert "validate 1 backend(s)" in result.output  # the validation's progress was shown
+    assert "validate 2 backend(s)" in result.output  # progress shown: model.fp32.onnx and its ORT-fused flavour
 
 
 def test_validate_images_failed_gate_fails_the_export_and_says_so_everywhere(data, tmp_path):

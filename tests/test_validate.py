@@ -56,7 +56,9 @@ def test_demo_int8_report_agrees_with_independent_computation(demo_int8_artifact
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     by_precision = {r["precision"]: r for r in report["results"] if not r["variant"]}
-    assert {r["variant"] for r in report["results"]} == {"", "onnxruntime_cpu"}  # both INT8 flavours were run
+    # every graph and CPU flavour was run: both INT8 graphs, the FP32 graph and its ONNX Runtime-fused flavour
+    assert {(r["precision"], r["variant"]) for r in report["results"]} == {
+        ("fp32", ""), ("fp32", "onnxruntime_optimized"), ("int8", ""), ("int8", "onnxruntime_cpu")}
     assert set(by_precision) == {"fp32", "int8"} and report["gates_passed"] is True
     assert "validate" in result.stderr  # progress was shown
 
