@@ -155,16 +155,19 @@ def _quantize(fp32_path: Path, out_path: Path, calibration: np.ndarray, method: 
                     "DefaultTensorType": onnx.TensorProto.FLOAT,
                 },
             )
-            fused = _fuse_for_ort(Path(tmp_out), calibration[:4], input_name)
+            fused = _fuse_for_ort(Path(tmp_out), Path(fp32_path), calibration[:8], input_name)
             counts = Counter(n.op_type for n in onnx.load(str(tmp_out), load_external_data=False).graph.node)
     return {"quantized_nodes": nodes, "counts": dict(counts), "fused": fused}
 
 
-def _fuse_for_ort(path: Path, sample: np.ndarray, input_name: str) -> dict[str, Any]:
+def _fuse_for_ort(path: Path, fp32_path: Path, sample: np.ndarray, input_name: str) -> dict[str, Any]:
     """Fuse what stays FP32 around the integer GEMMs, in place: bias + GELU -> ``BiasGelu``, residual
     add + LayerNorm -> ``SkipLayerNormalization`` (ONNX Runtime's transformer optimizer, attention
-    fusion off: the Q/DQ projections do not match it). Kept only when the fused graph gives the
-    same top-1 and a cosine >= 0.9999 on ``sample`` against the unfused one; the result says which.
+    fusion off: the Q/DQ projections do not match it). Kept only when, on ``sample``, the fused graph
+    stays within cosine 0.999 of the unfused one and its mean cosine to the FP32 graph is no more
+    than 5e-4 below the unfused graph's: fusing changes float rounding in front of each
+    QuantizeLinear, which moves a few values to the next INT8 step, so an exact match is not the
+    bar; staying as close to FP32 as before is. The result says which, with the figures.
     """
     import onnxruntime as ort
     from onnx import helper
@@ -199,12 +202,19 @@ def _fuse_for_ort(path: Path, sample: np.ndarray, input_name: str) -> dict[str, 
         if not done:
             return {"applied": False, "reason": "no fusion pattern matched"}
         onnx.save_model(fused, str(candidate))
-        a, b = outputs(path), outputs(candidate)
-        cos = float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
-        if cos < 0.9999 or not np.array_equal(a.argmax(1), b.argmax(1)):
-            return {"applied": False, "reason": f"fused graph drifted from the unfused one (cosine {cos:.6f})"}
+        ref, a, b = outputs(fp32_path), outputs(path), outputs(candidate)
+        cos = float(np.min(_cosine(a, b)))
+        to_fp32 = {"unfused": float(np.mean(_cosine(a, ref))), "fused": float(np.mean(_cosine(b, ref)))}
+        figures = {"cosine_vs_unfused_min": round(cos, 6),
+                   "cosine_vs_fp32_mean": {k: round(v, 6) for k, v in to_fp32.items()}}
+        if cos < 0.999 or to_fp32["fused"] < to_fp32["unfused"] - 5e-4:
+            return {"applied": False, "reason": "the fused graph drifted from the unfused one", **figures}
         path.write_bytes(candidate.read_bytes())  # path is the atomic_path temp file: the rename comes after
-    return {"applied": True, "fused_ops": done, "cosine_vs_unfused": round(cos, 6)}
+    return {"applied": True, "fused_ops": done, **figures}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
 
 def _main(argv: Sequence[str] | None = None) -> None:
