@@ -130,6 +130,12 @@ def test_cpu_flavour_is_uint8_and_fuses_to_integer_matmuls(tiny: dict, tmp_path:
     assert fused["MatMulIntegerToFloat"] == len(tiny["cpu"].quantized_nodes) > 0
     assert fused["QLinearMatMul"] == 0
     assert tiny["cpu"].to_manifest()["activations"].startswith("uint8")
+    # Q.K^T is INT8 too, softmax.V is not (traced independently of the quantizer's own selection)
+    operands = _matmul_operands(onnx.load(str(tiny["fp32"]), load_external_data=False))
+    scores = {n for n, ops in operands.items() if "weight" not in ops and "Softmax" not in ops}
+    context = {n for n, ops in operands.items() if "Softmax" in ops}
+    assert len(scores) == len(context) == TINY_CONFIG["num_hidden_layers"]
+    assert scores <= set(tiny["cpu"].quantized_nodes) and context.isdisjoint(tiny["cpu"].quantized_nodes)
     # what stays FP32 between the integer GEMMs is fused (one BiasGelu per block, two SkipLayerNorms
     # per block but the first block's first, which reads the embeddings' plain LayerNorm)
     blocks = TINY_CONFIG["num_hidden_layers"]
