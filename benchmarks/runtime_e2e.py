@@ -85,22 +85,74 @@ def preprocess_worker(images: list[Path], repeats: int) -> dict:
     exact = PreprocessConfig.from_preprocessor_config(DEFAULT_PREPROCESSOR_CONFIG)
     draft = dataclasses.replace(exact, draft=True)
     out = np.empty((3, exact.height, exact.width), np.float32)
-    result: dict = {}
-    for name, cfg in (("exact", exact), ("draft", draft)):
+    size, resample = (exact.width, exact.height), exact.resample
+
+    def pillow_decode(path: Path) -> None:
+        with Image.open(path) as im:
+            im.load()
+
+    def pillow_decode_resize(path: Path) -> None:
+        with Image.open(path) as im:
+            im.resize(size, resample=resample, reducing_gap=None)
+
+    # The two Pillow-only rows are the floor of any exact path built on Pillow: the same JPEG
+    # decode and the same resize that transformers' processor runs, with nothing of ours around them.
+    variants = {"exact": lambda p: exact(p, out), "draft": lambda p: draft(p, out),
+                "pillow decode only": pillow_decode, "pillow decode + resize": pillow_decode_resize}
+    for fn in variants.values():
         for path in images[:4]:
-            cfg(path, out)  # warm up
-        wall, cpu = [], []
-        for _ in range(repeats):
+            fn(path)  # warm up
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):  # variants interleaved, so that load from other processes hits all alike
+        for name, fn in variants.items():
             for path in images:
                 w, c = time.perf_counter(), time.thread_time()
-                cfg(path, out)
-                cpu.append(time.thread_time() - c)
-                wall.append(time.perf_counter() - w)
-        result[name] = {"wall_ms_median": 1e3 * statistics.median(wall), "cpu_ms_median": 1e3 * statistics.median(cpu),
-                        "cpu_ms_min": 1e3 * min(cpu),
-                        "wall_ms_p90": 1e3 * float(np.percentile(wall, 90)), "n": len(wall)}
+                fn(path)
+                cpu[name].append(time.thread_time() - c)
+                wall[name].append(time.perf_counter() - w)
+    result: dict = {}
+    for name in variants:
+        result[name] = {"wall_ms_median": 1e3 * statistics.median(wall[name]),
+                        "cpu_ms_median": 1e3 * statistics.median(cpu[name]), "cpu_ms_min": 1e3 * min(cpu[name]),
+                        "wall_ms_p90": 1e3 * float(np.percentile(wall[name], 90)), "n": len(wall[name])}
     diffs = [np.abs(exact(p) - draft(p)) for p in images[:16]]
     result["draft_vs_exact"] = {"max_abs": float(max(d.max() for d in diffs)), "mean_abs": float(np.mean([d.mean() for d in diffs]))}
+    return result
+
+
+def draft_worker(artifacts: Path, count: int) -> dict:
+    """What ``draft=True`` does to predictions: the trained demo classifier on ``count`` 640x480
+    JPEG renders of its classes (large enough that draft really decodes at half size), exact vs
+    draft preprocessing, ONNX Runtime FP32 on the CPU."""
+    from vitmsn.export.demo.shapes import LABELS, render  # numpy + Pillow only
+    from vitmsn.runtime import Predictor
+
+    rng = np.random.default_rng(20261123)
+    with tempfile.TemporaryDirectory(prefix="vitmsn-draft-") as tmp:
+        paths, truth = [], []
+        for i in range(count):
+            label = LABELS[i % len(LABELS)]
+            path = Path(tmp) / f"{i:04d}.jpg"
+            render(label, rng, size=(640, 480)).save(path, format="JPEG", quality=90)
+            paths.append(path)
+            truth.append(label)
+        logits = {}
+        for name, is_draft in (("exact", False), ("draft", True)):
+            with Predictor.from_artifacts(artifacts, backend="onnxruntime", precision="fp32", draft=is_draft) as p:
+                x, errors = p.preprocess_images(paths)
+                if any(errors):
+                    raise SystemExit(f"draft worker: preprocessing failed: {[e for e in errors if e][:3]}")
+                output = p.infer(x)
+                logits[name] = output["logits"].reshape(len(paths), -1)
+                labels = p.labels
+    a, b = logits["exact"], logits["draft"]
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    top_a, top_b = a.argmax(1), b.argmax(1)
+    result = {"images": count, "top1_agreement": float((top_a == top_b).mean()), "cosine_min": float(cos.min()),
+              "cosine_mean": float(cos.mean())}
+    result["accuracy"] = {k: float(np.mean([labels.get(int(j)) == t for j, t in zip(v.argmax(1), truth)]))
+                          for k, v in logits.items()}
     return result
 
 
@@ -139,17 +191,26 @@ def _run_worker(args: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def report(pre: dict, e2e: dict | None) -> str:
+def report(pre: dict, e2e: dict | None, draft: dict | None = None) -> str:
     lines = ["## Preprocessing, 640x480 JPEG -> 224x224 float32 (decode included, one core)", "",
              "| path | median ms (wall) | median ms (CPU) | min ms (CPU) | p90 ms (wall) |", "|---|---:|---:|---:|---:|"]
-    for name in ("exact", "draft"):
+    for name in ("exact", "draft", "pillow decode only", "pillow decode + resize"):
         r = pre[name]
         lines.append(f"| {name} | {r['wall_ms_median']:.2f} | {r['cpu_ms_median']:.2f} | {r['cpu_ms_min']:.2f} | "
                      f"{r['wall_ms_p90']:.2f} |")
     d = pre["draft_vs_exact"]
     lines += ["", "(CPU = this thread's CPU time: what one core spends, without the time other processes took the core)",
               "", f"draft vs exact pixels (normalised units): max abs {d['max_abs']:.3f}, mean abs {d['mean_abs']:.4f} "
-              "(exact matches transformers bit for bit; draft does not)", ""]
+              "(exact matches transformers bit for bit; draft does not)", "",
+              "The two pillow rows call only Pillow (open + decode, then the recorded resize) with nothing of "
+              "vitmsn around them: the floor of an exact path on this core.", ""]
+    if draft:
+        lines += [f"## What draft does to predictions (trained demo model, {draft['images']} 640x480 JPEG renders, "
+                  "ONNX Runtime FP32)", "",
+                  "| top-1 agreement draft vs exact | minimum logit cosine | mean logit cosine | accuracy exact | "
+                  "accuracy draft |", "|---:|---:|---:|---:|---:|",
+                  f"| {draft['top1_agreement']:.3f} | {draft['cosine_min']:.5f} | {draft['cosine_mean']:.5f} | "
+                  f"{draft['accuracy']['exact']:.3f} | {draft['accuracy']['draft']:.3f} |", ""]
     if e2e:
         med_raw, med_e2e = statistics.median(e2e["raw"]), statistics.median(e2e["e2e"])
         mb = 1024 * 1024
@@ -172,8 +233,11 @@ def report(pre: dict, e2e: dict | None) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in ("--preprocess-worker", "--e2e-worker"):
+    if len(sys.argv) > 1 and sys.argv[1] in ("--preprocess-worker", "--e2e-worker", "--draft-worker"):
         kind, payload = sys.argv[1], json.loads(sys.argv[2])
+        if kind == "--draft-worker":
+            print(json.dumps(draft_worker(Path(payload["artifacts"]), payload["count"])))
+            return
         images = [Path(p) for p in payload["images"]]
         if kind == "--preprocess-worker":
             print(json.dumps(preprocess_worker(images, payload["repeats"])))
@@ -190,6 +254,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
     parser.add_argument("--repeats", type=int, default=5, help="passes over the images in the preprocessing timing")
     parser.add_argument("--preprocess-only", action="store_true")
+    parser.add_argument("--demo-artifacts", type=Path, default=Path("artifacts/bench/demo"),
+                        help="a demo-model export, for what draft=True does to predictions (skipped when absent; "
+                             "make one with vitmsn-export --model demo --out DIR)")
+    parser.add_argument("--draft-images", type=int, default=400)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vitmsn-bench-") as tmp:
@@ -197,15 +265,22 @@ def main() -> None:
         if not images:
             raise SystemExit(f"{args.images}: no .jpg files")
         pre = _run_worker(["--preprocess-worker", json.dumps({"images": [str(p) for p in images[:32]], "repeats": args.repeats})])
+        draft = None
+        if (args.demo_artifacts / "manifest.json").is_file():
+            draft = _run_worker(["--draft-worker", json.dumps({"artifacts": str(args.demo_artifacts),
+                                                               "count": args.draft_images})])
+        else:
+            print(f"{args.demo_artifacts}: no manifest.json, so draft's effect on predictions is not measured",
+                  file=sys.stderr)
         e2e = None
         if not args.preprocess_only:
             artifacts = args.artifacts or export_vits(Path(tmp) / "vits")
             e2e = _run_worker(["--e2e-worker", json.dumps({"artifacts": str(artifacts), "images": [str(p) for p in images],
                                                            "batch": args.batch, "rounds": args.rounds,
                                                            "threads": args.threads})])
-        print(report(pre, e2e))
+        print(report(pre, e2e, draft))
         if args.json:
-            args.json.write_text(json.dumps({"preprocess": pre, "e2e": e2e}, indent=2))
+            args.json.write_text(json.dumps({"preprocess": pre, "e2e": e2e, "draft": draft}, indent=2))
 
 
 if __name__ == "__main__":

@@ -89,3 +89,17 @@ def test_the_installed_command_reads_stdin_and_sets_the_exit_code(rt_cls: Export
     entries = json.loads(result.stdout)
     assert entries[0]["input"] == "-" and len(entries[0]["predictions"]) == 1
     assert "too large to decode safely" in entries[1]["error"]
+
+
+def test_draft_flag_uses_the_draft_decoder(rt_cls: Exported, tmp_path: Path) -> None:
+    big = tmp_path / "big.jpg"
+    photo(640, 480, seed=7).save(big, quality=90)
+    code, out, _ = invoke(str(rt_cls.artifacts), str(big), "--json", "--top-k", "3", "--draft")
+    assert code == 0
+    scores = [x["score"] for x in json.loads(out)[0]["predictions"]]
+    expected = {}
+    for draft in (False, True):
+        with Predictor.from_artifacts(rt_cls.artifacts, draft=draft) as p:
+            expected[draft] = [x.score for x in p.predict(str(big), top_k=3)]
+    assert scores == expected[True]
+    assert max(abs(a - b) for a, b in zip(expected[True], expected[False])) > 1e-6  # draft really decodes differently

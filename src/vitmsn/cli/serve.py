@@ -24,6 +24,7 @@ from .common import handle_errors
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True)
 @click.option("--precision", default=None, help="fp32, fp16 or int8 [default: chosen for this machine].")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--draft", is_flag=True, help="Faster, inexact JPEG decoding (libjpeg DCT scaling to at least the model's input size): about 35% less preprocessing time, pixels no longer match transformers to 1e-5 (see README, measured speed).")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Predictions per image unless a request asks for ?top_k=K.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
@@ -45,7 +46,7 @@ from .common import handle_errors
               show_default=True)
 @handle_errors
 def command(artifacts: Path, host: str, port: int, backend: str, precision: str | None, threads: int | None,
-            top_k: int, max_batch: int | None, max_wait_ms: float, max_queue: int, max_body_bytes: int,
+            draft: bool, top_k: int, max_batch: int | None, max_wait_ms: float, max_queue: int, max_body_bytes: int,
             request_timeout: float, shutdown_timeout: float, decode_threads: int | None, access_log: bool,
             log_level: str) -> None:
     """Serve ARTIFACTS over HTTP: POST /predict (image bytes in, JSON out), GET /healthz, GET /metrics.
@@ -62,7 +63,7 @@ def command(artifacts: Path, host: str, port: int, backend: str, precision: str 
                            shutdown_timeout_s=shutdown_timeout, decode_threads=decode_threads,
                            access_log=access_log)
     with Predictor.from_artifacts(artifacts, backend=backend, precision=precision and precision.lower(),
-                                  threads=threads) as predictor:
+                                  threads=threads, draft=draft) as predictor:
         sock = bind_socket(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         url = f"http://{f'[{bound_host}]' if sock.family == socket.AF_INET6 else bound_host}:{bound_port}"
