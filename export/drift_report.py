@@ -78,7 +78,7 @@ def report_dict(result: ValidationResult, previous: dict[str, Any] | None = None
     merged.update(ours)
     if any(s.get("stage") == VALIDATION_STAGE for s in merged.get("stages") or []):
         # the export's own run of this validation (--validate-images): this run's verdict replaces it
-        merged["stages"] = [_validation_stage(result, ours["passed"]) if s.get("stage") == VALIDATION_STAGE else s
+        merged["stages"] = [validation_stage(result) if s.get("stage") == VALIDATION_STAGE else s
                             for s in merged["stages"]]
         if "failed_stages" in merged:
             merged["failed_stages"] = [s["stage"] for s in merged["stages"] if not s.get("passed", False)]
@@ -87,13 +87,16 @@ def report_dict(result: ValidationResult, previous: dict[str, Any] | None = None
     return merged
 
 
-def _validation_stage(result: ValidationResult, passed: bool) -> dict[str, Any]:
-    failures = result.failures()
-    detail = "; ".join(failures) if failures else (
-        f"{len(result.results)} backend/precision result(s) vs PyTorch FP32 on {len(result.evaluated)} image(s): "
-        + ("every gate passed" if passed else "failed"))
-    return {"stage": VALIDATION_STAGE, "passed": bool(passed), "detail": detail,
-            "metrics": {"images": len(result.evaluated)}}
+def validation_stage(result: ValidationResult, source: str | Path | None = None) -> dict[str, Any]:
+    """The export's ``drift_validation`` stage (``--validate-images``) for ``result``, the images read from
+    ``source``: written by the export, and replaced by a later ``vitmsn validate`` on the same directory."""
+    n = len(result.evaluated)
+    where = f" of {source}" if source is not None else ""
+    detail = ("; ".join(result.failures()) or "failed") if not result.passed else (
+        f"{len(result.results)} backend/precision result(s) vs PyTorch FP32 on {n} image(s){where}: every gate passed")
+    return {"stage": VALIDATION_STAGE, "passed": bool(result.passed), "detail": detail,
+            "metrics": {"images": n, "skipped_images": len(result.skipped_images),
+                        "results": {r.name: r.passed for r in result.results}, "failures": result.failures()}}
 
 
 def read_previous(directory: Path) -> dict[str, Any] | None:

@@ -21,9 +21,11 @@ only ~1.2x faster than FP32. This flavour is placed for ONNX Runtime instead:
   float output, scales folded in) and nothing is requantized between layers;
 * then what stays FP32 between the integer GEMMs is fused by ONNX Runtime's transformer optimizer
   (bias + GELU -> ``BiasGelu``, residual add + LayerNorm -> ``SkipLayerNormalization``), kept only
-  when it matches the unfused graph (``ort_fusion`` in the manifest). The GEMMs run about 2.1x
-  faster than FP32 MLAS on AVX2 without VNNI (profiled, ViT-S batch 8), so the FP32 remainder
-  (bias adds, GELU, LayerNorm, attention) is what holds the whole-model ratio near 1.5x.
+  when it matches the unfused graph (``ort_fusion`` in the manifest). Profiled on ViT-S at batch 8,
+  the integer GEMMs (``MatMulIntegerToFloat``) are 69% of the INT8 graph's kernel time; on AVX2
+  without VNNI (``vpmaddubsw``) they run at most about 2x FP32, which holds the whole-model ratio
+  near 1.5x. Merging the Q/K/V GEMMs into one and folding the score scale into a dequantize
+  scale were measured too: bit-identical output, no speed-up (0.99x), so neither is done.
 
 ``benchmarks/int8_cpu.py`` measures it against FP32 on ONNX Runtime in the same run.
 
@@ -187,18 +189,16 @@ def _fuse_for_ort(path: Path, fp32_path: Path, sample: np.ndarray, input_name: s
     QuantizeLinear, which moves a few values to the next INT8 step, so an exact match is not the
     bar; staying as close to FP32 as before is. The result says which, with the figures.
     """
-    import onnxruntime as ort
     from onnx import helper
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from .comparison import onnxruntime_outputs
+    from .drift_metrics import cosine_similarity
     from .ort_optimize import rewrite_for_ort_fusion
 
-    def outputs(p: Path) -> np.ndarray:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-        return sess.run(None, {input_name: np.ascontiguousarray(sample, dtype=np.float32)})[0].reshape(len(sample), -1)
+    def outputs(p: Path) -> np.ndarray:  # the graph's first output (logits or last_hidden_state)
+        return next(iter(onnxruntime_outputs(p, sample, input_name).values()))
 
     model = onnx.load(str(path))
     rewrite_for_ort_fusion(model)
@@ -221,18 +221,14 @@ def _fuse_for_ort(path: Path, fp32_path: Path, sample: np.ndarray, input_name: s
             return {"applied": False, "reason": "no fusion pattern matched"}
         onnx.save_model(fused, str(candidate))
         ref, a, b = outputs(fp32_path), outputs(path), outputs(candidate)
-        cos = float(np.min(_cosine(a, b)))
-        to_fp32 = {"unfused": float(np.mean(_cosine(a, ref))), "fused": float(np.mean(_cosine(b, ref)))}
+        cos = float(np.min(cosine_similarity(b, a)))
+        to_fp32 = {"unfused": float(np.mean(cosine_similarity(a, ref))), "fused": float(np.mean(cosine_similarity(b, ref)))}
         figures = {"cosine_vs_unfused_min": round(cos, 6),
                    "cosine_vs_fp32_mean": {k: round(v, 6) for k, v in to_fp32.items()}}
         if cos < 0.999 or to_fp32["fused"] < to_fp32["unfused"] - 5e-4:
             return {"applied": False, "reason": "the fused graph drifted from the unfused one", **figures}
         path.write_bytes(candidate.read_bytes())  # path is the atomic_path temp file: the rename comes after
     return {"applied": True, "fused_ops": done, **figures}
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
 
 def _main(argv: Sequence[str] | None = None) -> None:

@@ -42,7 +42,7 @@ from . import checks
 from .checkpoint import Checkpoint, load_checkpoint
 from .comparison import comparison_inputs, outputs_in_batches
 from .drift_gates import Gates
-from .drift_report import write_drift_reports
+from .drift_report import VALIDATION_STAGE, validation_stage, write_drift_reports
 from .engine import EngineOptions, builder_status
 from .fp16 import Fp16Options
 from .int8 import Int8Options
@@ -241,24 +241,17 @@ def drift_validation(manifest: Manifest, opts: ExportOptions,
     """
     broken = [s.stage for s in stages if not s.passed and not s.stage.startswith(("drift_", "requantize_"))]
     if broken:
-        return None, checks.skipped("drift_validation", f"{', '.join(broken)} failed")
+        return None, checks.skipped(VALIDATION_STAGE, f"{', '.join(broken)} failed")
     int8 = manifest.precisions.get("int8", {})
     try:
         v = validate_artifacts(manifest, opts.validate_images, gates=opts.gates)
     except InputError as exc:
-        return None, checks.StageResult("drift_validation", False, f"--validate-images {opts.validate_images}: {exc}")
+        return None, checks.StageResult(VALIDATION_STAGE, False, f"--validate-images {opts.validate_images}: {exc}")
     if int8.get("requantization"):  # shown in report.md/.html next to the figures of the graph kept
         v.extra["requantization"] = {k: val for k, val in int8["requantization"].items() if k != "sensitivity"}
         v.extra["sensitivity"] = int8["requantization"]["sensitivity"]
-    n = len(v.evaluated)
-    metrics = {"images": n, "skipped_images": len(v.skipped_images),
-               "results": {r.name: r.passed for r in v.results}, "failures": v.failures()}
-    if v.passed:
-        detail = (f"{len(v.results)} backend/precision result(s) vs PyTorch FP32 on {n} image(s) of "
-                  f"{opts.validate_images}: every gate passed")
-    else:
-        detail = "; ".join(v.failures())
-    return v, checks.StageResult("drift_validation", v.passed, detail, metrics)
+    stage = validation_stage(v, opts.validate_images)
+    return v, checks.StageResult(VALIDATION_STAGE, stage["passed"], stage["detail"], stage["metrics"])
 
 
 def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint, entry: dict[str, Any]) -> checks.StageResult:

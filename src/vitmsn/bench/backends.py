@@ -134,6 +134,8 @@ class OnnxRuntimeBackend(BenchBackend):
         self.path, self.input_name, self.precision, self.device = Path(path), input_name, precision, device
         self.variant, self.threads, self.graph_optimization = variant, threads, graph_optimization
         self.allow_spinning, self.sessions = allow_spinning, max(1, sessions)
+        # intra-op threads per session: the thread budget shared out when the batch is split
+        self.session_threads = max(1, (threads or 1) // self.sessions) if self.sessions > 1 else threads
         self.runners: list[Any] = []
         self._pool: Any = None
 
@@ -150,10 +152,9 @@ class OnnxRuntimeBackend(BenchBackend):
         from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
         providers = ["cuda", "cpu"] if self.device.startswith("cuda") else ["cpu"]
-        threads = max(1, (self.threads or 1) // self.sessions) if self.sessions > 1 else self.threads
         for _ in range(self.sessions):
             runner = OnnxRuntimeRunner(self.path, precision=self.precision, providers=providers,
-                                       intra_op_threads=threads, inter_op_threads=1,
+                                       intra_op_threads=self.session_threads, inter_op_threads=1,
                                        graph_optimization=self.graph_optimization, allow_spinning=self.allow_spinning)
             runner.activate()
             self.runners.append(runner)
@@ -178,9 +179,8 @@ class OnnxRuntimeBackend(BenchBackend):
         return lambda: self.infer(feed)
 
     def info(self) -> dict[str, Any]:
-        threads = max(1, (self.threads or 1) // self.sessions) if self.sessions > 1 else self.threads
         return {"file": self.path.name, "providers": list(getattr(self.runner, "providers", [])),
-                "session": {"intra_op_threads": threads, "inter_op_threads": 1, "sessions": self.sessions,
+                "session": {"intra_op_threads": self.session_threads, "inter_op_threads": 1, "sessions": self.sessions,
                             "graph_optimization": self.graph_optimization, "allow_spinning": self.allow_spinning}}
 
     def close(self) -> None:
