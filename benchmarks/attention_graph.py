@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from vitmsn.export.model import ViTMSNArch, ViTMSNClassifier
-from vitmsn.export.onnx_export import onnx_from_model
-from vitmsn.export.spec import BatchRange, ExportSpec
+from vitmsn.export.fp32.model import ViTMSNArch, ViTMSNClassifier
+from vitmsn.export.fp32.onnx_export import onnx_from_model
+from vitmsn.export.fp32.spec import BatchRange, ExportSpec
 
 VIT_S = ViTMSNArch(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, layer_norm_eps=1e-6)
 

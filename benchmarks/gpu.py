@@ -41,7 +41,7 @@ def bootstrap() -> None:
     """Make ``vitmsn`` importable from the working tree when it is not installed."""
     if importlib.util.find_spec("vitmsn") is not None:
         try:
-            import vitmsn.export.model  # noqa: F401
+            import vitmsn.export.fp32.model  # noqa: F401
 
             return
         except ImportError:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     from vitmsn.bench.report import markdown
     from vitmsn.bench.suite import derive
     from vitmsn.bench.timing import TimingPlan, time_interleaved
-    from vitmsn.export.model import ViTMSNArch, ViTMSNClassifier
+    from vitmsn.export.fp32.model import ViTMSNArch, ViTMSNClassifier
 
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():

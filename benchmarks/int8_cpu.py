@@ -29,9 +29,9 @@ import numpy as np
 def _export_vits(out: Path) -> Path:
     import torch
 
-    from vitmsn.export.model import ViTMSNArch, ViTMSNClassifier
-    from vitmsn.export.onnx_export import onnx_from_model
-    from vitmsn.export.spec import BatchRange, ExportSpec
+    from vitmsn.export.fp32.model import ViTMSNArch, ViTMSNClassifier
+    from vitmsn.export.fp32.onnx_export import onnx_from_model
+    from vitmsn.export.fp32.spec import BatchRange, ExportSpec
 
     torch.manual_seed(0)
     arch = ViTMSNArch(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.artifacts:
             graphs = {"fp32": a.artifacts / "model.fp32.onnx", "int8 (onnxruntime cpu)": a.artifacts / "model.int8.cpu.onnx"}
         else:
-            from vitmsn.export.int8_cpu import cpu_int8_onnx_from_calibration
+            from vitmsn.export.precision.int8_cpu import cpu_int8_onnx_from_calibration
 
             print("exporting a ViT-S-shaped model and calibrating ...", file=sys.stderr)
             fp32 = _export_vits(tmp)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             graphs = {"fp32": fp32, "int8 (onnxruntime cpu)": tmp / "model.int8.cpu.onnx"}
             cpu_int8_onnx_from_calibration(fp32, graphs["int8 (onnxruntime cpu)"], calib)
             if a.with_tensorrt_qdq:
-                from vitmsn.export.int8 import Int8Options, qdq_onnx_from_calibration
+                from vitmsn.export.precision.int8 import Int8Options, qdq_onnx_from_calibration
 
                 graphs["int8 (tensorrt q/dq, fp32 hp)"] = tmp / "model.int8.onnx"
                 qdq_onnx_from_calibration(fp32, graphs["int8 (tensorrt q/dq, fp32 hp)"], calib,

@@ -7,7 +7,7 @@ ONNX Runtime's defaults but the thread count pinned) and against PyTorch SDPA, i
 rounds, so the ratios hold even when the machine is shared. Prints a Markdown table.
 
 Levers: graph optimization level; intra-op thread count and spinning; the ONNX Runtime-fused
-graph (``vitmsn.export.ort_optimize``: Attention, SkipLayerNormalization, BiasGelu); data
+graph (``vitmsn.export.precision.ort_optimize``: Attention, SkipLayerNormalization, BiasGelu); data
 parallelism (the batch split over single-threaded sessions running side by side) instead of
 operator parallelism.
 """
@@ -44,8 +44,8 @@ def lever_table(artifacts: Path, batch_size: int = 8, threads: int = 2, rounds: 
 
     from vitmsn.bench.machine import load_average
     from vitmsn.bench.timing import TimingPlan, time_interleaved
-    from vitmsn.export.checkpoint import load_checkpoint
-    from vitmsn.export.ort_optimize import ort_optimized_onnx_from_fp32
+    from vitmsn.export.fp32.checkpoint import load_checkpoint
+    from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
     from vitmsn.runtime.manifest import Manifest
 
     torch.set_num_threads(threads)

@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     threads = reports["vit-s"]["options"]["threads"]
     cls = machine_class(reports["vit-s"]["machine"])
     say("profiling ONNX Runtime FP32 and measuring ONNX Runtime's own GEMM ceiling")
-    from vitmsn.export.model import ViTMSNArch
-    from vitmsn.export.ort_optimize import ort_optimized_onnx_from_fp32
+    from vitmsn.export.fp32.model import ViTMSNArch
+    from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
 
     vits = args.work / "vit-s"
     fused = ort_optimized_onnx_from_fp32(vits / "model.fp32.onnx", args.work / "vit-s.fp32.ort.onnx",

@@ -6,7 +6,7 @@ Builds (once, cached in ``--workdir``) a randomly initialised ViT-S-shaped class
 384, 12 layers, 6 heads, 1000 labels; transformers ``save_pretrained``), its FP32 export and,
 with ``--int8``, a ModelOpt INT8 graph (FP32 high precision, 32 calibration images); writes
 ``--images`` demo images (200-320 px sources, resized to 224 by the runtime's preprocessing).
-Then times :func:`vitmsn.export.validation.validate_artifacts` (PyTorch FP32 reference plus every
+Then times :func:`vitmsn.export.validation.validate.validate_artifacts` (PyTorch FP32 reference plus every
 ONNX Runtime precision, progress on stderr) and the three report files, and prints the figures.
 Random weights make the drift figures meaningless; this measures time only.
 """
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from vitmsn.export.drift_report import write_drift_reports
-    from vitmsn.export.validation import validate_artifacts
+    from vitmsn.export.validation.drift_report import write_drift_reports
+    from vitmsn.export.validation.validate import validate_artifacts
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

@@ -38,21 +38,21 @@ from vitmsn.calibration import CalibrationMethod, CalibrationOptions, Calibratio
 from vitmsn.errors import InputError, ValidationFailed
 from vitmsn.runtime.manifest import MANIFEST_NAME, PRECISIONS, SCHEMA_VERSION, Manifest, sha256_file
 
-from . import checks
-from .checkpoint import Checkpoint, load_checkpoint
-from .comparison import comparison_inputs, outputs_in_batches
-from .drift_gates import Gates
-from .drift_report import VALIDATION_STAGE, validation_stage, write_drift_reports
-from .engine import EngineOptions, builder_status
-from .fp16 import Fp16Options
-from .int8 import Int8Options
-from .model import EXPORT_ATTENTION, Attention
-from .onnx_export import onnx_from_model
-from .precisions import StepContext, engine_step, fp16_step, int8_step
-from .report import write_export_report
-from .spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
-from .validation import ValidationResult, validate_artifacts
-from .validation_inputs import image_set
+from vitmsn.export.fp32 import checks
+from vitmsn.export.fp32.checkpoint import Checkpoint, load_checkpoint
+from vitmsn.export.validation.comparison import comparison_inputs, outputs_in_batches
+from vitmsn.export.validation.gates import Gates
+from vitmsn.export.validation.drift_report import VALIDATION_STAGE, validation_stage, write_drift_reports
+from vitmsn.export.engines.builder import EngineOptions, builder_status
+from vitmsn.export.precision.fp16 import Fp16Options
+from vitmsn.export.precision.int8 import Int8Options
+from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention
+from vitmsn.export.fp32.onnx_export import onnx_from_model
+from vitmsn.export.precisions import StepContext, engine_step, fp16_step, int8_step
+from vitmsn.export.validation.report import write_export_report
+from vitmsn.export.fp32.spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
+from vitmsn.export.validation.validate import ValidationResult, validate_artifacts
+from vitmsn.export.validation.inputs import image_set
 
 log = logging.getLogger(__name__)
 FUSED_FP32_FILE = "model.fp32.ort.onnx"
@@ -259,7 +259,7 @@ def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint, entry: dict[str,
     reference graph, checked against it (atol 1e-4, rtol 1e-3) before it is written; recorded as the fp32 entry's
     ``onnxruntime_optimized`` flavour, which the runtime loads on ONNX Runtime's CPU provider (about 1.1x the
     plain graph's throughput on a ViT-S shape, ``benchmarks/``)."""
-    from .ort_optimize import ort_optimized_onnx_from_fp32
+    from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
 
     path = out / FUSED_FP32_FILE
     try:

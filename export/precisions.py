@@ -27,14 +27,14 @@ import onnx
 from vitmsn.calibration import CalibrationMethod, CalibrationSet
 from vitmsn.runtime.manifest import sha256_file
 
-from . import checks
-from .comparison import ComparisonInputs, compare_with_reference, onnxruntime_outputs
-from .drift_gates import Gates
-from .engine import EngineOptions, engine_from_onnx
-from .fp16 import Fp16Options, fp16_onnx_from_fp32
-from .int8 import Int8Options, Int8Result, qdq_onnx_from_calibration
-from .int8_cpu import cpu_int8_onnx_from_calibration
-from .spec import ExportSpec
+from vitmsn.export.fp32 import checks
+from vitmsn.export.validation.comparison import ComparisonInputs, compare_with_reference, onnxruntime_outputs
+from vitmsn.export.validation.gates import Gates
+from vitmsn.export.engines.builder import EngineOptions, engine_from_onnx
+from vitmsn.export.precision.fp16 import Fp16Options, fp16_onnx_from_fp32
+from vitmsn.export.precision.int8 import Int8Options, Int8Result, qdq_onnx_from_calibration
+from vitmsn.export.precision.int8_cpu import cpu_int8_onnx_from_calibration
+from vitmsn.export.fp32.spec import ExportSpec
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def requantize_within_gate(ctx: StepContext, options: Int8Options, calibration: 
     value is the manifest's ``requantization`` record: :meth:`RequantResult.to_dict` (each try's
     exclusions, gate figures and ONNX Runtime speed) plus the sensitivity ranking.
     """
-    from .requantize import GateCheck, int8_within_gate
+    from vitmsn.export.precision.requantize import GateCheck, int8_within_gate
 
     known = ctx.inputs.labels >= 0
     check = GateCheck(ctx.inputs.tensors, ctx.reference, ctx.gates, ctx.inputs.labels if known.any() else None,

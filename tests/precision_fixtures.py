@@ -33,9 +33,9 @@ def demo_available() -> bool:
 def demo_precision_run(base: Path) -> dict[str, Any]:
     """Export the demo at ``base/artifacts``: fp32+fp16+int8, int8 cpu flavour, RTX engines, held-out comparison."""
     from vitmsn.export.demo import write_dataset
-    from vitmsn.export.engine import EngineOptions
+    from vitmsn.export.engines.builder import EngineOptions
     from vitmsn.export.pipeline import ExportOptions, run_export
-    from vitmsn.export.spec import BatchRange
+    from vitmsn.export.fp32.spec import BatchRange
 
     base.mkdir(parents=True, exist_ok=True)
     calib, heldout = base / "calib", base / "heldout"

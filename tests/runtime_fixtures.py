@@ -40,7 +40,7 @@ class Exported:
 
 def _export(checkpoint: Path, out: Path) -> Path:
     from vitmsn.export.pipeline import ExportOptions, run_export
-    from vitmsn.export.spec import BatchRange
+    from vitmsn.export.fp32.spec import BatchRange
 
     run_export(ExportOptions(model=str(checkpoint), out=out, engine="skip", batch=BatchRange(1, 4, 8)))
     return out

@@ -123,7 +123,7 @@ def test_a_wrong_backend_fails_the_check_and_the_command(bench_tiny_artifacts: P
 
 def test_tolerances_match_the_export_parity_stage() -> None:
     from vitmsn.bench import correctness
-    from vitmsn.export import spec
+    from vitmsn.export.fp32 import spec
 
     assert (correctness.ATOL_FP32, correctness.RTOL_FP32) == (spec.ATOL_FP32, spec.RTOL_FP32)
     ref = {"logits": np.ones((2, 3), np.float32), "embedding": np.ones((2, 4), np.float32)}
@@ -155,8 +155,8 @@ def test_interleaved_timing_gives_every_row_its_samples() -> None:
 def test_ort_fused_graph_fuses_every_layer(bench_tiny_artifacts: Path, tmp_path: Path) -> None:  # noqa: F811
     import onnx
 
-    from vitmsn.export.model import ViTMSNArch
-    from vitmsn.export.ort_optimize import ort_optimized_onnx_from_fp32
+    from vitmsn.export.fp32.model import ViTMSNArch
+    from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
 
     arch = ViTMSNArch.from_config(TINY_CONFIG)
     layers = arch.num_hidden_layers

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vitmsn.errors import InputError
-from vitmsn.export.checkpoint import canonical_key, load_checkpoint
+from vitmsn.export.fp32.checkpoint import canonical_key, load_checkpoint
 
 from checkpoints import TINY_CONFIG, save_transformers, transformers_outputs
 

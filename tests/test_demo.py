@@ -44,7 +44,7 @@ def heldout(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="module")
 def checkpoint():
     pytest.importorskip("torch")
-    from vitmsn.export.checkpoint import load_checkpoint
+    from vitmsn.export.fp32.checkpoint import load_checkpoint
 
     return load_checkpoint("demo")
 
@@ -207,7 +207,7 @@ def test_training_script_writes_a_loadable_checkpoint_deterministically(tmp_path
     the same seed gives byte-identical weights."""
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from vitmsn.export.checkpoint import load_checkpoint
+    from vitmsn.export.fp32.checkpoint import load_checkpoint
     from vitmsn.export.demo import train
 
     first, second = tmp_path / "first", tmp_path / "second"

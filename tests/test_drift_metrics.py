@@ -1,4 +1,4 @@
-"""vitmsn.export.drift_metrics against cases computed by hand."""
+"""vitmsn.export.validation.metrics against cases computed by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vitmsn.export import drift_metrics as dm
+from vitmsn.export.validation import metrics as dm
 
 
 def test_cosine_hand_computed():
@@ -119,10 +119,10 @@ def test_shape_mismatch_is_an_error():
         dm.per_image(np.zeros((2, 3)), np.zeros((2, 4)))
 
 
-# ---- gates (vitmsn.export.drift_gates) ----------------------------------------------------------
+# ---- gates (vitmsn.export.validation.gates) ----------------------------------------------------------
 def test_threshold_forms():
     from vitmsn.errors import InputError
-    from vitmsn.export.drift_gates import parse_threshold
+    from vitmsn.export.validation.gates import parse_threshold
 
     assert parse_threshold(0.9, "--x") == {"*": 0.9}
     assert parse_threshold("0.9", "--x") == {"*": 0.9}
@@ -134,7 +134,7 @@ def test_threshold_forms():
 
 
 def test_gates_defaults_overrides_and_failures():
-    from vitmsn.export.drift_gates import DEFAULT_THRESHOLDS, Gates, evaluate
+    from vitmsn.export.validation.gates import DEFAULT_THRESHOLDS, Gates, evaluate
 
     gates = Gates.build(min_top1_agreement=0.5, min_cosine="int8=0.8")
     assert gates.for_precision("fp16").min_top1_agreement == 0.5
@@ -151,7 +151,7 @@ def test_gates_defaults_overrides_and_failures():
 
 
 def test_default_thresholds_are_ordered_by_precision():
-    from vitmsn.export.drift_gates import DEFAULT_THRESHOLDS as d
+    from vitmsn.export.validation.gates import DEFAULT_THRESHOLDS as d
 
     for name in ("min_top1_agreement", "min_cosine"):
         assert getattr(d["fp32"], name) > getattr(d["fp16"], name) > getattr(d["int8"], name)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from vitmsn.errors import InputError
-from vitmsn.export.engine import EngineOptions, builder_status, engine_from_onnx
-from vitmsn.export.spec import BatchRange
+from vitmsn.export.engines.builder import EngineOptions, builder_status, engine_from_onnx
+from vitmsn.export.fp32.spec import BatchRange
 
 from precision_fixtures import AOT_TARGET, demo_available, demo_precision_run, plan_profile_batches
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from vitmsn.errors import ValidationFailed
-from vitmsn.export import checks
-from vitmsn.export.checkpoint import load_checkpoint
+from vitmsn.export.fp32 import checks
+from vitmsn.export.fp32.checkpoint import load_checkpoint
 from vitmsn.export.pipeline import ExportOptions, fp32_stages, run_export
-from vitmsn.export.spec import ExportSpec
+from vitmsn.export.fp32.spec import ExportSpec
 from vitmsn.runtime.manifest import Manifest, sha256_file
 
 from checkpoints import ODD_CONFIG, TINY_CONFIG, save_transformers, transformers_outputs

@@ -167,7 +167,7 @@ def test_int8_failing_its_gate_is_requantized_until_it_holds(data, tmp_path):
     assert [g["group"] for g in rq["sensitivity"]["ranking"]][: len(rq["excluded"])] == rq["excluded"]
     # the file on disk is the passing graph: what the manifest hashes, with the excluded blocks unquantized
     assert entry["sha256"] == sha256_file(out / "model.int8.onnx")
-    from vitmsn.export.int8 import qdq_structure
+    from vitmsn.export.precision.int8 import qdq_structure
 
     quantized, plain = qdq_structure(onnx.load(str(out / "model.int8.onnx")))
     assert entry["excluded_nodes"] and set(entry["excluded_nodes"]) <= set(plain)
@@ -201,9 +201,9 @@ def test_int8_requantization_that_never_passes_keeps_the_first_graph_and_fails(d
     # the first, fully quantized graph is what stays on disk and in the manifest
     assert entry["exclude"] == [] and entry["excluded_nodes"] == []
     assert entry["sha256"] == sha256_file(out / "model.int8.onnx")
-    from vitmsn.export.int8 import qdq_structure, resolve_exclusions
+    from vitmsn.export.precision.int8 import qdq_structure, resolve_exclusions
 
-    from vitmsn.export.int8_cpu import linear_nodes
+    from vitmsn.export.precision.int8_cpu import linear_nodes
 
     fp32 = onnx.load(str(out / "model.fp32.onnx"))
     quantized, _ = qdq_structure(onnx.load(str(out / "model.int8.onnx")))

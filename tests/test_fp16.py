@@ -14,7 +14,7 @@ import onnx
 import pytest
 from demo_status import needs_trained_demo
 
-from vitmsn.export.fp16 import Fp16Options, fp16_onnx_from_fp32, fp32_compute_nodes
+from vitmsn.export.precision.fp16 import Fp16Options, fp16_onnx_from_fp32, fp32_compute_nodes
 from vitmsn.runtime.manifest import Manifest
 
 from precision_fixtures import demo_available, demo_precision_run, drift, heldout_tensors, io_elem_types, onnx_logits

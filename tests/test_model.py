@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitmsn.export.checkpoint import load_checkpoint
-from vitmsn.export.model import ViTMSNArch
+from vitmsn.export.fp32.checkpoint import load_checkpoint
+from vitmsn.export.fp32.model import ViTMSNArch
 
 from checkpoints import ODD_CONFIG, TINY_CONFIG, save_transformers, transformers_outputs
 
@@ -35,7 +35,7 @@ def test_matches_transformers(tmp_path: Path, config: dict, classifier: bool, at
 
 def test_attention_paths_agree() -> None:
     arch = ViTMSNArch(**{k: v for k, v in ODD_CONFIG.items() if k != "num_labels"})
-    from vitmsn.export.model import ViTMSNClassifier
+    from vitmsn.export.fp32.model import ViTMSNClassifier
 
     torch.manual_seed(1)
     math_model = ViTMSNClassifier(arch, 5, "math").eval()

@@ -216,7 +216,7 @@ def test_demo_model_predictions_equal_pytorch(demo_artifacts: Path, heldout_imag
     preprocess, infer, softmax) against PyTorch on transformers' preprocessing of the same files."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from vitmsn.export.checkpoint import load_checkpoint
+    from vitmsn.export.fp32.checkpoint import load_checkpoint
     from vitmsn.export.demo import CHECKPOINT_DIR
 
     paths = sorted(p for p in heldout_images.rglob("*") if p.suffix in (".jpg", ".png"))[::3]

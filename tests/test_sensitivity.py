@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from validation_fixtures import (PLANTED_BLOCK, calib_images, demo_int8_artifacts, few_images,  # noqa: F401
                                  planted_artifacts)
 
-from vitmsn.export.drift_gates import Gates
-from vitmsn.export.int8 import qdq_structure
-from vitmsn.export.requantize import (GateCheck, bypass_builder, gate_check_for_images, modelopt_builder,
+from vitmsn.export.validation.gates import Gates
+from vitmsn.export.precision.int8 import qdq_structure
+from vitmsn.export.precision.requantize import (GateCheck, bypass_builder, gate_check_for_images, modelopt_builder,
                                       requantize_until)
-from vitmsn.export.sensitivity import qdq_groups, run_model, sensitivity_analysis, without_qdq
+from vitmsn.export.precision.sensitivity import qdq_groups, run_model, sensitivity_analysis, without_qdq
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_modelopt_builder_requantizes_without_the_excluded_block(demo_int8_artif
     out = modelopt_builder(fp32, calib_tensors[:8])([f"block:{PLANTED_BLOCK}"], tmp_path / "x.onnx")
     quantized, plain = qdq_structure(onnx.load(str(out)))
     scopes = {n.name: n for n in onnx.load(str(fp32)).graph.node}
-    from vitmsn.export.int8 import name_scopes
+    from vitmsn.export.precision.int8 import name_scopes
 
     in_block = {name for name, n in scopes.items() if f"vit.encoder.layer.{PLANTED_BLOCK}" in name_scopes(n)}
     assert in_block & set(plain) and not in_block & set(quantized)

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = [ROOT / "export" / "engine.py", ROOT / "runtime" / "tensorrt_runner.py"]
+CHECKED = [ROOT / "export" / "engines" / "builder.py", ROOT / "runtime" / "tensorrt_runner.py"]
 # The C entry points tensorrt_bindings/tensorrt.so (11.x) imports from the TensorRT libraries.
 STAND_IN_C = """
 #include <stddef.h>
@@ -199,7 +199,7 @@ def _mypy(files: list[Path], root: Path | None, cache: Path) -> set[tuple[str, s
 @pytest.mark.slow
 def test_tensorrt_api_use_type_checks_against_10_11_and_rtx(stub_roots: dict[str, Path | None], tmp_path: Path) -> None:
     files = [f for f in CHECKED if f.is_file()]
-    assert ROOT / "export" / "engine.py" in files
+    assert ROOT / "export" / "engines" / "builder.py" in files
     baseline = _mypy(files, stub_roots["untyped"], tmp_path / "cache-untyped")
     problems = []
     for name, root in stub_roots.items():

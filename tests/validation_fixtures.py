@@ -51,7 +51,7 @@ def copy_artifacts(src: Path, dst: Path) -> Path:
 def add_int8(artifacts: Path, calib_dir: Path, exclude: tuple[str, ...] = ()) -> None:
     """Quantize the directory's FP32 graph and record model.int8.onnx in its manifest."""
     from vitmsn.calibration import CalibrationOptions, calibration_set_from_directory
-    from vitmsn.export.int8 import Int8Options, qdq_onnx_from_calibration
+    from vitmsn.export.precision.int8 import Int8Options, qdq_onnx_from_calibration
     from vitmsn.runtime.manifest import Manifest, sha256_file
 
     manifest = Manifest.load(artifacts)
@@ -71,7 +71,7 @@ def perturb_block_scales(path: Path, block: int, factor: float) -> int:
     import onnx
     from onnx import numpy_helper
 
-    from vitmsn.export.sensitivity import qdq_groups
+    from vitmsn.export.precision.sensitivity import qdq_groups
 
     model = onnx.load(str(path))
     fp32 = onnx.load(str(path.parent / "model.fp32.onnx"))

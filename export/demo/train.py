@@ -14,7 +14,7 @@ cores 224 px steps are expensive. Most steps therefore run on area-downsampled p
 (:func:`logits_at`); the last stage trains the unchanged model at 224 px. Each stage has its own
 warm-up and cosine decay; AdamW, gradient clipping, everything seeded.
 
-The checkpoint is then reloaded with :func:`vitmsn.export.checkpoint.load_checkpoint` and
+The checkpoint is then reloaded with :func:`vitmsn.export.fp32.checkpoint.load_checkpoint` and
 scored on held-out files written by ``write_dataset(split="heldout")`` and read back through
 the same preprocessing; ``training_report.json`` records the result.
 """
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from vitmsn.export.model import ViTMSNArch, ViTMSNClassifier
+from vitmsn.export.fp32.model import ViTMSNArch, ViTMSNClassifier
 from vitmsn.runtime.preprocess import PreprocessConfig, to_rgb
 
 from . import CHECKPOINT_DIR
@@ -214,7 +214,7 @@ def score(logits: np.ndarray, targets: np.ndarray, labels: Sequence[str]) -> dic
 
 def evaluate_heldout(checkpoint_dir: Path, per_class: int, seed: int) -> dict[str, Any]:
     """Reload the saved checkpoint and score it on freshly written held-out files."""
-    from vitmsn.export.checkpoint import load_checkpoint
+    from vitmsn.export.fp32.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(str(checkpoint_dir))
     labels = [ckpt.labels[i] for i in range(len(ckpt.labels))]

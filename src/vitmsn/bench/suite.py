@@ -47,7 +47,7 @@ class BenchOptions:
     e2e: bool = True
     compile: bool = False
     compile_mode: str | None = None
-    ort_fused: bool = True  # also time the ONNX Runtime-fused FP32 graph (vitmsn.export.ort_optimize)
+    ort_fused: bool = True  # also time the ONNX Runtime-fused FP32 graph (vitmsn.export.precision.ort_optimize)
     cuda: bool = True  # GPU rows when a GPU is present
     trt_streams: int = 2
     cuda_graphs: bool = True
@@ -74,7 +74,7 @@ class _Prepared:
 
 def _load_checkpoint(manifest: Any) -> Any:
     """The checkpoint the artifacts were exported from (None when it is not on this machine)."""
-    from vitmsn.export.checkpoint import load_checkpoint
+    from vitmsn.export.fp32.checkpoint import load_checkpoint
 
     model = manifest.data["model"]
     for source in (model.get("directory"), model.get("source")):
@@ -104,8 +104,8 @@ def flavours(manifest: Any, precision: str) -> list[tuple[str, Path]]:
 
 def _fused_graph(manifest: Any, ck: Any, tmp: Path, notes: list[str]) -> Path:
     """Build the ONNX Runtime-fused FP32 graph for a manifest that has none (into ``tmp``)."""
-    from vitmsn.export.model import ViTMSNArch
-    from vitmsn.export.ort_optimize import ort_optimized_onnx_from_fp32
+    from vitmsn.export.fp32.model import ViTMSNArch
+    from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
 
     arch = ck.arch if ck is not None else ViTMSNArch.from_config(manifest.data["model"]["config"])
     result = ort_optimized_onnx_from_fp32(manifest.onnx_path("fp32"), tmp / "model.fp32.ort.onnx", arch)
@@ -289,7 +289,7 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
     say(f"measuring the GEMM ceiling ({opts.gemm_n}x{opts.gemm_n} FP32, {threads} threads)")
     ceilings = {"cpu-fp32": machine_info.gemm_ceiling_cpu(threads, opts.gemm_n)}
     ck = _load_checkpoint(manifest)
-    from vitmsn.export.model import ViTMSNArch
+    from vitmsn.export.fp32.model import ViTMSNArch
 
     arch = ViTMSNArch.from_config(manifest.data["model"]["config"])
     gflops = arch.gflops_per_image()  # dense layers: the 8.48 GFLOP convention for ViT-S/16

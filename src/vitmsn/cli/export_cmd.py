@@ -92,7 +92,7 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
         raise click.UsageError("--model is required (or set model = \"...\" under [tool.vitmsn] in pyproject.toml or in vitmsn.toml)")
     if isinstance(precision, str):  # a config-file string instead of a list
         precision = (precision,)
-    from vitmsn.export.spec import BatchRange
+    from vitmsn.export.fp32.spec import BatchRange
 
     try:
         batch_range = BatchRange.parse(batch)
@@ -100,8 +100,8 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
         raise click.BadParameter(str(exc), param_hint="--batch") from None
 
     from vitmsn.errors import ValidationFailed
-    from vitmsn.export.drift_gates import Gates
-    from vitmsn.export.engine import EngineOptions
+    from vitmsn.export.validation.gates import Gates
+    from vitmsn.export.engines.builder import EngineOptions
     from vitmsn.export.pipeline import ExportOptions, run_export
 
     try:

@@ -1,4 +1,4 @@
-"""``vitmsn validate``: the accuracy-drift report, a thin layer over vitmsn.export.validation.
+"""``vitmsn validate``: the accuracy-drift report, a thin layer over vitmsn.export.validation.validate.
 
 Exit codes: the written report's verdict. 0 when report.json says ``passed: true``; 1 when it says
 false: a drift gate failed (the message names the metric, the precision and the value), or a stage
@@ -57,15 +57,15 @@ def command(artifacts: Path, images: Path | None, labels: Path | None, precision
     Writes report.json, report.md and report.html. Exit 1 when the report says passed=false (a gate failed,
     or a check of the export whose report it extends), 2 on bad input.
     --min-top1-agreement, --min-cosine and --max-accuracy-drop take X (every precision) or
-    int8=X,fp16=Y; the defaults (why: vitmsn.export.drift_gates):
+    int8=X,fp16=Y; the defaults (why: vitmsn.export.validation.gates):
 
     \b
     {defaults}
     """
     from vitmsn.errors import InputError, ValidationFailed
-    from vitmsn.export.drift_gates import Gates
-    from vitmsn.export.drift_report import VALIDATION_STAGE, read_previous, write_drift_reports
-    from vitmsn.export.validation import validate_artifacts
+    from vitmsn.export.validation.gates import Gates
+    from vitmsn.export.validation.drift_report import VALIDATION_STAGE, read_previous, write_drift_reports
+    from vitmsn.export.validation.validate import validate_artifacts
 
     if images is None:
         raise InputError("--images DIR is required (or set images = \"...\" under [tool.vitmsn.validate])")
@@ -75,7 +75,7 @@ def command(artifacts: Path, images: Path | None, labels: Path | None, precision
     result = validate_artifacts(artifacts, images, labels, gates, precisions=precisions or None, backend=backend,
                                 checkpoint=checkpoint, batch_size=batch_size, progress=not quiet)
     if sensitivity:
-        from vitmsn.export.sensitivity import sensitivity_for_artifacts
+        from vitmsn.export.precision.sensitivity import sensitivity_for_artifacts
 
         result.extra["sensitivity"] = sensitivity_for_artifacts(artifacts, calib_images or images, samples=calib_samples,
                                                                 progress=not quiet).to_dict()
@@ -105,7 +105,7 @@ def command(artifacts: Path, images: Path | None, labels: Path | None, precision
 
 
 def _defaults_help() -> str:
-    from vitmsn.export.drift_gates import DEFAULT_THRESHOLDS
+    from vitmsn.export.validation.gates import DEFAULT_THRESHOLDS
 
     return "\n    ".join(f"{p}: top-1 agreement >= {t.min_top1_agreement:g}, cosine >= {t.min_cosine:g}, "
                           f"accuracy drop <= {t.max_accuracy_drop:g}" for p, t in DEFAULT_THRESHOLDS.items())

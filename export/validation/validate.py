@@ -28,9 +28,9 @@ from vitmsn.progress import Progress
 from vitmsn.runtime.manifest import Manifest
 from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
 
-from . import drift_metrics as dm
-from .drift_gates import Gates, GateResult, evaluate
-from .validation_inputs import ImageSet, image_set
+from vitmsn.export.validation import metrics as dm
+from vitmsn.export.validation.gates import Gates, GateResult, evaluate
+from vitmsn.export.validation.inputs import ImageSet, image_set
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def _trt_factory(path: Path, entry: dict[str, Any]) -> Callable[[], Any]:
 
 def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
     """The PyTorch FP32 model the artifacts were exported from, its description, and its checks."""
-    from .checkpoint import load_checkpoint
+    from vitmsn.export.fp32.checkpoint import load_checkpoint
 
     model_block = manifest.data["model"]
     source = checkpoint or (model_block.get("directory") if Path(str(model_block.get("directory", ""))).is_dir()

@@ -46,7 +46,7 @@ from vitmsn.calibration import CalibrationMethod, even_batch_size
 from vitmsn.errors import InputError
 from vitmsn.runtime.manifest import atomic_path
 
-from .modelopt_quirks import captured_modelopt_logs, modelopt_without_fake_tensorrt
+from vitmsn.export.precision.modelopt_quirks import captured_modelopt_logs, modelopt_without_fake_tensorrt
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from .spec import ATOL_FP32, BATCH_AXIS, CHECK_BATCH_SIZES, RTOL_FP32, ExportSpec
+from vitmsn.export.fp32.spec import ATOL_FP32, BATCH_AXIS, CHECK_BATCH_SIZES, RTOL_FP32, ExportSpec
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 

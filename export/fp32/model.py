@@ -1,7 +1,7 @@
 """Our own PyTorch ViTMSN: the backbone (feature extraction) and the image classifier.
 
 The module tree mirrors the published transformers 4.x checkpoints closely enough that a
-checkpoint's tensors map onto it one to one (see ``vitmsn.export.checkpoint`` for the key
+checkpoint's tensors map onto it one to one (see ``vitmsn.export.fp32.checkpoint`` for the key
 mapping of both the 4.x and 5.x naming schemes).
 
 Attention has two implementations, picked when the model is built (never patched during

@@ -32,7 +32,7 @@ import onnx
 
 from vitmsn.runtime.manifest import atomic_path
 
-from .modelopt_quirks import captured_modelopt_logs
+from vitmsn.export.precision.modelopt_quirks import captured_modelopt_logs
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ import onnx
 from vitmsn.errors import InputError
 from vitmsn.progress import Progress
 
-from . import drift_metrics as dm
-from .drift_gates import Gates, GateResult, evaluate
-from .sensitivity import SensitivityResult, qdq_groups, run_model, sensitivity_analysis, without_qdq
+from vitmsn.export.validation import metrics as dm
+from vitmsn.export.validation.gates import Gates, GateResult, evaluate
+from vitmsn.export.precision.sensitivity import SensitivityResult, qdq_groups, run_model, sensitivity_analysis, without_qdq
 
 
 @dataclass
@@ -64,8 +64,8 @@ def gate_check_for_images(fp32_path: str | Path, images_dir: str | Path, preproc
     against the FP32 ONNX graph's outputs."""
     from vitmsn.runtime.preprocess import PreprocessConfig
 
-    from .validation import preprocess_files
-    from .validation_inputs import image_set
+    from vitmsn.export.validation.validate import preprocess_files
+    from vitmsn.export.validation.inputs import image_set
 
     images = image_set(images_dir, labels, labels_file)
     x, ok, _ = preprocess_files(PreprocessConfig.from_manifest(preprocess_block), images.files, images.root)
@@ -97,7 +97,7 @@ def modelopt_builder(fp32_path: str | Path, calibration: np.ndarray, options: An
 
     ``results``, when given, receives each build's :class:`.int8.Int8Result` under its output path
     (what the export records for the graph it keeps)."""
-    from .int8 import Int8Options, qdq_onnx_from_calibration
+    from vitmsn.export.precision.int8 import Int8Options, qdq_onnx_from_calibration
 
     base = options or Int8Options()
 

@@ -33,7 +33,7 @@ from typing import Any
 from vitmsn.errors import InputError
 from vitmsn.runtime.manifest import atomic_path, write_bytes_atomic
 
-from .spec import BatchRange
+from vitmsn.export.fp32.spec import BatchRange
 
 log = logging.getLogger(__name__)
 

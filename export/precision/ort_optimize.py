@@ -41,8 +41,8 @@ from onnx import helper, numpy_helper
 
 from vitmsn.runtime.manifest import atomic_path
 
-from .model import ViTMSNArch
-from .spec import ATOL_FP32, RTOL_FP32
+from vitmsn.export.fp32.model import ViTMSNArch
+from vitmsn.export.fp32.spec import ATOL_FP32, RTOL_FP32
 
 log = logging.getLogger(__name__)
 FUSED_OPS = ("Attention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "LayerNormalization")

@@ -13,7 +13,7 @@ import torch
 
 from vitmsn.runtime.manifest import atomic_path
 
-from .spec import BATCH_AXIS, SUPPORTED_OPSETS, BatchRange, ExportSpec
+from vitmsn.export.fp32.spec import BATCH_AXIS, SUPPORTED_OPSETS, BatchRange, ExportSpec
 
 log = logging.getLogger(__name__)
 # The exporter warns once per process that torchvision's operators are not registered; the

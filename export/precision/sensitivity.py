@@ -39,8 +39,8 @@ import onnx
 from vitmsn.errors import InputError
 from vitmsn.progress import Progress
 
-from . import drift_metrics as dm
-from .int8 import name_scopes
+from vitmsn.export.validation import metrics as dm
+from vitmsn.export.precision.int8 import name_scopes
 
 _BLOCK = re.compile(r"^vit\.encoder\.layer\.(\d+)$")
 MODES = ("only", "remove")

@@ -29,8 +29,8 @@ import torch
 from vitmsn.errors import InputError
 from vitmsn.runtime.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
 
-from .model import EXPORT_ATTENTION, Attention, ViTMSNArch, ViTMSNBackbone, ViTMSNClassifier
-from .spec import Task
+from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention, ViTMSNArch, ViTMSNBackbone, ViTMSNClassifier
+from vitmsn.export.fp32.spec import Task
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from vitmsn.runtime.manifest import write_bytes_atomic, write_json_atomic
 
-from .checks import StageResult
+from vitmsn.export.fp32.checks import StageResult
 
 
 def _parity_metrics(stage: StageResult) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
                          f"{','.join(e.get('compute_capabilities') or [])} |")
     requantization = (manifest.get("precisions", {}).get("int8") or {}).get("requantization")
     if requantization:
-        from .drift_report import requantization_markdown
+        from vitmsn.export.validation.drift_report import requantization_markdown
 
         lines += ["", *requantization_markdown(requantization)]
     calib = manifest.get("calibration")

@@ -96,7 +96,7 @@ def score_matmuls(model: onnx.ModelProto) -> list[str]:
     """Attention's Q.K^T MatMuls: activation x activation, neither operand a softmax output. Their
     operands are projections with the spread of any linear layer's output, so uint8 per tensor holds
     them; softmax.V stays FP32 (INT8 probabilities lose most attention weights, see :mod:`.int8`)."""
-    from .int8 import activation_matmuls
+    from vitmsn.export.precision.int8 import activation_matmuls
 
     producer = {o: n for n in model.graph.node for o in n.output}
 
@@ -124,7 +124,7 @@ def cpu_int8_onnx_from_calibration(fp32_path: str | Path, out_path: str | Path, 
         data, summary = Path(tmp) / "calibration.npy", Path(tmp) / "result.json"
         np.save(data, np.ascontiguousarray(calibration, dtype=np.float32), allow_pickle=False)
         (Path(tmp) / "exclude.json").write_text(json.dumps(list(exclude_nodes)))
-        cmd = [sys.executable, "-m", "vitmsn.export.int8_cpu", str(fp32_path), str(out_path), str(data),
+        cmd = [sys.executable, "-m", "vitmsn.export.precision.int8_cpu", str(fp32_path), str(out_path), str(data),
                "--method", method.value, "--exclude", str(Path(tmp) / "exclude.json"), "--input-name", input_name,
                "--batch-size", str(batch_size), "--summary", str(summary)]
         proc = subprocess.run(cmd, capture_output=not verbose, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
@@ -193,9 +193,9 @@ def _fuse_for_ort(path: Path, fp32_path: Path, sample: np.ndarray, input_name: s
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from .comparison import onnxruntime_outputs
-    from .drift_metrics import cosine_similarity
-    from .ort_optimize import rewrite_for_ort_fusion
+    from vitmsn.export.validation.comparison import onnxruntime_outputs
+    from vitmsn.export.validation.metrics import cosine_similarity
+    from vitmsn.export.precision.ort_optimize import rewrite_for_ort_fusion
 
     def outputs(p: Path) -> np.ndarray:  # the graph's first output (logits or last_hidden_state)
         return next(iter(onnxruntime_outputs(p, sample, input_name).values()))

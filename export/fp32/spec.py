@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .model import ViTMSNArch
+from vitmsn.export.fp32.model import ViTMSNArch
 
 Task = Literal["image-classification", "feature-extraction"]
 TASKS: tuple[Task, ...] = ("image-classification", "feature-extraction")

@@ -26,7 +26,7 @@ import numpy as np
 import vitmsn
 from vitmsn.runtime.manifest import write_bytes_atomic, write_json_atomic
 
-from .validation import BackendResult, ValidationResult
+from vitmsn.export.validation.validate import BackendResult, ValidationResult
 
 SUMMARY_COLUMNS = [  # (metric key, header, format)
     ("top1_agreement", "top-1 agree", "pct"), ("top5_overlap", "top-5 overlap", "pct"),

@@ -22,9 +22,9 @@ import numpy as np
 from vitmsn.calibration import CalibrationSet
 from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
 
-from . import drift_metrics as dm
-from .checks import StageResult
-from .drift_gates import Gates, evaluate
+from vitmsn.export.validation import metrics as dm
+from vitmsn.export.fp32.checks import StageResult
+from vitmsn.export.validation.gates import Gates, evaluate
 
 SYNTHETIC_IMAGES = 16
 MAX_VALIDATION_IMAGES = 1000
@@ -46,7 +46,7 @@ def comparison_inputs(preprocess_block: dict[str, Any], labels: dict[int, str], 
                       validate_images: Path | None = None, calibration: CalibrationSet | None = None,
                       seed: int = 0) -> ComparisonInputs:
     if validate_images is not None:
-        from .validation_inputs import image_set
+        from vitmsn.export.validation.inputs import image_set
 
         images = image_set(validate_images, labels)
         pre = PreprocessConfig.from_manifest(preprocess_block)

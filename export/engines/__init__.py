@@ -1,0 +1,1 @@
+"""Stage 3: ONNX graphs -> serialized TensorRT / TensorRT-RTX engines."""

@@ -1,0 +1,1 @@
+"""Stage 4: comparison with the PyTorch reference, drift metrics and gates, reports."""
