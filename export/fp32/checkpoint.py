@@ -35,7 +35,7 @@ from vitmsn.export.fp32.spec import Task
 log = logging.getLogger(__name__)
 
 DEMO = "demo"
-DEMO_DIR = Path(__file__).resolve().parent / "demo" / "checkpoint"
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo" / "checkpoint"
 ACCEPTED_MODEL_TYPES = ("vit_msn", "vit")
 # Tensors some published checkpoints carry that inference does not use.
 IGNORED_KEYS = ("embeddings.mask_token",)
