@@ -23,9 +23,6 @@ BATCH = "1:4:16"
 AOT_TARGET = "sm86"  # one compute capability keeps the ahead-of-time builds short
 
 
-def demo_available() -> bool:
-    from vitmsn.export.demo import CHECKPOINT_DIR
-
     return (CHECKPOINT_DIR / "model.safetensors").is_file()
 
 

@@ -63,7 +63,11 @@ def test_derived_figures_are_consistent(report: dict) -> None:
     rows = report["results"]
     gflops = report["model"]["gflops_per_image"]
     for r in rows:
-        assert math.isclose(r["throughput"], r["batch_size"] * 1000 / r["latency_ms"]["median"], rel_tol=1e-3)
+        # latency_ms is rounded to 4 decimals (0.1 us): on a fast row (0.04 ms) that alone moves the ratio by 0.1%,
+        # so the throughput must lie inside the interval the rounded median allows, plus its own rounding
+        median = r["latency_ms"]["median"]
+        low, high = r["batch_size"] * 1000 / (median + 5e-5), r["batch_size"] * 1000 / max(median - 5e-5, 1e-9)
+        assert low * (1 - 1e-4) - 1e-3 <= r["throughput"] <= high * (1 + 1e-4) + 1e-3, (r["throughput"], median)
         eager = [e for e in rows if e["backend"] == "pytorch-eager" and e["device"] == r["device"]
                  and e["mode"] == r["mode"] and e["batch_size"] == r["batch_size"]]
         assert len(eager) == 1

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from demo_status import needs_trained_demo
 from PIL import Image
 
 from vitmsn.export.demo import CHECKPOINT_DIR, LABELS, write_dataset
@@ -43,7 +42,6 @@ def heldout(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def checkpoint():
-    pytest.importorskip("torch")
     from vitmsn.export.fp32.checkpoint import load_checkpoint
 
     return load_checkpoint("demo")
@@ -152,8 +150,8 @@ def test_load_checkpoint_demo(checkpoint) -> None:
 
 
 def test_transformers_loads_the_checkpoint_and_agrees_with_ours(checkpoint, heldout: list[Path]) -> None:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     theirs, info = transformers.ViTMSNForImageClassification.from_pretrained(CHECKPOINT_DIR, output_loading_info=True)
     # from_pretrained silently initialises missing weights at random: demand an exact match.
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info.get("mismatched_keys"), info
@@ -170,7 +168,7 @@ def test_transformers_loads_the_checkpoint_and_agrees_with_ours(checkpoint, held
 
 
 def test_transformers_image_processor_reads_our_preprocessor_config(checkpoint, heldout: list[Path]) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
     processor_cls = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
     processor = processor_cls.from_pretrained(CHECKPOINT_DIR)
     images = [Image.open(p).convert("RGB") for p in heldout[:3]]
@@ -180,9 +178,8 @@ def test_transformers_image_processor_reads_our_preprocessor_config(checkpoint, 
     assert float(np.abs(got - ref).max()) <= 1e-5
 
 
-@needs_trained_demo
 def test_heldout_accuracy(checkpoint, heldout: list[Path]) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     torch.set_num_threads(2)
     model = checkpoint.build_model()
     label_index = {name: i for i, name in checkpoint.labels.items()}
@@ -205,8 +202,7 @@ TINY_RUN = ["--hidden", "32", "--layers", "1", "--heads", "2", "--mlp", "64", "-
 def test_training_script_writes_a_loadable_checkpoint_deterministically(tmp_path: Path) -> None:
     """Two three-step runs of a tiny network: every file is written, both loaders accept it, and
     the same seed gives byte-identical weights."""
-    pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import transformers
     from vitmsn.export.fp32.checkpoint import load_checkpoint
     from vitmsn.export.demo import train
 
@@ -227,7 +223,6 @@ def test_training_script_writes_a_loadable_checkpoint_deterministically(tmp_path
 
 
 def test_training_script_rejects_a_last_stage_below_224() -> None:
-    pytest.importorskip("torch")
     from vitmsn.export.demo import train
 
     with pytest.raises(SystemExit):

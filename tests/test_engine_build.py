@@ -22,7 +22,7 @@ from vitmsn.errors import InputError
 from vitmsn.export.engines.builder import EngineOptions, builder_status, engine_from_onnx
 from vitmsn.export.fp32.spec import BatchRange
 
-from precision_fixtures import AOT_TARGET, demo_available, demo_precision_run, plan_profile_batches
+from precision_fixtures import AOT_TARGET, demo_precision_run, plan_profile_batches
 
 EXE = Path(sys.executable).parent / "vitmsn-export"
 
@@ -44,7 +44,6 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not demo_available(), reason="the trained demo checkpoint (export/demo/checkpoint) is not there yet")
 def test_demo_engines_fp32_fp16_int8(tmp_path_factory: pytest.TempPathFactory) -> None:
     import tensorrt_rtx
 

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from demo_status import needs_trained_demo
 
 from vitmsn.export.precision.fp16 import Fp16Options, fp16_onnx_from_fp32, fp32_compute_nodes
 from vitmsn.runtime.manifest import Manifest
 
-from precision_fixtures import demo_available, demo_precision_run, drift, heldout_tensors, io_elem_types, onnx_logits
+from precision_fixtures import demo_precision_run, drift, heldout_tensors, io_elem_types, onnx_logits
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +71,7 @@ def test_out_of_range_values_keep_their_nodes_in_fp32(tiny_fp32: Path, tmp_path:
     assert kept_float and kept_float <= fp32_nodes
 
 
-@needs_trained_demo
 @pytest.mark.slow
-@pytest.mark.skipif(not demo_available(), reason="the trained demo checkpoint (export/demo/checkpoint) is not there yet")
 def test_demo_fp16_matches_fp32_on_heldout_images(tmp_path_factory: pytest.TempPathFactory) -> None:
     run = demo_precision_run(tmp_path_factory.getbasetemp() / "demo-precisions")
     out = run["out"]

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from demo_status import needs_trained_demo
 
 from vitmsn.calibration import CalibrationMethod, tensor_sha256
 from vitmsn.errors import InputError
@@ -24,7 +23,7 @@ from vitmsn.export.precision.int8_cpu import cpu_int8_onnx_from_calibration
 from vitmsn.runtime.manifest import Manifest
 
 from checkpoints import TINY_CONFIG
-from precision_fixtures import (consumers_of_dq, demo_available, demo_precision_run, drift, heldout_tensors,
+from precision_fixtures import (consumers_of_dq, demo_precision_run, drift, heldout_tensors,
                                 onnx_logits, op_counts, zero_points)
 
 HIGH_PRECISION_OPS = {"LayerNormalization", "Softmax", "Erf", "Add", "Div", "Mul"}
@@ -143,9 +142,7 @@ def test_cpu_flavour_is_uint8_and_fuses_to_integer_matmuls(tiny: dict, tmp_path:
     assert tiny["cpu"].to_manifest()["ort_fusion"]["applied"]
 
 
-@needs_trained_demo
 @pytest.mark.slow
-@pytest.mark.skipif(not demo_available(), reason="the trained demo checkpoint (export/demo/checkpoint) is not there yet")
 @pytest.mark.parametrize("graph", ["model.int8.onnx", "model.int8.cpu.onnx"])
 def test_demo_int8_drift_on_heldout_images(graph: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     run = demo_precision_run(tmp_path_factory.getbasetemp() / "demo-precisions")
@@ -157,7 +154,6 @@ def test_demo_int8_drift_on_heldout_images(graph: str, tmp_path_factory: pytest.
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not demo_available(), reason="the trained demo checkpoint (export/demo/checkpoint) is not there yet")
 def test_demo_int8_manifest_records_the_calibration(tmp_path_factory: pytest.TempPathFactory) -> None:
     from vitmsn.runtime.manifest import sha256_file
 

@@ -28,7 +28,7 @@ CONFIG = {"do_resize": True, "size": {"height": 224, "width": 224}, "resample": 
 
 def hf_processor(config: dict):
     """transformers' processor loaded from a preprocessor_config.json holding ``config``."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "preprocessor_config.json").write_text(json.dumps(dict(config, image_processor_type="ViTImageProcessor")))
         return transformers.ViTImageProcessorPil.from_pretrained(tmp)

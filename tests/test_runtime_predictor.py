@@ -39,8 +39,8 @@ def predictor(rt_cls: Exported):
 
 
 def transformers_probs(checkpoint: Path, images: list[Image.Image], classifier: bool = True) -> np.ndarray:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     processor = transformers.ViTImageProcessorPil.from_pretrained(checkpoint)
     pixels = torch.from_numpy(processor(images, do_convert_rgb=True, return_tensors="np")["pixel_values"])
     cls = transformers.ViTMSNForImageClassification if classifier else transformers.ViTMSNModel
@@ -214,8 +214,8 @@ def test_a_changed_model_file_is_refused(rt_cls: Exported, tmp_path: Path) -> No
 def test_demo_model_predictions_equal_pytorch(demo_artifacts: Path, heldout_images: Path) -> None:
     """The trained demo, on its real image files: ONNX Runtime through the whole runtime (decode,
     preprocess, infer, softmax) against PyTorch on transformers' preprocessing of the same files."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     from vitmsn.export.fp32.checkpoint import load_checkpoint
     from vitmsn.export.demo import CHECKPOINT_DIR
 
@@ -233,7 +233,4 @@ def test_demo_model_predictions_equal_pytorch(demo_artifacts: Path, heldout_imag
         assert row[0].index == int(prob.argmax())
         assert all(abs(x.score - prob[x.index]) <= 1e-4 for x in row)
     correct = sum(row[0].label == path.parent.name for row, path in zip(preds, paths))
-    from demo_status import ACCURACY_BAR, demo_heldout_accuracy
-
-    if (demo_heldout_accuracy() or 0.0) >= ACCURACY_BAR:  # an under-trained demo says nothing about pixels
-        assert correct / len(paths) >= 0.9  # it is the trained model, reading the right pixels
+    assert correct / len(paths) >= 0.9  # it is the trained model (96.5% held-out), reading the right pixels

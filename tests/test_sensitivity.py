@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from demo_status import needs_trained_demo
 from click.testing import CliRunner
 from validation_fixtures import (PLANTED_BLOCK, calib_images, demo_int8_artifacts, few_images,  # noqa: F401
                                  planted_artifacts)
@@ -48,7 +47,6 @@ def test_bypassing_every_qdq_gives_back_fp32(demo_int8_artifacts, calib_tensors)
     np.testing.assert_allclose(got["logits"], ref["logits"], atol=1e-4, rtol=1e-4)  # FP32 weights restored exactly
 
 
-@needs_trained_demo
 @pytest.mark.parametrize("mode", ["only", "remove"])
 def test_planted_bad_block_is_ranked_first(planted_artifacts, calib_tensors, mode):
     result = sensitivity_analysis(planted_artifacts / "model.int8.onnx", planted_artifacts / "model.fp32.onnx",
@@ -61,14 +59,12 @@ def test_planted_bad_block_is_ranked_first(planted_artifacts, calib_tensors, mod
     assert report["ranking"][0]["group"] == f"block:{PLANTED_BLOCK}" and report["images"] == len(calib_tensors)
 
 
-@needs_trained_demo
 def test_layer_granularity_points_inside_the_planted_block(planted_artifacts, calib_tensors):
     result = sensitivity_analysis(planted_artifacts / "model.int8.onnx", planted_artifacts / "model.fp32.onnx",
                                   calib_tensors[:4], granularity="layer", progress=False)
     assert result.ranking[0].group.startswith(f"vit.encoder.layer.{PLANTED_BLOCK}")
 
 
-@needs_trained_demo
 def test_requantize_keeps_the_culprit_out_and_stops(planted_artifacts, heldout_images, calib_tensors, tmp_path):
     manifest = json.loads((planted_artifacts / "manifest.json").read_text())
     labels = {int(k): v for k, v in manifest["labels"].items()}
@@ -104,7 +100,6 @@ def test_modelopt_builder_requantizes_without_the_excluded_block(demo_int8_artif
     assert set(quantized) - in_block  # the other blocks are still quantized
 
 
-@needs_trained_demo
 def test_validate_cli_reports_sensitivity(planted_artifacts, few_images, tmp_path):
     from vitmsn.cli.validate import command
 

@@ -34,7 +34,7 @@ from vitmsn.runtime.preprocess import PreprocessConfig
 from vitmsn.serving.triton import TritonOptions, write_triton_repository
 from vitmsn.serving.triton_check import check_repository
 
-from precision_fixtures import demo_available, demo_precision_run
+from precision_fixtures import demo_precision_run
 from serving_fixtures import jpeg_bytes
 
 TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
@@ -247,7 +247,6 @@ def test_preprocess_model_and_ensemble_data_path(demo_artifacts: Path, tmp_path:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not demo_available(), reason="the trained demo checkpoint (export/demo/checkpoint) is not there yet")
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_fp16_and_int8_exports(precision: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The real FP16/INT8 graphs of the shared precision export (which also has TensorRT-RTX engines)."""

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from demo_status import needs_trained_demo
 from click.testing import CliRunner, Result
 from validation_fixtures import (PLANTED_BLOCK, calib_images, copy_artifacts, demo_int8_artifacts,  # noqa: F401
                                  few_images, planted_artifacts)
@@ -49,7 +48,6 @@ def independent_figures(artifacts: Path, images: Path, precision: str) -> dict[s
             "accuracy": float((got.argmax(1) == truth).mean()), "accuracy_reference": float((ref.argmax(1) == truth).mean())}
 
 
-@needs_trained_demo
 def test_demo_int8_report_agrees_with_independent_computation(demo_int8_artifacts, heldout_images, tmp_path):
     out = tmp_path / "report"
     result = run_cli(demo_int8_artifacts, "--images", heldout_images, "--out", out)
