@@ -52,6 +52,7 @@ from vitmsn.export.precisions import StepContext, engine_step, fp16_step, int8_s
 from vitmsn.export.validation.report import write_export_report
 from vitmsn.export.fp32.spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
 from vitmsn.export.validation.validate import ValidationResult, validate_artifacts
+from vitmsn.export.validation.verdict import ReferenceCache
 from vitmsn.export.validation.inputs import image_set
 
 log = logging.getLogger(__name__)
@@ -159,13 +160,14 @@ def tool_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _ort_runner(path: Path, input_name: str):
-    import onnxruntime as ort
+    """The runtime's ONNX Runtime runner on the CPU provider: the staged parity check runs what users deploy."""
+    from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
+    runner = OnnxRuntimeRunner(path, providers="CPUExecutionProvider", allow_spinning=False)
+    runner.activate()  # released with the runner when the parity check drops it
 
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, {input_name: x})))
+        return runner.infer({input_name: x})
 
     return run
 
@@ -228,8 +230,8 @@ def _calibration(opts: ExportOptions, preprocess_block: dict[str, Any]) -> Calib
         samples=opts.calib_samples, seed=opts.calib_seed, min_images=opts.calib_min_images, cache_dir=opts.calib_cache))
 
 
-def drift_validation(manifest: Manifest, opts: ExportOptions,
-                     stages: list[checks.StageResult]) -> tuple[ValidationResult | None, checks.StageResult]:
+def drift_validation(manifest: Manifest, opts: ExportOptions, stages: list[checks.StageResult],
+                     reference_cache: ReferenceCache | None = None) -> tuple[ValidationResult | None, checks.StageResult]:
     """``--validate-images``: the full ``vitmsn validate`` run on the artifacts just written (every precision and
     flavour, every engine this machine can run, against PyTorch FP32), as the ``drift_validation`` stage.
 
@@ -244,7 +246,7 @@ def drift_validation(manifest: Manifest, opts: ExportOptions,
         return None, checks.skipped(VALIDATION_STAGE, f"{', '.join(broken)} failed")
     int8 = manifest.precisions.get("int8", {})
     try:
-        v = validate_artifacts(manifest, opts.validate_images, gates=opts.gates)
+        v = validate_artifacts(manifest, opts.validate_images, gates=opts.gates, reference_cache=reference_cache)
     except InputError as exc:
         return None, checks.StageResult(VALIDATION_STAGE, False, f"--validate-images {opts.validate_images}: {exc}")
     if int8.get("requantization"):  # shown in report.md/.html next to the figures of the graph kept
@@ -330,8 +332,10 @@ def run_export(opts: ExportOptions) -> ExportResult:
         data["calibration"] = calibration.to_manifest()
     result = ExportResult(out, Manifest(out, data), stages, notes)
     rows: list[dict[str, Any]] = []
+    reference_cache = ReferenceCache()
     if inputs is not None and all(s.passed for s in stages):
         reference = outputs_in_batches(_torch_runner(model, spec), inputs.tensors)
+        reference_cache.add(inputs.tensors, reference)  # --validate-images reads these again at the end
         ctx = StepContext(out, fp32_path, spec, inputs, reference, opts.gates, opts.fail_on_drift, opts.verbose)
         if "fp16" in opts.precisions:
             entry, new, r = fp16_step(ctx, Fp16Options(io_dtype="float16" if opts.fp16_io else "float32",
@@ -371,7 +375,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
 
     validation = None
     if opts.validate_images is not None:
-        validation, stage = drift_validation(result.manifest, opts, stages)
+        validation, stage = drift_validation(result.manifest, opts, stages, reference_cache)
         stages.append(stage)
         data["drift_validation"] = {"passed": stage.passed, "detail": stage.detail, **stage.metrics}
 

@@ -23,7 +23,6 @@ BATCH = "1:4:16"
 AOT_TARGET = "sm86"  # one compute capability keeps the ahead-of-time builds short
 
 
-    return (CHECKPOINT_DIR / "model.safetensors").is_file()
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,10 +8,7 @@ on the CPU, and real image files in every format the runtime accepts.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
-import shutil
 import struct
 import zlib
 from dataclasses import dataclass
@@ -71,40 +68,19 @@ def rt_feat(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     return Exported(root / "checkpoint", _export(root / "checkpoint", root / "artifacts"))
 
 
-def build_rtx_engine(onnx_path: Path, plan_path: Path, height: int, batch: tuple[int, int, int],
-                     compute_capability: str = "8.6") -> dict:
-    """Build a real TensorRT-RTX engine ahead of time (no GPU needed) and return its manifest entry."""
-    import tensorrt_rtx as trt
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse(onnx_path.read_bytes()), [parser.get_error(i) for i in range(parser.num_errors)]
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    shapes = [(b, 3, height, height) for b in batch]
-    profile.set_shape("pixel_values", *shapes)
-    config.add_optimization_profile(profile)
-    config.num_compute_capabilities = 1
-    config.set_compute_capability(getattr(trt.ComputeCapability, "SM" + compute_capability.replace(".", "")), 0)
-    plan = builder.build_serialized_network(network, config)
-    assert plan is not None, "TensorRT-RTX failed to build the engine"
-    plan_path.write_bytes(bytes(plan))
-    return {"file": plan_path.name, "sha256": hashlib.sha256(plan_path.read_bytes()).hexdigest(), "precision": "fp32",
-            "target": "tensorrt-rtx", "tensorrt_version": trt.__version__, "compute_capabilities": [compute_capability],
-            "profile": {"pixel_values": {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])}},
-            "size_bytes": plan_path.stat().st_size}
-
-
 @pytest.fixture(scope="session")
 def rt_engine(rt_cls: Exported, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """rt_cls's artifacts plus a real TensorRT-RTX engine (SM 8.6) named in the manifest."""
+    """rt_cls's checkpoint exported again by the product with a real TensorRT-RTX engine (built ahead of
+    time for SM 8.6, no GPU needed): the engine file and its manifest entry are what vitmsn-export writes."""
+    from vitmsn.export.engines.builder import EngineOptions
+    from vitmsn.export.fp32.spec import BatchRange
+    from vitmsn.export.pipeline import ExportOptions, run_export
+
     out = tmp_path_factory.mktemp("rt_engine") / "artifacts"
-    shutil.copytree(rt_cls.artifacts, out)
-    entry = build_rtx_engine(out / "model.fp32.onnx", out / "engine.fp32.tensorrt-rtx.plan", 48, (1, 4, 8))
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["engines"] = [entry]
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    batch = BatchRange(1, 4, 8)
+    run_export(ExportOptions(model=str(rt_cls.checkpoint), out=out, engine="require", target="tensorrt-rtx", batch=batch,
+                             engine_options=EngineOptions(target="tensorrt-rtx", batch=batch, aot_targets=("sm86",),
+                                                          progress=False)))
     return out
 
 

@@ -267,3 +267,30 @@ def test_validate_exit_2_on_bad_input_writes_nothing(data, tmp_path):
     v = validate(out, "--images", tmp_path / "no-such-dir", "--quiet")
     assert v.exit_code == 2 and "no such directory" in v.output
     assert (out / "report.json").read_bytes() == before and not (out / "report.html").exists()
+
+
+def test_validate_images_run_pytorch_once_per_image(data, tmp_path, monkeypatch):
+    """With --validate-images the drift stages and the final validation compare the same images: the PyTorch
+    reference of each image is computed once and reused (counted at the model's forward, by tensor content)."""
+    from vitmsn.export.fp32.model import ViTMSNClassifier
+    from vitmsn.runtime.preprocess import PreprocessConfig
+
+    seen: dict[bytes, int] = {}
+    forward = ViTMSNClassifier.forward
+
+    def counting(self, pixel_values):
+        if type(pixel_values) is not torch.Tensor:  # the ONNX export traces with fake tensors: not a reference run
+            return forward(self, pixel_values)
+        for row in pixel_values.detach().numpy():
+            key = row.tobytes()
+            seen[key] = seen.get(key, 0) + 1
+        return forward(self, pixel_values)
+
+    monkeypatch.setattr(ViTMSNClassifier, "forward", counting)
+    out = tmp_path / "once"
+    result = export(data, out, "--precision", "fp16", "--validate-images", str(data["val"]))
+    assert result.exit_code == 0, result.output
+    pre = PreprocessConfig.from_manifest(load(out, "manifest.json")["preprocess"])
+    files = sorted(data["val"].rglob("*.png"))
+    counts = [seen.get(pre(f).tobytes(), 0) for f in files]
+    assert len(files) == 12 and counts == [1] * 12, counts

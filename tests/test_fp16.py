@@ -13,10 +13,11 @@ import numpy as np
 import onnx
 import pytest
 
-from vitmsn.export.precision.fp16 import Fp16Options, fp16_onnx_from_fp32, fp32_compute_nodes
+from vitmsn.export.precision.fp16 import Fp16Options, fp16_onnx_from_fp32
 from vitmsn.runtime.manifest import Manifest
 
 from precision_fixtures import demo_precision_run, drift, heldout_tensors, io_elem_types, onnx_logits
+from onnx_oracles import float32_compute_nodes
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_layernorm_stays_fp32_matmuls_become_fp16_io_stays_fp32(tiny_fp32: Path,
     m = onnx.load(str(tmp_path / "m.onnx"))
     ln = [n.name for n in m.graph.node if n.op_type == "LayerNormalization"]
     matmuls = [n.name for n in m.graph.node if n.op_type == "MatMul"]
-    fp32_nodes = set(fp32_compute_nodes(m))
+    fp32_nodes = set(float32_compute_nodes(m))
     assert ln and set(ln) <= fp32_nodes
     assert matmuls and not set(matmuls) & fp32_nodes
     assert io_elem_types(m) == {onnx.TensorProto.FLOAT}
@@ -65,7 +66,7 @@ def test_out_of_range_values_keep_their_nodes_in_fp32(tiny_fp32: Path, tmp_path:
     r = fp16_onnx_from_fp32(tiny_fp32, tmp_path / "m.onnx", options=Fp16Options(data_max=0.5), reference_inputs=_x())
     by_range = [k for k in r.kept_fp32 if k["reason"].startswith("values beyond FP16-safe range")]
     assert by_range, r.kept_fp32
-    fp32_nodes = set(fp32_compute_nodes(onnx.load(str(tmp_path / "m.onnx"))))
+    fp32_nodes = set(float32_compute_nodes(onnx.load(str(tmp_path / "m.onnx"))))
     float_ops = {"MatMul", "Add", "Mul", "Div", "Erf", "Softmax", "Gemm", "Conv"}
     kept_float = {k["node"] for k in by_range if k["op_type"] in float_ops}
     assert kept_float and kept_float <= fp32_nodes
@@ -83,3 +84,22 @@ def test_demo_fp16_matches_fp32_on_heldout_images(tmp_path_factory: pytest.TempP
     n_ln = sum(1 for n in onnx.load(str(out / "model.fp16.onnx")).graph.node if n.op_type == "LayerNormalization")
     assert entry["kept_fp32"]["by_op_type"].get("LayerNormalization") == n_ln and entry["io_dtype"] == "float32"
     assert entry["range_check"]["reference"] == "16 calibration images"
+
+
+def test_kept_fp32_list_comes_from_the_graph_not_the_log(tiny_fp32: Path, tmp_path: Path, monkeypatch) -> None:
+    """A ModelOpt release that rewords (or drops) its "Skipping node" lines must not empty the manifest's list."""
+    import contextlib
+
+    from vitmsn.export.precision import fp16
+
+    @contextlib.contextmanager
+    def reworded(verbose: bool = False):
+        yield ["AutoCast: node left alone because of rules"]  # nothing the old parser would have matched
+
+    monkeypatch.setattr(fp16, "captured_modelopt_logs", reworded)
+    r = fp16_onnx_from_fp32(tiny_fp32, tmp_path / "m.onnx", reference_inputs=_x())
+    m = onnx.load(str(tmp_path / "m.onnx"))
+    ln = {n.name for n in m.graph.node if n.op_type == "LayerNormalization"}
+    kept = {k["node"]: k for k in r.kept_fp32}
+    assert ln and set(kept) == set(float32_compute_nodes(m)) and ln <= set(kept)
+    assert all("LayerNorm" in kept[n]["reason"] for n in ln)  # the op-type rule is still named

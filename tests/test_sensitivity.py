@@ -13,9 +13,11 @@ from validation_fixtures import (PLANTED_BLOCK, calib_images, demo_int8_artifact
                                  planted_artifacts)
 
 from vitmsn.export.validation.gates import Gates
-from vitmsn.export.precision.int8 import qdq_structure
-from vitmsn.export.precision.requantize import (GateCheck, bypass_builder, gate_check_for_images, modelopt_builder,
-                                      requantize_until)
+from vitmsn.export.demo import CHECKPOINT_DIR
+from vitmsn.export.precision.requantize import GateCheck, bypass_builder, modelopt_builder, requantize_until
+from vitmsn.runtime.preprocess import PreprocessConfig
+
+from onnx_oracles import block_linear_nodes, linear_split
 from vitmsn.export.precision.sensitivity import qdq_groups, run_model, sensitivity_analysis, without_qdq
 
 
@@ -69,7 +71,10 @@ def test_requantize_keeps_the_culprit_out_and_stops(planted_artifacts, heldout_i
     manifest = json.loads((planted_artifacts / "manifest.json").read_text())
     labels = {int(k): v for k, v in manifest["labels"].items()}
     fp32, int8 = planted_artifacts / "model.fp32.onnx", planted_artifacts / "model.int8.onnx"
-    check = gate_check_for_images(fp32, heldout_images, manifest["preprocess"], labels, Gates())
+    files = sorted(p for p in heldout_images.rglob("*") if p.suffix in (".jpg", ".png"))
+    x = PreprocessConfig.from_manifest(manifest["preprocess"]).batch(files)
+    targets = np.array([{v: k for k, v in labels.items()}[f.parent.name] for f in files])
+    check = GateCheck(x, run_model(fp32, x), Gates(), targets)
     assert check(int8)[0] is False  # the damaged graph fails the default int8 gates
     ranking = [g.group for g in sensitivity_analysis(int8, fp32, calib_tensors, progress=False).ranking]
     result = requantize_until(int8, ranking, check, bypass_builder(int8, fp32), tmp_path, max_tries=3, fp32_path=fp32)
@@ -91,13 +96,11 @@ def test_requantize_is_bounded(planted_artifacts, calib_tensors, tmp_path):
 def test_modelopt_builder_requantizes_without_the_excluded_block(demo_int8_artifacts, calib_tensors, tmp_path):
     fp32 = demo_int8_artifacts / "model.fp32.onnx"
     out = modelopt_builder(fp32, calib_tensors[:8])([f"block:{PLANTED_BLOCK}"], tmp_path / "x.onnx")
-    quantized, plain = qdq_structure(onnx.load(str(out)))
-    scopes = {n.name: n for n in onnx.load(str(fp32)).graph.node}
-    from vitmsn.export.precision.int8 import name_scopes
-
-    in_block = {name for name, n in scopes.items() if f"vit.encoder.layer.{PLANTED_BLOCK}" in name_scopes(n)}
-    assert in_block & set(plain) and not in_block & set(quantized)
-    assert set(quantized) - in_block  # the other blocks are still quantized
+    quantized, plain = linear_split(onnx.load(str(out)))
+    blocks = block_linear_nodes(onnx.load(str(fp32)), CHECKPOINT_DIR)  # found by their weights
+    in_block = blocks[PLANTED_BLOCK]
+    assert in_block and in_block <= plain and not in_block & quantized
+    assert all(nodes <= quantized for b, nodes in blocks.items() if b != PLANTED_BLOCK)  # the others still INT8
 
 
 def test_validate_cli_reports_sensitivity(planted_artifacts, few_images, tmp_path):

@@ -14,7 +14,8 @@ overflows FP16's 65504:
   in magnitude (default 512, so that a x128 growth inside the node still fits FP16) in FP32;
 * initializers larger than FP16's range keep their node in FP32.
 
-Every node that stayed FP32 is returned with AutoCast's reason, for the manifest.
+Every node that stayed FP32 is read from the converted graph (ONNX type inference) and returned with
+AutoCast's reason where its log gives one, for the manifest.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def fp16_onnx_from_fp32(fp32_path: str | Path, out_path: str | Path, *, options:
                 calibration_data=calibration_data,
                 providers=["cpu"],
             )
-    kept = _kept_fp32(model, messages)
+    kept = _kept_fp32(model, messages, options.keep_fp32_op_types)
     total = sum(1 for n in model.graph.node if n.op_type != "Cast")
     with atomic_path(out_path) as tmp_out:
         onnx.save_model(model, str(tmp_out))
@@ -135,29 +136,32 @@ def fp16_onnx_from_fp32(fp32_path: str | Path, out_path: str | Path, *, options:
     return result
 
 
-def _kept_fp32(model: onnx.ModelProto, messages: list[str]) -> tuple[dict[str, str], ...]:
-    """The nodes AutoCast left in FP32, each with the rule that kept it (from its log)."""
-    op_type = {n.name: n.op_type for n in model.graph.node}
-    kept: dict[str, dict[str, str]] = {}
+def _fp32_compute_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The non-Cast nodes of the converted graph that still produce FP32 tensors (by ONNX type inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    elem = {v.name: v.type.tensor_type.elem_type for v in
+            list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+    return [n for n in model.graph.node if n.op_type != "Cast" and any(elem.get(o) == onnx.TensorProto.FLOAT for o in n.output)]
+
+
+def _kept_fp32(model: onnx.ModelProto, messages: list[str], keep_op_types: tuple[str, ...]) -> tuple[dict[str, str], ...]:
+    """The nodes AutoCast left in FP32, read from the converted graph itself; each gets the reason AutoCast's log
+    gave when it names the node (a reworded log line costs the detail, never the entry)."""
+    logged: dict[str, str] = {}
     for message in messages:
         m = _SKIPPED.match(message)
-        if not m or m.group(1) not in op_type:
-            continue
-        name, detail = m.groups()
+        if m:
+            logged[m.group(1)] = m.group(2)
+    kept = []
+    for node in _fp32_compute_nodes(model):
+        detail = logged.get(node.name, "")
         if "reference IO out of range" in detail:
             reason = f"values beyond FP16-safe range on the reference inputs ({detail.split(': ', 1)[-1]})"
         elif "initializer" in detail:
             reason = f"initializer beyond FP16 range ({detail})"
+        elif detail in _RULE_REASONS or node.op_type in keep_op_types:
+            reason = _RULE_REASONS.get(detail, _RULE_REASONS["DisabledOpTypes"])
         else:
-            reason = _RULE_REASONS.get(detail, detail)
-        kept.setdefault(name, {"node": name, "op_type": op_type[name], "reason": reason})
-    return tuple(kept[n.name] for n in model.graph.node if n.name in kept)
-
-
-def fp32_compute_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of non-Cast nodes whose float outputs are FP32 in ``model`` (graph-structure checks)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
-    return [n.name for n in model.graph.node if n.op_type != "Cast"
-            and any(types.get(o) == onnx.TensorProto.FLOAT for o in n.output)]
+            reason = detail or "kept in FP32 by AutoCast (its log gave no reason)"
+        kept.append({"node": node.name, "op_type": node.op_type, "reason": reason})
+    return tuple(kept)

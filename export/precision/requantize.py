@@ -28,8 +28,8 @@ import onnx
 from vitmsn.errors import InputError
 from vitmsn.progress import Progress
 
-from vitmsn.export.validation import metrics as dm
-from vitmsn.export.validation.gates import Gates, GateResult, evaluate
+from vitmsn.export.validation.gates import Gates, GateResult
+from vitmsn.export.validation.verdict import compare_outputs
 from vitmsn.export.precision.sensitivity import SensitivityResult, qdq_groups, run_model, sensitivity_analysis, without_qdq
 
 
@@ -45,33 +45,9 @@ class GateCheck:
     input_name: str = "pixel_values"
 
     def __call__(self, path: str | Path) -> tuple[bool, dict[str, Any], list[GateResult]]:
-        got = run_model(path, self.inputs, self.input_name)
-        primary = "logits" if "logits" in self.reference else "embedding"
-        m = dm.summarize(dm.per_image(got[primary], self.reference[primary], classification=primary == "logits"))
-        metrics: dict[str, Any] = {k: m[k] for k in ("top1_agreement", "cosine_min", "cosine_mean", "kl_mean") if k in m}
-        if primary == "logits" and self.labels is not None:
-            acc, ref = dm.accuracy(got["logits"], self.labels), dm.accuracy(self.reference["logits"], self.labels)
-            if acc is not None and ref is not None:
-                metrics.update(accuracy=acc, accuracy_reference=ref, accuracy_drop=round(ref - acc, 10))
-        results = evaluate(self.gates, self.precision, metrics)
-        return all(r.passed for r in results), metrics, results
-
-
-def gate_check_for_images(fp32_path: str | Path, images_dir: str | Path, preprocess_block: dict[str, Any],
-                          labels: dict[int, str], gates: Gates, *, labels_file: str | Path | None = None,
-                          input_name: str = "pixel_values") -> GateCheck:
-    """A :class:`GateCheck` on the readable images of ``images_dir`` (labels as ``vitmsn validate`` reads them),
-    against the FP32 ONNX graph's outputs."""
-    from vitmsn.runtime.preprocess import PreprocessConfig
-
-    from vitmsn.export.validation.validate import preprocess_files
-    from vitmsn.export.validation.inputs import image_set
-
-    images = image_set(images_dir, labels, labels_file)
-    x, ok, _ = preprocess_files(PreprocessConfig.from_manifest(preprocess_block), images.files, images.root)
-    if not ok:
-        raise InputError(f"{images.root}: none of the images could be read")
-    return GateCheck(x, run_model(fp32_path, x, input_name), gates, images.labels[ok], input_name=input_name)
+        verdict = compare_outputs(run_model(path, self.inputs, self.input_name), self.reference, self.gates,
+                                  self.precision, self.labels)
+        return verdict.passed, verdict.metrics, verdict.gates
 
 
 def throughput(path: str | Path, inputs: np.ndarray, batch: int = 8, repeats: int = 3,

@@ -7,8 +7,8 @@ CPU) with the PyTorch FP32 model, on ONNX Runtime's CPU provider, image by image
   labels, so accuracy is known), else the calibration images (in-sample for INT8: the report says
   so), else seeded N(0, 1) tensors (only a smoke test: its gates are reported, and enforced only
   with ``--fail-on-drift``);
-* figures: :mod:`.drift_metrics` (top-1 agreement, cosine min/mean, max abs, accuracy);
-* gates: :mod:`.drift_gates` (defaults per precision, overridable), the same as ``vitmsn validate``.
+* figures and gates: :func:`.verdict.compare_outputs`, the one verdict ``vitmsn validate`` and the
+  re-quantization loop use too (defaults per precision, overridable).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import numpy as np
 from vitmsn.calibration import CalibrationSet
 from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
 
-from vitmsn.export.validation import metrics as dm
 from vitmsn.export.fp32.checks import StageResult
-from vitmsn.export.validation.gates import Gates, evaluate
+from vitmsn.export.validation.gates import Gates
+from vitmsn.export.validation.verdict import compare_outputs
 
 SYNTHETIC_IMAGES = 16
 MAX_VALIDATION_IMAGES = 1000
@@ -78,33 +78,19 @@ def outputs_in_batches(run: Callable[[np.ndarray], dict[str, np.ndarray]], x: np
 
 
 def onnxruntime_outputs(path: Path, x: np.ndarray, input_name: str, batch: int = 8) -> dict[str, np.ndarray]:
-    """Outputs of ``path`` on ONNX Runtime CPU; an FP16-I/O graph is fed FP16 and its outputs widened."""
-    import onnxruntime as ort
+    """Outputs of ``path`` through the runtime's ONNX Runtime runner on the CPU provider (the code users
+    deploy); an FP16-I/O graph is fed FP16 and its outputs widened."""
+    from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-
-    def run(b: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, {input_name: b.astype(dtype)})))
-
-    return outputs_in_batches(run, x, batch)
+    with OnnxRuntimeRunner(path, providers="CPUExecutionProvider", allow_spinning=False) as runner:
+        return outputs_in_batches(lambda b: runner.infer({input_name: b}), x, batch)
 
 
 def compare_with_reference(label: str, precision: str, got: dict[str, np.ndarray], reference: dict[str, np.ndarray],
                            inputs: ComparisonInputs, gates: Gates, *, enforce: bool) -> tuple[StageResult, dict[str, Any]]:
     """Figures and gates of one converted graph; the stage fails when an enforced gate fails."""
-    primary = "logits" if "logits" in reference else "embedding"
-    classification = primary == "logits"
-    summary = dm.summarize(dm.per_image(got[primary], reference[primary], classification=classification))
-    metrics = {k: summary[k] for k in ("top1_agreement", "cosine_min", "cosine_mean", "max_abs", "mean_abs", "kl_mean")
-               if k in summary}
-    if classification and (inputs.labels >= 0).any():
-        acc, ref = dm.accuracy(got["logits"], inputs.labels), dm.accuracy(reference["logits"], inputs.labels)
-        if acc is not None and ref is not None:
-            metrics.update(accuracy=acc, accuracy_reference=ref, accuracy_drop=round(ref - acc, 10))
-    results = evaluate(gates, precision, metrics)
-    failed = [r for r in results if not r.passed]
+    verdict = compare_outputs(got, reference, gates, precision, inputs.labels)
+    metrics, results, failed = verdict.metrics, verdict.gates, verdict.failed
     enforced = enforce or inputs.real
     passed = not failed or not enforced
     figures = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("top1_agreement", "cosine_min", "accuracy_drop") if k in metrics)

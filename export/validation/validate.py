@@ -29,8 +29,9 @@ from vitmsn.runtime.manifest import Manifest
 from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
 
 from vitmsn.export.validation import metrics as dm
-from vitmsn.export.validation.gates import Gates, GateResult, evaluate
+from vitmsn.export.validation.gates import Gates, GateResult
 from vitmsn.export.validation.inputs import ImageSet, image_set
+from vitmsn.export.validation.verdict import ReferenceCache, drift_verdict
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ def _worst(per: dict[str, np.ndarray], classification: bool, n: int) -> np.ndarr
 def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | Path, labels_file: str | Path | None = None,
                        gates: Gates | None = None, *, precisions: Sequence[str] | None = None, backend: str = "all",
                        checkpoint: str | None = None, batch_size: int | None = None, progress: bool = True,
-                       worst_images: int = WORST_IMAGES) -> ValidationResult:
+                       worst_images: int = WORST_IMAGES, reference_cache: ReferenceCache | None = None) -> ValidationResult:
     """Compare every runnable precision/backend of ``artifacts_dir`` with PyTorch FP32 on ``images_dir``.
 
     Raises InputError for bad input (exit 2); returns the result whatever the gates say (the
@@ -268,6 +269,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
     names = manifest.output_names
     primary = "logits" if classification else "embedding"
     bs = batch_size or max(1, int(manifest.batch.get("opt", 8)))
+    cache = reference_cache if reference_cache is not None else ReferenceCache()
 
     per: dict[int, dict[str, list[dict[str, np.ndarray]]]] = {i: {o: [] for o in names} for i in range(len(targets))}
     logits: dict[int, list[np.ndarray]] = {i: [] for i in range(-1, len(targets))}
@@ -286,8 +288,12 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
                 evaluated += [start + i for i in ok]
                 if len(ok):
                     t0 = time.perf_counter()
-                    with torch.inference_mode():
-                        ref = {n: t.numpy() for n, t in zip(names, model(torch.from_numpy(x)))}
+
+                    def pytorch(batch: np.ndarray) -> dict[str, np.ndarray]:
+                        with torch.inference_mode():
+                            return {n: t.numpy() for n, t in zip(names, model(torch.from_numpy(batch)))}
+
+                    ref = cache.outputs(x, pytorch)
                     seconds[-1] += time.perf_counter() - t0
                     if classification:
                         logits[-1].append(ref["logits"])
@@ -319,12 +325,10 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
     for i, t in enumerate(targets):
         per_output = {o: dm.concat(per[i][o]) for o in names}
         outputs = {o: dm.summarize(per_output[o]) for o in names}
-        metrics = dict(outputs[primary], output=primary)
         got_logits = np.concatenate(logits[i]) if classification else np.zeros((len(evaluated), 0), np.float32)
-        acc = dm.accuracy(got_logits, truth) if classification else None
-        if acc is not None and acc_ref is not None:
-            metrics.update(accuracy=acc, accuracy_reference=acc_ref, accuracy_drop=round(acc_ref - acc, 10),
-                           labelled_images=int((truth >= 0).sum()))
+        verdict = drift_verdict(per_output[primary], gates, t.precision, classification=classification,
+                                got_logits=got_logits, ref_logits=ref_logits, labels=truth)
+        metrics = dict(verdict.metrics, output=primary)
         worst = []
         for j in _worst(per_output[primary], classification, worst_images):
             item: dict[str, Any] = {"image": rel[j], **{k: dm.finite_or_none(v[j]) if v.dtype.kind == "f" else bool(v[j])
@@ -336,6 +340,6 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
             worst.append(item)
         results.append(BackendResult(t.backend, t.precision, t.file, per_output,
                                      got_logits if classification else None, metrics, outputs,
-                                     evaluate(gates, t.precision, metrics), worst, seconds[i], providers[i], t.variant))
+                                     verdict.gates, worst, seconds[i], providers[i], t.variant))
     return ValidationResult(manifest.root, manifest.task, primary, reference, images,
                             rel, truth, skipped_images, results, skipped_backends, gates, checks)

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from vitmsn.export.validation.metrics import cosine_similarity
+
 ATOL_FP32 = 1e-4  # vitmsn.export.fp32.spec.ATOL_FP32 / RTOL_FP32 (kept import-free here; a test checks they agree)
 RTOL_FP32 = 1e-3
 
@@ -64,15 +66,6 @@ def tolerance_for(precision: str, device: str) -> Tolerance:
     return TOLERANCES.get((precision, "cuda" if device.startswith("cuda") else "cpu"), TOLERANCES[("fp16", "cpu")])
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a.reshape(len(a), -1).astype(np.float64)
-    b = b.reshape(len(b), -1).astype(np.float64)
-    num = (a * b).sum(axis=1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.abs(a).sum(1) + np.abs(b).sum(1) == 0, 1.0, 0.0))
-    return out
-
-
 def _nearest_reference(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
     a = got.reshape(len(got), -1).astype(np.float64)
     b = ref.reshape(len(ref), -1).astype(np.float64)
@@ -98,7 +91,7 @@ def compare_outputs(outputs: dict[str, np.ndarray], reference: dict[str, np.ndar
             problems.append(f"{name}: non-finite values")
             continue
         diff = np.abs(got - ref)
-        cos = _cosines(got, ref)
+        cos = cosine_similarity(got, ref)  # the drift metrics' own definition, shared by every comparison
         m = {"max_abs": float(diff.max()), "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
         if ref.ndim == 2 and name == "logits":
             m["top1_agreement"] = float((got.argmax(-1) == ref.argmax(-1)).mean())
