@@ -134,3 +134,18 @@ def test_html_renders_in_headless_chromium(written, tmp_path):
     # the banner (pass green or fail red) and the histogram bars are really painted
     assert _has_colour(a, (0xE3, 0xF4, 0xE6), tol=4, min_pixels=2000) or _has_colour(a, (0xFB, 0xE3, 0xE6), tol=4, min_pixels=2000)
     assert _has_colour(a, BAR_BLUE)
+
+
+def test_html_escapes_names_from_the_images_folder(demo_int8_artifacts, tmp_path):
+    """An image path is text, never markup: a file named like a tag reaches report.html escaped."""
+    from vitmsn.export.demo import write_dataset
+
+    images = tmp_path / "images"
+    write_dataset(images, per_class=1, split="heldout")
+    first = sorted(images.rglob("*.jpg"))[0]
+    hostile = first.with_name("<img src=x onerror=alert(1)>.jpg")
+    first.rename(hostile)
+    out = tmp_path / "report"
+    write_drift_reports(out, validate_artifacts(demo_int8_artifacts, images, progress=False, precisions=["fp32"]))
+    html = (out / "report.html").read_text()
+    assert "&lt;img src=x onerror=alert(1)&gt;.jpg" in html and "<img src=x" not in html

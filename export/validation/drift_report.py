@@ -13,9 +13,7 @@ state), rendered with the Agg canvas.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
 import io
 import json
 from pathlib import Path
@@ -125,13 +123,13 @@ def markdown(report: dict[str, Any]) -> str:
     if ref.get("accuracy") is not None:
         lines.append(f"- reference accuracy: {fmt(ref['accuracy'], 'pct')} on {images['labelled']} labelled images")
     lines += ["", "## Summary (primary output: " + report["primary_output"] + ")", ""]
-    rows = [[r["backend"], _label(r), "pass" if r["passed"] else "**FAIL**"]
+    rows = [[r["backend"], result_label(r), "pass" if r["passed"] else "**FAIL**"]
             + [fmt(r["metrics"].get(k), kind) for k, _, kind in SUMMARY_COLUMNS] for r in report["results"]]
     lines += _table(["backend", "precision", "gates"] + [h for _, h, _ in SUMMARY_COLUMNS], rows)
     for c in report.get("checks", []):
         lines += ["", f"- check {c['check']}: {'pass' if c['passed'] else '**FAIL**'}: {c['detail']}"]
     for r in report["results"]:
-        lines += ["", f"## {r['backend']} {_label(r)} ({r['file']})", "", "Gates:", ""]
+        lines += ["", f"## {r['backend']} {result_label(r)} ({r['file']})", "", "Gates:", ""]
         lines += _table(["gate", "metric", "value", "threshold", "source", "result"],
                         [[g["gate"], g["metric"], fmt(g["value"], "exact"),
                           f"{g['op']} {g['threshold']:g}", g["source"], "pass" if g["passed"] else "**FAIL**"]
@@ -147,7 +145,7 @@ def markdown(report: dict[str, Any]) -> str:
                          for o, s in r["outputs"].items()])
         lines += ["", "Worst images:", ""]
         lines += _table(["image", "label", "reference", "this backend", "cosine", "KL"],
-                        [[w["image"], str(w.get("label") or ""), _pred(w.get("reference")), _pred(w.get("prediction")),
+                        [[w["image"], str(w.get("label") or ""), prediction_text(w.get("reference")), prediction_text(w.get("prediction")),
                           fmt(w.get("cosine"), "cos"), fmt(w.get("kl"), "sci")] for w in r["worst_images"]])
     if report.get("sensitivity"):
         lines += ["", *sensitivity_markdown(report["sensitivity"])]
@@ -165,12 +163,12 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _label(r: dict[str, Any]) -> str:
+def result_label(r: dict[str, Any]) -> str:
     """The precision, and the flavour when there is one (``int8 (onnxruntime_cpu)``)."""
     return r["precision"] + (f" ({r['variant']})" if r.get("variant") else "")
 
 
-def _pred(p: dict[str, Any] | None) -> str:
+def prediction_text(p: dict[str, Any] | None) -> str:
     return f"{p['label']} ({p['score']:.3f})" if p else ""
 
 
@@ -251,97 +249,6 @@ def thumbnail_jpeg(path: Path, size: int = 112) -> bytes | None:
     return buf.getvalue()
 
 
-def _img(data: bytes | None, mime: str, alt: str) -> str:
-    if data is None:
-        return f"<span class='na'>{html.escape(alt)}: unreadable</span>"
-    return f"<img alt='{html.escape(alt)}' src='data:{mime};base64,{base64.b64encode(data).decode()}'>"
-
-
-# ---- report.html -------------------------------------------------------------------------------
-CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}
-td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td.text{text-align:left}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
-.pass{color:#17702c;font-weight:600}.fail{color:#b00020;font-weight:700}.na{color:#888}
-.worst{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;padding:6px;width:190px;font-size:12px}
-.card img{display:block;margin:0 auto 4px}.banner{padding:10px 14px;font-size:18px;border-radius:4px}
-.banner.pass{background:#e3f4e6}.banner.fail{background:#fbe3e6}"""
-
-
-def _status(ok: bool) -> str:
-    return "<span class='pass'>pass</span>" if ok else "<span class='fail'>FAIL</span>"
-
-
-def _html_table(headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def render_html(report: dict[str, Any], result: ValidationResult) -> str:
-    e = html.escape
-    ref, images = report["reference"], report["images"]
-    ok = report["passed"]
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>vitmsn drift report</title>"
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>Accuracy-drift report</h1><div class='banner {'pass' if ok else 'fail'}'>"
-             f"{'PASSED' if ok else 'FAILED'}: {len(report['results'])} backend/precision result(s) against PyTorch FP32</div>",
-             f"<p>Checkpoint {e(ref['checkpoint'])} (sha256 {e(ref['checkpoint_sha256'][:16])}...), "
-             f"{images['evaluated']} images from {e(images['root'])}, {images['skipped_count']} skipped. {e(images['note'])}."
-             + (f" Reference accuracy {fmt(ref['accuracy'], 'pct')}." if ref.get("accuracy") is not None else "") + "</p>"]
-    failures = result.failures()
-    if failures:
-        parts.append("<h2>Failed gates</h2><ul>" + "".join(f"<li class='fail'>{e(f)}</li>" for f in failures) + "</ul>")
-    parts.append("<h2>Summary per precision</h2>" + _html_table(
-        ["backend", "precision", "gates"] + [h for _, h, _ in SUMMARY_COLUMNS] + ["img/s"],
-        [[e(r["backend"]), e(_label(r)), _status(r["passed"])]
-         + [fmt(r["metrics"].get(k), kind) for k, _, kind in SUMMARY_COLUMNS] + [fmt(r["timing"]["images_per_second"])]
-         for r in report["results"]]))
-    for r, obj in zip(report["results"], result.results):
-        parts.append(f"<h2>{e(r['backend'])} {e(_label(r))} <small>({e(r['file'])})</small> {_status(r['passed'])}</h2>")
-        parts.append(_html_table(["gate", "metric", "value", "threshold", "source", "result"],
-                                 [[e(g["gate"]), e(g["metric"]), fmt(g["value"], "exact"), f"{e(g['op'])} {g['threshold']:g}",
-                                   e(g["source"]), _status(g["passed"])] for g in r["gates"]]))
-        parts.append(_html_table(["output", "max abs", "mean abs", "rel err", "cos min", "cos p1", "cos mean", "top-1", "KL mean"],
-                                 [[e(o), fmt(s.get("max_abs"), "sci"), fmt(s.get("mean_abs"), "sci"),
-                                   fmt(s.get("rel_l2_mean"), "sci"), fmt(s.get("cosine_min"), "cos"),
-                                   fmt(s.get("cosine_p1"), "cos"), fmt(s.get("cosine_mean"), "cos"),
-                                   fmt(s.get("top1_agreement"), "pct"), fmt(s.get("kl_mean"), "sci")]
-                                  for o, s in r["outputs"].items()]))
-        parts.append(_img(histogram_png(obj, result.primary_output), "image/png", f"histograms {r['precision']}"))
-        cards = []
-        for w in r["worst_images"]:
-            thumb = thumbnail_jpeg(result.images.root / w["image"])
-            lines = [f"<b>{e(w['image'])}</b>"]
-            if w.get("label"):
-                lines.append(f"label: {e(w['label'])}")
-            if w.get("reference"):
-                lines.append(f"pytorch: {e(_pred(w['reference']))}")
-                lines.append(f"{e(r['precision'])}: {e(_pred(w['prediction']))}"
-                             + ("" if w.get("top1_agree", True) else " <span class='fail'>differs</span>"))
-            lines.append(f"cosine {fmt(w.get('cosine'), 'cos')}" + (f", KL {fmt(w.get('kl'), 'sci')}" if "kl" in w else ""))
-            cards.append(f"<div class='card'>{_img(thumb, 'image/jpeg', w['image'])}{'<br>'.join(lines)}</div>")
-        parts.append(f"<h3>Worst images</h3><div class='worst'>{''.join(cards)}</div>")
-    if report.get("sensitivity"):
-        s = report["sensitivity"]
-        parts.append(f"<h2>INT8 sensitivity</h2><p>{e(s['method'])} on {s['images']} calibration images; "
-                     f"score: {e(s['score'])} (higher hurts more).</p>" + _img(sensitivity_png(s), "image/png", "sensitivity"))
-        parts.append(_html_table(["rank", "group", "score", "top-1 agree", "cos mean"],
-                                 [[str(i + 1), e(g["group"]), fmt(g["score"], "sci"), fmt(g.get("top1_agreement"), "pct"),
-                                   fmt(g.get("cosine_mean"), "cos")] for i, g in enumerate(s["ranking"])]))
-    if report.get("requantization"):
-        parts.append("<h2>INT8 re-quantization</h2><pre>" + e("\n".join(requantization_markdown(report["requantization"])))
-                     + "</pre>")
-    if images["skipped"]:
-        parts.append("<h2>Skipped images</h2><ul>" + "".join(f"<li>{e(s['image'])}: {e(s['reason'])}</li>"
-                                                            for s in images["skipped"]) + "</ul>")
-    if report.get("skipped_backends"):
-        parts.append("<h2>Backends not run here</h2><ul>" + "".join(f"<li>{e(s['backend'])}: {e(s['reason'])}</li>"
-                                                                   for s in report["skipped_backends"]) + "</ul>")
-    if report.get("stages"):
-        parts.append("<h2>Export checks</h2>" + _html_table(["stage", "result", "detail"], [
-            [e(s["stage"]), _status(s["passed"]), f"<span class='text'>{e(s['detail'])}</span>"] for s in report["stages"]]))
-    return "".join(parts) + "</body></html>\n"
-
-
 def write_drift_reports(out: str | Path, result: ValidationResult) -> dict[str, str]:
     """Write report.json, report.md and report.html into ``out``; return their names."""
     out = Path(out)
@@ -350,5 +257,7 @@ def write_drift_reports(out: str | Path, result: ValidationResult) -> dict[str, 
     report = report_dict(result, previous)
     write_json_atomic(out / "report.json", report)
     write_bytes_atomic(out / "report.md", markdown(report).encode())
+    from vitmsn.export.validation.report_html import render_html
+
     write_bytes_atomic(out / "report.html", render_html(report, result).encode())
     return {"json": "report.json", "md": "report.md", "html": "report.html"}

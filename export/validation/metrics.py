@@ -27,8 +27,6 @@ from typing import Any
 import numpy as np
 
 TOPK = 5
-PER_IMAGE_KEYS = ("max_abs", "mean_abs", "rel_l2", "cosine")
-CLASSIFICATION_KEYS = ("top1_agree", "top5_overlap", "kl")
 
 
 def _flat(a: np.ndarray) -> np.ndarray:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Iterable, Iterator, TextIO, TypeVar
+from typing import TextIO
 
-T = TypeVar("T")
 
 
 class Progress:
@@ -59,12 +58,3 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def track(items: Iterable[T], label: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    with Progress(label, total, unit=unit) as bar:
-        for item in items:
-            yield item
-            bar.update()

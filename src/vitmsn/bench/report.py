@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +110,3 @@ def write_reports(report: dict[str, Any], json_path: Path | None = None, md_path
     if md_path is not None:
         write_bytes_atomic(md_path, markdown(report).encode())
 
-
-def load_report(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
