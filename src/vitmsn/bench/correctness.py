@@ -5,7 +5,7 @@ as passed unless its outputs agree with the reference. Tolerances, per precision
 every report):
 
 * ``fp32`` on CPU: every element within ``atol + rtol * |reference|`` (numpy.allclose), the same
-  rule and figures as the export's ONNX Runtime parity stage (``vitmsn.export.fp32.spec``).
+  rule and figures as the export's ONNX Runtime parity stage (``vitmsn.export.fp32.tolerances``).
 * ``fp32`` on a GPU: cosine similarity >= 0.9999 per sample and output (cuDNN convolutions may use
   TF32 by PyTorch's default, and GPU kernels sum in other orders).
 * ``fp16``: cosine >= 0.999 per sample and output.
@@ -25,10 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from vitmsn.export.fp32.tolerances import ATOL_FP32, RTOL_FP32  # the export's own parity rule
 from vitmsn.export.validation.metrics import cosine_similarity
 
-ATOL_FP32 = 1e-4  # vitmsn.export.fp32.spec.ATOL_FP32 / RTOL_FP32 (kept import-free here; a test checks they agree)
-RTOL_FP32 = 1e-3
 
 
 @dataclass(frozen=True)
