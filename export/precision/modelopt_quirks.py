@@ -1,6 +1,7 @@
 """ModelOpt quirks, handled in one place: its logging.
 
 :func:`captured_modelopt_logs`: ModelOpt's INFO chatter kept off the terminal, its decisions captured.
+
 ModelOpt (``modelopt.onnx``) installs its own stream handlers and logs every node it skips at
 INFO. We need some of those lines as data (which nodes AutoCast kept in FP32, and why) but not
 on the user's terminal, so :func:`captured_modelopt_logs` raises its handlers to WARNING for the
