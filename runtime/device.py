@@ -89,10 +89,6 @@ def import_tensorrt(target: str) -> ModuleType:
     except ImportError as exc:
         raise ImportError(f"engine target {target} needs the {module!r} module ({exc}); "
                           f"pip install {package} (with its runtime libraries) on a machine with a GPU") from exc
-    if not hasattr(trt, "Runtime") or not hasattr(trt, "__version__"):
-        # tensorrt-stubs installs a bare tensorrt/ folder, which imports as an empty namespace package
-        raise ImportError(f"{module!r} is present only as type stubs or bindings without its libraries; "
-                          f"pip install {package} (with its runtime libraries) on a machine with a GPU")
     return trt
 
 

@@ -16,6 +16,7 @@ import ctypes
 import os
 import threading
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from . import device
 from .engine_check import engine_problems
 from .runner import RunnerBase, TensorMeta
 
-if TYPE_CHECKING:  # checked statically against tensorrt-stubs; at run time the module is chosen by target
+if TYPE_CHECKING:  # the static check (tests/tensorrt_static_check.py) supplies each API in turn as `tensorrt`
     import tensorrt as trt
 
 _NP_BY_TRT_NAME = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64,
@@ -55,10 +56,14 @@ def check_cuda(result: Any, what: str) -> Any:
     return values[0] if len(values) == 1 else tuple(values) if values else None
 
 
-def np_dtype(trt_module: Any, dtype: Any) -> np.dtype:
-    if hasattr(trt_module, "nptype"):
+def np_dtype(trt_module: ModuleType, dtype: trt.DataType) -> np.dtype:
+    if TYPE_CHECKING:
+        import tensorrt as api  # each API of the static check; at run time the module chosen by target
+    else:
+        api = trt_module
+    if hasattr(api, "nptype"):
         try:
-            return np.dtype(trt_module.nptype(dtype))
+            return np.dtype(api.nptype(dtype))
         except TypeError:
             pass
     name = getattr(dtype, "name", str(dtype)).split(".")[-1].upper()
@@ -114,10 +119,14 @@ class TensorRTRunner(RunnerBase):
         if problems or trt_module is None:
             raise InputError("; ".join(problems))
         self._trt = trt_module
+        if TYPE_CHECKING:
+            import tensorrt as api  # each API of the static check; at run time the module chosen by target
+        else:
+            api = trt_module
         self._cudart = cudart = import_cudart()
         check_cuda(cudart.cudaSetDevice(self.gpu_index), "cudaSetDevice")
-        logger = trt_module.Logger(trt_module.Logger.WARNING)
-        runtime = trt_module.Runtime(logger)
+        logger = api.Logger(api.Logger.WARNING)
+        runtime = api.Runtime(logger)
         plan = self.path.read_bytes()
         if hasattr(runtime, "get_engine_validity"):  # TensorRT-RTX: a cheap check before deserializing
             validity, diagnostics = runtime.get_engine_validity(plan)
@@ -130,14 +139,17 @@ class TensorRTRunner(RunnerBase):
                              "rebuild it on this machine with vitmsn-export --engine require")
         self._engine = engine
         self._describe_io(engine)
-        self._context = engine.create_execution_context()
+        self._context = context = engine.create_execution_context()
         self._stream = check_cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
         if engine.num_optimization_profiles > 1:
-            self._context.set_optimization_profile_async(0, int(self._stream))
+            context.set_optimization_profile_async(0, int(self._stream))
         self._allocate(engine)
 
     def _describe_io(self, engine: "trt.ICudaEngine") -> None:
-        trt_module = self._trt
+        if TYPE_CHECKING:
+            import tensorrt as trt_module  # each API of the static check
+        else:
+            trt_module = self._trt
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             dtype = np_dtype(trt_module, engine.get_tensor_dtype(name))

@@ -200,23 +200,3 @@ def test_tensorrt_execution_provider_options_follow_the_manifest_profile(tmp_pat
     assert options["trt_profile_opt_shapes"] == "pixel_values:8x3x224x224"
     assert options["trt_profile_max_shapes"] == "pixel_values:32x3x224x224"
     assert options["trt_engine_cache_enable"] and options["trt_engine_cache_path"] == str(tmp_path)
-
-
-def test_a_stubs_only_tensorrt_folder_is_not_taken_for_tensorrt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """tensorrt-stubs installs a bare ``tensorrt/`` folder that imports as an empty namespace
-    package; it must read as "not installed", never crash selection with an AttributeError."""
-    import sys
-
-    from vitmsn.runtime import device
-
-    (tmp_path / "tensorrt").mkdir()
-    (tmp_path / "tensorrt" / "__init__.pyi").write_text("class Runtime: ...\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
-    import tensorrt  # noqa: F401  (the namespace package, unless a real TensorRT is installed)
-
-    if hasattr(sys.modules["tensorrt"], "Runtime"):
-        pytest.skip("a real TensorRT is installed here")
-    with pytest.raises(ImportError, match="only as type stubs"):
-        device.import_tensorrt("tensorrt")
-    assert not device.tensorrt_importable("tensorrt")

@@ -28,12 +28,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, SupportsInt
 
 from vitmsn.errors import InputError
 from vitmsn.runtime.manifest import atomic_path, write_bytes_atomic
 
 from vitmsn.export.fp32.spec import BatchRange
+
+if TYPE_CHECKING:  # the static check (tests/tensorrt_static_check.py) supplies each API in turn as `tensorrt`
+    import tensorrt as trt
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +116,6 @@ def builder_status(target: str) -> BuilderStatus:
         module = importlib.import_module(name)
     except (ImportError, OSError) as exc:
         return BuilderStatus(False, f"{name} is not installed or cannot load its libraries ({exc}); {INSTALL_HINT[target]}")
-    if not hasattr(module, "Builder"):
-        # tensorrt-stubs installs a bare tensorrt/ folder (type stubs only), which imports as an
-        # empty namespace package; the bindings-only wheels cannot load without the libraries.
-        return BuilderStatus(False, f"{name} is present only as type stubs or bindings without its libraries; "
-                                    f"{INSTALL_HINT[target]}")
     if target == "tensorrt" and not gpu_present():
         return BuilderStatus(False, "TensorRT is installed but no NVIDIA GPU/driver is visible, and its builder needs "
                                     "one; use --target tensorrt-rtx to build ahead of time without a GPU")
@@ -156,10 +154,10 @@ def engine_from_onnx(onnx_path: str | Path, out_path: str | Path, *, precision: 
     if not status.available:
         raise InputError(f"--target {options.target}: {status.reason}")
     is_rtx = options.target == "tensorrt-rtx"
-    if is_rtx:
-        import tensorrt_rtx as trt  # type: ignore  # same API as TensorRT 11 (checked against its own stubs)
+    if TYPE_CHECKING:
+        import tensorrt as trt  # the static check: TensorRT 10.x, 11.x or TensorRT-RTX, one at a time
     else:
-        import tensorrt as trt
+        trt = status.module  # tensorrt or tensorrt_rtx (same API as TensorRT 11)
     version = str(getattr(trt, "__version__", "unknown"))
     notes: list[str] = []
     errors: list[str] = []
@@ -229,11 +227,11 @@ def engine_from_onnx(onnx_path: str | Path, out_path: str | Path, *, precision: 
             def __init__(self) -> None:
                 trt.IProgressMonitor.__init__(self)
 
-            def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-                monitor.event(phase_name, 0, num_steps)
+            def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: SupportsInt) -> None:
+                monitor.event(phase_name, 0, int(num_steps))
 
-            def step_complete(self, phase_name: str, step: int) -> bool:
-                monitor.event(phase_name, step + 1, monitor.phases.get(phase_name, (0, 0))[1])
+            def step_complete(self, phase_name: str, step: SupportsInt) -> bool:
+                monitor.event(phase_name, int(step) + 1, monitor.phases.get(phase_name, (0, 0))[1])
                 return True
 
             def phase_finish(self, phase_name: str) -> None:
@@ -258,8 +256,13 @@ def engine_from_onnx(onnx_path: str | Path, out_path: str | Path, *, precision: 
                         strongly_typed, precision_flags, options, tuple(notes))
 
 
-def _precision_flags(trt: Any, config: Any, precision: str, strongly_typed: bool, version: str) -> tuple[str, ...]:
+def _precision_flags(trt_module: ModuleType, config: trt.IBuilderConfig, precision: str, strongly_typed: bool,
+                     version: str) -> tuple[str, ...]:
     """Weakly typed builds only: the builder flags for ``precision``, where this TensorRT still has them."""
+    if TYPE_CHECKING:
+        import tensorrt as trt
+    else:
+        trt = trt_module
     if strongly_typed:
         return ()  # the graph's types decide; TensorRT rejects precision flags on strongly typed networks
     wanted = {"fp32": (), "fp16": ("FP16",), "int8": ("FP16", "INT8")}[precision]
@@ -272,11 +275,16 @@ def _precision_flags(trt: Any, config: Any, precision: str, strongly_typed: bool
     return wanted
 
 
-def _compute_capabilities(trt: Any, config: Any, options: EngineOptions, is_rtx: bool,
+def _compute_capabilities(trt_module: ModuleType, config: trt.IBuilderConfig, options: EngineOptions, is_rtx: bool,
                           version: str) -> tuple[tuple[str, ...], bool]:
     """Set TensorRT-RTX's ahead-of-time targets; for TensorRT, report the build GPU's capability."""
+    if TYPE_CHECKING:
+        import tensorrt as trt
+    else:
+        trt = trt_module
     enum = getattr(trt, "ComputeCapability", None)
-    if not is_rtx or enum is None or not hasattr(config, "set_compute_capability"):
+    if (not is_rtx or enum is None or not hasattr(config, "set_compute_capability")
+            or not hasattr(config, "num_compute_capabilities")):
         if options.aot_targets:
             raise InputError(f"--aot-targets needs --target tensorrt-rtx ({options.target} {version} builds for "
                              "the GPU it runs on)")

@@ -46,7 +46,7 @@ from vitmsn.calibration import CalibrationMethod, even_batch_size
 from vitmsn.errors import InputError
 from vitmsn.runtime.manifest import atomic_path
 
-from vitmsn.export.precision.modelopt_quirks import captured_modelopt_logs, modelopt_without_fake_tensorrt
+from vitmsn.export.precision.modelopt_quirks import captured_modelopt_logs
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def qdq_onnx_from_calibration(fp32_path: str | Path, out_path: str | Path, calib
     attention = [] if options.quantize_attention else [n for n in activation_matmuls(source) if n not in excluded]
     batch = even_batch_size(len(calibration))
     shape = "x".join(str(d) for d in (batch,) + tuple(calibration.shape[1:]))
-    with atomic_path(out_path) as tmp, captured_modelopt_logs(options.verbose), modelopt_without_fake_tensorrt():
+    with atomic_path(out_path) as tmp, captured_modelopt_logs(options.verbose):
         quantize(
             str(fp32_path),
             quantize_mode="int8",

@@ -1,11 +1,6 @@
-"""ModelOpt quirks, handled in one place: its logging, and its TensorRT detection.
+"""ModelOpt quirks, handled in one place: its logging.
 
 :func:`captured_modelopt_logs`: ModelOpt's INFO chatter kept off the terminal, its decisions captured.
-:func:`modelopt_without_fake_tensorrt`: ModelOpt's ``trt_utils`` decides "TensorRT is available"
-from ``import tensorrt`` succeeding. ``tensorrt-stubs`` (our static-check dependency) installs a
-bare ``tensorrt/`` folder of ``.pyi`` files, which imports as an empty namespace package, and
-ModelOpt's INT8 quantization then dies on ``trt.Logger``. Inside the block its flag is cleared
-when the imported ``tensorrt`` has no ``Logger`` (a real TensorRT is used as before).
 
 ModelOpt (``modelopt.onnx``) installs its own stream handlers and logs every node it skips at
 INFO. We need some of those lines as data (which nodes AutoCast kept in FP32, and why) but not
@@ -32,21 +27,6 @@ class _Collect(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
-
-
-@contextlib.contextmanager
-def modelopt_without_fake_tensorrt() -> Iterator[None]:
-    from modelopt.onnx import trt_utils
-
-    fake = getattr(trt_utils, "TRT_PYTHON_AVAILABLE", False) and not hasattr(getattr(trt_utils, "trt", None), "Logger")
-    if not fake:
-        yield
-        return
-    trt_utils.TRT_PYTHON_AVAILABLE = False
-    try:
-        yield
-    finally:
-        trt_utils.TRT_PYTHON_AVAILABLE = True
 
 
 @contextlib.contextmanager
