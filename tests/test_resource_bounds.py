@@ -10,7 +10,6 @@ would have allocated ~2.7 GB of parameters.
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from PIL import Image
 
 from vitmsn.errors import InputError
 
-from checkpoints import TINY_CONFIG, save_transformers
+from checkpoints import save_transformers
 
 _MEASURED = """
 import resource, subprocess, sys
