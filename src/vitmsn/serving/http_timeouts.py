@@ -7,6 +7,8 @@ connection opens (and again after each response on a kept-alive connection) and 
 h11 has parsed a complete request head. When it fires, a client that sent part of a request gets
 ``408`` (JSON, ``Connection: close``); one that sent nothing is closed silently; each is logged
 on one line and counted (``vitmsn_http_incomplete_requests_total{reason="header_timeout"}``).
+A connection still sending the unread body of a request already answered (``GET /healthz`` with
+a body, a 404, ...), which uvicorn reads and discards, is closed when the timer fires as well.
 
 The body-read timeout is the app's (``read_body`` in :mod:`vitmsn.serving.server`): it sees the
 body arrive, can answer 408 itself and counts the request under its status.
@@ -43,12 +45,13 @@ def header_timeout_protocol(timeout_s: float, on_timeout: Callable[[bool], None]
 
         def handle_events(self) -> None:
             super().handle_events()
-            if self._header_timer is not None and self.conn.their_state in _HEAD_DONE:
+            # A request is being handled (its head parsed, its response not yet sent).
+            if self._header_timer is not None and self.conn.their_state in _HEAD_DONE and self.conn.our_state is not h11.DONE:
                 self._disarm_header_timer()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            if not self.transport.is_closing() and self.conn.our_state is not h11.SEND_RESPONSE:
                 self._arm_header_timer()  # the next request on this kept-alive connection
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -66,7 +69,15 @@ def header_timeout_protocol(timeout_s: float, on_timeout: Callable[[bool], None]
 
         def _header_timeout(self) -> None:
             self._header_timer = None
-            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            if self.transport.is_closing():
+                return
+            if self.conn.our_state is h11.DONE and self.conn.their_state is h11.SEND_BODY:
+                log.warning("%s: still sending the body of an answered request after %g s; closed",
+                            "%s:%s" % self.client if self.client else "client", timeout_s)
+                self.transport.close()
+                on_timeout(False)
+                return
+            if self.conn.their_state is not h11.IDLE:
                 return
             received = len(self.conn.trailing_data[0])
             client = "%s:%s" % self.client if self.client else "client"
