@@ -158,3 +158,13 @@ def test_config_is_checked_against_the_weights_before_allocating(tiny_checkpoint
     assert "query.weight (checkpoint (32, 32), config expects (1536, 1536))" in out, out
     print(f"peak RSS {peak_mib:.0f} MiB")
     assert peak_mib < 1000, f"loading peaked at {peak_mib:.0f} MiB"
+
+
+def test_huge_config_json_is_refused_unread(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from vitmsn.export.fp32.checkpoint import load_checkpoint
+
+    bad = _with_config(tiny_checkpoint, tmp_path / "bad")
+    with open(bad / "config.json", "r+b") as f:
+        f.truncate(5 * 2**30)  # sparse: 5 GiB of NULs after the real JSON
+    with pytest.raises(InputError, match=r"config.json: 5368709120 bytes, over the 67108864-byte limit"):
+        load_checkpoint(str(bad))

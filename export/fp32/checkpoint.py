@@ -128,8 +128,14 @@ def resolve_source(source: str) -> Path:
 
 
 # ---- reading -------------------------------------------------------------------------------
+MAX_JSON_BYTES = 64 * 1024 * 1024  # config.json, preprocessor_config.json, shard indexes: a few KB to MB
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
+        if path.is_file() and path.stat().st_size > MAX_JSON_BYTES:
+            raise InputError(f"{path}: {path.stat().st_size} bytes, over the {MAX_JSON_BYTES}-byte limit for a JSON "
+                             "config; this is not a checkpoint's config file")
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: missing") from None

@@ -92,7 +92,7 @@ class ServeOptions:
                   ("--request-timeout", self.request_timeout_s > 0), ("--shutdown-timeout", self.shutdown_timeout_s >= 0),
                   ("--decode-threads", self.decode_threads is None or self.decode_threads >= 1),
                   ("--header-timeout", self.header_timeout_s > 0), ("--body-timeout", self.body_timeout_s > 0),
-                  ("--max-receiving-bytes", self.max_receiving_bytes >= self.max_body_bytes),
+                  ("--max-receiving-bytes (must be at least --max-body-bytes)", self.max_receiving_bytes >= self.max_body_bytes),
                   ("--max-decode-mb", self.max_decode_bytes >= 1)]
         for option, ok in checks:
             if not ok:
