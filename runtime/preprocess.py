@@ -4,8 +4,11 @@ This is the one implementation used by calibration, validation, benchmarks and s
 (STYLE.md #12). It reproduces transformers' ``ViTImageProcessor`` (PIL backend) configured from
 the same ``preprocessor_config.json``, to within 1e-5 on the same RGB image (in fact bit-exactly):
 
-1. decode (paths, bytes, file objects; a fixed list of raster formats, never EPS/PDF), refuse
-   images over ``max_pixels`` before decoding them, apply the EXIF orientation;
+1. read at most ``max_file_bytes`` from a path or file object (a pipe, ``/dev/zero`` or a sparse
+   5 GB file ends in an ImageError, in bounded memory); decode (a fixed list of raster formats, never
+   EPS/PDF), refusing before decoding any image over ``max_pixels`` or whose decoded raster
+   (width x height x bands x bytes per sample, from the header) is over ``max_decode_bytes``;
+   apply the EXIF orientation;
 2. convert to RGB as transformers' ``convert_to_rgb`` does: transparency (RGBA, LA, P with a
    transparent index) is composited onto white, everything else goes through ``convert("RGB")``;
    16-bit grey is scaled to 8 bits (not clipped, which would turn most of it white);
@@ -33,6 +36,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vitmsn.errors import InputError
+
+from .image_read import (DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_FILE_BYTES, ImageError, ReadLimits, decoded_bytes,
+                         read_capped, read_path)
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
 
@@ -67,10 +73,6 @@ _EXIF_ORIENTATION_TAG = 0x0112
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-class ImageError(InputError):
-    """One image could not be read or converted; the message names it and says why."""
-
-
 @dataclass(frozen=True)
 class PreprocessConfig:
     height: int
@@ -84,6 +86,8 @@ class PreprocessConfig:
     image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft: bool = False
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     _lut: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -95,6 +99,8 @@ class PreprocessConfig:
             raise InputError("preprocess: image_std must not contain 0")
         if self.height <= 0 or self.width <= 0:
             raise InputError(f"preprocess: size {self.height}x{self.width} must be positive")
+        if self.max_decode_bytes < 1 or self.max_file_bytes < 1 or self.max_pixels < 1:
+            raise InputError("preprocess: max_pixels, max_decode_bytes and max_file_bytes must be positive")
         object.__setattr__(self, "_lut", self._build_lut())
 
     # ---- construction -------------------------------------------------------------------
@@ -137,7 +143,8 @@ class PreprocessConfig:
 
     @classmethod
     def from_manifest(cls, block: dict[str, Any], **runtime: Any) -> "PreprocessConfig":
-        """The manifest's ``preprocess`` block; ``runtime`` sets ``max_pixels`` or ``draft``."""
+        """The manifest's ``preprocess`` block; ``runtime`` sets ``max_pixels``, ``max_decode_bytes``,
+        ``max_file_bytes`` or ``draft``."""
         try:
             return cls(
                 height=int(block["size"]["height"]),
@@ -198,7 +205,7 @@ class PreprocessConfig:
     def pixels(self, image: ImageInput) -> np.ndarray:
         """One image -> the resized uint8 HxWx3 RGB array (before rescale/normalize)."""
         im = to_rgb(image, max_pixels=self.max_pixels, draft_size=(self.width, self.height) if self.draft else None,
-                    keep_grey=True)
+                    keep_grey=True, limits=ReadLimits(self.max_file_bytes, self.max_decode_bytes))
         im = self.resize(im)
         if im.mode == "L":  # resizing the one grey band, then repeating it, is exact and 3x cheaper
             im = im.convert("RGB")
@@ -245,24 +252,23 @@ def _formats() -> tuple[str, ...]:
     return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
 
 
-def _open(image: Any, name: str, max_pixels: int, draft_size: tuple[int, int] | None) -> Image.Image:
+def _open(image: Any, name: str, max_pixels: int, draft_size: tuple[int, int] | None,
+          limits: ReadLimits = ReadLimits()) -> Image.Image:
     try:
         if isinstance(image, (str, os.PathLike)):
-            path = Path(image)
-            if path.is_dir():
-                raise ImageError(f"{name}: is a directory, not an image file")
-            if not path.is_file():
-                raise ImageError(f"{name}: no such file")
-            data = path.read_bytes()  # one read; nothing stays open if decoding fails
+            data = read_path(Path(image), name, limits.max_file_bytes)  # one read; nothing stays open
             if not data:
                 raise ImageError(f"{name}: empty file (0 bytes)")
             source: Any = io.BytesIO(data)
         elif isinstance(image, (bytes, bytearray, memoryview)):
             if len(image) == 0:
                 raise ImageError(f"{name}: empty input (0 bytes)")
+            if len(image) > limits.max_file_bytes:
+                raise ImageError(f"{name}: refused, over the {limits.max_file_bytes}-byte limit for one encoded "
+                                 "image; raise it with --max-image-bytes (Python: max_file_bytes)")
             source = io.BytesIO(image)
         elif hasattr(image, "read"):
-            source = image
+            source = io.BytesIO(read_capped(image, name, limits.max_file_bytes))
         else:
             raise ImageError(f"{name}: unsupported input type {type(image).__name__}; pass a path, bytes, "
                              "a file object, a PIL image or a uint8 HxWx3 array")
@@ -283,6 +289,13 @@ def _open(image: Any, name: str, max_pixels: int, draft_size: tuple[int, int] | 
     if pixels == 0:
         im.close()
         raise ImageError(f"{name}: image has no pixels ({im.width}x{im.height})")
+    cost = decoded_bytes(im)
+    if cost > limits.max_decode_bytes:
+        im.close()
+        raise ImageError(
+            f"{name}: refused, {im.width}x{im.height} {im.mode} ({len(im.getbands())} band(s)) would "
+            f"decode to {cost / 2**20:.0f} MiB, over the decode budget of {limits.max_decode_bytes / 2**20:.0f} MiB; "
+            "raise it with --max-decode-mb (Python: max_decode_bytes) if you trust this image")
     try:
         if draft_size is not None and im.format in ("JPEG", "MPO"):
             w, h = draft_size
@@ -309,9 +322,13 @@ def _pil_to_rgb(im: Image.Image, keep_grey: bool = False) -> Image.Image:
     if im.mode == "RGB" or (keep_grey and im.mode == "L"):
         return im
     if im.mode in _SIXTEEN_BIT or im.mode == "I":
-        arr = np.asarray(im).astype(np.int64)
+        arr = np.asarray(im)
         top = 255 if im.mode == "I" and arr.max() <= 255 else 65535
-        grey = ((arr.clip(0, top) * 255 + top // 2) // top).astype(np.uint8)
+        grey = np.empty(arr.shape, dtype=np.uint8)
+        rows = max(1, (1 << 20) // max(1, arr.shape[1]))  # int64 temporaries of ~8 MB, not 8 bytes a pixel at once
+        for y in range(0, arr.shape[0], rows):
+            block = arr[y:y + rows].astype(np.int64)
+            grey[y:y + rows] = (block.clip(0, top) * 255 + top // 2) // top
         return Image.fromarray(grey, "L") if keep_grey else Image.fromarray(grey, "L").convert("RGB")
     if im.mode == "F":
         arr = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
@@ -342,7 +359,8 @@ def _array_to_rgb(image: np.ndarray, name: str) -> Image.Image:
 
 
 def to_rgb(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, *,
-           draft_size: tuple[int, int] | None = None, keep_grey: bool = False) -> Image.Image:
+           draft_size: tuple[int, int] | None = None, keep_grey: bool = False,
+           limits: ReadLimits = ReadLimits()) -> Image.Image:
     """Any supported input -> an RGB PIL image with its EXIF orientation applied.
 
     ``keep_grey`` returns 8-bit grey images as mode ``L`` (the caller converts after resizing).
@@ -360,7 +378,7 @@ def to_rgb(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, *,
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError(f"{name}: image data is truncated or corrupt ({exc})") from exc
     else:
-        im = _open(image, name, max_pixels, draft_size)
+        im = _open(image, name, max_pixels, draft_size, limits)
     try:
         orientation = _orientation(im)
         if orientation != 1:

@@ -220,6 +220,8 @@ def test_queue_full_is_503_and_a_failed_batch_is_500(demo_artifacts: Path, refer
             while batcher.queue_depth < 1:  # request 2 waits in the (full) queue
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
+            health = client.get("/healthz")  # not ready while the queue cannot take another image
+            assert health.status_code == 503 and "queue is full" in health.json()["reason"], health.text
             refused = client.post("/predict", content=content)
             assert refused.status_code == 503 and "queue is full" in refused.json()["error"]
             assert refused.headers["retry-after"] == "1"

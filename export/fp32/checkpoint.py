@@ -128,8 +128,14 @@ def resolve_source(source: str) -> Path:
 
 
 # ---- reading -------------------------------------------------------------------------------
+MAX_JSON_BYTES = 64 * 1024 * 1024  # config.json, preprocessor_config.json, shard indexes: a few KB to MB
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
+        if path.is_file() and path.stat().st_size > MAX_JSON_BYTES:
+            raise InputError(f"{path}: {path.stat().st_size} bytes, over the {MAX_JSON_BYTES}-byte limit for a JSON "
+                             "config; this is not a checkpoint's config file")
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: missing") from None
@@ -153,6 +159,21 @@ def _load_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _safetensors_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape from the files' headers (no tensor data read)."""
+    from safetensors import SafetensorError, safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for key in fh.keys():
+                    shapes[key] = tuple(fh.get_slice(key).get_shape())
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"{f}: not a readable safetensors file ({exc})") from exc
+    return shapes
+
+
 def _load_bin(files: list[Path]) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
@@ -162,6 +183,9 @@ def _load_bin(files: list[Path]) -> dict[str, torch.Tensor]:
             raise InputError(f"{f}: cannot be loaded safely with torch.load(weights_only=True) ({exc}); convert it to safetensors") from exc
         if not isinstance(data, dict):
             raise InputError(f"{f}: expected a state dict, found {type(data).__name__}")
+        not_tensors = sorted(str(k) for k, v in data.items() if not isinstance(v, torch.Tensor))
+        if not_tensors:
+            raise InputError(f"{f}: entries that are not tensors: {', '.join(not_tensors[:12])}")
         tensors.update(data)
     return tensors
 
@@ -195,8 +219,9 @@ def canonical_key(key: str) -> str:
     return key
 
 
-def _canonical_state(raw: dict[str, torch.Tensor], files: list[Path]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
+def _canonical_state(raw: dict[str, Any], files: list[Path]) -> dict[str, Any]:
+    """``raw`` (tensors or their shapes) under canonical names, ignored keys dropped."""
+    out: dict[str, Any] = {}
     where = ", ".join(f.name for f in files)
     for key, value in raw.items():
         name = canonical_key(key)
@@ -208,13 +233,13 @@ def _canonical_state(raw: dict[str, torch.Tensor], files: list[Path]) -> dict[st
     return out
 
 
-def _check_against(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], where: str) -> None:
+def _check_against(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], where: str) -> None:
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     shapes = sorted(
-        f"{k} (checkpoint {tuple(found[k].shape)}, config expects {tuple(expected[k].shape)})"
+        f"{k} (checkpoint {found[k]}, config expects {expected[k]})"
         for k in set(expected) & set(found)
-        if tuple(expected[k].shape) != tuple(found[k].shape)
+        if expected[k] != found[k]
     )
     problems = []
     if missing:
@@ -225,6 +250,36 @@ def _check_against(expected: dict[str, torch.Tensor], found: dict[str, torch.Ten
         problems.append(f"mis-shaped tensors: {'; '.join(shapes[:12])}")
     if problems:
         raise InputError(f"{where}: weights do not match config.json: " + " | ".join(problems))
+
+
+def _task_and_labels(config: dict[str, Any], config_path: Path, arch: ViTMSNArch, shapes: dict[str, tuple[int, ...]],
+                     where: str) -> tuple[Task, dict[int, str]]:
+    """The task and labels, once the weights' shapes (not yet their data) match config.json.
+
+    Nothing is allocated from config.json's sizes: the expected shapes are computed
+    (``ViTMSNArch.parameter_shapes``), so a config claiming 10^6 layers fails here, by name."""
+    if "classifier.weight" not in shapes:
+        _check_against(arch.parameter_shapes(), shapes, where)
+        return "feature-extraction", {}
+    classifier = shapes["classifier.weight"]
+    if len(classifier) != 2 or classifier[0] < 1:
+        raise InputError(f"{where}: classifier.weight has shape {classifier}; expected (num_labels, hidden_size)")
+    num_labels = int(classifier[0])
+    id2label = config.get("id2label") or {}
+    if not isinstance(id2label, dict):
+        raise InputError(f"{config_path}: id2label must be an object mapping class ids to names")
+    try:
+        labels = {int(k): str(v) for k, v in id2label.items()}
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{config_path}: id2label keys must be integers ({exc})") from exc
+    if not labels:
+        labels = {i: f"LABEL_{i}" for i in range(num_labels)}
+    if sorted(labels) != list(range(num_labels)):
+        raise InputError(
+            f"{config_path}: id2label has {len(labels)} labels but the classifier in {where} has {num_labels} outputs"
+        )
+    _check_against(arch.parameter_shapes(num_labels), shapes, where)
+    return "image-classification", labels
 
 
 def _fingerprint(files: list[Path]) -> str:
@@ -238,42 +293,26 @@ def _fingerprint(files: list[Path]) -> str:
 
 def load_checkpoint(source: str) -> Checkpoint:
     directory = resolve_source(source)
-    config = _read_json(directory / "config.json")
+    config_path = directory / "config.json"
+    config = _read_json(config_path)
     model_type = config.get("model_type")
     if model_type not in ACCEPTED_MODEL_TYPES:
-        raise InputError(f"{directory / 'config.json'}: model_type {model_type!r} is not a ViTMSN (expected 'vit_msn')")
+        raise InputError(f"{config_path}: model_type {model_type!r} is not a ViTMSN (expected 'vit_msn')")
     try:
         arch = ViTMSNArch.from_config(config)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{directory / 'config.json'}: {exc}") from exc
+        raise InputError(f"{config_path}: {exc}; fix the value or re-save the checkpoint") from exc
 
     files, kind = _weight_files(directory)
-    raw = _load_safetensors(files) if kind == "safetensors" else _load_bin(files)
-    state = _canonical_state(raw, files)
     where = ", ".join(str(f) for f in files)
-
-    task: Task = "image-classification" if "classifier.weight" in state else "feature-extraction"
-    labels: dict[int, str] = {}
+    if kind == "safetensors":  # shapes from the headers: checked before any tensor is read
+        task, labels = _task_and_labels(config, config_path, arch, _canonical_state(_safetensors_shapes(files), files), where)
+        state = _canonical_state(_load_safetensors(files), files)
+    else:  # a pickle has no header: the weights are loaded (their own size), then checked
+        state = _canonical_state(_load_bin(files), files)
+        task, labels = _task_and_labels(config, config_path, arch, {k: tuple(v.shape) for k, v in state.items()}, where)
     if task == "image-classification":
-        num_labels = int(state["classifier.weight"].shape[0])
-        id2label = config.get("id2label") or {}
-        try:
-            labels = {int(k): str(v) for k, v in id2label.items()}
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{directory / 'config.json'}: id2label keys must be integers ({exc})") from exc
-        if not labels:
-            labels = {i: f"LABEL_{i}" for i in range(num_labels)}
-        if sorted(labels) != list(range(num_labels)):
-            raise InputError(
-                f"{directory / 'config.json'}: id2label has {len(labels)} labels but the classifier in {where} has {num_labels} outputs"
-            )
-        reference: torch.nn.Module = ViTMSNClassifier(arch, num_labels)
-        expected = {canonical_key(k): v for k, v in reference.state_dict().items()}
-        _check_against(expected, state, where)
         state = {k if k.startswith("classifier.") else "vit." + k: v for k, v in state.items()}
-    else:
-        reference = ViTMSNBackbone(arch)
-        _check_against(reference.state_dict(), state, where)
     bad_dtype = sorted(k for k, v in state.items() if not v.is_floating_point())
     if bad_dtype:
         raise InputError(f"{where}: non-floating-point tensors: {', '.join(bad_dtype)}")

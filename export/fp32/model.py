@@ -51,6 +51,11 @@ class _QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+# The largest value config.json may give each size (sanity limits, see ViTMSNArch.__post_init__).
+_SIZE_LIMITS = {"hidden_size": 16384, "num_hidden_layers": 1024, "num_attention_heads": 1024,
+                "intermediate_size": 131072, "image_size": 8192, "patch_size": 8192, "num_channels": 64}
+
+
 @dataclass(frozen=True)
 class ViTMSNArch:
     """The ViTMSNConfig fields that shape the network (everything else in config.json is ignored)."""
@@ -67,7 +72,22 @@ class ViTMSNArch:
     qkv_bias: bool = True
 
     def __post_init__(self) -> None:
+        """Types and ranges first, then the divisibility rules (never a division by zero).
+
+        The upper bounds are sanity limits (ViT-H/14 has hidden 1280, 32 layers, 16 heads), far
+        above any real ViT; they keep a corrupt config.json from sizing anything before its
+        weights have been checked."""
         problems = []
+        for name, most in _SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append(f"{name} must be an integer, got {value!r}")
+            elif value <= 0:
+                problems.append(f"{name} must be positive, got {value}")
+            elif value > most:
+                problems.append(f"{name} {value} is over {most}, far beyond any ViT; the file is corrupt or not a ViTMSN config")
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.hidden_size % self.num_attention_heads:
             problems.append(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
@@ -77,10 +97,11 @@ class ViTMSNArch:
             problems.append(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.hidden_act not in _ACTIVATIONS:
             problems.append(f"hidden_act {self.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
-        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "image_size", "patch_size", "num_channels"):
-            if int(getattr(self, name)) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps < 1:
+            problems.append(f"layer_norm_eps must be a number between 0 and 1, got {eps!r}")
+        if not isinstance(self.qkv_bias, bool):
+            problems.append(f"qkv_bias must be true or false, got {self.qkv_bias!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -90,18 +111,45 @@ class ViTMSNArch:
         values = {k: v for k, v in config.items() if k in known}
         image_size = values.get("image_size")
         if isinstance(image_size, (list, tuple)):
-            if len(set(image_size)) != 1:
+            if not image_size or any(v != image_size[0] for v in image_size):
                 raise ValueError(f"non-square image_size {image_size} is not supported")
-            values["image_size"] = int(image_size[0])
+            values["image_size"] = image_size[0]
         patch_size = values.get("patch_size")
         if isinstance(patch_size, (list, tuple)):
-            if len(set(patch_size)) != 1:
+            if not patch_size or any(v != patch_size[0] for v in patch_size):
                 raise ValueError(f"non-square patch_size {patch_size} is not supported")
-            values["patch_size"] = int(patch_size[0])
+            values["patch_size"] = patch_size[0]
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def parameter_shapes(self, num_labels: int = 0) -> dict[str, tuple[int, ...]]:
+        """Every parameter's shape, by canonical name (no ``vit.`` prefix), computed without
+        building the model: what a checkpoint's weights are checked against before anything is
+        allocated. ``num_labels`` > 0 adds the classifier."""
+        d, m, c, p = self.hidden_size, self.intermediate_size, self.num_channels, self.patch_size
+        shapes: dict[str, tuple[int, ...]] = {
+            "embeddings.cls_token": (1, 1, d),
+            "embeddings.position_embeddings": (1, self.num_patches + 1, d),
+            "embeddings.patch_embeddings.projection.weight": (d, c, p, p),
+            "embeddings.patch_embeddings.projection.bias": (d,),
+        }
+        for i in range(self.num_hidden_layers):
+            layer = f"encoder.layer.{i}."
+            for name in ("query", "key", "value"):
+                shapes[f"{layer}attention.attention.{name}.weight"] = (d, d)
+                if self.qkv_bias:
+                    shapes[f"{layer}attention.attention.{name}.bias"] = (d,)
+            shapes.update({f"{layer}attention.output.dense.weight": (d, d), f"{layer}attention.output.dense.bias": (d,),
+                           f"{layer}intermediate.dense.weight": (m, d), f"{layer}intermediate.dense.bias": (m,),
+                           f"{layer}output.dense.weight": (d, m), f"{layer}output.dense.bias": (d,)})
+            for norm in ("layernorm_before", "layernorm_after"):
+                shapes.update({f"{layer}{norm}.weight": (d,), f"{layer}{norm}.bias": (d,)})
+        shapes.update({"layernorm.weight": (d,), "layernorm.bias": (d,)})
+        if num_labels > 0:
+            shapes.update({"classifier.weight": (num_labels, d), "classifier.bias": (num_labels,)})
+        return shapes
 
     @property
     def num_patches(self) -> int:

@@ -2,10 +2,14 @@
 
 A thin shell over :class:`vitmsn.runtime.Predictor` (STYLE.md #8). An image that cannot be read
 gets its own error entry; the others are still predicted; the exit code is then 2 (CONTRACT.md).
+Every input is read with a cap (``--max-image-bytes``; stdin ``-`` included) and decoded only
+within a byte budget computed from its header (``--max-decode-mb``), so ``/dev/zero`` or a
+sparse 5 GB file fails alone, in bounded memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -13,6 +17,7 @@ from typing import Any
 import click
 
 from vitmsn.cli.common import EXIT_USAGE, handle_errors
+from vitmsn.runtime.image_read import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_FILE_BYTES
 
 
 def _entries(inputs: tuple[str, ...], results: list[Any]) -> list[dict[str, Any]]:
@@ -42,16 +47,35 @@ def format_table(entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _read_stdin_if_dash(images: tuple[str, ...]) -> list[Any]:
-    data = None
+def _read_stdin_if_dash(images: tuple[str, ...], limit: int) -> list[Any]:
+    """The inputs with ``-`` replaced by stdin's bytes (read once, at most ``limit``), or by the
+    ImageError saying why stdin could not be used."""
+    from vitmsn.runtime.image_read import ImageError, read_capped
+
+    data: Any = None
     out: list[Any] = []
     for image in images:
         if image == "-":
-            data = sys.stdin.buffer.read() if data is None else data
+            if data is None:
+                try:
+                    data = read_capped(sys.stdin.buffer, "- (stdin)", limit)
+                except ImageError as exc:
+                    data = exc
             out.append(data)
         else:
             out.append(image)
     return out
+
+
+def _predict_readable(predictor: Any, inputs: list[Any], top_k: int) -> list[Any]:
+    """predict() over the inputs that are not already an error, results back in input order."""
+    readable = [i for i, x in enumerate(inputs) if not isinstance(x, Exception)]
+    results: list[Any] = list(inputs)
+    if readable:
+        found = predictor.predict([inputs[i] for i in readable], top_k=top_k, errors="return")
+        for i, r in zip(readable, found):
+            results[i] = r
+    return results
 
 
 @click.command("predict")
@@ -66,9 +90,14 @@ def _read_stdin_if_dash(images: tuple[str, ...]) -> list[Any]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per inference call (default: the manifest's opt batch).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads (default: all cores).")
 @click.option("--draft", is_flag=True, help="Faster, inexact JPEG decoding (libjpeg DCT scaling to at least the model's input size): about 35% less preprocessing time, pixels no longer match transformers to 1e-5 (see README, measured speed).")
+@click.option("--max-image-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_FILE_BYTES, show_default=True,
+              help="Largest encoded image read from a file or stdin (an input over it fails alone).")
+@click.option("--max-decode-mb", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_MAX_DECODE_BYTES / 2**20,
+              show_default=True, help="Decode budget per image in MiB: width x height x bands x bytes per sample, "
+              "read from the header, refused above it (a 124 KB 8000x8000 16-bit PNG needs 122).")
 @handle_errors
 def command(artifacts: str, images: tuple[str, ...], backend: str, precision: str, top_k: int, as_json: bool,
-            batch_size: int | None, threads: int | None, draft: bool) -> None:
+            batch_size: int | None, threads: int | None, draft: bool, max_image_bytes: int, max_decode_mb: float) -> None:
     """Top-k labels for IMAGE... (paths; '-' reads one image from stdin) from the exported ARTIFACTS."""
     from vitmsn.runtime import Predictor
 
@@ -78,7 +107,9 @@ def command(artifacts: str, images: tuple[str, ...], backend: str, precision: st
             click.echo(f"note: {note}", err=True)
         if not as_json:
             click.echo(f"{predictor.describe()}", err=True)
-        results = predictor.predict(_read_stdin_if_dash(images), top_k=top_k, errors="return")
+        predictor.preprocess = dataclasses.replace(predictor.preprocess, max_file_bytes=max_image_bytes,
+                                                   max_decode_bytes=int(max_decode_mb * 2**20))
+        results = _predict_readable(predictor, _read_stdin_if_dash(images, max_image_bytes), top_k)
     entries = _entries(images, results)
     click.echo(json.dumps(entries, indent=2) if as_json else format_table(entries))
     failed = sum("error" in e for e in entries)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from vitmsn.runtime.image_read import DEFAULT_MAX_DECODE_BYTES
+
 from .common import handle_errors
 
 
@@ -41,17 +43,29 @@ from .common import handle_errors
               help="Seconds in-flight requests get to finish after SIGTERM/SIGINT.")
 @click.option("--decode-threads", type=click.IntRange(min=1), default=None,
               help="Threads decoding request images [default: half the CPU cores].")
+@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a connection gets to send a request's line and headers (408 and closed after).")
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a request gets to send its whole body once its headers arrived (408 after); "
+                   "also bounds how long a stalled upload can hold a SIGTERM shutdown.")
+@click.option("--max-receiving-bytes", type=click.IntRange(min=1), default=256 * 1024 * 1024, show_default=True,
+              help="Bytes of request bodies still arriving, all uploads together (503 above).")
+@click.option("--max-decode-mb", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_MAX_DECODE_BYTES / 2**20,
+              show_default=True, help="Decode budget per image in MiB: width x height x bands x bytes per sample, "
+              "read from the header; larger images get 400 before any pixel is decoded.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @handle_errors
 def command(artifacts: Path, host: str, port: int, backend: str, precision: str | None, threads: int | None,
             draft: bool, top_k: int, max_batch: int | None, max_wait_ms: float, max_queue: int, max_body_bytes: int,
-            request_timeout: float, shutdown_timeout: float, decode_threads: int | None, access_log: bool,
+            request_timeout: float, shutdown_timeout: float, decode_threads: int | None, header_timeout: float,
+            body_timeout: float, max_receiving_bytes: int, max_decode_mb: float, access_log: bool,
             log_level: str) -> None:
     """Serve ARTIFACTS over HTTP: POST /predict (image bytes in, JSON out), GET /healthz, GET /metrics.
 
-    Stops gracefully on SIGTERM or Ctrl-C: in-flight requests are answered first. Exit codes:
+    Stops gracefully on SIGTERM or Ctrl-C: in-flight requests are answered first (a stalled upload
+    gets 408 at --body-timeout). Exit codes:
     0 stopped normally; 2 bad usage or input (artifacts, address).
     """
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -61,7 +75,8 @@ def command(artifacts: Path, host: str, port: int, backend: str, precision: str 
     options = ServeOptions(top_k=top_k, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                            max_body_bytes=max_body_bytes, request_timeout_s=request_timeout,
                            shutdown_timeout_s=shutdown_timeout, decode_threads=decode_threads,
-                           access_log=access_log)
+                           access_log=access_log, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                           max_receiving_bytes=max_receiving_bytes, max_decode_bytes=int(max_decode_mb * 2**20))
     with Predictor.from_artifacts(artifacts, backend=backend, precision=precision and precision.lower(),
                                   threads=threads, draft=draft) as predictor:
         sock = bind_socket(host, port)

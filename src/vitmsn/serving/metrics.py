@@ -7,6 +7,8 @@
     vitmsn_batch_duration_seconds                        inference time per batch (histogram)
     vitmsn_queue_depth                                   images waiting for a batch
     vitmsn_model_info{model, backend, precision}         1, labelled with what is served
+    vitmsn_http_incomplete_requests_total{reason}        requests whose head or body never fully arrived:
+        header_timeout (408 or closed), body_timeout (408), aborted (client disconnected; 400)
 
 The HTTP figures come from an ASGI middleware, so 404s, 405s and 413s are counted as well.
 """
@@ -36,6 +38,11 @@ class ServerMetrics:
         self.batch_seconds = Histogram("vitmsn_batch_duration_seconds", "Inference time per batch.",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("vitmsn_queue_depth", "Images waiting in the micro-batcher's queue.", registry=r)
+        self.incomplete = Counter("vitmsn_http_incomplete_requests",
+                                  "Requests whose head or body never fully arrived, by reason "
+                                  "(header_timeout, body_timeout, aborted).", ["reason"], registry=r)
+        for reason in ("header_timeout", "body_timeout", "aborted"):
+            self.incomplete.labels(reason)  # exported at 0 from the start
         self.model_info = Gauge("vitmsn_model_info", "The model being served (value 1).",
                                 ["model", "backend", "precision"], registry=r)
 

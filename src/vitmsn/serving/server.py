@@ -8,24 +8,38 @@ the metrics. Endpoints:
     GET  /healthz            200 {"status": "ok", ...} once the model is loaded
     GET  /metrics            Prometheus text format (see vitmsn.serving.metrics)
 
-Errors are JSON ``{"error": "..."}``: 400 empty, undecodable or corrupt image, bad ``top_k``;
-413 body over ``max_body_bytes``; 404/405 unknown path or method; 503 queue full, or already
-``max_queue`` requests being received and decoded (with ``Retry-After``); 504 no result within
-``request_timeout_s``; 500 an inference failure. A bad
+Errors are JSON ``{"error": "..."}``: 400 empty, undecodable, corrupt or over-budget image, bad
+``top_k``, upload aborted by the client; 408 request head not received within
+``header_timeout_s`` or body not received within ``body_timeout_s``; 413 body over
+``max_body_bytes``; 404/405 unknown path or method; 503 queue full, ``max_queue`` requests already
+being decoded, or the bytes of bodies still arriving over ``max_receiving_bytes`` (with
+``Retry-After``); 504 no result within ``request_timeout_s``; 500 an inference failure. A bad
 request fails only itself: decoding happens per request, before the image joins a batch.
 
-Data path: the request body is read (bounded) on the event loop; ``MicroBatcher.submit`` decodes
-and preprocesses it in a worker thread (Pillow releases the GIL), the image waits in the bounded
-queue for a batch, and the handler awaits its future. On SIGTERM/SIGINT uvicorn stops accepting
-connections and lets in-flight requests finish (up to ``shutdown_timeout_s``); then the batcher is
-drained and closed.
+Slow and hostile clients: a request is admitted (counted against ``max_queue``) only once its
+whole body has arrived, so clients that announce a body and stall hold no admission slot; they
+hold only the bytes they really sent (bounded by ``max_receiving_bytes`` across all uploads) and
+only until ``body_timeout_s``, when they get 408. A client that disconnects mid-upload is counted
+as 400. Both are logged on one line, without a traceback, and counted in
+``vitmsn_http_incomplete_requests_total{reason}``. ``/healthz`` answers 503 while a new request
+would be refused for load.
+
+Data path: the request body is read (bounded in size and time) on the event loop;
+``MicroBatcher.submit`` decodes and preprocesses it in a worker thread (Pillow releases the GIL;
+images whose decoded raster would exceed ``max_decode_bytes`` are refused from their header), the
+image waits in the bounded queue for a batch, and the handler awaits its future. On SIGTERM/SIGINT
+uvicorn stops accepting connections, closes idle ones and lets in-flight requests finish (up to
+``shutdown_timeout_s``; a stalled upload ends at its body timeout); then the batcher is drained and
+closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -39,13 +53,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from vitmsn.errors import InputError
 from vitmsn.runtime.batching import BatcherClosed, QueueFull
+from vitmsn.runtime.image_read import DEFAULT_MAX_DECODE_BYTES
 
+from .http_timeouts import header_timeout_protocol
 from .metrics import MetricsMiddleware, ServerMetrics
 
 log = logging.getLogger("vitmsn.serve")
@@ -64,13 +80,20 @@ class ServeOptions:
     shutdown_timeout_s: float = 30.0
     decode_threads: int | None = None  # threads decoding request images [default: half the CPU cores]
     access_log: bool = False
+    header_timeout_s: float = 10.0  # request line and headers must arrive within this (408 after)
+    body_timeout_s: float = 30.0  # the whole body must arrive within this once the headers have (408 after)
+    max_receiving_bytes: int = 256 * 1024 * 1024  # bytes of bodies still arriving, all uploads together (503 above)
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES  # decoded raster per image, from its header (400 above)
 
     def __post_init__(self) -> None:
         checks = [("--top-k", self.top_k >= 1), ("--max-wait-ms", self.max_wait_ms >= 0),
                   ("--max-queue", self.max_queue >= 1), ("--max-body-bytes", self.max_body_bytes >= 1),
                   ("--max-batch", self.max_batch is None or self.max_batch >= 1),
                   ("--request-timeout", self.request_timeout_s > 0), ("--shutdown-timeout", self.shutdown_timeout_s >= 0),
-                  ("--decode-threads", self.decode_threads is None or self.decode_threads >= 1)]
+                  ("--decode-threads", self.decode_threads is None or self.decode_threads >= 1),
+                  ("--header-timeout", self.header_timeout_s > 0), ("--body-timeout", self.body_timeout_s > 0),
+                  ("--max-receiving-bytes (must be at least --max-body-bytes)", self.max_receiving_bytes >= self.max_body_bytes),
+                  ("--max-decode-mb", self.max_decode_bytes >= 1)]
         for option, ok in checks:
             if not ok:
                 raise InputError(f"{option}: out of range ({self})")
@@ -86,30 +109,62 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing more than ``limit`` bytes with 413.
+class ReceiveBudget:
+    """Bytes of request bodies still arriving, over all uploads (the event loop's only: no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    def take(self, n: int) -> bool:
+        if self.held + n > self.limit:
+            return False
+        self.held += n
+        return True
+
+    def release(self, n: int) -> None:
+        self.held -= n
+
+
+async def read_body(request: Request, limit: int, timeout_s: float, budget: ReceiveBudget) -> bytes:
+    """The whole body, within ``timeout_s`` (408), at most ``limit`` bytes (413).
 
     An oversized body is still read and discarded (up to 4x the limit) before answering, so an
     ordinary client that sends it all before reading the response gets the 413 and not a reset
-    connection; beyond that the connection is closed.
+    connection; beyond that the connection is closed. A client that disconnects mid-body raises
+    :class:`UploadAborted`.
     """
     declared = request.headers.get("content-length")
     too_big = f"request body over the {limit}-byte limit; send one encoded image of at most {limit} bytes"
     close = {"Connection": "close"}
     drain_cap = 4 * limit + (1 << 20)
     if declared is not None:
-        if not declared.isdigit():
-            raise RequestError(400, f"Content-Length {declared!r} is not a number", close)
+        if re.fullmatch(r"[0-9]{1,19}", declared, re.ASCII) is None:
+            raise RequestError(400, f"Content-Length {declared[:40]!r} is not a number", close)
         if int(declared) > drain_cap:
             raise RequestError(413, too_big, close)
     chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > drain_cap:
-            break
-        if size <= limit:
-            chunks.append(chunk)
+    size = held = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > drain_cap:
+                    break
+                if size <= limit:
+                    if not budget.take(len(chunk)):
+                        raise RequestError(503, f"the server is receiving {budget.held} bytes of uploads already "
+                                                "(its limit); retry later", {**close, "Retry-After": "1"})
+                    held += len(chunk)
+                    chunks.append(chunk)
+    except TimeoutError:
+        of = f" of {declared}" if declared is not None else ""
+        raise UploadStalled(f"request body not received within {timeout_s:g} s ({size}{of} bytes arrived); "
+                            "send the whole body without pausing", size) from None
+    except ClientDisconnect:
+        of = f" of {declared}" if declared is not None else ""
+        raise UploadAborted(f"upload aborted: the client disconnected after {size}{of} bytes", size) from None
+    finally:
+        budget.release(held)
     if size > limit:
         raise RequestError(413, too_big, close)
     if size == 0:
@@ -117,12 +172,25 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class UploadStalled(RequestError):
+    def __init__(self, message: str, received: int) -> None:
+        super().__init__(408, message, {"Connection": "close"})
+        self.received = received
+
+
+class UploadAborted(RequestError):
+    def __init__(self, message: str, received: int) -> None:
+        super().__init__(400, message, {"Connection": "close"})
+        self.received = received
+
+
 def _top_k(request: Request, default: int, most: int) -> int:
+    """``?top_k=K``: 1 to ``most`` in ASCII digits (no sign, no '²', no 5000-digit numbers)."""
     raw = request.query_params.get("top_k")
     if raw is None:
         return min(default, most)
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
-        raise RequestError(400, f"top_k={raw!r}: must be an integer from 1 to {most}")
+    if re.fullmatch(r"[0-9]{1,6}", raw, re.ASCII) is None or not 1 <= int(raw) <= most:
+        raise RequestError(400, f"top_k={raw[:40]!r}{'...' if len(raw) > 40 else ''}: must be an integer from 1 to {most}")
     return int(raw)
 
 
@@ -143,6 +211,9 @@ def create_app(predictor: Any, options: ServeOptions = ServeOptions(),
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         batcher = predictor.batcher("predict", top_k=most, max_batch=options.max_batch,
                                     max_wait_ms=options.max_wait_ms, max_queue=options.max_queue)
+        # The decode budget of this server (the predictor's own preprocess stays as the caller set it).
+        batcher.prepare = dataclasses.replace(predictor.preprocess, max_decode_bytes=options.max_decode_bytes,
+                                              max_file_bytes=options.max_body_bytes)
         # Batch sizes and times for the metrics: the batcher calls its run_batch attribute per batch.
         batcher.run_batch = metrics.observe_batches(batcher.run_batch)
         metrics.queue_depth.set_function(lambda: batcher.queue_depth)
@@ -162,20 +233,36 @@ def create_app(predictor: Any, options: ServeOptions = ServeOptions(),
             await anyio.to_thread.run_sync(batcher.close)
             decoders.shutdown(wait=False)
 
-    # Requests between arrival and joining the batcher's queue (reading the body, waiting for a
-    # decoder). Bounded like the queue, so a flood of uploads cannot hold unbounded memory.
+    # Requests whose body has arrived, between then and joining the batcher's queue (waiting for a
+    # decoder). Bounded like the queue; requests still receiving their body are not counted (they
+    # are bounded by the receive budget and the body timeout instead), so slow senders cannot take
+    # the slots of complete requests.
     admitted = 0
+    receiving = ReceiveBudget(options.max_receiving_bytes)
+
+    def refusal() -> str | None:
+        """Why a new request would be refused for load now, or None."""
+        state = app.state
+        if not getattr(state, "ready", False):
+            return "the model is not loaded or the server is stopping"
+        if admitted >= options.max_queue:
+            return f"{admitted} requests are already waiting for a decoder"
+        if state.batcher.queue_depth >= state.batcher.max_queue:
+            return f"the micro-batcher's queue is full ({state.batcher.max_queue} requests waiting)"
+        if receiving.held >= receiving.limit:
+            return f"the receive budget ({receiving.limit} bytes of uploads in progress) is spent"
+        return None
 
     async def predict(request: Request) -> Response:
         nonlocal admitted
         try:
             top_k = _top_k(request, options.top_k, most)
+            body = await read_body(request, options.max_body_bytes, options.body_timeout_s, receiving)
             if admitted >= options.max_queue:
-                raise RequestError(503, f"{admitted} requests are already being received and decoded; retry later",
+                raise RequestError(503, f"{admitted} requests are already waiting for a decoder; retry later",
                                    {"Retry-After": "1"})
             admitted += 1
             try:
-                body = await read_body(request, options.max_body_bytes)
                 state = request.app.state
                 future = await asyncio.get_running_loop().run_in_executor(state.decoders, state.batcher.submit, body)
             except QueueFull as exc:
@@ -190,6 +277,12 @@ def create_app(predictor: Any, options: ServeOptions = ServeOptions(),
                 raise RequestError(400, str(exc)) from None
             except asyncio.TimeoutError:
                 raise RequestError(504, f"no result within {options.request_timeout_s:g} s; the server is overloaded") from None
+        except (UploadStalled, UploadAborted) as exc:
+            reason = "body_timeout" if isinstance(exc, UploadStalled) else "aborted"
+            metrics.incomplete.labels(reason).inc()
+            client = "%s:%s" % request.client if request.client else "client"
+            log.warning("%s: %s (%d)", client, exc, exc.status)
+            return error_response(exc.status, str(exc), exc.headers)
         except RequestError as exc:
             return error_response(exc.status, str(exc), exc.headers)
         except Exception as exc:  # an inference failure: this batch's requests get 500, the server keeps serving
@@ -198,8 +291,10 @@ def create_app(predictor: Any, options: ServeOptions = ServeOptions(),
         return JSONResponse({"predictions": [p.to_dict() for p in ranked[:top_k]]})
 
     async def healthz(request: Request) -> Response:
-        if not getattr(request.app.state, "ready", False):
-            return JSONResponse({"status": "unavailable"}, status_code=503)
+        why = refusal()
+        if why is not None:
+            status = "saturated" if getattr(request.app.state, "ready", False) else "unavailable"
+            return JSONResponse({"status": status, "reason": why}, status_code=503, headers={"Retry-After": "1"})
         batcher = request.app.state.batcher
         return JSONResponse({"status": "ok", "model": str(predictor.manifest.root), "backend": predictor.backend,
                              "precision": predictor.precision, "max_batch": batcher.max_batch,
@@ -250,8 +345,15 @@ def serve(app: Starlette, sock: socket.socket, options: ServeOptions = ServeOpti
     """
     import uvicorn
 
+    metrics: ServerMetrics | None = getattr(app.state, "metrics", None)
+
+    def header_timed_out(partial: bool) -> None:
+        if metrics is not None:
+            metrics.incomplete.labels("header_timeout").inc()
+
     config = uvicorn.Config(app, lifespan="on", log_level=log_level, access_log=options.access_log,
-                            timeout_graceful_shutdown=options.shutdown_timeout_s, server_header=False)
+                            timeout_graceful_shutdown=options.shutdown_timeout_s, server_header=False,
+                            http=header_timeout_protocol(options.header_timeout_s, header_timed_out))
     server = uvicorn.Server(config)
 
     async def run() -> None:
