@@ -181,12 +181,40 @@ def test_corrupt_image_fails_alone_and_batches_form(client: Any, server: TritonS
     assert server.ready(), server.log()  # no stub crashed
 
 
-def test_env_check_on_real_environments(numpy1_env: Path, tmp_path: Path) -> None:
-    """The numpy warning comes from what is installed in the environment given."""
-    assert check_env(str(numpy1_env), ("vitmsn", "pillow", "onnxruntime")) == []
-    import numpy
+def _numpy2_env(root: Path) -> Path:
+    """A venv that sees this test environment's packages (numpy 2.x, Pillow, ONNX Runtime, vitmsn)
+    through one ``site.addsitedir`` line: what a user gets from ``pip install vitmsn`` today."""
+    import site
 
-    this_env = Path(numpy.__file__).resolve().parents[4]  # the environment holding the tests' numpy 2.x
-    warnings = check_env(str(this_env), ("vitmsn",))
-    assert int(numpy.__version__.split(".")[0]) >= 2
-    assert any(f"numpy {numpy.__version__}" in w and "Triton 2.51" in w for w in warnings), warnings
+    env = root / "numpy2-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=120)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    packages = Path(np.__file__).resolve().parents[1]
+    ours = next(p for p in site.getsitepackages() if Path(p).is_dir())
+    lines = [f"import site; site.addsitedir({str(d)!r})" for d in dict.fromkeys([ours, str(packages)])]
+    (env / "lib" / version / "site-packages" / "test-env.pth").write_text("\n".join(lines) + "\n")
+    return env
+
+
+def test_numpy2_environment_is_flagged_and_breaks_triton_251(demo_artifacts: Path, numpy1_env: Path,
+                                                              tmp_path: Path, images: list[tuple[str, bytes]]) -> None:
+    """The constraint the README names, measured: with numpy 2.x in the execution environment,
+    Triton 2.51's Python stub dies on the first encoded image; `vitmsn triton` warns beforehand."""
+    assert check_env(str(numpy1_env), ("vitmsn", "pillow", "onnxruntime")) == []
+    env = _numpy2_env(tmp_path)
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(main, ["triton", str(demo_artifacts), "--repo", str(repo), "--inference", "python",
+                                       "--python-env", str(env)])
+    assert result.exit_code == 0, result.output
+    assert f"numpy {np.__version__}" in result.output and "Triton 2.51" in result.output, result.output
+
+    with TritonServer(repo, env={"PYTHONDONTWRITEBYTECODE": "1"}) as server:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        inputs, outputs = _request(images[0][1], 8)
+        with pytest.raises(InferenceServerException, match="not healthy"):
+            client.infer("vitmsn", inputs, outputs=outputs, client_timeout=TIMEOUT_S)
+        client.close()
+        deadline = time.monotonic() + 10
+        while "unpack_from requires a buffer" not in server.log(100_000) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "unpack_from requires a buffer" in server.log(100_000), server.log()

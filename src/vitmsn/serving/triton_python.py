@@ -24,6 +24,25 @@ from .pbtxt import Enum
 ENV_PARAMETER = "EXECUTION_ENV_PATH"
 NUMPY2_BROKEN = "Triton 2.51 (NGC 24.10) and earlier"
 _DIST = re.compile(r"(?:^|/)site-packages/([A-Za-z0-9_.]+?)-([^/-]+)\.(?:dist|egg)-info(?:/|$)")
+_ADDSITEDIR = re.compile(r"""site\.addsitedir\(\s*['"]([^'"]+)['"]""")
+
+
+def _site_dirs(site: Path, depth: int = 2) -> list[Path]:
+    """``site`` and the directories its .pth files add (plain paths, ``site.addsitedir(...)`` lines)."""
+    found = [site]
+    if depth == 0:
+        return found
+    for pth in sorted(site.glob("*.pth"))[:100]:
+        try:
+            lines = pth.read_text(errors="replace").splitlines()[:100]
+        except OSError:
+            continue
+        for line in lines:
+            m = _ADDSITEDIR.search(line)
+            target = Path(m.group(1)) if m else (Path(line.strip()) if line.strip() and not line.startswith(("#", "import")) else None)
+            if target is not None and target.is_dir() and target not in found:
+                found += [d for d in _site_dirs(target, depth - 1) if d not in found]
+    return found
 
 
 def env_parameters(python_env: str | None) -> dict[str, Any] | None:
@@ -43,8 +62,10 @@ def env_packages(path: Path, limit: int = 200_000) -> dict[str, str]:
             found.setdefault(m.group(1).lower().replace("-", "_"), m.group(2))
 
     if path.is_dir():
-        for info in list(path.glob("lib*/python*/site-packages/*-info"))[:limit]:
-            add(info.relative_to(path).as_posix())
+        for site in path.glob("lib*/python*/site-packages"):
+            for directory in _site_dirs(site):
+                for info in list(directory.glob("*-info"))[:limit]:
+                    add(f"site-packages/{info.name}")
     elif path.is_file():
         with tarfile.open(path) as archive:  # conda-pack: .tar.gz; names only, nothing extracted
             for i, member in enumerate(archive):

@@ -73,15 +73,18 @@ class TritonServer:
     """``with TritonServer(repo) as server:`` a ready server on ``server.http_port`` / ``grpc_port``."""
 
     def __init__(self, repository: str | os.PathLike[str], *, ready_timeout_s: float = 120.0,
-                 log_path: str | os.PathLike[str] | None = None, extra_args: tuple[str, ...] = ()) -> None:
+                 log_path: str | os.PathLike[str] | None = None, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.repository = Path(repository)
         self.ready_timeout_s = ready_timeout_s
         self.extra_args = extra_args
+        self.env = dict(env or {})  # added to this process's environment (the Python stubs inherit it)
         self.bundle = find_bundled_triton()
         self._workdir = Path(tempfile.mkdtemp(prefix="vitmsn-triton-"))
         self.log_path = Path(log_path) if log_path else self._workdir / "tritonserver.log"
         self.http_port = self.grpc_port = self.metrics_port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self._last_log: str | None = None
 
     def _backends(self) -> Path:
         backends = self._workdir / "backends"
@@ -90,6 +93,9 @@ class TritonServer:
         return backends
 
     def log(self, tail: int = 6000) -> str:
+        """The end of the server's log (kept in memory once the server is stopped)."""
+        if self.process is None and self._last_log is not None:
+            return self._last_log[-tail:]
         try:
             return self.log_path.read_text(errors="replace")[-tail:]
         except OSError:
@@ -98,7 +104,7 @@ class TritonServer:
     def start(self) -> "TritonServer":
         backends = self._backends()
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(self.bundle.libs), env.get("LD_LIBRARY_PATH")) if p)
         command = [str(self.bundle.binary), "--model-repository", str(self.repository),
                    "--backend-directory", str(backends),
@@ -113,13 +119,15 @@ class TritonServer:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise TritonUnavailable(f"tritonserver exited with code {self.process.returncode} before it was "
-                                        f"ready; its log ends:\n{self.log()}")
+                code, log = self.process.returncode, self.log()
+                self.stop()
+                raise TritonUnavailable(f"tritonserver exited with code {code} before it was ready; its log ends:\n{log}")
             if self.ready():
                 return self
             time.sleep(0.25)
+        log = self.log()
         self.stop()
-        raise TritonUnavailable(f"tritonserver not ready after {self.ready_timeout_s:.0f}s; its log ends:\n{self.log()}")
+        raise TritonUnavailable(f"tritonserver not ready after {self.ready_timeout_s:.0f}s; its log ends:\n{log}")
 
     def ready(self) -> bool:
         try:
@@ -143,7 +151,8 @@ class TritonServer:
                 os.killpg(process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+        self._last_log = self.log()
+        shutil.rmtree(self._workdir, ignore_errors=True)  # the backend copy and the log, unless log_path is elsewhere
         return None if process is None else process.returncode
 
     def __enter__(self) -> "TritonServer":
