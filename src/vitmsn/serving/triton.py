@@ -36,7 +36,7 @@ from vitmsn.runtime.manifest import Manifest
 
 from .pbtxt import Enum, to_pbtxt
 from .triton_python import check_env, env_parameters, python_inference_config
-from .triton_sources import check_gates, checked_output_dims, labels_text, served_graph
+from .triton_sources import ServedGraph, check_gates, checked_output_dims, labels_text, served_graph
 
 # numpy dtype names (as the manifest writes them) -> Triton data types.
 TRITON_TYPES = {
@@ -311,9 +311,11 @@ def write_triton_repository(artifacts: str | Path, repo: str | Path,
     # What each model serves, and the outputs' real dims, before anything is written.
     graphs = {fmt: served_graph(manifest, options.precision, fmt == "python" or options.onnx_device == "cpu",
                                 result.notes) for fmt in formats if fmt != "plan"}
-    reference = manifest.path_of(graphs[min(graphs)].file) if graphs else (
-        manifest.onnx_path(options.precision) if onnx_entry else None)
-    dims = checked_output_dims(manifest, reference) if reference is not None and reference.is_file() else None
+    served = graphs[min(graphs)] if graphs else None
+    if served is None and onnx_entry is not None and manifest.onnx_path(options.precision).is_file():
+        served = ServedGraph(str(onnx_entry["file"]), str(onnx_entry["sha256"]), False)  # a plan's source graph
+    reference = manifest.verify_file(served.file, served.sha256) if served else None  # read once it verifies
+    dims = checked_output_dims(manifest, reference) if reference is not None else None
     root.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         batch = profile_batch(manifest, engine if fmt == "plan" else None)

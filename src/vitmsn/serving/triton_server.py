@@ -113,8 +113,8 @@ class TritonServer:
                    "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
                    "--allow-sagemaker", "false", "--allow-vertex-ai", "false",
                    *self.extra_args]
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+        with open(self.log_path, "wb") as log_file:
+            self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                             cwd=self._workdir, start_new_session=True)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:

@@ -68,13 +68,15 @@ def graph_outputs(path: Path) -> dict[str, list[int | str]]:
     """The graph's outputs as ``name -> shape`` (symbolic axes by name), read from the file itself."""
     try:
         import onnx
-    except ImportError:
-        onnx = None
-    if onnx is not None:
-        graph = onnx.load(str(path), load_external_data=False).graph
-        return {o.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                         for d in o.type.tensor_type.shape.dim] for o in graph.output}
-    import onnxruntime as ort  # the runtime side: onnx is an export dependency
+    except ImportError:  # the runtime side: onnx is an export dependency
+        return _outputs_by_onnxruntime(path)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {o.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                     for d in o.type.tensor_type.shape.dim] for o in graph.output}
+
+
+def _outputs_by_onnxruntime(path: Path) -> dict[str, list[int | str]]:
+    import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return {o.name: [d if isinstance(d, int) else str(d) for d in o.shape] for o in session.get_outputs()}
