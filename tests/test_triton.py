@@ -28,6 +28,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from vitmsn.cli import group as main
+from vitmsn.errors import InputError
 from vitmsn.runtime import Predictor
 from vitmsn.runtime.manifest import Manifest, sha256_file, write_json_atomic
 from vitmsn.runtime.preprocess import PreprocessConfig
@@ -258,8 +259,13 @@ def test_fp16_and_int8_exports(precision: str, tmp_path: Path, tmp_path_factory:
     """The real FP16/INT8 graphs of the shared precision export (which also has TensorRT-RTX engines)."""
     run = demo_precision_run(tmp_path_factory.getbasetemp() / "demo-precisions")  # memoized, shared with test_fp16/int8
     artifacts, repo = run["out"], tmp_path / "repo"
-    result = write_triton_repository(artifacts, repo, TritonOptions(precision=precision))
-    assert [m.kind for m in result.models] == ["onnx", "python", "ensemble"]  # RTX engines: not loadable by Triton
+    recorded = Manifest.load(artifacts).precisions[precision]["validation"]
+    failed = [stage for stage, s in recorded.items() if not s["passed"]]
+    if failed:  # this export's gate failed (its report says so): refused unless explicitly allowed
+        with pytest.raises(InputError, match=f"precision {precision} failed its export gate.*{failed[0]}"):
+            write_triton_repository(artifacts, repo, TritonOptions(precision=precision))
+    result = write_triton_repository(artifacts, repo, TritonOptions(precision=precision, allow_failed_gates=bool(failed)))
+    assert [m.kind for m in result.models] == ["onnx", "preprocess", "ensemble"]  # RTX engines: not loadable by Triton
     assert any("tensorrt-rtx" in note for note in result.notes), result.notes
     cfg = _config(repo, "vitmsn_onnx")
     graph = onnx.load(str(repo / "vitmsn_onnx" / "1" / "model.onnx"), load_external_data=False).graph
