@@ -34,6 +34,8 @@ from vitmsn.runtime.predictor import softmax
 from vitmsn.serving.triton_python import check_env
 from vitmsn.serving.triton_server import TritonServer, TritonUnavailable, find_bundled_triton
 
+pytestmark = pytest.mark.slow  # about 90 s on 2 cores: an environment build and two server starts
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUEUE_DELAY_US = 100_000  # generous: concurrent requests must meet in one batch on a loaded 2-core machine
 TIMEOUT_S = 60

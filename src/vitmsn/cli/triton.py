@@ -29,7 +29,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.argument("artifacts", type=click.Path(path_type=Path))
 @click.option("--repo", required=True, type=click.Path(path_type=Path), help="Model repository directory to write into.")
 @click.option("--name", default="vitmsn", show_default=True,
-              help="Model name: the ensemble; <name>_onnx, <name>_tensorrt, <name>_preprocess for the parts.")
+              help="Model name: the ensemble; <name>_onnx, <name>_tensorrt, <name>_python, <name>_preprocess for the parts.")
 @click.option("--precision", default="fp32", show_default=True, help="Which exported precision to serve.")
 @click.option("--format", "formats", multiple=True, type=click.Choice(["onnx", "plan", "python"]),
               help="Inference models to write: onnx (Triton's onnxruntime backend), plan (TensorRT), python "
