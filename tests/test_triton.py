@@ -116,6 +116,8 @@ def test_options_and_refusals(demo_artifacts: Path, tmp_path: Path) -> None:
         (["--preferred-batch", "4,17", "--max-batch", "16", "--force"], "--preferred-batch 17"),
         (["--precision", "int8", "--force"], "no int8 model"),
         (["--format", "plan", "--force"], "no fp32 TensorRT engine"),
+        (["--python-env", "a\nb", "--force"], "--python-env 'a\\nb': give a path without control characters"),
+        (["--python-threads", "0", "--force"], "--python-threads 0: must be at least 1"),
     ]:
         result = CliRunner().invoke(main, ["triton", str(demo_artifacts), "--repo", str(repo), "--name", "shapes", *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)

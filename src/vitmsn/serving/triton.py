@@ -84,6 +84,8 @@ class TritonOptions:
             raise InputError(f"--format {unknown[0]}: choose from {', '.join(FORMATS)}")
         if self.inference is not None and self.inference not in FORMATS:
             raise InputError(f"--inference {self.inference}: choose from {', '.join(FORMATS)}")
+        if self.python_env is not None and (not self.python_env or any(ord(c) < 0x20 or ord(c) == 0x7F for c in self.python_env)):
+            raise InputError(f"--python-env {self.python_env!r}: give a path without control characters")
         if self.python_threads is not None and self.python_threads < 1:
             raise InputError(f"--python-threads {self.python_threads}: must be at least 1")
         if self.onnx_device not in ("cpu", "gpu"):
