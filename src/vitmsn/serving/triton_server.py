@@ -63,6 +63,15 @@ def find_bundled_triton() -> BundledTriton:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when this process dies (Linux prctl PR_SET_PDEATHSIG),
+    so a killed test run leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -115,7 +124,7 @@ class TritonServer:
                    *self.extra_args]
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                            cwd=self._workdir, start_new_session=True)
+                                            cwd=self._workdir, start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
