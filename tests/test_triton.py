@@ -1,6 +1,6 @@
 """`vitmsn triton`: the model repository parses with Triton's own schema and matches the model's I/O.
 
-Triton itself cannot run here (no tritonserver binary, no GPU); what is checked instead:
+A real tritonserver runs the repository in tests/test_triton_server.py; here, without a server:
 * every config.pbtxt with ``tritonclient``'s ``model_config_pb2`` (strict text_format parsing);
 * the configs against the copied ONNX graph's real I/O (loaded with onnx, independently of the
   writer) and, for plans, the manifest's engine entry and profile;
@@ -28,6 +28,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from vitmsn.cli import group as main
+from vitmsn.errors import InputError
 from vitmsn.runtime import Predictor
 from vitmsn.runtime.manifest import Manifest, sha256_file, write_json_atomic
 from vitmsn.runtime.preprocess import PreprocessConfig
@@ -62,7 +63,9 @@ def test_default_repository_matches_onnx_graph(demo_artifacts: Path, tmp_path: P
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
     assert [(g.kind, g.count) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)]
     model_file = repo / "vitmsn_onnx" / "1" / "model.onnx"
-    assert sha256_file(model_file) == manifest.precisions["fp32"]["sha256"]
+    # CPU instances (the default) get the CPU-placed graph: ONNX Runtime's fused FP32 flavour.
+    assert sha256_file(model_file) == manifest.precisions["fp32"]["onnxruntime_optimized"]["sha256"]
+    assert "serving model.fp32.ort.onnx, the CPU-placed graph" in result.output
 
     graph = onnx.load(str(model_file)).graph  # the model's real I/O, read here independently of the writer
     for declared, actual in ((cfg.input, graph.input), (cfg.output, graph.output)):
@@ -102,6 +105,9 @@ def test_options_and_refusals(demo_artifacts: Path, tmp_path: Path) -> None:
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
     assert [(g.kind, g.count) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_GPU, 2)]
     assert sorted(p.name for p in repo.iterdir()) == ["shapes_onnx"]
+    # GPU instances get the exported graph, not the CPU-placed flavour.
+    assert sha256_file(repo / "shapes_onnx" / "1" / "model.onnx") == \
+        Manifest.load(demo_artifacts).precisions["fp32"]["sha256"]
 
     before = (repo / "shapes_onnx" / "config.pbtxt").read_bytes()
     for args, message in [
@@ -110,6 +116,8 @@ def test_options_and_refusals(demo_artifacts: Path, tmp_path: Path) -> None:
         (["--preferred-batch", "4,17", "--max-batch", "16", "--force"], "--preferred-batch 17"),
         (["--precision", "int8", "--force"], "no int8 model"),
         (["--format", "plan", "--force"], "no fp32 TensorRT engine"),
+        (["--python-env", "a\nb", "--force"], "--python-env 'a\\nb': give a path without control characters"),
+        (["--python-threads", "0", "--force"], "--python-threads 0: must be at least 1"),
     ]:
         result = CliRunner().invoke(main, ["triton", str(demo_artifacts), "--repo", str(repo), "--name", "shapes", *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
@@ -252,15 +260,142 @@ def test_fp16_and_int8_exports(precision: str, tmp_path: Path, tmp_path_factory:
     """The real FP16/INT8 graphs of the shared precision export (which also has TensorRT-RTX engines)."""
     run = demo_precision_run(tmp_path_factory.getbasetemp() / "demo-precisions")  # memoized, shared with test_fp16/int8
     artifacts, repo = run["out"], tmp_path / "repo"
-    result = write_triton_repository(artifacts, repo, TritonOptions(precision=precision))
-    assert [m.kind for m in result.models] == ["onnx", "python", "ensemble"]  # RTX engines: not loadable by Triton
+    recorded = Manifest.load(artifacts).precisions[precision]["validation"]
+    failed = [stage for stage, s in recorded.items() if not s["passed"]]
+    if failed:  # this export's gate failed (its report says so): refused unless explicitly allowed
+        with pytest.raises(InputError, match=f"precision {precision} failed its export gate.*{failed[0]}"):
+            write_triton_repository(artifacts, repo, TritonOptions(precision=precision))
+    result = write_triton_repository(artifacts, repo, TritonOptions(precision=precision, allow_failed_gates=bool(failed)))
+    assert [m.kind for m in result.models] == ["onnx", "preprocess", "ensemble"]  # RTX engines: not loadable by Triton
     assert any("tensorrt-rtx" in note for note in result.notes), result.notes
     cfg = _config(repo, "vitmsn_onnx")
     graph = onnx.load(str(repo / "vitmsn_onnx" / "1" / "model.onnx"), load_external_data=False).graph
-    assert sha256_file(repo / "vitmsn_onnx" / "1" / "model.onnx") == Manifest.load(artifacts).precisions[precision]["sha256"]
+    entry = Manifest.load(artifacts).precisions[precision]
+    cpu_graph = entry.get("onnxruntime_cpu") or entry.get("onnxruntime_optimized") or entry  # CPU instances
+    assert sha256_file(repo / "vitmsn_onnx" / "1" / "model.onnx") == cpu_graph["sha256"]
     for declared, actual in ((cfg.input, graph.input), (cfg.output, graph.output)):
         assert [(t.name, _dtype(cfg, t.data_type)) for t in declared] == \
             [(v.name, TYPES[v.type.tensor_type.elem_type]) for v in actual]
     assert cfg.max_batch_size == 16  # this export's batch profile is 1:4:16
     report = check_repository(repo, artifacts)
     assert report.passed, report.problems
+
+
+# ---- what may be packaged (issue 14: gates, CPU-placed graphs, label counts) ----------------------
+def _edited(artifacts: Path, out: Path, edit: Any) -> Path:
+    """A copy of ``artifacts`` whose manifest ``edit`` changed (planted damage)."""
+    shutil.copytree(artifacts, out)
+    data = json.loads((out / "manifest.json").read_text())
+    edit(data)
+    write_json_atomic(out / "manifest.json", data)
+    return out
+
+
+def test_refuses_a_precision_whose_gate_failed(demo_artifacts: Path, tmp_path: Path) -> None:
+    def fail_parity(data: dict[str, Any]) -> None:
+        data["precisions"]["fp32"]["validation"]["onnxruntime_parity"]["passed"] = False
+
+    artifacts = _edited(demo_artifacts, tmp_path / "artifacts", fail_parity)
+    repo = tmp_path / "repo"
+    refused = CliRunner().invoke(main, ["triton", str(artifacts), "--repo", str(repo)])
+    assert refused.exit_code == 2, refused.output
+    assert "precision fp32 failed its export gate(s) onnxruntime_parity" in refused.output
+    assert "--allow-failed-gates" in refused.output and "Traceback" not in refused.output
+    assert not repo.exists() or not any(repo.iterdir())  # nothing written
+
+    allowed = runner_ok("triton", str(artifacts), "--repo", str(repo), "--allow-failed-gates")
+    assert "packaged anyway (--allow-failed-gates)" in allowed.output
+    assert (repo / "vitmsn_onnx" / "1" / "model.onnx").is_file()
+
+
+def test_cpu_flavour_that_failed_its_gate_is_not_served(demo_artifacts: Path, tmp_path: Path) -> None:
+    def fail_flavour(data: dict[str, Any]) -> None:
+        data["precisions"]["fp32"]["onnxruntime_optimized"]["validation"] = {"drift_fp32_ort": {"passed": False}}
+
+    artifacts = _edited(demo_artifacts, tmp_path / "artifacts", fail_flavour)
+    repo = tmp_path / "repo"
+    result = runner_ok("triton", str(artifacts), "--repo", str(repo), "--format", "onnx", "--format", "python")
+    assert "failed drift_fp32_ort; serving the exported model.fp32.onnx" in result.output
+    exported = Manifest.load(artifacts).precisions["fp32"]["sha256"]
+    for model in ("vitmsn_onnx", "vitmsn_python"):
+        assert sha256_file(repo / model / "1" / "model.onnx") == exported, model
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["outputs"][0].update(shape=["batch", 10**9]),
+     "output logits is declared with shape ['batch', 1000000000], but model.fp32.ort.onnx produces ['batch', 8]"),
+    (lambda d: d["labels"].pop("7"), "do not name the model's 8 classes 0..7"),
+    (lambda d: d["labels"].update({"8": "extra"}), "do not name the model's 8 classes 0..7"),
+], ids=["logits-1e9", "label-missing", "label-extra"])
+def test_label_count_comes_from_the_graph(demo_artifacts: Path, tmp_path: Path, edit: Any, message: str) -> None:
+    """A manifest that declares 10^9 classes is refused at once (it used to allocate ~17 GB)."""
+    artifacts = _edited(demo_artifacts, tmp_path / "artifacts", edit)
+    result = CliRunner().invoke(main, ["triton", str(artifacts), "--repo", str(tmp_path / "repo")])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "manifest.json" in result.output and "Traceback" not in result.output
+
+
+def test_python_env_parameters_and_numpy_warning(demo_artifacts: Path, tmp_path: Path) -> None:
+    """EXECUTION_ENV_PATH in both Python-backend configs; numpy 2.x in a venv or a conda-pack archive is flagged."""
+    import tarfile
+
+    venv = tmp_path / "venv"
+    site = venv / "lib" / "python3.11" / "site-packages"
+    for dist in ("numpy-2.1.3.dist-info", "vitmsn-0.1.0.dist-info", "pillow-11.0.0.dist-info",
+                 "onnxruntime-1.20.0.dist-info"):
+        (site / dist).mkdir(parents=True)
+    packed = tmp_path / "env.tar.gz"
+    with tarfile.open(packed, "w:gz") as archive:
+        archive.add(site, arcname="lib/python3.11/site-packages")
+    for env in (venv, packed):
+        repo = tmp_path / f"repo-{env.name}"
+        result = runner_ok("triton", str(demo_artifacts), "--repo", str(repo), "--format", "python",
+                           "--python-env", str(env))
+        assert f"warning: --python-env {env} has numpy 2.1.3" in result.output, result.output
+        assert "lacks" not in result.output
+        for model in ("vitmsn_python", "vitmsn_preprocess"):
+            cfg = _config(repo, model)
+            assert cfg.parameters["EXECUTION_ENV_PATH"].string_value == str(env), model
+
+    (site / "numpy-2.1.3.dist-info").rename(site / "numpy-1.26.4.dist-info")
+    (site / "onnxruntime-1.20.0.dist-info").rmdir()
+    result = runner_ok("triton", str(demo_artifacts), "--repo", str(tmp_path / "r3"), "--format", "python",
+                       "--python-env", str(venv))
+    assert "numpy 1.26.4" not in result.output and "lacks onnxruntime" in result.output, result.output
+    elsewhere = runner_ok("triton", str(demo_artifacts), "--repo", str(tmp_path / "r4"), "--python-env", "/opt/env")
+    assert "/opt/env: not on this machine, not checked" in elsewhere.output
+
+
+def test_python_inference_model_outside_triton(demo_artifacts: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Python-backend inference model, run against the pb_utils stand-in: one batch for several
+    requests, outputs equal to ONNX Runtime on the same graph, a bad request answered alone."""
+    repo = tmp_path / "repo"
+    result = write_triton_repository(demo_artifacts, repo, TritonOptions(inference="python"))
+    assert [m.kind for m in result.models] == ["python", "preprocess", "ensemble"]
+    assert [s.model_name for s in _config(repo, "vitmsn").ensemble_scheduling.step] == ["vitmsn_preprocess", "vitmsn_python"]
+    assert check_repository(repo, demo_artifacts).passed
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
+    spec = importlib.util.spec_from_file_location("triton_infer_model", repo / "vitmsn_python" / "1" / "model.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = _config(repo, "vitmsn_python")
+    model_config = {"input": [{"name": "pixel_values", "dims": list(cfg.input[0].dims)}],
+                    "output": [{"name": o.name, "data_type": "TYPE_FP32"} for o in cfg.output]}
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(model_config), "model_repository": str(repo / "vitmsn_python"),
+                      "model_version": "1"})
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 3, 224, 224), dtype=np.float32), rng.standard_normal((1, 3, 224, 224), dtype=np.float32)
+    bad = np.full((1, 3, 224, 224), np.nan, dtype=np.float32)
+    responses = model.execute([{"pixel_values": a}, {"pixel_values": bad}, {"pixel_values": b}])
+    assert responses[1].error and "NaN" in responses[1].error and not responses[1].output_tensors
+    session = ort.InferenceSession(str(repo / "vitmsn_python" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for response, x in ((responses[0], a), (responses[2], b)):
+        assert response.error is None
+        got = {t.name(): t.as_numpy() for t in response.output_tensors}
+        want = dict(zip(["logits", "embedding"], session.run(["logits", "embedding"], {"pixel_values": x})))
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], atol=1e-4, err_msg=name)  # batch 3 vs 2/1: rounding
+    model.finalize()

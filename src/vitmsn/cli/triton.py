@@ -29,10 +29,14 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.argument("artifacts", type=click.Path(path_type=Path))
 @click.option("--repo", required=True, type=click.Path(path_type=Path), help="Model repository directory to write into.")
 @click.option("--name", default="vitmsn", show_default=True,
-              help="Model name: the ensemble; <name>_onnx, <name>_tensorrt, <name>_preprocess for the parts.")
+              help="Model name: the ensemble; <name>_onnx, <name>_tensorrt, <name>_python, <name>_preprocess for the parts.")
 @click.option("--precision", default="fp32", show_default=True, help="Which exported precision to serve.")
-@click.option("--format", "formats", multiple=True, type=click.Choice(["onnx", "plan"]),
-              help="Models to write [default: onnx, plus the TensorRT plan when the artifacts have one]. Repeatable.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["onnx", "plan", "python"]),
+              help="Inference models to write: onnx (Triton's onnxruntime backend), plan (TensorRT), python "
+                   "(vitmsn's runtime in Triton's Python backend) [default: onnx, plus the plan when the artifacts "
+                   "have a TensorRT engine]. Repeatable.")
+@click.option("--inference", type=click.Choice(["onnx", "plan", "python"]),
+              help="The inference model the ensemble runs (also written) [default: plan, else onnx].")
 @click.option("--engine", "engine_file", metavar="FILE", help="The engine file to use when several match the precision.")
 @click.option("--max-batch", type=int, help="max_batch_size [default: the engine profile's max, or the exported batch max].")
 @click.option("--preferred-batch", callback=_batch_sizes, metavar="N,N",
@@ -43,15 +47,23 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="instance_group kind of the ONNX model (a plan always runs on the GPU).")
 @click.option("--ensemble/--no-ensemble", default=True, show_default=True,
               help="Also write the Python-backend preprocessing model and the ensemble that takes encoded images.")
+@click.option("--python-env", metavar="PATH",
+              help="EXECUTION_ENV_PATH of the Python-backend models: a venv directory or conda-pack archive on the "
+                   "Triton server holding vitmsn's runtime (checked here when it exists here).")
+@click.option("--python-threads", type=int, help="ONNX Runtime intra-op threads per Python inference instance.")
+@click.option("--allow-failed-gates", is_flag=True,
+              help="Package a precision even though a validation or drift gate failed at export.")
 @click.option("--force", is_flag=True, help="Replace model directories of the same names.")
 @handle_errors
 def command(artifacts: Path, repo: Path, name: str, precision: str, formats: tuple[str, ...], engine_file: str | None,
             max_batch: int | None, preferred_batch: tuple[int, ...], queue_delay_us: int, instances: int,
-            onnx_device: str, ensemble: bool, force: bool) -> None:
+            onnx_device: str, ensemble: bool, force: bool, inference: str | None, python_env: str | None,
+            python_threads: int | None, allow_failed_gates: bool) -> None:
     """Write a Triton model repository for ARTIFACTS and verify it against Triton's config schema.
 
     Exit codes: 0 written and verified (or verification unavailable, said on stderr); 1 written but
-    verification failed; 2 bad usage or input.
+    verification failed; 2 bad usage or input, or a precision whose export gates failed (unless
+    --allow-failed-gates).
     """
     from vitmsn.serving.triton import TritonOptions, write_triton_repository
     from vitmsn.serving.triton_check import check_repository, missing_packages
@@ -59,7 +71,8 @@ def command(artifacts: Path, repo: Path, name: str, precision: str, formats: tup
     options = TritonOptions(name=name, precision=precision.lower(), formats=formats, engine_file=engine_file,
                             max_batch_size=max_batch, preferred_batch_sizes=preferred_batch,
                             max_queue_delay_us=queue_delay_us, instances=instances, onnx_device=onnx_device,
-                            ensemble=ensemble, force=force)
+                            ensemble=ensemble, force=force, inference=inference, python_env=python_env,
+                            python_threads=python_threads, allow_failed_gates=allow_failed_gates)
     result = write_triton_repository(artifacts, repo, options)
     for model in result.models:
         config = model.config
@@ -67,6 +80,8 @@ def command(artifacts: Path, repo: Path, name: str, precision: str, formats: tup
         click.echo(f"wrote {model.directory}  ({what}, max_batch_size {config['max_batch_size']})", err=True)
     for note in result.notes:
         click.echo(f"  note: {note}", err=True)
+    for warning in result.warnings:
+        click.echo(f"  warning: {warning}", err=True)
 
     missing = missing_packages()
     if missing:

@@ -6,12 +6,15 @@ Triton's own protobuf schema and the models' real I/O. Layout, for ``--name vitm
 
     REPO/vitmsn_onnx/config.pbtxt        platform "onnxruntime_onnx"
     REPO/vitmsn_onnx/labels.txt          class names, for Triton's classification extension
-    REPO/vitmsn_onnx/1/model.onnx
+    REPO/vitmsn_onnx/1/model.onnx        (on CPU instances: the CPU-placed graph, where there is one)
     REPO/vitmsn_tensorrt/config.pbtxt    platform "tensorrt_plan" (when a TensorRT engine exists)
     REPO/vitmsn_tensorrt/1/model.plan
+    REPO/vitmsn_python/config.pbtxt      backend "python": the same graph run by vitmsn's runtime
+    REPO/vitmsn_python/1/model.py        (+ model.onnx, runtime.json; with --format python)
     REPO/vitmsn_preprocess/config.pbtxt  backend "python": encoded image bytes -> pixel_values
     REPO/vitmsn_preprocess/1/model.py    (+ preprocess.json, the manifest's preprocess block)
-    REPO/vitmsn/config.pbtxt             platform "ensemble": preprocess -> TensorRT (else ONNX)
+    REPO/vitmsn/config.pbtxt             platform "ensemble": preprocess -> --inference (default:
+                                         TensorRT, else ONNX, else Python)
     REPO/vitmsn/1/                       (empty; Triton wants a version directory)
 
 Each model directory is written beside its final place and renamed into it, so Triton never
@@ -32,20 +35,24 @@ from vitmsn.errors import InputError
 from vitmsn.runtime.manifest import Manifest
 
 from .pbtxt import Enum, to_pbtxt
+from .triton_python import check_env, env_parameters, python_inference_config
+from .triton_sources import ServedGraph, check_gates, checked_output_dims, labels_text, served_graph
 
 # numpy dtype names (as the manifest writes them) -> Triton data types.
 TRITON_TYPES = {
     "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
     "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
 }
-FORMATS = ("onnx", "plan")
+FORMATS = ("onnx", "plan", "python")
 PLATFORMS = {"onnx": "onnxruntime_onnx", "plan": "tensorrt_plan"}
-MODEL_FILES = {"onnx": "model.onnx", "plan": "model.plan"}
-MODEL_SUFFIXES = {"onnx": "onnx", "plan": "tensorrt"}
+MODEL_FILES = {"onnx": "model.onnx", "plan": "model.plan", "python": "model.onnx"}
+MODEL_SUFFIXES = {"onnx": "onnx", "plan": "tensorrt", "python": "python"}
 IMAGE_INPUT = "IMAGE"  # the ensemble's input: one encoded image (JPEG, PNG, ...) per batch item
 VERSION = "1"
 LABELS_FILE = "labels.txt"
 PREPROCESS_TEMPLATE = Path(__file__).with_name("triton_preprocess.py")
+INFER_TEMPLATE = Path(__file__).with_name("triton_infer.py")
+RUNTIME_FILE = "runtime.json"
 # Engines Triton's TensorRT backend can load; TensorRT-RTX engines need the TensorRT-RTX runtime.
 TRITON_ENGINE_TARGETS = ("tensorrt",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -56,6 +63,7 @@ class TritonOptions:
     name: str = "vitmsn"
     precision: str = "fp32"
     formats: tuple[str, ...] = ()  # empty: ONNX, plus the plan when a TensorRT engine exists
+    inference: str | None = None  # the model the ensemble runs (onnx | plan | python); written too
     engine_file: str | None = None  # which engine, when several match the precision
     max_batch_size: int | None = None  # default: the engine profile's max (ONNX: the manifest's batch max)
     preferred_batch_sizes: tuple[int, ...] = ()  # default: the profile's opt and max
@@ -64,6 +72,9 @@ class TritonOptions:
     onnx_device: str = "cpu"  # cpu | gpu (a plan always runs on the GPU)
     ensemble: bool = True
     force: bool = False
+    python_env: str | None = None  # EXECUTION_ENV_PATH of the Python-backend models
+    python_threads: int | None = None  # ONNX Runtime intra-op threads of the Python inference model
+    allow_failed_gates: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -71,6 +82,12 @@ class TritonOptions:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise InputError(f"--format {unknown[0]}: choose from {', '.join(FORMATS)}")
+        if self.inference is not None and self.inference not in FORMATS:
+            raise InputError(f"--inference {self.inference}: choose from {', '.join(FORMATS)}")
+        if self.python_env is not None and (not self.python_env or any(ord(c) < 0x20 or ord(c) == 0x7F for c in self.python_env)):
+            raise InputError(f"--python-env {self.python_env!r}: give a path without control characters")
+        if self.python_threads is not None and self.python_threads < 1:
+            raise InputError(f"--python-threads {self.python_threads}: must be at least 1")
         if self.onnx_device not in ("cpu", "gpu"):
             raise InputError(f"--onnx-device {self.onnx_device}: choose cpu or gpu")
         if self.instances < 1:
@@ -84,7 +101,7 @@ class TritonOptions:
 @dataclass(frozen=True)
 class TritonModel:
     name: str
-    kind: str  # onnx | plan | python | ensemble
+    kind: str  # onnx | plan | python | preprocess | ensemble
     directory: Path
     config: dict[str, Any]
 
@@ -94,6 +111,7 @@ class TritonRepository:
     root: Path
     models: list[TritonModel] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def model(self, kind: str) -> TritonModel | None:
         return next((m for m in self.models if m.kind == kind), None)
@@ -170,9 +188,14 @@ def _batching(max_batch: int, batch: dict[str, int], options: TritonOptions) -> 
 
 
 def inference_config(manifest: Manifest, fmt: str, name: str, max_batch: int, batch: dict[str, int],
-                     options: TritonOptions, engine: dict[str, Any] | None = None) -> dict[str, Any]:
+                     options: TritonOptions, engine: dict[str, Any] | None = None,
+                     output_dims: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """``output_dims``: the outputs' real dims (from the graph); default: the manifest's."""
     dtype = _io_dtype(manifest, options.precision, engine)
     outputs = _tensors(manifest, "outputs", dtype)
+    for out in outputs:
+        if output_dims is not None:
+            out["dims"] = list(output_dims[out["name"]])
     if manifest.task == "image-classification" and manifest.labels:
         for out in outputs:
             if out["name"] == "logits":
@@ -203,6 +226,7 @@ def preprocess_config(manifest: Manifest, name: str, target: dict[str, Any], opt
         "output": [dict(pixel)],
         "dynamic_batching": {"max_queue_delay_microseconds": options.max_queue_delay_us},
         "instance_group": [{"count": options.instances, "kind": Enum("KIND_CPU")}],
+        "parameters": env_parameters(options.python_env),
     }
 
 
@@ -250,11 +274,14 @@ def _write_model(repo: Path, config: dict[str, Any], files: dict[str, Path | str
     return final
 
 
-def _labels_text(manifest: Manifest, classes: int) -> str:
-    labels = manifest.labels
-    if sorted(labels) != list(range(classes)):
-        raise InputError(f"{manifest.root / 'manifest.json'}: labels {sorted(labels)[:5]}... do not cover 0..{classes - 1}")
-    return "".join(labels[i].replace("\n", " ") + "\n" for i in range(classes))
+def _formats(options: TritonOptions, has_onnx: bool, has_engine: bool) -> tuple[str, ...]:
+    if options.formats:
+        wanted = set(options.formats) | ({options.inference} if options.inference else set())
+    elif options.inference:
+        wanted = {options.inference}
+    else:
+        wanted = ({"onnx"} if has_onnx else set()) | ({"plan"} if has_engine else set())
+    return tuple(f for f in FORMATS if f in wanted)
 
 
 def write_triton_repository(artifacts: str | Path, repo: str | Path,
@@ -264,52 +291,77 @@ def write_triton_repository(artifacts: str | Path, repo: str | Path,
     root = Path(repo)
     if root.exists() and not root.is_dir():
         raise InputError(f"--repo {root}: exists and is not a directory")
-    root.mkdir(parents=True, exist_ok=True)
     result = TritonRepository(root)
     onnx_entry = manifest.precisions.get(options.precision)
     engine = select_engine(manifest, options, result.notes)
-    formats = options.formats or (("onnx",) if onnx_entry else ()) + (("plan",) if engine else ())
-    if "onnx" in formats and onnx_entry is None:
+    formats = _formats(options, onnx_entry is not None, engine is not None)
+    if not formats or (set(formats) & {"onnx", "python"} and onnx_entry is None):
         manifest.onnx_path(options.precision)  # raises, naming what the manifest has
+        raise InputError(f"{manifest.root}: nothing to serve for precision {options.precision}")
     if "plan" in formats and engine is None:
         raise InputError(f"--format plan: {manifest.root} has no {options.precision} TensorRT engine Triton can load")
-    if not formats:
-        manifest.onnx_path(options.precision)  # raises: no such precision
-        raise InputError(f"{manifest.root}: nothing to serve for precision {options.precision}")
+    check_gates(manifest, options.precision, options.allow_failed_gates, result.notes)
     planned = [f"{options.name}_{MODEL_SUFFIXES[f]}" for f in formats]
     planned += [f"{options.name}_preprocess", options.name] if options.ensemble else []
     existing = [n for n in planned if (root / n).exists()]
     if existing and not options.force:
         raise InputError(f"--repo {root}: model directories {', '.join(existing)} already exist; pass --force to replace them")
+    if options.python_env:
+        needs = ("vitmsn", "pillow") + (("onnxruntime",) if "python" in formats else ())
+        result.warnings.extend(check_env(options.python_env, needs))
 
-    for fmt in FORMATS:
-        if fmt not in formats:
-            continue
-        entry = engine if fmt == "plan" else onnx_entry
-        assert entry is not None
+    # What each model serves, and the outputs' real dims, before anything is written.
+    graphs = {fmt: served_graph(manifest, options.precision, fmt == "python" or options.onnx_device == "cpu",
+                                result.notes) for fmt in formats if fmt != "plan"}
+    served = graphs[min(graphs)] if graphs else None
+    if served is None and onnx_entry is not None and manifest.onnx_path(options.precision).is_file():
+        served = ServedGraph(str(onnx_entry["file"]), str(onnx_entry["sha256"]), False)  # a plan's source graph
+    reference = manifest.verify_file(served.file, served.sha256) if served else None  # read once it verifies
+    dims = checked_output_dims(manifest, reference) if reference is not None else None
+    root.mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
         batch = profile_batch(manifest, engine if fmt == "plan" else None)
         max_batch = options.max_batch_size or batch["max"]
         if max_batch > batch["max"]:
             raise InputError(f"--max-batch {max_batch}: above the {'engine profile' if fmt == 'plan' else 'exported batch'} "
                              f"maximum {batch['max']}")
         name = f"{options.name}_{MODEL_SUFFIXES[fmt]}"
-        config = inference_config(manifest, fmt, name, max_batch, batch, options, engine if fmt == "plan" else None)
-        files: dict[str, Path | str] = {
-            f"{VERSION}/{MODEL_FILES[fmt]}": manifest.verify_file(entry["file"], entry["sha256"])}
+        config = inference_config(manifest, "onnx" if fmt == "python" else fmt, name, max_batch, batch, options,
+                                  engine if fmt == "plan" else None, dims)
+        if fmt == "plan":
+            assert engine is not None
+            files: dict[str, Path | str] = {
+                f"{VERSION}/{MODEL_FILES[fmt]}": manifest.verify_file(engine["file"], engine["sha256"])}
+        else:
+            graph = graphs[fmt]
+            files = {f"{VERSION}/{MODEL_FILES[fmt]}": manifest.verify_file(graph.file, graph.sha256)}
+        if fmt == "python":
+            config = python_inference_config(config, name, options.instances, options.python_env)
+            files[f"{VERSION}/model.py"] = INFER_TEMPLATE
+            files[f"{VERSION}/{RUNTIME_FILE}"] = json.dumps({
+                "runtime": "onnxruntime", "precision": options.precision, "file": MODEL_FILES[fmt],
+                "source": graphs[fmt].file, "sha256": graphs[fmt].sha256, "threads": options.python_threads},
+                indent=2) + "\n"
         if any("label_filename" in o for o in config["output"]):
             logits = next(o for o in config["output"] if o["name"] == "logits")
-            files[LABELS_FILE] = _labels_text(manifest, logits["dims"][0])
+            if dims is None:  # no graph to read the class count from: no labels file
+                for out in config["output"]:
+                    out.pop("label_filename", None)
+                result.notes.append(f"{name}: no ONNX graph in the artifacts to count classes from; no {LABELS_FILE}")
+            else:
+                files[LABELS_FILE] = labels_text(manifest, logits["dims"][0])
         result.models.append(TritonModel(name, fmt, _write_model(root, config, files, options.force), config))
 
     if options.ensemble:
-        target = (result.model("plan") or result.model("onnx"))
+        chosen = options.inference or next(f for f in ("plan", "onnx", "python") if f in formats)
+        target = result.model(chosen)
         assert target is not None
         pre = preprocess_config(manifest, f"{options.name}_preprocess", target.config, options)
         pre_files: dict[str, Path | str] = {
             f"{VERSION}/model.py": PREPROCESS_TEMPLATE,
             f"{VERSION}/preprocess.json": json.dumps(manifest.preprocess, indent=2) + "\n",
         }
-        result.models.append(TritonModel(pre["name"], "python", _write_model(root, pre, pre_files, options.force), pre))
+        result.models.append(TritonModel(pre["name"], "preprocess", _write_model(root, pre, pre_files, options.force), pre))
         ens = ensemble_config(options.name, pre, target.config)
         result.models.append(TritonModel(ens["name"], "ensemble", _write_model(root, ens, {}, options.force), ens))
     return result

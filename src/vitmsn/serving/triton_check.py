@@ -10,6 +10,8 @@ enum values), then compared with the truth it describes:
 * ``tensorrt_plan``: the manifest's engine entry (same SHA-256) and its optimization profile:
   ``max_batch_size`` within the profile, profile shapes equal to the dims;
 * ``python`` (preprocessing): ``model.py`` and ``preprocess.json`` equal to the manifest's block;
+* ``python`` (inference): vitmsn's ``model.py``, ``runtime.json`` naming the copied graph's SHA-256,
+  one the manifest records, and the config against that graph's real I/O as for ONNX;
 * ``ensemble``: every step's model exists, every map names a real input/output of that model,
   every tensor is produced before it is consumed with the same type and dims;
 * ``label_filename``: the file exists with one line per class.
@@ -28,7 +30,8 @@ from typing import Any
 
 from vitmsn.runtime.manifest import Manifest, sha256_file
 
-from .triton import PREPROCESS_TEMPLATE, TRITON_TYPES, VERSION, profile_batch
+from .triton import INFER_TEMPLATE, PREPROCESS_TEMPLATE, RUNTIME_FILE, TRITON_TYPES, VERSION, profile_batch
+from .triton_sources import CPU_FLAVOURS
 
 
 @dataclass
@@ -88,6 +91,15 @@ def onnx_io(path: Path) -> tuple[list[tuple[str, str, list[Any]]], list[tuple[st
     return describe(graph.input), describe(graph.output)
 
 
+def graph_digests(manifest: Manifest) -> set[str]:
+    """SHA-256 of every ONNX graph the manifest records: precisions and their CPU-placed flavours."""
+    digests = set()
+    for entry in manifest.precisions.values():
+        digests.add(entry.get("sha256"))
+        digests.update(entry[k].get("sha256") for k in CPU_FLAVOURS if isinstance(entry.get(k), dict))
+    return {d for d in digests if d}
+
+
 def _tensors(config: Any, field_name: str) -> list[tuple[str, str, list[int]]]:
     return [(t.name, _type_name(config, t.data_type), list(t.dims)) for t in getattr(config, field_name)]
 
@@ -142,16 +154,19 @@ class _Checker:
         path = self.model_file(name, config, "model.onnx")
         if path is None:
             return
+        self.onnx_graph(name, config, path)
+        self.report.checked.append(f"{name}: onnxruntime_onnx config matches the ONNX graph's I/O")
+
+    def onnx_graph(self, name: str, config: Any, path: Path) -> str:
         digest = sha256_file(path)
-        if not any(p.get("sha256") == digest for p in self.manifest.precisions.values()):
+        if digest not in graph_digests(self.manifest):
             self.problem(name, f"{path.name} (SHA-256 {digest[:12]}...) is none of the manifest's ONNX models")
         inputs, outputs = onnx_io(path)
         self.compare_io(name, config, inputs, outputs, "ONNX graph")
         batch = self.manifest.batch
         self.batching(name, config, 1, batch["max"], "the exported batch range")
         self.labels(name, config)
-        names = [t[0] for t in inputs + outputs]
-        self.report.checked.append(f"{name}: onnxruntime_onnx config matches the ONNX graph's I/O {names}")
+        return digest
 
     def check_plan(self, name: str, config: Any) -> None:
         path = self.model_file(name, config, "model.plan")
@@ -179,12 +194,33 @@ class _Checker:
 
     def check_python(self, name: str, config: Any) -> None:
         path = self.model_file(name, config, "model.py")
+        if path is not None and path.read_bytes() == INFER_TEMPLATE.read_bytes():
+            self.check_python_inference(name, config)
+            return
         block = self.repo / name / VERSION / "preprocess.json"
         if path is not None and path.read_bytes() != PREPROCESS_TEMPLATE.read_bytes():
             self.problem(name, f"{path} differs from vitmsn's preprocessing model")
         if not block.is_file() or json.loads(block.read_text()) != self.manifest.preprocess:
             self.problem(name, f"{block} is missing or differs from the manifest's preprocess block")
         self.report.checked.append(f"{name}: python preprocessing model with the manifest's preprocess block")
+
+    def check_python_inference(self, name: str, config: Any) -> None:
+        spec_path = self.repo / name / VERSION / RUNTIME_FILE
+        try:
+            spec = json.loads(spec_path.read_text())
+            graph = self.repo / name / VERSION / str(spec["file"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.problem(name, f"{spec_path}: missing or unreadable ({exc})")
+            return
+        if not graph.is_file():
+            self.problem(name, f"{graph} is missing")
+            return
+        digest = self.onnx_graph(name, config, graph)
+        if spec.get("sha256") != digest:
+            self.problem(name, f"{RUNTIME_FILE} sha256 differs from {graph.name}'s")
+        if any(g.kind != 2 for g in config.instance_group):  # KIND_CPU == 2
+            self.problem(name, "vitmsn's Python inference model runs ONNX Runtime on CPU; instance_group kind must be KIND_CPU")
+        self.report.checked.append(f"{name}: python inference model (vitmsn runtime) matches {graph.name}'s I/O")
 
     def check_ensemble(self, name: str, config: Any) -> None:
         if not (self.repo / name / VERSION).is_dir():
