@@ -53,8 +53,11 @@ def command(artifacts: Path, repo: Path, name: str, precision: str, formats: tup
     Exit codes: 0 written and verified (or verification unavailable, said on stderr); 1 written but
     verification failed; 2 bad usage or input.
     """
-    from vitmsn.serving.triton import TritonOptions, write_triton_repository
-    from vitmsn.serving.triton_check import check_repository, missing_packages
+    from vitmsn.interrupts import deferred
+
+    with deferred():  # see vitmsn.interrupts
+        from vitmsn.serving.triton import TritonOptions, write_triton_repository
+        from vitmsn.serving.triton_check import check_repository, missing_packages
 
     options = TritonOptions(name=name, precision=precision.lower(), formats=formats, engine_file=engine_file,
                             max_batch_size=max_batch, preferred_batch_sizes=preferred_batch,
