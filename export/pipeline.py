@@ -227,7 +227,9 @@ def _calibration(opts: ExportOptions, preprocess_block: dict[str, Any]) -> Calib
     if opts.calib_images is None or not {"fp16", "int8"} & set(opts.precisions):
         return None
     return calibration_set_from_directory(opts.calib_images, preprocess_block, CalibrationOptions(
-        samples=opts.calib_samples, seed=opts.calib_seed, min_images=opts.calib_min_images, cache_dir=opts.calib_cache))
+        samples=opts.calib_samples, seed=opts.calib_seed, min_images=opts.calib_min_images, cache_dir=opts.calib_cache,
+        # the drift gates never run in-sample: without --validate-images they run on images held out from calibration
+        hold_out=opts.validate_images is None))
 
 
 def drift_validation(manifest: Manifest, opts: ExportOptions,

@@ -127,7 +127,8 @@ def test_cache_is_keyed_by_files_and_preprocess_and_loads_without_pickle(tmp_pat
     assert "calibration images: 8/8" in capsys.readouterr().err  # the progress bar
     assert not first.from_cache and Path(first.cache_file).is_file()
     with np.load(first.cache_file, allow_pickle=False) as z:  # plain arrays only
-        assert {k: z[k].dtype.kind for k in z.files} == {"tensors": "f", "files": "U", "classes": "U", "skipped": "U"}
+        assert {k: z[k].dtype.kind for k in z.files} == {"tensors": "f", "files": "U", "classes": "U", "skipped": "U",
+                                                        "meta": "U"}
     second = calibration_set_from_directory(tmp_path / "img", BLOCK, opts)
     assert second.from_cache and second.sha256 == first.sha256 and second.files == first.files
     os.utime(paths[0], ns=(1, 1))  # a changed file list (mtime) misses the cache
