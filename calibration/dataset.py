@@ -209,5 +209,7 @@ def _check_minimum(root: Path, cs: CalibrationSet, options: CalibrationOptions) 
         listed = "; ".join(f"{f} ({r})" for f, r in cs.skipped[:5])
         raise InputError(
             f"--calib-images {root}: only {len(cs)} usable images, at least {options.min_images} are needed"
+            + (f" ({len(cs.heldout)} more are held out for the drift gates; with --validate-images DIR the gates run "
+               "on those images instead)" if cs.heldout else "")
             + (f"; {len(cs.skipped)} could not be read: {listed}" if cs.skipped else "")
             + "; add images or lower the minimum")
