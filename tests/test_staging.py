@@ -227,3 +227,33 @@ def test_unwritable_out_exits_2_with_a_message(tmp_path: Path) -> None:
             if os.geteuid() == 0:
                 subprocess.run(["umount", str(parent)], check=False)
             parent.chmod(0o755)
+
+
+IMPORT_UNDER_SIGNAL = """
+import os, signal, sys, threading
+from vitmsn import interrupts
+interrupts.install()
+threading.Timer({delay}, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    interrupts.import_deferred(["modelopt.onnx.quantization"])
+except interrupts.Interrupted as exc:
+    print("complete" if "modelopt.onnx.quantization" in sys.modules else "partial")
+    sys.exit(exc.exit_code)
+print("no signal")
+"""
+
+
+def test_signal_during_a_cpp_extension_import_is_held_until_it_completes() -> None:
+    """SIGINT while ModelOpt (torch, ONNX Runtime, pybind11 enums) imports: without holding it, the
+    KeyboardInterrupt is raised inside the import (a broken module) or inside pybind11's enum
+    registration (std::terminate, exit 134). Held, the import completes and the process exits 130."""
+    landed = 0
+    for delay in (0.05, 0.3, 0.8):
+        proc = subprocess.run([sys.executable, "-c", IMPORT_UNDER_SIGNAL.format(delay=delay)], capture_output=True,
+                              text=True, timeout=300, env=ENV, preexec_fn=_default_sigint)
+        if proc.stdout.strip() == "no signal":  # the import finished before the timer fired
+            assert proc.returncode == 0, proc.stderr
+            continue
+        assert (proc.returncode, proc.stdout.strip()) == (130, "complete"), (delay, proc.returncode, proc.stderr[-2000:])
+        landed += 1
+    assert landed, "no signal landed during the import; the delays above need to be shorter"
