@@ -257,3 +257,21 @@ def test_signal_during_a_cpp_extension_import_is_held_until_it_completes() -> No
         assert (proc.returncode, proc.stdout.strip()) == (130, "complete"), (delay, proc.returncode, proc.stderr[-2000:])
         landed += 1
     assert landed, "no signal landed during the import; the delays above need to be shorter"
+
+
+@pytest.mark.parametrize("delay", [0.3, 2.0], ids=["imports", "running"])
+def test_validate_interrupted_exits_130_and_leaves_the_reports(art: Path, tmp_path: Path, delay: float) -> None:
+    """`vitmsn validate` writes its reports into the artifacts directory: Ctrl-C gives 130, no traceback,
+    and the directory as it was."""
+    from vitmsn.export.demo import write_dataset
+
+    images = tmp_path / "images"
+    write_dataset(images, per_class=5, split="heldout")
+    before = snapshot(art)
+    proc = start([str(BIN / "vitmsn"), "validate", str(art), "--images", str(images)], tmp_path / "tmp")
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err, err
+    assert snapshot(art) == before
