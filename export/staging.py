@@ -208,6 +208,13 @@ class StagedOutput:
             if not any(d.iterdir()):
                 d.rmdir()
         new.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; an artifacts directory is an ordinary one
+        try:
+            self._swap(new)
+        except OSError as exc:  # e.g. --out is a mount point (EBUSY): say so, --out keeps what it held
+            raise InputError(f"--out {self.requested}: could not be replaced by the new artifacts ({exc.strerror or exc}); "
+                             "use a plain directory on a writable file system") from None
+
+    def _swap(self, new: Path) -> None:
         with interrupts.shielded():  # the run is complete: a signal now must not leave --out half-swapped
             if self.out.exists() and _rename_exchange(new, self.out):
                 pass  # `new` now holds the previous contents, removed with the staging directory
