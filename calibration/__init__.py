@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from enum import Enum
 
+from .cache import tensor_sha256, tensor_stats
 from .dataset import (DEFAULT_MIN_IMAGES, DEFAULT_SAMPLES, CalibrationOptions, CalibrationSet,
-                      calibration_set_from_directory, default_cache_dir, tensor_sha256)
-from .images import IMAGE_EXTENSIONS, discover_images, sample_order, strata_of
+                      calibration_set_from_directory, default_cache_dir)
+from .images import IMAGE_EXTENSIONS, discover_images, heldout_split, sample_order, strata_of
 from .reader import CalibrationReader, as_ort_reader, even_batch_size
 
 
@@ -27,5 +28,6 @@ class CalibrationMethod(str, Enum):
 __all__ = [
     "DEFAULT_MIN_IMAGES", "DEFAULT_SAMPLES", "IMAGE_EXTENSIONS", "CalibrationMethod", "CalibrationOptions",
     "CalibrationReader", "CalibrationSet", "as_ort_reader", "calibration_set_from_directory", "default_cache_dir",
-    "discover_images", "even_batch_size", "sample_order", "strata_of", "tensor_sha256",
+    "discover_images", "even_batch_size", "heldout_split", "sample_order", "strata_of", "tensor_sha256",
+    "tensor_stats",
 ]

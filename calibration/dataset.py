@@ -4,14 +4,16 @@ The images are preprocessed by :class:`vitmsn.runtime.preprocess.PreprocessConfi
 the manifest's ``preprocess`` block, the same code the runtime serves with (STYLE.md #12), so
 INT8 scales are calibrated on exactly the inputs the deployed model will see.
 
-The cache is one ``.npz`` per (file list, preprocess block, sample count, seed), read back with
-``np.load(allow_pickle=False)``: plain arrays only, nothing that can execute code.
+The cache is one ``.npz`` per (file list, preprocess block, sample count, seed, hold-out), read back
+with ``np.load(allow_pickle=False)`` and verified before use (:mod:`.cache`); a cache that fails is
+rebuilt from the images with a warning naming it.
+
+With ``hold_out`` a seeded, stratified part of the folder is set aside (``heldout``) and never
+calibrates: the export's drift gates run on it, out of sample.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -22,17 +24,17 @@ import numpy as np
 
 from vitmsn.errors import InputError
 from vitmsn.progress import Progress
-from vitmsn.runtime.manifest import atomic_path
 from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
 
-from .images import discover_images, file_list_digest, sample_order, strata_of
+from . import cache
+from .cache import tensor_sha256, tensor_stats
+from .images import discover_images, file_list_digest, heldout_split, sample_order, strata_of
 
 if TYPE_CHECKING:
     from .reader import CalibrationReader
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
 DEFAULT_SAMPLES = 128
 DEFAULT_MIN_IMAGES = 16
 DEFAULT_SEED = 0
@@ -56,6 +58,7 @@ class CalibrationOptions:
     cache_dir: Path | None = None  # None: default_cache_dir(); use_cache=False: no cache at all
     use_cache: bool = True
     progress: bool = True
+    hold_out: bool = False  # set images aside for the drift gates (images.heldout_split); they never calibrate
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -86,6 +89,8 @@ class CalibrationSet:
     stratified: bool
     cache_file: str | None = None
     from_cache: bool = False
+    heldout: tuple[str, ...] = ()  # relative paths set aside for the drift gates (hold_out)
+    heldout_classes: tuple[str, ...] = ()
     sha256: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,47 +126,11 @@ class CalibrationSet:
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
             "cache_file": self.cache_file,
             "from_cache": self.from_cache,
+            "dtype": str(self.tensors.dtype),
+            "stats": tensor_stats(self.tensors),
+            "heldout": {"count": len(self.heldout), "seed": self.seed, "source": self.source,
+                        "rule": "seeded split, stratified by class folder; never calibrates"} if self.heldout else None,
         }
-
-
-def tensor_sha256(tensors: np.ndarray) -> str:
-    """SHA-256 of the calibration tensors: dtype, shape and C-order bytes."""
-    a = np.ascontiguousarray(tensors)
-    digest = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode())
-    digest.update(a.tobytes())
-    return digest.hexdigest()
-
-
-def cache_key(files_digest: str, preprocess_block: dict[str, Any], samples: int, seed: int) -> str:
-    block = json.dumps(preprocess_block, sort_keys=True, default=str)
-    text = f"format={CACHE_FORMAT}\nfiles={files_digest}\npreprocess={block}\nsamples={samples}\nseed={seed}\n"
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _load_cache(path: Path, source: Path, options: CalibrationOptions, candidates: int,
-                stratified: bool) -> CalibrationSet | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            tensors = np.ascontiguousarray(z["tensors"], dtype=np.float32)
-            files = tuple(str(f) for f in z["files"])
-            classes = tuple(str(c) for c in z["classes"])
-            skipped = tuple((str(f), str(r)) for f, r in z["skipped"].reshape(-1, 2))
-    except (OSError, KeyError, ValueError, EOFError) as exc:  # a damaged or foreign file: rebuild it
-        log.warning("calibration cache %s is unreadable (%s); rebuilding it", path, exc)
-        return None
-    if len(files) != tensors.shape[0] or len(classes) != len(files):
-        log.warning("calibration cache %s is inconsistent; rebuilding it", path)
-        return None
-    return CalibrationSet(tensors, files, classes, skipped, str(source), options.seed, options.samples, candidates,
-                          stratified, cache_file=str(path), from_cache=True)
-
-
-def _save_cache(path: Path, cs: CalibrationSet) -> None:
-    skipped = np.array([list(s) for s in cs.skipped], dtype=str).reshape(-1, 2)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:  # np.savez would append ".npz" to a path without it
-            np.savez(f, tensors=cs.tensors, files=np.array(cs.files, dtype=str),
-                     classes=np.array(cs.classes, dtype=str), skipped=skipped)
 
 
 def calibration_set_from_directory(images: str | os.PathLike[str], preprocess_block: dict[str, Any],
@@ -181,19 +150,32 @@ def calibration_set_from_directory(images: str | os.PathLike[str], preprocess_bl
                          "jpg, jpeg, png, webp, bmp, tif, tiff, recursively)")
     stratified = strata_of(root, files) is not None
     preprocess = PreprocessConfig.from_manifest(preprocess_block)
+    all_files = files  # the cache key covers the whole folder
+    heldout: list[Path] = []
+    if options.hold_out:
+        files, heldout = heldout_split(root, files, options.samples, options.seed)
+    held = dict(heldout=tuple(p.relative_to(root).as_posix() for p in heldout),
+                heldout_classes=tuple(p.relative_to(root).parts[0] if stratified else "" for p in heldout))
+    order = sample_order(root, files, options.samples, options.seed)
+    target = min(options.samples, len(files))
     cache_path = None
     if options.use_cache:
-        key = cache_key(file_list_digest(root, files), preprocess_block, options.samples, options.seed)
+        key = cache.cache_key(file_list_digest(root, all_files), preprocess_block, options.samples, options.seed,
+                              options.hold_out)
         cache_path = Path(options.cache_dir or default_cache_dir()) / f"calib-{key[:32]}.npz"
         if cache_path.is_file():
-            cached = _load_cache(cache_path, root, options, len(files), stratified)
-            if cached is not None:
+            try:
+                tensors, names, classes, skipped_c = cache.load_verified(
+                    cache_path, root, preprocess, [p.relative_to(root).as_posix() for p in order.candidates()], target)
+            except cache.CacheRejected as exc:
+                log.warning("calibration cache %s: %s; rebuilding it from the images in %s", cache_path, exc, root)
+            else:
+                cached = CalibrationSet(tensors, names, classes, skipped_c, str(root), options.seed, options.samples,
+                                        len(files), stratified, cache_file=str(cache_path), from_cache=True, **held)
                 log.info("calibration set from cache %s (%d images)", cache_path, len(cached))
                 _check_minimum(root, cached, options)
                 return cached
 
-    order = sample_order(root, files, options.samples, options.seed)
-    target = min(options.samples, len(files))
     tensors = np.empty((target, 3, preprocess.height, preprocess.width), dtype=np.float32)
     chosen: list[Path] = []
     skipped: list[tuple[str, str]] = []
@@ -212,13 +194,14 @@ def calibration_set_from_directory(images: str | os.PathLike[str], preprocess_bl
     cs = CalibrationSet(
         tensors[: len(chosen)].copy(), tuple(p.relative_to(root).as_posix() for p in chosen),
         tuple(order.stratum_of.get(p, "") for p in chosen), tuple(skipped), str(root), options.seed,
-        options.samples, len(files), stratified, cache_file=str(cache_path) if cache_path else None)
+        options.samples, len(files), stratified, cache_file=str(cache_path) if cache_path else None, **held)
     for f, reason in skipped:
         log.warning("calibration: skipped %s (%s)", f, reason)
     _check_minimum(root, cs, options)
     if cache_path is not None:
-        _save_cache(cache_path, cs)
+        cache.save(cache_path, cs.tensors, cs.files, cs.classes, cs.skipped)
     return cs
+
 
 
 def _check_minimum(root: Path, cs: CalibrationSet, options: CalibrationOptions) -> None:
@@ -226,5 +209,7 @@ def _check_minimum(root: Path, cs: CalibrationSet, options: CalibrationOptions) 
         listed = "; ".join(f"{f} ({r})" for f, r in cs.skipped[:5])
         raise InputError(
             f"--calib-images {root}: only {len(cs)} usable images, at least {options.min_images} are needed"
+            + (f" ({len(cs.heldout)} more are held out for the drift gates; with --validate-images DIR the gates run "
+               "on those images instead)" if cs.heldout else "")
             + (f"; {len(cs.skipped)} could not be read: {listed}" if cs.skipped else "")
             + "; add images or lower the minimum")

@@ -9,6 +9,7 @@ stratified by that sub-folder, so every class keeps its share of the sample.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+HELDOUT_FRACTION = 0.25  # of a folder too small to give both the calibration sample and gating images in full
+HELDOUT_MAX = 256  # images the drift gates run on, at most (each is run through every graph)
 
 
 def discover_images(root: str | os.PathLike[str]) -> list[Path]:
@@ -117,6 +120,28 @@ def sample_order(root: str | os.PathLike[str], files: Sequence[Path], samples: i
     reserve = {k: tuple(v[quota[k]:]) for k, v in permuted.items()}
     stratum_of = {f: k for k, v in permuted.items() for f in v}
     return SampleOrder(tuple(primary), reserve, stratum_of)
+
+
+def heldout_count(n: int, samples: int) -> int:
+    """How many of ``n`` images to hold out for the drift gates when ``samples`` are wanted for calibration:
+    what the sample leaves (at most :data:`HELDOUT_MAX`), but never less than a quarter of the folder."""
+    if n < 2:
+        return 0
+    return min(HELDOUT_MAX, max(math.ceil(n * HELDOUT_FRACTION), n - samples), n - 1)
+
+
+def heldout_split(root: str | os.PathLike[str], files: Sequence[Path], samples: int,
+                  seed: int) -> tuple[list[Path], list[Path]]:
+    """A seeded, disjoint split of ``files`` into (calibration candidates, held-out images), stratified by
+    class folder like :func:`sample_order`, both in ``files`` order. The held-out images never calibrate:
+    the export's drift gates run on them, out of sample."""
+    strata = strata_of(root, files) or {"": list(files)}
+    quota = allocate(heldout_count(len(files), samples), {k: len(v) for k, v in strata.items()})
+    held: set[Path] = set()
+    for name, group in sorted(strata.items()):
+        rng = np.random.default_rng(_stable_seed(seed, f"heldout/{name}"))
+        held.update(group[i] for i in rng.permutation(len(group))[: quota[name]])
+    return [f for f in files if f not in held], [f for f in files if f in held]
 
 
 def file_list_digest(root: str | os.PathLike[str], files: Sequence[Path]) -> str:

@@ -16,8 +16,8 @@ the export report, and its verdict is the ``drift_validation`` stage. An INT8 gr
 drift gate is re-quantized with its most sensitive blocks in high precision when
 ``int8_max_tries`` > 0 (:func:`.precisions.requantize_within_gate`).
 
-The manifest is removed when a run starts and written last, so an interrupted run never leaves
-a directory that looks complete.
+The run writes into a staging directory beside ``--out`` under an exclusive lock, and ``--out`` is
+replaced whole at the end (:mod:`.staging`): an interrupted or failed run leaves it as it was.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import torch
 import vitmsn
 from vitmsn.calibration import CalibrationMethod, CalibrationOptions, CalibrationSet, calibration_set_from_directory
 from vitmsn.errors import InputError, ValidationFailed
-from vitmsn.runtime.manifest import MANIFEST_NAME, PRECISIONS, SCHEMA_VERSION, Manifest, sha256_file
+from vitmsn.interrupts import import_deferred
+from vitmsn.runtime.manifest import PRECISIONS, SCHEMA_VERSION, Manifest, sha256_file
 
 from vitmsn.export.fp32 import checks
 from vitmsn.export.fp32.checkpoint import Checkpoint, load_checkpoint
@@ -48,6 +49,7 @@ from vitmsn.export.precision.fp16 import Fp16Options
 from vitmsn.export.precision.int8 import Int8Options
 from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention
 from vitmsn.export.fp32.onnx_export import onnx_from_model
+from vitmsn.export.staging import StagedOutput, files_named_in
 from vitmsn.export.precisions import StepContext, engine_step, fp16_step, int8_step
 from vitmsn.export.validation.report import write_export_report
 from vitmsn.export.fp32.spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
@@ -227,7 +229,9 @@ def _calibration(opts: ExportOptions, preprocess_block: dict[str, Any]) -> Calib
     if opts.calib_images is None or not {"fp16", "int8"} & set(opts.precisions):
         return None
     return calibration_set_from_directory(opts.calib_images, preprocess_block, CalibrationOptions(
-        samples=opts.calib_samples, seed=opts.calib_seed, min_images=opts.calib_min_images, cache_dir=opts.calib_cache))
+        samples=opts.calib_samples, seed=opts.calib_seed, min_images=opts.calib_min_images, cache_dir=opts.calib_cache,
+        # the drift gates never run in-sample: without --validate-images they run on images held out from calibration
+        hold_out=opts.validate_images is None))
 
 
 def drift_validation(manifest: Manifest, opts: ExportOptions, stages: list[checks.StageResult],
@@ -276,8 +280,39 @@ def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint, entry: dict[str,
 
 
 def run_export(opts: ExportOptions) -> ExportResult:
-    """Run the export. Raises InputError (nothing written) or ValidationFailed (artifacts written)."""
+    """Run the export. Raises InputError (nothing written) or ValidationFailed (artifacts written).
+
+    The run holds ``--out``'s lock from start to end and writes into a staging directory beside it
+    (:class:`.staging.StagedOutput`); ``--out`` is replaced whole once the artifacts are written
+    (also when a check failed: exit 1 leaves the failing artifacts for inspection). Bad input,
+    an error or an interrupt (SIGINT/SIGTERM) leave ``--out`` as it was.
+    """
     started = time.perf_counter()
+    with StagedOutput(opts.out) as staged:
+        result, failed = _export_into(opts, staged.path, started)
+        staged.commit(files_named_in(result.manifest.data))
+    result.out = Path(opts.out)
+    result.manifest.root = result.out
+    if failed is not None:
+        raise ValidationFailed(failed)
+    return result
+
+
+def _preload(opts: ExportOptions, build_engines: bool) -> None:
+    """Import the C++ extensions the run will need now, with SIGINT/SIGTERM held: an interrupt that lands
+    inside such an import (pybind11 calling back into Python) would abort the process instead of
+    unwinding (exit 134)."""
+    names = ["onnx", "onnxruntime"]
+    if {"fp16", "int8"} & set(opts.precisions):
+        names += ["modelopt.onnx.autocast", "modelopt.onnx.quantization", "onnxruntime.quantization"]
+    if build_engines:
+        names += ["tensorrt_rtx" if opts.target == "tensorrt-rtx" else "tensorrt"]
+    import_deferred(names)
+
+
+def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[ExportResult, str | None]:
+    """The run, written into ``out`` (the staging directory); the second value is the ValidationFailed
+    message when a check failed."""
     ck = load_checkpoint(opts.model)
     spec = ExportSpec(ck.arch, ck.task, ck.num_labels)
     assert opts.engine_options is not None
@@ -302,9 +337,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
     elif opts.validate_images is not None:  # the drift validation reads it at the end: refuse a bad folder now
         image_set(opts.validate_images, ck.labels if spec.task == "image-classification" else {})
 
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    _preload(opts, build_engines)
     model = ck.build_model(opts.attention)
     fp32_path = out / "model.fp32.onnx"
     log.info("exporting %s (%s, %s attention) to %s", opts.model, spec.task, opts.attention, fp32_path)
@@ -390,5 +423,5 @@ def run_export(opts: ExportOptions) -> ExportResult:
     result.manifest.save()
     if not result.passed:
         failed = "; ".join(f"{s.stage}: {s.detail}" for s in result.failures)
-        raise ValidationFailed(f"{out}: artifacts written, but checks failed ({failed}); see {out / 'report.md'}")
-    return result
+        return result, f"{opts.out}: artifacts written, but checks failed ({failed}); see {Path(opts.out) / 'report.md'}"
+    return result, None

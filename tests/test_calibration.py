@@ -127,7 +127,8 @@ def test_cache_is_keyed_by_files_and_preprocess_and_loads_without_pickle(tmp_pat
     assert "calibration images: 8/8" in capsys.readouterr().err  # the progress bar
     assert not first.from_cache and Path(first.cache_file).is_file()
     with np.load(first.cache_file, allow_pickle=False) as z:  # plain arrays only
-        assert {k: z[k].dtype.kind for k in z.files} == {"tensors": "f", "files": "U", "classes": "U", "skipped": "U"}
+        assert {k: z[k].dtype.kind for k in z.files} == {"tensors": "f", "files": "U", "classes": "U", "skipped": "U",
+                                                        "meta": "U"}
     second = calibration_set_from_directory(tmp_path / "img", BLOCK, opts)
     assert second.from_cache and second.sha256 == first.sha256 and second.files == first.files
     os.utime(paths[0], ns=(1, 1))  # a changed file list (mtime) misses the cache
@@ -163,7 +164,9 @@ def test_cli_int8_with_too_few_images_exits_2_before_writing(tmp_path: Path) -> 
                            str(tmp_path / "img"), "--calib-cache", str(tmp_path / "cache"), "--engine", "skip",
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert "only 4 usable images, at least 16" in proc.stderr and not (tmp_path / "out").exists()
+    # 1 of the 4 is held out for the drift gates (never calibrates), and the message says so
+    assert "only 3 usable images, at least 16" in proc.stderr and "1 more are held out" in proc.stderr
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
     proc = subprocess.run([str(exe), "--model", str(tmp_path / "ck"), "--precision", "int8", "--engine", "skip",
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--precision int8 needs --calib-images" in proc.stderr

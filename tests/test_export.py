@@ -186,8 +186,10 @@ def test_interrupted_export_leaves_nothing_that_looks_complete(tmp_path: Path, m
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(onnx, "save_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_export(ExportOptions(model=str(tmp_path / "ck"), out=out, engine="skip"))
-    assert not (out / "manifest.json").exists()  # the stale manifest is gone first
-    assert not list(out.glob("*.partial"))  # no half-written temp file left behind
+    # the run wrote into a staging directory beside --out, removed with it: --out is as it was
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "out"]  # no staging dir, lock or .partial left

@@ -33,6 +33,8 @@ from __future__ import annotations
 import ast
 import logging
 import re
+import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -188,7 +190,11 @@ def qdq_onnx_from_calibration(fp32_path: str | Path, out_path: str | Path, calib
     attention = [] if options.quantize_attention else [n for n in activation_matmuls(source) if n not in excluded]
     batch = even_batch_size(len(calibration))
     shape = "x".join(str(d) for d in (batch,) + tuple(calibration.shape[1:]))
-    with atomic_path(out_path) as tmp, captured_modelopt_logs(options.verbose):
+    # ModelOpt writes its intermediate graphs (<input>_named.onnx, <input>_opset19.onnx, ...) beside its output
+    # and removes them only when it finishes: give it a private folder, never the artifacts directory.
+    with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory(prefix="vitmsn-int8-") as work, \
+            captured_modelopt_logs(options.verbose):
+        produced = Path(work) / "model.int8.onnx"
         quantize(
             str(fp32_path),
             quantize_mode="int8",
@@ -199,9 +205,10 @@ def qdq_onnx_from_calibration(fp32_path: str | Path, out_path: str | Path, calib
             op_types_to_quantize=list(options.op_types),
             nodes_to_exclude=[f"^{re.escape(n)}$" for n in excluded + attention],
             high_precision_dtype=options.high_precision,
-            output_path=str(tmp),
+            output_path=str(produced),
             log_level="INFO" if options.verbose else "WARNING",
         )
+        shutil.move(produced, tmp)
         model = onnx.load(str(tmp))
     quantized, plain = qdq_structure(model, options.op_types)
     counts = Counter(n.op_type for n in model.graph.node)

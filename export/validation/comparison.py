@@ -3,10 +3,12 @@
 The export run compares every precision it wrote (FP16, INT8 for TensorRT, INT8 for ONNX Runtime
 CPU) with the PyTorch FP32 model, on ONNX Runtime's CPU provider, image by image:
 
-* inputs: ``--validate-images`` when given (labels from class folders named as the model's
-  labels, so accuracy is known), else the calibration images (in-sample for INT8: the report says
-  so), else seeded N(0, 1) tensors (only a smoke test: its gates are reported, and enforced only
-  with ``--fail-on-drift``);
+* inputs, never in-sample: ``--validate-images`` when given (labels from class folders named as the
+  model's labels, so accuracy is known; images that are also in the calibration sample are left
+  out), else the images of ``--calib-images`` held out from calibration (a seeded, stratified,
+  disjoint split: :func:`vitmsn.calibration.heldout_split`), else seeded N(0, 1) tensors (only a
+  smoke test: its gates are reported, and enforced only with ``--fail-on-drift``). ``describe()``
+  records which images gated (count, source, how they were chosen, the split's seed);
 * figures and gates: :func:`.verdict.compare_outputs`, the one verdict ``vitmsn validate`` and the
   re-quantization loop use too (defaults per precision, overridable).
 """
@@ -36,34 +38,55 @@ class ComparisonInputs:
     labels: np.ndarray  # class index per image, -1 unknown
     source: str
     real: bool  # real images (gates enforced) or synthetic tensors
+    selection: str = "synthetic"  # validate-images | heldout-from-calibration | synthetic
+    split_seed: int | None = None  # the seed of the held-out split (heldout-from-calibration)
+    excluded_in_sample: int = 0  # validate-images also in the calibration sample, left out
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "count": int(len(self.tensors)), "real_images": self.real,
-                "labelled": int((self.labels >= 0).sum())}
+                "labelled": int((self.labels >= 0).sum()), "selection": self.selection, "split_seed": self.split_seed,
+                "in_sample": False, "excluded_in_sample": self.excluded_in_sample}
+
+
+def _preprocessed(pre: PreprocessConfig, files: list[Path]) -> tuple[np.ndarray | None, list[int]]:
+    keep, rows = [], []
+    for i, f in enumerate(files):
+        try:
+            rows.append(pre(f))
+        except ImageError:
+            continue  # listed by `vitmsn validate`; here it is simply not compared
+        keep.append(i)
+    return (np.stack(rows) if rows else None), keep
 
 
 def comparison_inputs(preprocess_block: dict[str, Any], labels: dict[int, str], chw: tuple[int, ...], *,
                       validate_images: Path | None = None, calibration: CalibrationSet | None = None,
                       seed: int = 0) -> ComparisonInputs:
+    pre = PreprocessConfig.from_manifest(preprocess_block)
     if validate_images is not None:
         from vitmsn.export.validation.inputs import image_set
 
         images = image_set(validate_images, labels)
-        pre = PreprocessConfig.from_manifest(preprocess_block)
-        keep, rows = [], []
-        for i, f in enumerate(images.files[:MAX_VALIDATION_IMAGES]):
-            try:
-                rows.append(pre(f))
-            except ImageError:
-                continue  # listed by `vitmsn validate`; here it is simply not compared
-            keep.append(i)
-        if rows:
-            return ComparisonInputs(np.stack(rows), images.labels[keep], f"validation images {validate_images}", True)
-    if calibration is not None and len(calibration):
-        index = {name: i for i, name in labels.items()}
-        y = np.array([index.get(c, -1) for c in calibration.classes], dtype=np.int64)
-        return ComparisonInputs(calibration.tensors, y, f"calibration images {calibration.source} (in-sample for int8)",
-                                True)
+        sample = ({(Path(calibration.source) / f).resolve() for f in calibration.files}
+                  if calibration is not None else set())
+        chosen = [i for i, f in enumerate(images.files) if Path(f).resolve() not in sample]
+        excluded = len(images.files) - len(chosen)
+        chosen = chosen[:MAX_VALIDATION_IMAGES]
+        x, keep = _preprocessed(pre, [images.files[i] for i in chosen])
+        if x is not None:
+            note = f", {excluded} left out as they are in the calibration sample" if excluded else ""
+            return ComparisonInputs(x, images.labels[[chosen[i] for i in keep]],
+                                    f"validation images {validate_images}{note}", True, "validate-images",
+                                    excluded_in_sample=excluded)
+    if calibration is not None and calibration.heldout:
+        x, keep = _preprocessed(pre, [Path(calibration.source) / f for f in calibration.heldout])
+        if x is not None:
+            index = {name: i for i, name in labels.items()}
+            y = np.array([index.get(calibration.heldout_classes[i], -1) for i in keep], dtype=np.int64)
+            return ComparisonInputs(
+                x, y, f"{len(keep)} images of {calibration.source} held out from calibration (seeded split, seed "
+                f"{calibration.seed}; {len(calibration)} others calibrated)", True, "heldout-from-calibration",
+                split_seed=calibration.seed)
     x = np.random.default_rng(seed).standard_normal((SYNTHETIC_IMAGES, *chw), dtype=np.float32)
     return ComparisonInputs(x, -np.ones(len(x), dtype=np.int64), f"{SYNTHETIC_IMAGES} synthetic N(0,1) tensors", False)
 

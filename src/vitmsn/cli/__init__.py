@@ -8,6 +8,8 @@ import importlib
 
 import click
 
+from vitmsn.interrupts import deferred
+
 # command name -> module under vitmsn.cli that defines `command`
 COMMANDS = {
     "predict": "predict",
@@ -36,7 +38,8 @@ class LazyGroup(click.Group):
         if module is None:
             return None
         try:
-            mod = importlib.import_module(f"vitmsn.cli.{module}")
+            with deferred():  # a command module may load C++ extensions: see vitmsn.interrupts
+                mod = importlib.import_module(f"vitmsn.cli.{module}")
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("vitmsn.cli"):
                 return _unavailable(cmd_name)
@@ -81,6 +84,17 @@ def group() -> None:
 
 
 def main() -> None:
+    from vitmsn import interrupts
+    from vitmsn.cli.common import exit_interrupted
+
+    interrupts.install()  # first: SIGINT/SIGTERM exit 130/143 from here on, imports included
+    try:
+        _main()
+    except KeyboardInterrupt as exc:  # outside a command body (which handle_errors covers)
+        exit_interrupted(exc)
+
+
+def _main() -> None:
     import sys
     from pathlib import Path
 

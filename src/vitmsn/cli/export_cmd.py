@@ -9,10 +9,11 @@ from pathlib import Path
 
 import click
 
+from vitmsn import interrupts
 from vitmsn.config import default_map
 from vitmsn.errors import InputError
 
-from .common import EXIT_FAILED_GATE, EXIT_USAGE
+from .common import EXIT_USAGE, exit_interrupted, handle_errors
 
 
 def _default_out(model: str) -> Path:
@@ -75,6 +76,7 @@ def _default_out(model: str) -> Path:
 @click.option("--version-compat", is_flag=True, help="Build version-compatible engines.")
 @click.option("--aot-targets", metavar="SM,...", help="TensorRT-RTX compute capabilities, e.g. sm86,sm89 [default: every SM >= 80].")
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
+@handle_errors
 def command(model: str | None, precision: tuple[str, ...], out: Path | None, calib_images: Path | None,
             calib_samples: int, batch: str, opset: int, engine: str, target: str, validate_images: Path | None,
             fail_on_drift: bool, min_top1_agreement: str | None, min_cosine: str | None, max_accuracy_drop: str | None,
@@ -85,7 +87,8 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
             aot_targets: str | None, verbose: bool) -> None:
     """Export a ViTMSN checkpoint to ONNX (FP32 reference, FP16, INT8) and TensorRT engines, and validate them.
 
-    Exit codes: 0 success; 1 artifacts written but a check or drift gate failed; 2 bad usage or input.
+    Exit codes: 0 success; 1 artifacts written but a check or drift gate failed; 2 bad usage or input;
+    130 interrupted (SIGINT), 143 terminated (SIGTERM): --out is left as it was.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not model:
@@ -99,39 +102,32 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--batch") from None
 
-    from vitmsn.errors import ValidationFailed
-    from vitmsn.export.validation.gates import Gates
-    from vitmsn.export.engines.builder import EngineOptions
-    from vitmsn.export.pipeline import ExportOptions, run_export
+    with interrupts.deferred():  # torch and the other C++ extensions: see vitmsn.interrupts
+        from vitmsn.export.validation.gates import Gates
+        from vitmsn.export.engines.builder import EngineOptions
+        from vitmsn.export.pipeline import ExportOptions, run_export
 
-    try:
-        if isinstance(int8_exclude, str):  # a config-file string instead of a list
-            int8_exclude = (int8_exclude,)
-        engine_options = EngineOptions(
-            workspace_bytes=_size(workspace), timing_cache=timing_cache, builder_optimization_level=builder_opt_level,
-            hardware_compatibility=None if hardware_compat == "none" else hardware_compat,
-            version_compatible=version_compat, aot_targets=tuple((aot_targets or "").split(",")),
-        )
-        options = ExportOptions(
-            model=model, out=out or _default_out(model), precisions=tuple(p.lower() for p in precision) or ("fp32",),
-            batch=batch_range, opset=opset, engine=engine, target=target, calib_images=calib_images,
-            calib_samples=calib_samples, calib_seed=calib_seed, calib_min_images=calib_min_images, calib_cache=calib_cache,
-            validate_images=validate_images, fail_on_drift=fail_on_drift, fp16_io=fp16_io, int8_method=int8_method,
-            int8_exclude=tuple(int8_exclude), int8_high_precision=int8_high_precision, int8_cpu=int8_cpu, fp32_cpu=fp32_cpu,
-            int8_quantize_attention=int8_quantize_attention,
-            int8_max_tries=int8_max_tries,
-            engine_options=engine_options, verbose=verbose,
-            gates=Gates.build(min_top1_agreement=min_top1_agreement, min_cosine=min_cosine,
-                              max_accuracy_drop=max_accuracy_drop),
-        )
-        click.echo(f"vitmsn-export: {options.model} -> {options.out} ({', '.join(options.precisions)})", err=True)
-        result = run_export(options)
-    except InputError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    except ValidationFailed as exc:
-        click.echo(f"FAILED: {exc}", err=True)
-        sys.exit(EXIT_FAILED_GATE)
+    if isinstance(int8_exclude, str):  # a config-file string instead of a list
+        int8_exclude = (int8_exclude,)
+    engine_options = EngineOptions(
+        workspace_bytes=_size(workspace), timing_cache=timing_cache, builder_optimization_level=builder_opt_level,
+        hardware_compatibility=None if hardware_compat == "none" else hardware_compat,
+        version_compatible=version_compat, aot_targets=tuple((aot_targets or "").split(",")),
+    )
+    options = ExportOptions(
+        model=model, out=out or _default_out(model), precisions=tuple(p.lower() for p in precision) or ("fp32",),
+        batch=batch_range, opset=opset, engine=engine, target=target, calib_images=calib_images,
+        calib_samples=calib_samples, calib_seed=calib_seed, calib_min_images=calib_min_images, calib_cache=calib_cache,
+        validate_images=validate_images, fail_on_drift=fail_on_drift, fp16_io=fp16_io, int8_method=int8_method,
+        int8_exclude=tuple(int8_exclude), int8_high_precision=int8_high_precision, int8_cpu=int8_cpu, fp32_cpu=fp32_cpu,
+        int8_quantize_attention=int8_quantize_attention,
+        int8_max_tries=int8_max_tries,
+        engine_options=engine_options, verbose=verbose,
+        gates=Gates.build(min_top1_agreement=min_top1_agreement, min_cosine=min_cosine,
+                          max_accuracy_drop=max_accuracy_drop),
+    )
+    click.echo(f"vitmsn-export: {options.model} -> {options.out} ({', '.join(options.precisions)})", err=True)
+    result = run_export(options)
     for stage in result.stages:
         click.echo(f"  [{'ok' if stage.passed else 'FAIL'}] {stage.stage}: {stage.detail}", err=True)
     for note in result.notes:
@@ -150,10 +146,14 @@ def _size(text: str | None) -> int | None:
 
 
 def main() -> None:
-    params = {"": {p.name for p in command.params if p.name}}
+    interrupts.install()  # first: SIGINT/SIGTERM exit 130/143 from here on, imports included
     try:
-        defaults = default_map(Path.cwd(), params)
-    except InputError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    command.main(prog_name="vitmsn-export", default_map=defaults)
+        params = {"": {p.name for p in command.params if p.name}}
+        try:
+            defaults = default_map(Path.cwd(), params)
+        except InputError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        command.main(prog_name="vitmsn-export", default_map=defaults)
+    except KeyboardInterrupt as exc:  # outside the command (option parsing, config file)
+        exit_interrupted(exc)

@@ -65,8 +65,11 @@ def command(artifacts: Path, repo: Path, name: str, precision: str, formats: tup
     verification failed; 2 bad usage or input, or a precision whose export gates failed (unless
     --allow-failed-gates).
     """
-    from vitmsn.serving.triton import TritonOptions, write_triton_repository
-    from vitmsn.serving.triton_check import check_repository, missing_packages
+    from vitmsn.interrupts import deferred
+
+    with deferred():  # see vitmsn.interrupts
+        from vitmsn.serving.triton import TritonOptions, write_triton_repository
+        from vitmsn.serving.triton_check import check_repository, missing_packages
 
     options = TritonOptions(name=name, precision=precision.lower(), formats=formats, engine_file=engine_file,
                             max_batch_size=max_batch, preferred_batch_sizes=preferred_batch,

@@ -63,9 +63,13 @@ def command(artifacts: Path, images: Path | None, labels: Path | None, precision
     {defaults}
     """
     from vitmsn.errors import InputError, ValidationFailed
-    from vitmsn.export.validation.gates import Gates
-    from vitmsn.export.validation.drift_report import VALIDATION_STAGE, read_previous, write_drift_reports
-    from vitmsn.export.validation.validate import validate_artifacts
+    from vitmsn.interrupts import deferred, import_deferred
+
+    with deferred():  # torch and the other C++ extensions: see vitmsn.interrupts
+        from vitmsn.export.validation.gates import Gates
+        from vitmsn.export.validation.drift_report import VALIDATION_STAGE, read_previous, write_drift_reports
+        from vitmsn.export.validation.validate import validate_artifacts
+    import_deferred(("torch", "onnxruntime"))
 
     if images is None:
         raise InputError("--images DIR is required (or set images = \"...\" under [tool.vitmsn.validate])")
@@ -80,7 +84,8 @@ def command(artifacts: Path, images: Path | None, labels: Path | None, precision
         result.extra["sensitivity"] = sensitivity_for_artifacts(artifacts, calib_images or images, samples=calib_samples,
                                                                 progress=not quiet).to_dict()
     target = out or artifacts
-    write_drift_reports(target, result)
+    with deferred():  # report.json, .md and .html are written together or not at all
+        write_drift_reports(target, result)
     # The exit code is the written report's verdict: its top-level "passed" also covers the stages of an export
     # report it was merged into (a failed export check fails it even when every drift gate holds).
     report = read_previous(target) or {}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from vitmsn.errors import InputError
+from vitmsn.interrupts import deferred
 from vitmsn.runtime.manifest import Manifest
 
 from .pbtxt import Enum, to_pbtxt
@@ -266,9 +267,10 @@ def _write_model(repo: Path, config: dict[str, Any], files: dict[str, Path | str
             else:
                 (staging / rel).write_text(source)
         staging.chmod(0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        with deferred():  # an interrupt between these two must not lose the model that was there
+            if final.exists():
+                shutil.rmtree(final)
+            staging.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
