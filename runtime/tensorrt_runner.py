@@ -50,8 +50,9 @@ def check_cuda(result: Any, what: str) -> Any:
     """cuda-python returns ``(error, *values)``; raise on an error, return the value(s)."""
     err: Any
     err, *values = result if isinstance(result, tuple) else (result,)
-    if int(getattr(err, "value", err)) != 0:
-        raise RuntimeError(f"CUDA error in {what}: {err}")
+    code = int(getattr(err, "value", err))
+    if code != 0:
+        raise RuntimeError(f"CUDA error in {what}: {getattr(err, 'name', 'error')} ({code})")
     return values[0] if len(values) == 1 else tuple(values) if values else None
 
 
@@ -122,6 +123,7 @@ class TensorRTRunner(RunnerBase):
         self._context: Any = None
         self._stream: Any = None
         self._runtime_cache: Any = None
+        self._runtime_config: Any = None
         self._buffers: dict[str, _Buffer] = {}
         self._inputs: dict[str, TensorMeta] = {}
         self._outputs: dict[str, np.dtype] = {}
@@ -190,6 +192,7 @@ class TensorRTRunner(RunnerBase):
         config = None
         if hasattr(engine, "create_runtime_config"):
             config = engine.create_runtime_config()
+        if config is not None and hasattr(config, "create_runtime_cache"):
             cache = config.create_runtime_cache()
             path = runtime_cache_path(self.entry, device.gpu(self.gpu_index))
             if path.is_file() and not cache.deserialize(path.read_bytes()):
@@ -198,6 +201,7 @@ class TensorRTRunner(RunnerBase):
                 self.notes.append("TensorRT-RTX refused the runtime cache; kernels are compiled at every start")
             else:
                 self._runtime_cache = cache
+        self._runtime_config = config
         context = engine.create_execution_context(config) if config is not None else engine.create_execution_context()
         if context is None:
             raise RuntimeError(f"{self.path}: could not create an execution context (out of device memory?)")
@@ -267,7 +271,17 @@ class TensorRTRunner(RunnerBase):
         self._inputs.clear()
         self._outputs.clear()
         self._profile.clear()
-        self._context = self._engine = self._runtime = self._stream = self._runtime_cache = None
+        self._context = self._engine = self._runtime = self._stream = self._runtime_cache = self._runtime_config = None
+
+    def create_context(self) -> Any:
+        """Another execution context of the active engine (same runtime configuration and cache)."""
+        if self._engine is None:
+            raise RuntimeError("activate the runner before creating contexts")
+        config = self._runtime_config
+        context = self._engine.create_execution_context(config) if config is not None else self._engine.create_execution_context()
+        if context is None:
+            raise RuntimeError(f"{self.path}: could not create an execution context (out of device memory?)")
+        return context
 
     def engine_handles(self) -> tuple[Any, Any, Any]:
         """``(trt module, cudart, ICudaEngine)`` of the active runner, for code that needs more execution

@@ -100,13 +100,6 @@ class EngineOptions:
         bad = [t for t in self.aot_targets if not (t.startswith("SM") and t[2:].isdigit())]
         if bad:
             raise InputError(f"--aot-targets {','.join(bad).lower()}: expected compute capabilities like sm86,sm89")
-        if self.target == "tensorrt" and self.aot_targets:
-            raise InputError("--aot-targets needs --target tensorrt-rtx (TensorRT builds for the GPU it runs on)")
-        if self.target == "tensorrt-rtx" and self.hardware_compatibility is not None:
-            raise InputError("--hardware-compat is not supported by TensorRT-RTX; its engines cover the compute "
-                             "capabilities given with --aot-targets")
-        if self.target == "tensorrt-rtx" and self.version_compatible:  # needs libnvinfer_lean, not in the RTX wheel
-            raise InputError("--version-compat is not supported by TensorRT-RTX (no lean runtime); use --target tensorrt")
 
     def to_manifest(self) -> dict[str, Any]:
         d = asdict(self)

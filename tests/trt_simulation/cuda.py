@@ -120,6 +120,7 @@ class SimState:
     device_lost: bool = False
     jit_compilations: int = 0  # TensorRT-RTX kernel compilations at context creation
     deserializations: int = 0
+    on_build: Callable[[], None] | None = None  # called by the simulated builder mid-build (tests' hook)
     next_address: int = BASE_ADDRESS
     next_handle: int = 1
     lock: threading.RLock = field(default_factory=threading.RLock)

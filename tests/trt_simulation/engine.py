@@ -22,6 +22,12 @@ def make_runtime_classes(m: ModuleType, state: SimState, real: ModuleType, targe
     is_rtx = target == "tensorrt-rtx"
     DataType, IOMode = real.DataType, real.TensorIOMode
 
+    def _check_destroyed_on(device: int, what: str) -> None:
+        # TensorRT objects must be destroyed with the device they were created on current
+        if not state.device_lost and state.current_device() != device:
+            state.violation(f"{what} created on device {device} destroyed while device {state.current_device()} "
+                            "was current")
+
     class RuntimeCache:
         def __init__(self) -> None:
             self.kernels: set[str] = set()
@@ -75,6 +81,9 @@ def make_runtime_classes(m: ModuleType, state: SimState, real: ModuleType, targe
             self.num_optimization_profiles = 1
             LIVE_OBJECTS.add(self)
 
+        def __del__(self) -> None:
+            _check_destroyed_on(self.device, "ICudaEngine")
+
         @property
         def num_io_tensors(self) -> int:
             return len(self.names)
@@ -96,11 +105,6 @@ def make_runtime_classes(m: ModuleType, state: SimState, real: ModuleType, targe
                 raise RuntimeError(f"simulated TensorRT: no profile {profile_index} shapes for {name!r}")
             return list(self.profile[name])
 
-        def create_runtime_config(self) -> RuntimeConfig:
-            if not is_rtx:
-                raise AttributeError("create_runtime_config is TensorRT-RTX only")
-            return RuntimeConfig()
-
         def create_execution_context(self, runtime_config: Any = None) -> "Context | None":
             if state.device_lost:
                 log("ERROR", "createExecutionContext: CUDA error 719")
@@ -120,6 +124,9 @@ def make_runtime_classes(m: ModuleType, state: SimState, real: ModuleType, targe
             self.shapes: dict[str, tuple[int, ...]] = {}
             self.addresses: dict[str, int] = {}
             LIVE_OBJECTS.add(self)
+
+        def __del__(self) -> None:
+            _check_destroyed_on(self.engine.device, "IExecutionContext")
 
         def set_optimization_profile_async(self, index: int, stream: int) -> bool:
             return index == 0
@@ -265,6 +272,8 @@ def make_runtime_classes(m: ModuleType, state: SimState, real: ModuleType, targe
             return Engine(header, onnx_bytes, state.current_device())
 
     if is_rtx:
+        Engine.create_runtime_config = lambda self: RuntimeConfig()  # type: ignore[attr-defined]
+
         def get_engine_validity(self: Runtime, plan: Any) -> tuple[Any, int]:
             problem, _, _ = self._problem(bytes(plan))
             return (real.EngineValidity.INVALID if problem else real.EngineValidity.VALID), (1 if problem else 0)

@@ -204,6 +204,8 @@ def tensorrt_module(state: SimState, real: ModuleType, target: str) -> ModuleTyp
                 capabilities = [state.gpus[state.current_device()].compute_capability]
                 config._real.num_compute_capabilities = 1  # the stand-in compile with the real RTX builder
                 config._real.set_compute_capability(real.ComputeCapability.SM86, 0)
+            if state.on_build is not None:
+                state.on_build()  # a test's hook: what another process does while this build runs
             real_plan = self._real.build_serialized_network(network, config._real)
             if real_plan is None:
                 return None

@@ -53,7 +53,7 @@ def _dims(dims: Any) -> tuple[int, ...]:
 class _Context:
     """One execution context with its stream, device buffers and (optionally) a captured graph."""
 
-    def __init__(self, trt_module: Any, cudart: Any, engine: "trt.ICudaEngine", x: np.ndarray) -> None:
+    def __init__(self, trt_module: Any, cudart: Any, engine: "trt.ICudaEngine", x: np.ndarray, context: Any) -> None:
         from vitmsn.runtime.tensorrt_runner import check_cuda
 
         self.cudart, self.check = cudart, check_cuda
@@ -61,9 +61,7 @@ class _Context:
         self.graph_exec: Any = None
         self.graph: Any = None
         self.stream: Any = None
-        self.context: "trt.IExecutionContext | None" = engine.create_execution_context()
-        if self.context is None:
-            raise RuntimeError("create_execution_context returned None (out of device memory?)")
+        self.context: "trt.IExecutionContext | None" = context
         flags = getattr(cudart, "cudaStreamNonBlocking", 1)
         self.stream = check_cuda(cudart.cudaStreamCreateWithFlags(flags), "cudaStreamCreateWithFlags")
         try:
@@ -180,7 +178,7 @@ def time_engine(runner: Any, input_name: str, batch: int, plan: TimingPlan, *,
     try:
         for i in range(max(1, streams)):
             try:
-                contexts.append(_Context(trt_module, cudart, engine, x))
+                contexts.append(_Context(trt_module, cudart, engine, x, runner.create_context()))
             except RuntimeError as exc:
                 if not contexts:
                     raise
