@@ -13,6 +13,9 @@ source ONNX. The real TensorRT-RTX builder still builds a real plan from the sam
 SHA-256 and size are in the header), but a real plan cannot be executed here, so the simulated
 runtime executes the source ONNX with ONNX Runtime. A real TensorRT plan is refused by the simulated
 runtime (wrong magic), as a foreign file is by TensorRT.
+
+The simulated machine's ONNX Runtime is the CPU build (``get_available_providers`` reports the CPU
+provider only): ONNX Runtime's CUDA and TensorRT providers are not simulated.
 """
 
 from __future__ import annotations
@@ -90,6 +93,10 @@ def install(monkeypatch: Any = None, gpus: tuple[SimGpu, ...] | list[SimGpu] = (
 
     driver = SimDriver(state)
     p.setattr(device, "_libcuda", lambda: driver)
+    # The simulated machine's ONNX Runtime is the CPU build: its CUDA/TensorRT providers cannot be simulated
+    import onnxruntime
+
+    p.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     device.cuda_gpus.cache_clear()
     return state
 

@@ -76,6 +76,7 @@ class Faults:
     execute_fails_at: int | None = None  # the n-th execute_async_v3 returns False
     device_lost_at_execute: int | None = None  # the n-th execute_async_v3 loses the device (sticky error)
     refuse_compute_capability: bool = False  # IBuilderConfig.set_compute_capability returns False
+    capture_unsupported: bool = False  # cudaStreamBeginCapture fails (an engine that cannot be captured)
     mallocs: int = 0
     executes: int = 0
 
@@ -444,6 +445,8 @@ def cudart_module(state: SimState) -> ModuleType:
         h = state.handles.get(int(stream))
         if h is None or not h.alive or h.capture is not None:
             return (E.cudaErrorInvalidValue,)
+        if state.faults.capture_unsupported:
+            return (E.cudaErrorStreamCaptureUnsupported,)
         h.capture = []
         return (ok,)
 
