@@ -275,6 +275,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
     evaluated: list[int] = []
     skipped_images: list[dict[str, str]] = []
     files = images.files
+    first_x = None  # the first batch, for the Polygraphy cross-check of engines
     with contextlib.ExitStack() as stack:
         runners = [stack.enter_context(t.make_runner()) for t in targets]
         with Progress(f"validate {len(targets)} backend(s) against pytorch fp32", len(files), unit="img",
@@ -285,6 +286,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
                 skipped_images += bad
                 evaluated += [start + i for i in ok]
                 if len(ok):
+                    first_x = x if first_x is None else first_x
                     t0 = time.perf_counter()
                     with torch.inference_mode():
                         ref = {n: t.numpy() for n, t in zip(names, model(torch.from_numpy(x)))}
@@ -337,5 +339,9 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
         results.append(BackendResult(t.backend, t.precision, t.file, per_output,
                                      got_logits if classification else None, metrics, outputs,
                                      evaluate(gates, t.precision, metrics), worst, seconds[i], providers[i], t.variant))
-    return ValidationResult(manifest.root, manifest.task, primary, reference, images,
-                            rel, truth, skipped_images, results, skipped_backends, gates, checks)
+    from vitmsn.export.validation.polygraphy_check import cross_check_engines
+
+    crosses, cross_checks = cross_check_engines(manifest, targets, first_x)  # engines only; see the module
+    return ValidationResult(manifest.root, manifest.task, primary, reference, images, rel, truth, skipped_images,
+                            results, skipped_backends, gates, checks + cross_checks,
+                            extra={"polygraphy": [c.to_dict() for c in crosses]} if crosses else {})
