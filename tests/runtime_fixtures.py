@@ -72,9 +72,16 @@ def rt_feat(tmp_path_factory: pytest.TempPathFactory) -> Exported:
 
 
 def build_rtx_engine(onnx_path: Path, plan_path: Path, height: int, batch: tuple[int, int, int],
-                     compute_capability: str = "8.6") -> dict:
-    """Build a real TensorRT-RTX engine ahead of time (no GPU needed) and return its manifest entry."""
+                     compute_capability: str | None = None) -> dict:
+    """Build a real TensorRT-RTX engine ahead of time (no GPU needed) and return its manifest entry.
+    Default target: this machine's GPU when TensorRT-RTX supports it (so the gpu tests can run it), else SM 8.6."""
     trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx (the AOT engine builder) is not installed")
+    if compute_capability is None:
+        from vitmsn.runtime import device
+
+        gpu = device.gpu(0)
+        here = gpu.compute_capability if gpu else None
+        compute_capability = here if here and hasattr(trt.ComputeCapability, "SM" + here.replace(".", "")) else "8.6"
     logger = trt.Logger(trt.Logger.ERROR)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
