@@ -288,8 +288,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
             if opts.engine == "require":
                 raise InputError(f"--engine require: no engine can be built: {status.reason}")
             notes.append(f"no engine built (--engine auto): {status.reason}")
-        if build_engines:  # every engine option against the installed builder, before anything is written
-            check_engine_options(opts.engine_options)
+        check_engine_options(opts.engine_options)  # every engine option, before anything is written (exit 2)
     preprocess_block = dict(ck.preprocess.to_manifest(), source=ck.preprocess_source)
     # Input problems surface before anything is written: too few calibration images, or
     # validation folders that are not the model's labels, are InputError (exit 2).

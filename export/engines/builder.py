@@ -148,9 +148,17 @@ def gpu_present() -> bool:
 def check_engine_options(options: EngineOptions) -> None:
     """Every engine option against the installed builder, before anything is written; raises InputError.
 
-    Static rules are checked by :class:`EngineOptions` itself; here what depends on the installed
-    module: the ahead-of-time targets it offers, the hardware-compatibility level and the
-    version-compatible flag. Nothing is checked when the builder cannot be imported (no engine is built)."""
+    First what the target rules out (``--aot-targets`` is TensorRT-RTX's; RTX has no hardware or
+    version compatibility), then what depends on the installed module: the ahead-of-time targets
+    it offers, the hardware-compatibility level and the version-compatible flag. The module checks
+    are skipped when the builder cannot be imported (then no engine is built)."""
+    if options.target == "tensorrt" and options.aot_targets:
+        raise InputError("--aot-targets needs --target tensorrt-rtx (TensorRT builds for the GPU it runs on)")
+    if options.target == "tensorrt-rtx" and options.hardware_compatibility is not None:
+        raise InputError("--hardware-compat is not supported by TensorRT-RTX; its engines cover the compute "
+                         "capabilities given with --aot-targets")
+    if options.target == "tensorrt-rtx" and options.version_compatible:  # needs libnvinfer_lean, not in the RTX wheel
+        raise InputError("--version-compat is not supported by TensorRT-RTX (no lean runtime); use --target tensorrt")
     status = builder_status(options.target)
     if not status.available or status.module is None:
         return
