@@ -38,7 +38,9 @@ from typing import Any
 
 from vitmsn.errors import InputError
 from vitmsn.runtime import device
-from vitmsn.runtime.manifest import atomic_path, write_bytes_atomic
+from vitmsn.runtime.manifest import atomic_path
+
+from .timing_cache import attach_timing_cache, save_timing_cache
 
 from vitmsn.export.fp32.spec import BatchRange
 
@@ -341,34 +343,6 @@ def _precision_flags(trt: Any, config: Any, precision: str, strongly_typed: bool
                              "is written into the ONNX graph); build the strongly typed network instead")
         config.set_flag(flag)
     return wanted
-
-
-def attach_timing_cache(config: Any, path: Path, notes: list[str]) -> Any:
-    """Load ``path`` (if any) into a timing cache and attach it. TensorRT refuses a cache written on
-    another GPU or release (``set_timing_cache`` returns False): then a fresh cache is used, with a note."""
-    blob = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(blob)
-    if cache is not None and config.set_timing_cache(cache, False):
-        return cache
-    notes.append(f"timing cache {path} was refused (written on another GPU or TensorRT release); starting a fresh one")
-    cache = config.create_timing_cache(b"")
-    if cache is None or not config.set_timing_cache(cache, False):
-        raise RuntimeError("TensorRT refused an empty timing cache")
-    return cache
-
-
-def save_timing_cache(config: Any, path: Path, notes: list[str]) -> None:
-    """Write the build's timing cache to ``path``, merged with what another build wrote there meanwhile
-    (``combine``; entries TensorRT cannot merge are dropped with a note), atomically."""
-    ours = config.get_timing_cache()
-    if ours is None:
-        notes.append("the builder returned no timing cache; nothing saved")
-        return
-    if path.is_file():
-        theirs = config.create_timing_cache(path.read_bytes())
-        if theirs is None or not ours.combine(theirs, False):
-            notes.append(f"timing cache {path}: entries written meanwhile by another GPU or release were not merged")
-    write_bytes_atomic(path, bytes(memoryview(ours.serialize())))
 
 
 def _compute_capabilities(trt: Any, config: Any, options: EngineOptions, is_rtx: bool,
