@@ -6,7 +6,7 @@ an error code) and records the misuse."""
 
 from __future__ import annotations
 
-import ctypes
+import re
 import sys
 from pathlib import Path
 
@@ -154,3 +154,13 @@ def test_faults_allocation_execute_and_device_lost(raw) -> None:
     assert int(cudart.cudaMalloc(16)[0]) != 0 and not context.execute_async_v3(0)  # sticky
     _free(cudart, ptrs)
     assert state.leaks() == []  # frees after a lost device still release (with an error code)
+
+
+def test_the_product_never_imports_the_simulation() -> None:
+    """The simulation lives under tests/ and is installed only by tests (monkeypatch or the shim)."""
+    root = Path(__file__).resolve().parent.parent
+    product = [p for d in ("src", "runtime", "export", "calibration", "benchmarks") for p in (root / d).rglob("*.py")]
+    assert product
+    importing = re.compile(r"^\s*(from|import)\s+(tests\.)?trt_simulation\b", re.MULTILINE)
+    offenders = [str(p.relative_to(root)) for p in product if importing.search(p.read_text())]
+    assert offenders == []
