@@ -1,11 +1,19 @@
 """TensorRT engine backend (``tensorrt`` or ``tensorrt_rtx``), buffers and streams via cuda-python.
 
-Activation: check the engine against this machine (release, GPU architecture; see
-``engine_check``), deserialize, create one execution context, one CUDA stream, and for every I/O
-tensor a device buffer plus a pinned host buffer sized for the profile's max batch. ``infer``:
-copy the batch into pinned memory, H2D, ``set_input_shape`` within the profile, ``execute_async_v3``,
-D2H, synchronize. Batches above the profile's max are split; below its min, padded. One context
-is not re-entrant, so ``infer`` holds a lock: a Predictor stays safe to call from many threads.
+Activation: check the engine against this machine (release, the architecture of the runner's own
+GPU ``gpu_index``; see ``engine_check``), select that GPU, deserialize (allowing engine host code
+for a version-compatible engine, which TensorRT otherwise refuses), create one execution context
+(TensorRT-RTX: with a runtime cache kept under ``$VITMSN_CACHE/tensorrt-rtx``, so kernels are
+compiled once per GPU, not at every start), one CUDA stream, and for every I/O tensor a device
+buffer plus a pinned host buffer sized for the profile's max batch. A failed activation frees
+everything it had created; deactivation selects the runner's GPU first (TensorRT objects must be
+destroyed with their device current). ``infer``: copy the batch into pinned memory, H2D,
+``set_input_shape`` within the profile, ``execute_async_v3``, D2H, synchronize. Batches above the
+profile's max are split; below its min, padded. One context is not re-entrant, so ``infer`` holds a
+lock: a Predictor stays safe to call from many threads.
+
+Tested in CI against a simulation of the TensorRT and CUDA runtimes (tests/trt_simulation), which is
+not GPU evidence; on a GPU, ``benchmarks/gpu_check.py`` runs the real thing.
 
 The TensorRT API is feature-detected (``hasattr``), never chosen by comparing version strings.
 """
