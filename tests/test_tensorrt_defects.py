@@ -255,6 +255,10 @@ def test_10_one_note_without_a_gpu_and_rebuild_commands_that_keep_every_precisio
     choice = choose(Manifest(art, data), "auto")
     notes = [n for n in choice.notes if "engine" in n]
     assert len(notes) == 1 and "no NVIDIA GPU" in notes[0] and "vitmsn-export" not in notes[0]
+    from vitmsn.export.validation.validate import targets_from_manifest
+
+    _, skipped = targets_from_manifest(Manifest(art, data), None, "all")  # vitmsn validate: one reason too
+    assert len(skipped) == 1 and "need an NVIDIA GPU" in skipped[0]["reason"] and "vitmsn-export" not in skipped[0]["reason"]
     _clean(state)
     state = _gpus(monkeypatch, tmp_path, SimGpu("Simulated NVIDIA RTX 3060", "8.6"))
     data["engines"] = [dict(e, compute_capabilities=["8.9"], aot_targets=["sm89"], options={"aot_targets": ["sm89"]})

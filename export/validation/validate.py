@@ -169,6 +169,11 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
             path = manifest.verify_file(entry["file"], entry["sha256"])
             targets.append(Target(str(entry.get("target", "tensorrt")), str(entry["precision"]), entry["file"],
                                   _trt_factory(path, entry)))
+        from vitmsn.runtime import device
+
+        if why_not and not device.cuda_gpus():  # one reason, not one per engine, and no rebuild that cannot help
+            files = ", ".join(str(e["file"]) for e in manifest.engines)
+            why_not = [f"{files}: TensorRT engines need an NVIDIA GPU with a CUDA driver, and none was found here"]
         skipped += [{"backend": "tensorrt", "reason": reason} for reason in why_not]
     if not targets:
         raise InputError(f"{manifest.root}: nothing to validate with --backend {backend}"
