@@ -44,7 +44,7 @@ from vitmsn.export.fp32.checkpoint import Checkpoint, load_checkpoint
 from vitmsn.export.validation.comparison import comparison_inputs, outputs_in_batches
 from vitmsn.export.validation.gates import Gates
 from vitmsn.export.validation.drift_report import VALIDATION_STAGE, validation_stage, write_drift_reports
-from vitmsn.export.engines.builder import EngineOptions, builder_status
+from vitmsn.export.engines.builder import EngineOptions, builder_status, check_engine_options
 from vitmsn.export.precision.fp16 import Fp16Options
 from vitmsn.export.precision.int8 import Int8Options
 from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention
@@ -325,6 +325,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
             if opts.engine == "require":
                 raise InputError(f"--engine require: no engine can be built: {status.reason}")
             notes.append(f"no engine built (--engine auto): {status.reason}")
+        check_engine_options(opts.engine_options)  # every engine option, before anything is written (exit 2)
     preprocess_block = dict(ck.preprocess.to_manifest(), source=ck.preprocess_source)
     # Input problems surface before anything is written: too few calibration images, or
     # validation folders that are not the model's labels, are InputError (exit 2).

@@ -30,7 +30,7 @@ from vitmsn.runtime.manifest import sha256_file
 from vitmsn.export.fp32 import checks
 from vitmsn.export.validation.comparison import ComparisonInputs, compare_with_reference, onnxruntime_outputs
 from vitmsn.export.validation.gates import Gates
-from vitmsn.export.engines.builder import EngineOptions, engine_from_onnx
+from vitmsn.export.engines.builder import BUILD_ERRORS, EngineOptions, engine_from_onnx
 from vitmsn.export.precision.fp16 import Fp16Options, fp16_onnx_from_fp32
 from vitmsn.export.precision.int8 import Int8Options, Int8Result, qdq_onnx_from_calibration
 from vitmsn.export.precision.int8_cpu import cpu_int8_onnx_from_calibration
@@ -225,8 +225,8 @@ def engine_step(out: Path, precision: str, onnx_file: str, spec: ExportSpec, io_
     try:
         r = engine_from_onnx(out / onnx_file, plan, precision=precision, input_name=spec.input.name,
                              input_chw=tuple(int(d) for d in spec.input.shape[1:]), options=options)
-    except RuntimeError as exc:
-        return None, checks.StageResult(f"engine_{precision}", False, str(exc))
+    except BUILD_ERRORS as exc:  # what TensorRT's bindings raise, not only RuntimeError
+        return None, checks.StageResult(f"engine_{precision}", False, f"{type(exc).__name__}: {exc}")
     entry = {
         **file_entry(plan), "precision": precision, "target": target, "onnx": onnx_file,
         "tensorrt_version": r.tensorrt_version, "io_dtype": io_dtype,
@@ -235,6 +235,7 @@ def engine_step(out: Path, precision: str, onnx_file: str, spec: ExportSpec, io_
         "profile": r.profile, "build_seconds": round(r.build_seconds, 2), "strongly_typed": r.strongly_typed,
         "version_compatible": options.version_compatible, "hardware_compatible": options.hardware_compatibility is not None,
         "precision_flags": list(r.precision_flags), "options": r.options.to_manifest(), "notes": list(r.notes),
+        **r.manifest_fields(),
     }
     detail = (f"{plan.name}: {entry['size_bytes'] / 1e6:.1f} MB in {r.build_seconds:.1f}s, {target} {r.tensorrt_version}, "
               f"{'AOT ' if r.aot else ''}{','.join(r.compute_capabilities)}, profile {r.profile[spec.input.name]}")

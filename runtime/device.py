@@ -41,11 +41,20 @@ def _libcuda() -> ctypes.CDLL | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
 def cuda_gpus() -> tuple[Gpu, ...]:
-    """The CUDA GPUs the driver reports (empty without a driver or GPU, or when
-    ``CUDA_VISIBLE_DEVICES`` hides them all)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+    """The CUDA GPUs the driver reports, as CUDA numbers them (empty without a driver or GPU).
+
+    This is the one GPU-detection path of vitmsn (runtime, selection, engine builder, bench). It
+    asks the driver, so it sees what a CUDA program would see: ``CUDA_VISIBLE_DEVICES`` (which the
+    driver applies) and a container's device list, not merely whether ``/dev/nvidiactl`` exists.
+    Cached per value of ``CUDA_VISIBLE_DEVICES``.
+    """
+    return _cuda_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+@functools.lru_cache(maxsize=8)
+def _cuda_gpus(visible: str | None) -> tuple[Gpu, ...]:
+    if visible is not None and visible.strip() in ("", "-1"):
         return ()
     lib = _libcuda()
     if lib is None or lib.cuInit(0) != 0:
@@ -66,8 +75,17 @@ def cuda_gpus() -> tuple[Gpu, ...]:
     return tuple(gpus)
 
 
+cuda_gpus.cache_clear = _cuda_gpus.cache_clear  # type: ignore[attr-defined]
+
+
 def has_cuda_gpu() -> bool:
     return bool(cuda_gpus())
+
+
+def gpu(index: int) -> Gpu | None:
+    """The CUDA device ``index`` (as ``cudaSetDevice`` numbers it), or None when there is none."""
+    gpus = cuda_gpus()
+    return gpus[index] if 0 <= index < len(gpus) else None
 
 
 def module_available(name: str) -> bool:

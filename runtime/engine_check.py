@@ -9,7 +9,8 @@ its message says exactly how to rebuild.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+import shlex
+from typing import Any, Iterable, Mapping
 
 from .device import Gpu
 
@@ -43,41 +44,85 @@ def versions_compatible(built: str, running: str, target: str, version_compatibl
     return False
 
 
-def rebuild_hint(entry: dict[str, Any], root: Any = "ARTIFACTS", model: str | None = None) -> str:
-    precision = entry.get("precision", "fp16")
-    target = entry.get("target", "tensorrt")
-    return (f"rebuild it on this machine: vitmsn-export --model {model or '<the model>'} --precision {precision} "
-            f"--engine require --target {target} --out {root}; or run it with --backend onnxruntime")
+def rebuild_command(entry: Mapping[str, Any], manifest: Mapping[str, Any] | None, root: Any = "ARTIFACTS",
+                    gpu: Gpu | None = None) -> str:
+    """The ``vitmsn-export`` command that rebuilds ``entry``'s engine with the options the manifest
+    recorded. An export replaces its --out directory whole, so the command asks again for EVERY
+    precision the directory holds (int8 with its recorded calibration images), never just one.
+    ``gpu``: the GPU it should run on (a TensorRT-RTX engine then also targets its architecture)."""
+    m = manifest or {}
+    target = str(entry.get("target", "tensorrt"))
+    options = dict(entry.get("options") or {})
+    precisions = list((m.get("precisions") or {}).keys()) or [str(entry.get("precision", "fp32"))]
+    if str(entry.get("precision")) not in precisions:
+        precisions.append(str(entry.get("precision")))
+    model = str((m.get("model") or {}).get("source") or "<the model>")
+    args = ["vitmsn-export", "--model", model]
+    for p in precisions:
+        args += ["--precision", p]
+    if "int8" in precisions:
+        calib = ((m.get("precisions") or {}).get("int8") or {}).get("calibration") or {}
+        args += ["--calib-images", str(calib.get("source") or "<the calibration images>")]
+        if calib.get("count"):
+            args += ["--calib-samples", str(calib["count"])]
+    batch = m.get("batch") or {}
+    if batch:
+        args += ["--batch", f"{batch.get('min')}:{batch.get('opt')}:{batch.get('max')}"]
+    if m.get("opset"):
+        args += ["--opset", str(m["opset"])]
+    args += ["--engine", "require", "--target", target]
+    aot = [str(t).lower() for t in (options.get("aot_targets") or entry.get("aot_targets") or [])]
+    if target == "tensorrt-rtx" and gpu is not None:
+        here = "sm" + gpu.compute_capability.replace(".", "")
+        aot = aot + [here] if aot and here not in aot else aot
+    if target == "tensorrt-rtx" and aot:
+        args += ["--aot-targets", ",".join(aot)]
+    if options.get("hardware_compatibility"):
+        args += ["--hardware-compat", str(options["hardware_compatibility"])]
+    if options.get("version_compatible") or entry.get("version_compatible"):
+        args.append("--version-compat")
+    if options.get("workspace_bytes"):
+        args += ["--workspace", f"{int(options['workspace_bytes']) // (1 << 20)}M"]
+    if options.get("builder_optimization_level") is not None:
+        args += ["--builder-opt-level", str(options["builder_optimization_level"])]
+    if options.get("timing_cache"):
+        args += ["--timing-cache", str(options["timing_cache"])]
+    args += ["--out", str(root)]
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def engine_problems(entry: dict[str, Any], *, runtime_version: str | None, gpus: Iterable[Gpu],
-                    root: Any = "ARTIFACTS", model: str | None = None) -> list[str]:
-    """Why the engine ``entry`` cannot run here (empty when it can).
+                    root: Any = "ARTIFACTS", model: str | None = None, gpu_index: int = 0,
+                    manifest: Mapping[str, Any] | None = None, with_rebuild: bool = True) -> list[str]:
+    """Why the engine ``entry`` cannot run on CUDA device ``gpu_index`` here (empty when it can).
 
     ``runtime_version`` is the installed module's ``__version__`` (None: not importable) and
-    ``gpus`` what :func:`vitmsn.runtime.device.cuda_gpus` reports.
+    ``gpus`` what :func:`vitmsn.runtime.device.cuda_gpus` reports. The last problem ends with the
+    command that rebuilds the engine (with the manifest's options), except where no GPU was found:
+    no rebuild can make an engine run on a machine without one.
     """
     name = entry.get("file", "engine")
     target = entry.get("target", "tensorrt")
     built = str(entry.get("tensorrt_version", "?"))
     problems = []
     gpus = list(gpus)
+    gpu = gpus[gpu_index] if 0 <= gpu_index < len(gpus) else None
     if not gpus:
-        problems.append(f"{name}: needs an NVIDIA GPU with a CUDA driver, and none was found")
-    if not gpus and runtime_version is None:
-        pass  # without a GPU the release was not looked up (importing TensorRT just to refuse is slow)
-    elif runtime_version is None:
+        return [f"{name}: needs an NVIDIA GPU with a CUDA driver, and none was found (driver query; "
+                "CUDA_VISIBLE_DEVICES applies)"]
+    if gpu is None:
+        return [f"{name}: GPU {gpu_index} was asked for, but the driver reports {len(gpus)} GPU(s)"]
+    if runtime_version is None:
         module = "tensorrt_rtx" if target == "tensorrt-rtx" else "tensorrt"
         problems.append(f"{name}: built for {target} {built}, but the {module!r} module is not importable here")
     elif not versions_compatible(built, runtime_version, target, bool(entry.get("version_compatible"))):
         problems.append(f"{name}: built with {target} {built}, but this machine has {target} {runtime_version} "
                         "(engines only run on the release that built them)")
     wanted = [c for c in (normalize_cc(v) for v in entry.get("compute_capabilities") or []) if c]
-    if gpus and wanted and not entry.get("hardware_compatible"):
-        gpu = gpus[0]
-        if gpu.compute_capability not in wanted:
-            problems.append(f"{name}: built for compute capability {', '.join(wanted)}, but GPU {gpu.index} "
-                            f"({gpu.name}) is {gpu.compute_capability}")
-    if problems:
-        problems[-1] += "; " + rebuild_hint(entry, root, model)
+    if wanted and not entry.get("hardware_compatible") and gpu.compute_capability not in wanted:
+        problems.append(f"{name}: built for compute capability {', '.join(wanted)}, but GPU {gpu.index} "
+                        f"({gpu.name}) is {gpu.compute_capability}")
+    if problems and with_rebuild:
+        command = rebuild_command(entry, manifest or ({"model": {"source": model}} if model else None), root, gpu)
+        problems[-1] += f"; rebuild it for this machine: {command}; or run it with --backend onnxruntime"
     return problems

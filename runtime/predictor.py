@@ -29,7 +29,7 @@ from .batching import MicroBatcher
 from .manifest import Manifest
 from .preprocess import ImageError, ImageInput, PreprocessConfig, describe
 from .runner import Runner
-from .selection import Choice, choose, describe_choice
+from .selection import Choice, choose, describe_choice, fallback_choice
 
 ERRORS = ("raise", "return")
 
@@ -94,22 +94,29 @@ class Predictor:
         Runtime intra-op threads; ``draft``: faster, inexact JPEG decoding (see preprocess)."""
         manifest = Manifest.load(artifacts)
         choice = choose(manifest, backend, precision)
-        path = manifest.verify_file(choice.file, choice.sha256) if verify else manifest.path_of(choice.file)
-        runner: Runner
-        if choice.backend == "tensorrt":
-            from .tensorrt_runner import TensorRTRunner
 
-            runner = TensorRTRunner(path, choice.engine or {})
-        else:
+        def make_runner(choice: Choice) -> Runner:
+            path = manifest.verify_file(choice.file, choice.sha256) if verify else manifest.path_of(choice.file)
+            if choice.backend == "tensorrt":
+                from .tensorrt_runner import TensorRTRunner
+
+                return TensorRTRunner(path, choice.engine or {}, manifest=manifest.data)
             from .onnxruntime_runner import TENSORRT, OnnxRuntimeRunner, tensorrt_provider_options
 
             chw = tuple(int(d) for d in manifest.input_shape[1:])
             cache = Path(os.environ.get("VITMSN_CACHE", Path.home() / ".cache" / "vitmsn")) / "ort-tensorrt" / choice.sha256[:16]
             options = {TENSORRT: tensorrt_provider_options(manifest.input_name, chw, manifest.batch, cache)}
-            runner = OnnxRuntimeRunner(path, precision=choice.precision, providers=providers, intra_op_threads=threads,
-                                       graph_optimization=graph_optimization, provider_options=options)
+            return OnnxRuntimeRunner(path, precision=choice.precision, providers=providers, intra_op_threads=threads,
+                                     graph_optimization=graph_optimization, provider_options=options)
+
+        runner = make_runner(choice)
+        try:
+            runner.activate()
+        except Exception as exc:  # an engine that cannot start: auto falls back to ONNX Runtime (one note)
+            choice = fallback_choice(manifest, choice, backend, precision, exc)
+            runner = make_runner(choice)
+            runner.activate()
         preprocess = PreprocessConfig.from_manifest(manifest.preprocess, draft=draft)
-        runner.activate()
         try:
             return cls(manifest, runner, choice, preprocess, batch_size=batch_size, preprocess_workers=preprocess_workers)
         except BaseException:

@@ -24,7 +24,7 @@ from typing import Any
 from vitmsn.errors import InputError
 
 from . import device
-from .engine_check import engine_problems
+from .engine_check import engine_problems, rebuild_command
 from .manifest import Manifest
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
@@ -52,7 +52,8 @@ def _tensorrt_version(target: str) -> str | None:
         return None
 
 
-def engine_choices(manifest: Manifest, precision: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+def engine_choices(manifest: Manifest, precision: str | None, *,
+                   with_rebuild: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
     """Runnable engine entries (fastest first) and, for the others, why not."""
     gpus = device.cuda_gpus()
     runnable, why_not = [], []
@@ -61,7 +62,7 @@ def engine_choices(manifest: Manifest, precision: str | None) -> tuple[list[dict
             continue
         version = _tensorrt_version(str(entry.get("target", "tensorrt"))) if gpus else None
         problems = engine_problems(entry, runtime_version=version, gpus=gpus, root=manifest.root,
-                                   model=str(manifest.data.get("model", {}).get("source") or "") or None)
+                                   manifest=manifest.data, with_rebuild=with_rebuild)
         (why_not.extend(problems) if problems else runnable.append(entry))
     order = {p: i for i, p in enumerate(ENGINE_ORDER)}
     runnable.sort(key=lambda e: order.get(str(e.get("precision")), len(order)))
@@ -107,7 +108,8 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
                 raise InputError(f"{manifest.root}: the manifest has no {what}; build one with vitmsn-export "
                                  f"--precision {precision or 'fp16'} --engine require, or use --backend onnxruntime")
             raise InputError("no TensorRT engine can run here: " + "; ".join(why_not))
-        notes.extend(why_not)
+        if why_not:
+            notes.append(fallback_note(manifest, precision))
     providers = _ort_providers()
     if not providers:
         raise InputError("no inference backend is installed: pip install 'vitmsn[onnxruntime]' (or 'vitmsn[tensorrt]' on a GPU)")
@@ -129,6 +131,39 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
         entry = cpu_flavour
     return Choice("onnxruntime", precision, str(entry["file"]), str(entry["sha256"]), providers=providers,
                   notes=tuple(notes))
+
+
+def fallback_note(manifest: Manifest, precision: str | None, failure: str | None = None,
+                  entry: dict[str, Any] | None = None) -> str:
+    """The ONE note printed when ``auto`` runs ONNX Runtime instead of the manifest's engines: why,
+    and (where a rebuild can help: a GPU is here) the command that rebuilds them with the recorded options."""
+    entries = [e for e in manifest.engines if not precision or e.get("precision") == precision]
+    files = ", ".join(str(e.get("file")) for e in entries)
+    gpus = device.cuda_gpus()
+    if failure is not None:
+        why = failure
+    else:
+        _, problems = engine_choices(manifest, precision, with_rebuild=False)
+        why = "; ".join(problems)
+    head = f"TensorRT engine{'s' if len(entries) > 1 else ''} {files} not used, running ONNX Runtime instead: "
+    if not gpus:
+        return head + "no NVIDIA GPU with a CUDA driver was found here (driver query; CUDA_VISIBLE_DEVICES applies)"
+    target = entry or (entries[0] if entries else {})
+    if "vitmsn-export" in why:  # the runner's message already ends with the rebuild command
+        return head + why
+    return head + f"{why}; rebuild for this GPU: {rebuild_command(target, manifest.data, manifest.root, gpus[0])}"
+
+
+def fallback_choice(manifest: Manifest, failed: Choice, backend: str, precision: str | None,
+                    error: BaseException) -> Choice:
+    """``backend="auto"`` picked an engine that then could not start (deserialization refused, device
+    memory exhausted, ...): the ONNX Runtime choice, carrying one note that says why. Any other case
+    re-raises ``error``."""
+    if backend != "auto" or failed.backend != "tensorrt":
+        raise error
+    note = fallback_note(manifest, precision, failure=str(error), entry=failed.engine)
+    ort = choose(manifest, "onnxruntime", precision)
+    return Choice(ort.backend, ort.precision, ort.file, ort.sha256, providers=ort.providers, notes=(note, *ort.notes))
 
 
 def describe_choice(choice: Choice) -> str:

@@ -1,11 +1,19 @@
 """TensorRT engine backend (``tensorrt`` or ``tensorrt_rtx``), buffers and streams via cuda-python.
 
-Activation: check the engine against this machine (release, GPU architecture; see
-``engine_check``), deserialize, create one execution context, one CUDA stream, and for every I/O
-tensor a device buffer plus a pinned host buffer sized for the profile's max batch. ``infer``:
-copy the batch into pinned memory, H2D, ``set_input_shape`` within the profile, ``execute_async_v3``,
-D2H, synchronize. Batches above the profile's max are split; below its min, padded. One context
-is not re-entrant, so ``infer`` holds a lock: a Predictor stays safe to call from many threads.
+Activation: check the engine against this machine (release, the architecture of the runner's own
+GPU ``gpu_index``; see ``engine_check``), select that GPU, deserialize (allowing engine host code
+for a version-compatible engine, which TensorRT otherwise refuses), create one execution context
+(TensorRT-RTX: with a runtime cache kept under ``$VITMSN_CACHE/tensorrt-rtx``, so kernels are
+compiled once per GPU, not at every start), one CUDA stream, and for every I/O tensor a device
+buffer plus a pinned host buffer sized for the profile's max batch. A failed activation frees
+everything it had created; deactivation selects the runner's GPU first (TensorRT objects must be
+destroyed with their device current). ``infer``: copy the batch into pinned memory, H2D,
+``set_input_shape`` within the profile, ``execute_async_v3``, D2H, synchronize. Batches above the
+profile's max are split; below its min, padded. One context is not re-entrant, so ``infer`` holds a
+lock: a Predictor stays safe to call from many threads.
+
+Tested in CI against a simulation of the TensorRT and CUDA runtimes (tests/trt_simulation), which is
+not GPU evidence; on a GPU, ``benchmarks/gpu_check.py`` runs the real thing.
 
 The TensorRT API is feature-detected (``hasattr``), never chosen by comparing version strings.
 """
@@ -51,8 +59,9 @@ def check_cuda(result: Any, what: str) -> Any:
     """cuda-python returns ``(error, *values)``; raise on an error, return the value(s)."""
     err: Any
     err, *values = result if isinstance(result, tuple) else (result,)
-    if int(getattr(err, "value", err)) != 0:
-        raise RuntimeError(f"CUDA error in {what}: {err}")
+    code = int(getattr(err, "value", err))
+    if code != 0:
+        raise RuntimeError(f"CUDA error in {what}: {getattr(err, 'name', 'error')} ({code})")
     return values[0] if len(values) == 1 else tuple(values) if values else None
 
 
@@ -73,36 +82,61 @@ def np_dtype(trt_module: ModuleType, dtype: trt.DataType) -> np.dtype:
 
 
 class _Buffer:
-    """A device buffer and a pinned host buffer of the same size (NVIDIA common_runtime.py style)."""
+    """A device buffer and a pinned host buffer of the same size (NVIDIA common_runtime.py style).
+    A failed second allocation frees the first: a half-built buffer never leaks."""
 
     def __init__(self, cudart: Any, nbytes: int, dtype: np.dtype) -> None:
         self.cudart, self.nbytes, self.dtype = cudart, nbytes, dtype
         self.device = check_cuda(cudart.cudaMalloc(nbytes), "cudaMalloc")
-        self.host_ptr = check_cuda(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+        try:
+            self.host_ptr = check_cuda(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+        except BaseException:
+            cudart.cudaFree(self.device)
+            raise
         raw = ctypes.cast(int(self.host_ptr), ctypes.POINTER(ctypes.c_uint8))
         self.host = np.ctypeslib.as_array(raw, (nbytes,)).view(dtype)
 
-    def free(self) -> None:
-        self.cudart.cudaFree(self.device)
-        self.cudart.cudaFreeHost(self.host_ptr)
+    def free(self) -> list[str]:
+        """Free both; every free is attempted (after a lost device they report errors). Returns the errors."""
+        errors = []
+        for what, result in (("cudaFree", self.cudart.cudaFree(self.device)),
+                             ("cudaFreeHost", self.cudart.cudaFreeHost(self.host_ptr))):
+            err = result[0] if isinstance(result, tuple) else result
+            if int(getattr(err, "value", err)) != 0:
+                errors.append(f"{what}: {err}")
+        return errors
+
+
+def runtime_cache_path(entry: dict[str, Any], gpu: device.Gpu | None) -> Path:
+    """Where TensorRT-RTX's runtime cache (kernels compiled for this GPU) for ``entry`` is kept:
+    ``$VITMSN_CACHE/tensorrt-rtx/<engine sha256[:16]>-sm<cc>.cache`` (default ~/.cache/vitmsn)."""
+    base = Path(os.environ.get("VITMSN_CACHE", Path.home() / ".cache" / "vitmsn"))
+    cc = gpu.compute_capability.replace(".", "") if gpu else "unknown"
+    return base / "tensorrt-rtx" / f"{str(entry.get('sha256', 'engine'))[:16]}-sm{cc}.cache"
 
 
 class TensorRTRunner(RunnerBase):
-    def __init__(self, path: str | os.PathLike[str], entry: dict[str, Any], *, gpu_index: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike[str], entry: dict[str, Any], *, gpu_index: int = 0,
+                 manifest: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         self.entry = dict(entry)
+        self.manifest = manifest
         self.target = str(entry.get("target", "tensorrt"))
         self.name = self.target
         self.precision = str(entry.get("precision", "fp32"))
         self.gpu_index = gpu_index
         self.min_batch = 1
+        self.notes: list[str] = []
         self._lock = threading.Lock()
         self._trt: Any = None
         self._cudart: Any = None
+        self._runtime: Any = None
         self._engine: Any = None
         self._context: Any = None
         self._stream: Any = None
+        self._runtime_cache: Any = None
+        self._runtime_config: Any = None
         self._buffers: dict[str, _Buffer] = {}
         self._inputs: dict[str, TensorMeta] = {}
         self._outputs: dict[str, np.dtype] = {}
@@ -115,9 +149,22 @@ class TensorRTRunner(RunnerBase):
             version: str | None = str(trt_module.__version__)
         except Exception:  # not installed, stubs only, or libraries that fail to load
             trt_module, version = None, None
-        problems = engine_problems(self.entry, runtime_version=version, gpus=device.cuda_gpus(), root=self.path.parent)
+        manifest = self.manifest
+        if manifest is None and (self.path.parent / "manifest.json").is_file():
+            import json
+
+            manifest = json.loads((self.path.parent / "manifest.json").read_text())
+        problems = engine_problems(self.entry, runtime_version=version, gpus=device.cuda_gpus(), root=self.path.parent,
+                                   gpu_index=self.gpu_index, manifest=manifest)
         if problems or trt_module is None:
             raise InputError("; ".join(problems))
+        try:
+            self._activate_checked(trt_module, version)
+        except BaseException:
+            self._release()  # a failed activation leaves nothing allocated
+            raise
+
+    def _activate_checked(self, trt_module: Any, version: str | None) -> None:
         self._trt = trt_module
         if TYPE_CHECKING:
             import tensorrt as api  # each API of the static check; at run time the module chosen by target
@@ -126,24 +173,68 @@ class TensorRTRunner(RunnerBase):
         self._cudart = cudart = import_cudart()
         check_cuda(cudart.cudaSetDevice(self.gpu_index), "cudaSetDevice")
         logger = api.Logger(api.Logger.WARNING)
-        runtime = api.Runtime(logger)
+        self._runtime = runtime = api.Runtime(logger)
+        if self.entry.get("version_compatible"):
+            # a version-compatible engine carries its own lean runtime (host code); TensorRT refuses to
+            # deserialize it unless allowed (Polygraphy's EngineFromBytes does the same). The file was
+            # verified against the manifest's SHA-256 before it got here.
+            runtime.engine_host_code_allowed = True
         plan = self.path.read_bytes()
+        rebuild = f"rebuild it on this machine: {self._rebuild()}"
         if hasattr(runtime, "get_engine_validity"):  # TensorRT-RTX: a cheap check before deserializing
             validity, diagnostics = runtime.get_engine_validity(plan)
             if getattr(validity, "name", str(validity)).upper() == "INVALID":
-                raise InputError(f"{self.path}: {self.target} reports the engine invalid here (diagnostics {diagnostics}); "
-                                 "rebuild it on this machine with vitmsn-export --engine require")
+                raise InputError(f"{self.path}: {self.target} reports the engine invalid here (diagnostics "
+                                 f"{diagnostics}); {rebuild}")
         engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
-            raise InputError(f"{self.path}: {self.target} {version} could not deserialize it (see the log above); "
-                             "rebuild it on this machine with vitmsn-export --engine require")
+            raise InputError(f"{self.path}: {self.target} {version} could not deserialize it (see the log above); {rebuild}")
         self._engine = engine
         self._describe_io(engine)
-        self._context = context = engine.create_execution_context()
+        self._context = context = self._create_context(engine)
         self._stream = check_cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
         if engine.num_optimization_profiles > 1:
             context.set_optimization_profile_async(0, int(self._stream))
         self._allocate(engine)
+        self._save_runtime_cache()
+
+    def _rebuild(self) -> str:
+        from .engine_check import rebuild_command
+
+        return rebuild_command(self.entry, self.manifest, self.path.parent, device.gpu(self.gpu_index))
+
+    def _create_context(self, engine: "trt.ICudaEngine") -> "trt.IExecutionContext":
+        """One execution context; TensorRT-RTX's with a runtime cache, so kernels compiled once for this
+        GPU are loaded by later processes instead of compiled again."""
+        config = None
+        if hasattr(engine, "create_runtime_config"):
+            config = engine.create_runtime_config()
+        if config is not None and hasattr(config, "create_runtime_cache"):
+            cache = config.create_runtime_cache()
+            path = runtime_cache_path(self.entry, device.gpu(self.gpu_index))
+            if path.is_file() and not cache.deserialize(path.read_bytes()):
+                self.notes.append(f"runtime cache {path} is from another release or GPU; compiling again")
+            if not config.set_runtime_cache(cache):
+                self.notes.append("TensorRT-RTX refused the runtime cache; kernels are compiled at every start")
+            else:
+                self._runtime_cache = cache
+        self._runtime_config = config
+        context = engine.create_execution_context(config) if config is not None else engine.create_execution_context()
+        if context is None:
+            raise RuntimeError(f"{self.path}: could not create an execution context (out of device memory?)")
+        return context
+
+    def _save_runtime_cache(self) -> None:
+        if self._runtime_cache is None:
+            return
+        from .manifest import write_bytes_atomic
+
+        path = runtime_cache_path(self.entry, device.gpu(self.gpu_index))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(path, bytes(memoryview(self._runtime_cache.serialize())))
+        except OSError as exc:  # a read-only cache directory costs start-up time, never a failure
+            self.notes.append(f"could not save the TensorRT-RTX runtime cache to {path}: {exc}")
 
     def _describe_io(self, engine: "trt.ICudaEngine") -> None:
         if TYPE_CHECKING:
@@ -167,7 +258,8 @@ class TensorRTRunner(RunnerBase):
         context: trt.IExecutionContext = self._context
         for name, meta in self._inputs.items():
             hi = self._profile[name][2]
-            context.set_input_shape(name, hi)
+            if not context.set_input_shape(name, hi):
+                raise RuntimeError(f"{self.path}: the engine rejected its own profile's max shape {hi} for {name}")
             self._buffers[name] = _Buffer(self._cudart, int(np.prod(hi)) * meta.dtype.itemsize, meta.dtype)
         for name, dtype in self._outputs.items():
             shape = tuple(context.get_tensor_shape(name))  # at the max input shape
@@ -175,18 +267,48 @@ class TensorRTRunner(RunnerBase):
                 raise InputError(f"{self.path}: output {name} has a data-dependent shape {shape}; not supported")
             self._buffers[name] = _Buffer(self._cudart, int(np.prod(shape)) * dtype.itemsize, dtype)
         for name, buf in self._buffers.items():
-            context.set_tensor_address(name, int(buf.device))
+            if not context.set_tensor_address(name, int(buf.device)):
+                raise RuntimeError(f"{self.path}: the engine refused the address of tensor {name}")
 
     def _deactivate(self) -> None:
         with self._lock:
+            self._save_runtime_cache()
+            self._release()
+
+    def _release(self) -> None:
+        """Free everything activation created, in reverse order, on the runner's device (the calling
+        thread may have another one current). Safe on a half-activated runner and after a lost device."""
+        cudart = self._cudart
+        if cudart is not None:
+            cudart.cudaSetDevice(self.gpu_index)
             if self._stream is not None:
-                self._cudart.cudaStreamSynchronize(self._stream)
+                cudart.cudaStreamSynchronize(self._stream)
             for buf in self._buffers.values():
                 buf.free()
-            self._buffers.clear()
             if self._stream is not None:
-                self._cudart.cudaStreamDestroy(self._stream)
-            self._context = self._engine = self._stream = None
+                cudart.cudaStreamDestroy(self._stream)
+        self._buffers.clear()
+        self._inputs.clear()
+        self._outputs.clear()
+        self._profile.clear()
+        self._context = self._engine = self._runtime = self._stream = self._runtime_cache = self._runtime_config = None
+
+    def create_context(self) -> Any:
+        """Another execution context of the active engine (same runtime configuration and cache)."""
+        if self._engine is None:
+            raise RuntimeError("activate the runner before creating contexts")
+        config = self._runtime_config
+        context = self._engine.create_execution_context(config) if config is not None else self._engine.create_execution_context()
+        if context is None:
+            raise RuntimeError(f"{self.path}: could not create an execution context (out of device memory?)")
+        return context
+
+    def engine_handles(self) -> tuple[Any, Any, Any]:
+        """``(trt module, cudart, ICudaEngine)`` of the active runner, for code that needs more execution
+        contexts of the same engine (the bench's timing) without deserializing it again."""
+        if self._engine is None:
+            raise RuntimeError("activate the runner before asking for its engine")
+        return self._trt, self._cudart, self._engine
 
     def get_input_metadata(self) -> dict[str, TensorMeta]:
         if not self._inputs:

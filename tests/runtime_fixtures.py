@@ -71,15 +71,23 @@ def rt_feat(tmp_path_factory: pytest.TempPathFactory) -> Exported:
 @pytest.fixture(scope="session")
 def rt_engine(rt_cls: Exported, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """rt_cls's checkpoint exported again by the product with a real TensorRT-RTX engine (built ahead of
-    time for SM 8.6, no GPU needed): the engine file and its manifest entry are what vitmsn-export writes."""
+    time, no GPU needed): the engine file and its manifest entry are what vitmsn-export writes."""
     from vitmsn.export.engines.builder import EngineOptions
     from vitmsn.export.fp32.spec import BatchRange
     from vitmsn.export.pipeline import ExportOptions, run_export
 
+    import tensorrt_rtx
+
+    from vitmsn.runtime import device
+
+    # this machine's GPU when TensorRT-RTX supports it (so the gpu tests can run the engine), else SM 8.6
+    gpu = device.gpu(0)
+    here = gpu.compute_capability.replace(".", "") if gpu else None
+    target = f"sm{here}" if here and hasattr(tensorrt_rtx.ComputeCapability, f"SM{here}") else "sm86"
     out = tmp_path_factory.mktemp("rt_engine") / "artifacts"
     batch = BatchRange(1, 4, 8)
     run_export(ExportOptions(model=str(rt_cls.checkpoint), out=out, engine="require", target="tensorrt-rtx", batch=batch,
-                             engine_options=EngineOptions(target="tensorrt-rtx", batch=batch, aot_targets=("sm86",),
+                             engine_options=EngineOptions(target="tensorrt-rtx", batch=batch, aot_targets=(target,),
                                                           progress=False)))
     return out
 

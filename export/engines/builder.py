@@ -12,7 +12,14 @@ differ the code feature-detects with ``hasattr``/``getattr`` and never compares 
 * TensorRT-RTX builds ahead of time without a GPU for the compute capabilities it is given
   (``aot_targets``); its timing cache is a no-op, so none is used there;
 * the timing cache file (``timing_cache``) is loaded before and saved after every TensorRT build,
-  so later builds reuse measured tactics.
+  so later builds reuse measured tactics: a cache TensorRT refuses (another GPU or release) is
+  replaced by a fresh one with a note, and at save time what another build wrote meanwhile is
+  merged in (``ITimingCache.combine``) before the file is replaced atomically;
+* every option is checked by :func:`check_engine_options` before anything is written (the export
+  pipeline calls it first), so a bad ``--aot-targets`` is exit 2 with nothing on disk;
+* the compute capabilities recorded are real: TensorRT's the build GPU's (from the CUDA driver,
+  :mod:`vitmsn.runtime.device`), TensorRT-RTX's the architectures it compiled for (this GPU's when
+  one is present and no ``--aot-targets`` were given), never a placeholder.
 
 ``tests/test_tensorrt_api_static.py`` type-checks this module against the TensorRT 10.13 stubs,
 stubs generated from the TensorRT 11.x bindings, and stubs generated from TensorRT-RTX.
@@ -22,7 +29,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +37,10 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, SupportsInt
 
 from vitmsn.errors import InputError
-from vitmsn.runtime.manifest import atomic_path, write_bytes_atomic
+from vitmsn.runtime import device
+from vitmsn.runtime.manifest import atomic_path
+
+from .timing_cache import attach_timing_cache, save_timing_cache
 
 from vitmsn.export.fp32.spec import BatchRange
 
@@ -47,6 +56,27 @@ HARDWARE_COMPAT = {"ampere-plus": "AMPERE_PLUS", "same-compute-capability": "SAM
 # TensorRT-RTX compiles FP32 GEMMs only from Ampere on (Turing fails with "FP32 GEMM is not
 # supported"), so the default ahead-of-time list is every SM >= 80 the installed module offers.
 DEFAULT_MIN_AOT_SM = 80
+# What a TensorRT-RTX engine computes for the W8A8 Q/DQ INT8 graph, as far as NVIDIA documents it
+# (recorded in the manifest's engine entry and shown by `vitmsn inspect`).
+RTX_INT8_EXECUTION = {
+    "graph": "W8A8 explicit Q/DQ (INT8 weights per channel, INT8 activations per tensor)",
+    "engine": "undocumented: TensorRT-RTX accepts and builds the Q/DQ graph, but its documentation does not say "
+              "whether GEMMs run INT8 x INT8 or dequantize INT8 weights to FP16 (weight-only); its 1.7 release "
+              "notes name only INT8 weight-only-quantized convolutions, and NVIDIA's Model Optimizer support "
+              "matrix lists W8A8 INT8 deployment on TensorRT, not TensorRT-RTX",
+    "verified": False,
+    "sources": ["https://docs.nvidia.com/deeplearning/tensorrt-rtx/latest/inference-library/work-quantized-types.html",
+                "https://docs.nvidia.com/deeplearning/tensorrt-rtx/latest/getting-started/release-notes-1/1.7.html",
+                "https://nvidia.github.io/Model-Optimizer/guides/0_support_matrix.html"],
+}
+TENSORRT_INT8_EXECUTION = {
+    "graph": "W8A8 explicit Q/DQ (INT8 weights per channel, INT8 activations per tensor)",
+    "engine": "INT8 x INT8 GEMMs where TensorRT fuses the Q/DQ pairs (explicit quantization)",
+    "verified": False,
+}
+# The exceptions TensorRT's Python bindings raise (pybind11: RuntimeError, TypeError, ValueError,
+# IndexError), file I/O and memory exhaustion: an engine step that hits one fails its stage.
+BUILD_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, OSError, MemoryError, InputError)
 
 
 @dataclass(frozen=True)
@@ -72,6 +102,9 @@ class EngineOptions:
         if self.workspace_bytes is not None and self.workspace_bytes <= 0:
             raise InputError(f"--workspace {self.workspace_bytes}: must be positive")
         object.__setattr__(self, "aot_targets", tuple(t.strip().upper() for t in self.aot_targets if t.strip()))
+        bad = [t for t in self.aot_targets if not (t.startswith("SM") and t[2:].isdigit())]
+        if bad:
+            raise InputError(f"--aot-targets {','.join(bad).lower()}: expected compute capabilities like sm86,sm89")
 
     def to_manifest(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,6 +129,13 @@ class EngineResult:
     options: EngineOptions
     notes: tuple[str, ...] = field(default=())
 
+    def manifest_fields(self) -> dict[str, Any]:
+        """Fields of the manifest's engine entry that only the builder knows."""
+        fields: dict[str, Any] = {}
+        if self.precision == "int8":
+            fields["int8_execution"] = dict(RTX_INT8_EXECUTION if self.target == "tensorrt-rtx" else TENSORRT_INT8_EXECUTION)
+        return fields
+
 
 @dataclass(frozen=True)
 class BuilderStatus:
@@ -105,8 +145,47 @@ class BuilderStatus:
 
 
 def gpu_present() -> bool:
-    """An NVIDIA driver is loaded (device nodes or the driver's proc entry exist)."""
-    return os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia/version")
+    """A CUDA GPU is usable here, as the CUDA driver reports it (honours ``CUDA_VISIBLE_DEVICES`` and a
+    container's devices): the runtime's one detection path, :func:`vitmsn.runtime.device.cuda_gpus`."""
+    return device.has_cuda_gpu()
+
+
+def check_engine_options(options: EngineOptions) -> None:
+    """Every engine option against the installed builder, before anything is written; raises InputError.
+
+    First what the target rules out (``--aot-targets`` is TensorRT-RTX's; RTX has no hardware or
+    version compatibility), then what depends on the installed module: the ahead-of-time targets
+    it offers, the hardware-compatibility level and the version-compatible flag. The module checks
+    are skipped when the builder cannot be imported (then no engine is built)."""
+    if options.target == "tensorrt" and options.aot_targets:
+        raise InputError("--aot-targets needs --target tensorrt-rtx (TensorRT builds for the GPU it runs on)")
+    if options.target == "tensorrt-rtx" and options.hardware_compatibility is not None:
+        raise InputError("--hardware-compat is not supported by TensorRT-RTX; its engines cover the compute "
+                         "capabilities given with --aot-targets")
+    if options.target == "tensorrt-rtx" and options.version_compatible:  # needs libnvinfer_lean, not in the RTX wheel
+        raise InputError("--version-compat is not supported by TensorRT-RTX (no lean runtime); use --target tensorrt")
+    status = builder_status(options.target)
+    if not status.available or status.module is None:
+        return
+    trt, version = status.module, str(getattr(status.module, "__version__", "?"))
+    if options.target == "tensorrt-rtx":
+        offered = _offered_sms(trt)
+        unknown = [t for t in options.aot_targets if t not in offered]
+        if unknown:
+            raise InputError(f"--aot-targets {','.join(unknown).lower()}: not offered by TensorRT-RTX {version} "
+                             f"(it offers {', '.join(n.lower() for n in offered)})")
+    if options.hardware_compatibility is not None:
+        if getattr(getattr(trt, "HardwareCompatibilityLevel", None), HARDWARE_COMPAT[options.hardware_compatibility], None) is None:
+            raise InputError(f"--hardware-compat {options.hardware_compatibility} is not available in "
+                             f"{options.target} {version}")
+    if options.version_compatible and getattr(trt.BuilderFlag, "VERSION_COMPATIBLE", None) is None:
+        raise InputError(f"--version-compat is not available in {options.target} {version}")
+
+
+def _offered_sms(trt: Any) -> list[str]:
+    enum = getattr(trt, "ComputeCapability", None)
+    names = [n for n in dir(enum) if n.startswith("SM") and n[2:].isdigit()] if enum is not None else []
+    return sorted(names, key=lambda n: int(n[2:]))
 
 
 def builder_status(target: str) -> BuilderStatus:
@@ -153,6 +232,7 @@ def engine_from_onnx(onnx_path: str | Path, out_path: str | Path, *, precision: 
     status = builder_status(options.target)
     if not status.available:
         raise InputError(f"--target {options.target}: {status.reason}")
+    check_engine_options(options)
     is_rtx = options.target == "tensorrt-rtx"
     if TYPE_CHECKING:
         import tensorrt as trt  # the static check: TensorRT 10.x, 11.x or TensorRT-RTX, one at a time
@@ -189,11 +269,6 @@ def engine_from_onnx(onnx_path: str | Path, out_path: str | Path, *, precision: 
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
     if options.builder_optimization_level is not None:
         config.builder_optimization_level = options.builder_optimization_level
-    if is_rtx and options.hardware_compatibility is not None:  # the setter exists but logs "unsupported"
-        raise InputError("--hardware-compat is not supported by TensorRT-RTX; its engines cover the compute "
-                         "capabilities given with --aot-targets")
-    if is_rtx and options.version_compatible:  # needs libnvinfer_lean, which the RTX wheel does not ship
-        raise InputError("--version-compat is not supported by TensorRT-RTX (no lean runtime); use --target tensorrt")
     if options.hardware_compatibility is not None:
         level = getattr(getattr(trt, "HardwareCompatibilityLevel", None), HARDWARE_COMPAT[options.hardware_compatibility], None)
         if level is None:
@@ -211,15 +286,13 @@ def engine_from_onnx(onnx_path: str | Path, out_path: str | Path, *, precision: 
     config.add_optimization_profile(profile)
     recorded = {input_name: {k: [int(d) for d in dims] for k, dims in zip(("min", "opt", "max"), profile.get_shape(input_name))}}
 
-    capabilities, aot = _compute_capabilities(trt, config, options, is_rtx, version)
+    capabilities, aot = _compute_capabilities(trt, config, options, is_rtx, version, notes)
     cache = None
     if options.timing_cache is not None:
         if is_rtx:
             notes.append("timing cache not used: TensorRT-RTX has none (its timing-cache calls are no-ops)")
         else:
-            blob = Path(options.timing_cache).read_bytes() if Path(options.timing_cache).is_file() else b""
-            cache = config.create_timing_cache(blob)
-            config.set_timing_cache(cache, False)
+            cache = attach_timing_cache(config, Path(options.timing_cache), notes)
 
     monitor = _Monitor(f"building {Path(out_path).name}", options.progress)
     if hasattr(trt, "IProgressMonitor"):
@@ -249,7 +322,7 @@ def engine_from_onnx(onnx_path: str | Path, out_path: str | Path, *, precision: 
         with open(tmp, "wb") as f:
             f.write(memoryview(serialized))
     if cache is not None and options.timing_cache is not None:
-        write_bytes_atomic(options.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        save_timing_cache(config, Path(options.timing_cache), notes)
     if options.progress:
         sys.stderr.write(f"built {Path(out_path).name} ({options.target} {version}) in {seconds:.1f}s\n")
     return EngineResult(Path(out_path), precision, options.target, version, capabilities, aot, recorded, seconds,
@@ -276,7 +349,7 @@ def _precision_flags(trt_module: ModuleType, config: trt.IBuilderConfig, precisi
 
 
 def _compute_capabilities(trt_module: ModuleType, config: trt.IBuilderConfig, options: EngineOptions, is_rtx: bool,
-                          version: str) -> tuple[tuple[str, ...], bool]:
+                          version: str, notes: list[str]) -> tuple[tuple[str, ...], bool]:
     """Set TensorRT-RTX's ahead-of-time targets; for TensorRT, report the build GPU's capability."""
     if TYPE_CHECKING:
         import tensorrt as trt
@@ -289,29 +362,34 @@ def _compute_capabilities(trt_module: ModuleType, config: trt.IBuilderConfig, op
             raise InputError(f"--aot-targets needs --target tensorrt-rtx ({options.target} {version} builds for "
                              "the GPU it runs on)")
         return (_current_gpu_capability(),), False
-    offered = sorted((n for n in dir(enum) if n.startswith("SM") and n[2:].isdigit()), key=lambda n: int(n[2:]))
+    offered = _offered_sms(trt)
     targets = list(options.aot_targets)
     if not targets:
-        if gpu_present():
-            return ("CURRENT",), False
-        targets = [n for n in offered if int(n[2:]) >= DEFAULT_MIN_AOT_SM]
+        gpu = device.gpu(0)
+        here = f"SM{gpu.compute_capability.replace('.', '')}" if gpu else None
+        if here in offered:
+            targets = [here]  # this GPU's architecture, named: the manifest records what was compiled
+        else:
+            targets = [n for n in offered if int(n[2:]) >= DEFAULT_MIN_AOT_SM]
+            if gpu is not None:
+                notes.append(f"GPU 0 ({gpu.name}, compute capability {gpu.compute_capability}) is not a TensorRT-RTX "
+                             f"target; built ahead of time for {', '.join(t.lower() for t in targets)}")
     unknown = [t for t in targets if t not in offered]
     if unknown:
         raise InputError(f"--aot-targets {','.join(unknown).lower()}: not offered by TensorRT-RTX {version} "
                          f"(it offers {', '.join(n.lower() for n in offered)})")
     config.num_compute_capabilities = len(targets)
     for i, name in enumerate(targets):
-        config.set_compute_capability(getattr(enum, name), i)
+        if not config.set_compute_capability(getattr(enum, name), i):
+            raise RuntimeError(f"TensorRT-RTX {version} refused compute capability {name.lower()} (target {i + 1} of "
+                               f"{len(targets)}); see its log above")
     return tuple(t.lower() for t in targets), True
 
 
 def _current_gpu_capability() -> str:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability()
-            return f"sm{major}{minor}"
-    except Exception:  # noqa: BLE001 - only a label for the manifest
-        pass
-    return "build-gpu"
+    """The build GPU's compute capability as the CUDA driver reports it (``sm86``): TensorRT builds on
+    CUDA device 0 unless told otherwise. Never from torch (a CPU build of torch sees no GPU)."""
+    gpu = device.gpu(0)
+    if gpu is None:
+        raise RuntimeError("TensorRT needs a GPU to build, and the CUDA driver reports none")
+    return "sm" + gpu.compute_capability.replace(".", "")

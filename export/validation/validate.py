@@ -170,6 +170,11 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
             path = manifest.verify_file(entry["file"], entry["sha256"])
             targets.append(Target(str(entry.get("target", "tensorrt")), str(entry["precision"]), entry["file"],
                                   _trt_factory(path, entry)))
+        from vitmsn.runtime import device
+
+        if why_not and not device.cuda_gpus():  # one reason, not one per engine, and no rebuild that cannot help
+            files = ", ".join(str(e["file"]) for e in manifest.engines)
+            why_not = [f"{files}: TensorRT engines need an NVIDIA GPU with a CUDA driver, and none was found here"]
         skipped += [{"backend": "tensorrt", "reason": reason} for reason in why_not]
     if not targets:
         raise InputError(f"{manifest.root}: nothing to validate with --backend {backend}"
@@ -277,6 +282,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
     evaluated: list[int] = []
     skipped_images: list[dict[str, str]] = []
     files = images.files
+    first_x = None  # the first batch, for the Polygraphy cross-check of engines
     with contextlib.ExitStack() as stack:
         runners = [stack.enter_context(t.make_runner()) for t in targets]
         with Progress(f"validate {len(targets)} backend(s) against pytorch fp32", len(files), unit="img",
@@ -287,6 +293,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
                 skipped_images += bad
                 evaluated += [start + i for i in ok]
                 if len(ok):
+                    first_x = x if first_x is None else first_x
                     t0 = time.perf_counter()
 
                     def pytorch(batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -341,5 +348,9 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
         results.append(BackendResult(t.backend, t.precision, t.file, per_output,
                                      got_logits if classification else None, metrics, outputs,
                                      verdict.gates, worst, seconds[i], providers[i], t.variant))
-    return ValidationResult(manifest.root, manifest.task, primary, reference, images,
-                            rel, truth, skipped_images, results, skipped_backends, gates, checks)
+    from vitmsn.export.validation.polygraphy_check import cross_check_engines
+
+    crosses, cross_checks = cross_check_engines(manifest, targets, first_x)  # engines only; see the module
+    return ValidationResult(manifest.root, manifest.task, primary, reference, images, rel, truth, skipped_images,
+                            results, skipped_backends, gates, checks + cross_checks,
+                            extra={"polygraphy": [c.to_dict() for c in crosses]} if crosses else {})

@@ -224,8 +224,8 @@ class TensorRTBackend(BenchBackend):
     def measure(self, batch: int, plan: Any) -> Any:
         from .tensorrt_timing import time_engine
 
-        return time_engine(self.path, self.entry, self.input_name, batch, plan, streams=self.streams,
-                           cuda_graphs=self.cuda_graphs)
+        return time_engine(self.runner, self.input_name, batch, plan, streams=self.streams,
+                           cuda_graphs=self.cuda_graphs)  # the runner opened above: one deserialization
 
     def info(self) -> dict[str, Any]:
         return {"file": self.path.name, "target": self.variant, "tensorrt_version": self.entry.get("tensorrt_version"),

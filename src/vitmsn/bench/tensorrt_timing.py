@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,7 +53,7 @@ def _dims(dims: Any) -> tuple[int, ...]:
 class _Context:
     """One execution context with its stream, device buffers and (optionally) a captured graph."""
 
-    def __init__(self, trt_module: Any, cudart: Any, engine: "trt.ICudaEngine", x: np.ndarray) -> None:
+    def __init__(self, trt_module: Any, cudart: Any, engine: "trt.ICudaEngine", x: np.ndarray, context: Any) -> None:
         from vitmsn.runtime.tensorrt_runner import check_cuda
 
         self.cudart, self.check = cudart, check_cuda
@@ -62,9 +61,7 @@ class _Context:
         self.graph_exec: Any = None
         self.graph: Any = None
         self.stream: Any = None
-        self.context: "trt.IExecutionContext | None" = engine.create_execution_context()
-        if self.context is None:
-            raise RuntimeError("create_execution_context returned None (out of device memory?)")
+        self.context: "trt.IExecutionContext | None" = context
         flags = getattr(cudart, "cudaStreamNonBlocking", 1)
         self.stream = check_cuda(cudart.cudaStreamCreateWithFlags(flags), "cudaStreamCreateWithFlags")
         try:
@@ -145,19 +142,6 @@ class _Context:
         self.buffers, self.graph_exec, self.graph, self.stream, self.context = [], None, None, None, None
 
 
-def _deserialize(path: Path, entry: dict[str, Any]) -> tuple[Any, Any, tuple["trt.Runtime", "trt.ICudaEngine"]]:
-    from vitmsn.runtime import device
-    from vitmsn.runtime.tensorrt_runner import import_cudart
-
-    trt_module = device.import_tensorrt(str(entry.get("target", "tensorrt")))
-    cudart = import_cudart()
-    runtime = trt_module.Runtime(trt_module.Logger(trt_module.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
-    if engine is None:
-        raise RuntimeError(f"{path}: could not deserialize the engine")
-    return trt_module, cudart, (runtime, engine)
-
-
 def _event_latencies(ctx: _Context, n: int) -> list[float]:
     from vitmsn.runtime.tensorrt_runner import check_cuda
 
@@ -178,9 +162,15 @@ def _event_latencies(ctx: _Context, n: int) -> list[float]:
     return out
 
 
-def time_engine(path: Path, entry: dict[str, Any], input_name: str, batch: int, plan: TimingPlan, *,
+def time_engine(runner: Any, input_name: str, batch: int, plan: TimingPlan, *,
                 streams: int = 2, cuda_graphs: bool = True, seed: int = 0) -> EngineTiming:
-    trt_module, cudart, (runtime, engine) = _deserialize(Path(path), entry)
+    """Time the engine of an ACTIVE :class:`~vitmsn.runtime.tensorrt_runner.TensorRTRunner`: its
+    deserialized engine is reused (checked once against this machine, deserialized once, and for
+    TensorRT-RTX compiled once), with timing contexts of its own on the runner's device."""
+    from vitmsn.runtime.tensorrt_runner import check_cuda
+
+    trt_module, cudart, engine = runner.engine_handles()
+    check_cuda(cudart.cudaSetDevice(runner.gpu_index), "cudaSetDevice")
     shape = [batch, *_dims(engine.get_tensor_shape(input_name))[1:]]
     x = np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
     notes: list[str] = []
@@ -188,7 +178,7 @@ def time_engine(path: Path, entry: dict[str, Any], input_name: str, batch: int, 
     try:
         for i in range(max(1, streams)):
             try:
-                contexts.append(_Context(trt_module, cudart, engine, x))
+                contexts.append(_Context(trt_module, cudart, engine, x, runner.create_context()))
             except RuntimeError as exc:
                 if not contexts:
                     raise
@@ -223,5 +213,4 @@ def time_engine(path: Path, entry: dict[str, Any], input_name: str, batch: int, 
     finally:
         for ctx in contexts:
             ctx.free()
-        del engine, runtime
     return EngineTiming(LatencyStats(samples), throughput, len(contexts), use_graph, notes)

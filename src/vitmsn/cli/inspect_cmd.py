@@ -54,6 +54,10 @@ def describe_manifest(m: Manifest) -> str:
             where = e.get("compute_capabilities") or e.get("aot_targets") or "?"
             lines.append(f"  {e['file']} ({e['precision']}, {e['target']} {e.get('tensorrt_version', '?')}, "
                          f"targets {where}, {e.get('size_bytes', 0) / 1e6:.1f} MB)")
+            int8 = e.get("int8_execution")
+            if int8:  # what the engine computes for the Q/DQ graph, as documented (see the builder)
+                lines.append(f"    int8: {int8.get('graph')}; engine: {int8.get('engine')}"
+                             f"{'' if int8.get('verified') else ' (unverified on a GPU)'}")
     else:
         lines.append("engines    none")
     lines.append(f"versions   {', '.join(f'{k} {v}' for k, v in d.get('versions', {}).items())}")
