@@ -9,7 +9,7 @@ import click
 
 from vitmsn.runtime.manifest import Manifest
 
-from .common import handle_errors
+from .common import artifacts_argument, handle_errors, need_artifacts
 
 
 def _shape(entry: dict) -> str:
@@ -63,12 +63,13 @@ def describe_manifest(m: Manifest) -> str:
 
 
 @click.command("inspect")
-@click.argument("artifacts", type=click.Path(path_type=Path))
+@artifacts_argument()
 @click.option("--json", "as_json", is_flag=True, help="Print manifest.json as is.")
 @click.option("--verify", is_flag=True, help="Also check every file's SHA-256 against the manifest.")
 @handle_errors
-def command(artifacts: Path, as_json: bool, verify: bool) -> None:
+def command(artifacts: Path | None, as_json: bool, verify: bool) -> None:
     """Print an artifacts directory's manifest readably."""
+    artifacts = need_artifacts(artifacts)
     m = Manifest.load(artifacts)
     if verify:
         for entry in list(m.precisions.values()) + m.engines:

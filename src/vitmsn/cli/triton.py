@@ -12,7 +12,7 @@ import click
 
 from vitmsn.errors import ValidationFailed
 
-from .common import handle_errors
+from .common import artifacts_argument, handle_errors, need_artifacts
 
 
 def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
@@ -26,7 +26,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 @click.command("triton")
-@click.argument("artifacts", type=click.Path(path_type=Path))
+@artifacts_argument()
 @click.option("--repo", required=True, type=click.Path(path_type=Path), help="Model repository directory to write into.")
 @click.option("--name", default="vitmsn", show_default=True,
               help="Model name: the ensemble; <name>_onnx, <name>_tensorrt, <name>_preprocess for the parts.")
@@ -45,7 +45,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="Also write the Python-backend preprocessing model and the ensemble that takes encoded images.")
 @click.option("--force", is_flag=True, help="Replace model directories of the same names.")
 @handle_errors
-def command(artifacts: Path, repo: Path, name: str, precision: str, formats: tuple[str, ...], engine_file: str | None,
+def command(artifacts: Path | None, repo: Path, name: str, precision: str, formats: tuple[str, ...], engine_file: str | None,
             max_batch: int | None, preferred_batch: tuple[int, ...], queue_delay_us: int, instances: int,
             onnx_device: str, ensemble: bool, force: bool) -> None:
     """Write a Triton model repository for ARTIFACTS and verify it against Triton's config schema.
@@ -53,6 +53,7 @@ def command(artifacts: Path, repo: Path, name: str, precision: str, formats: tup
     Exit codes: 0 written and verified (or verification unavailable, said on stderr); 1 written but
     verification failed; 2 bad usage or input.
     """
+    artifacts = need_artifacts(artifacts)
     from vitmsn.serving.triton import TritonOptions, write_triton_repository
     from vitmsn.serving.triton_check import check_repository, missing_packages
 
