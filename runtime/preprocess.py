@@ -1,7 +1,7 @@
 """Image preprocessing driven only by the manifest's ``preprocess`` block (numpy + Pillow).
 
-This is the one implementation used by calibration, validation, benchmarks and serving alike
-(STYLE.md #12). It reproduces transformers' ``ViTImageProcessor`` (PIL backend) configured from
+This is the one implementation used by calibration, validation, benchmarks and serving alike.
+It reproduces transformers' ``ViTImageProcessor`` (PIL backend) configured from
 the same ``preprocessor_config.json``, to within 1e-5 on the same RGB image (in fact bit-exactly):
 
 1. decode (paths, bytes, file objects; a fixed list of raster formats, never EPS/PDF), refuse

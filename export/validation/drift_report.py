@@ -17,6 +17,7 @@ import base64
 import datetime as _dt
 import html
 import io
+import textwrap
 import json
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,9 @@ def histogram_png(r: BackendResult, primary: str) -> bytes:
             ax.hist(v, bins=list(bins), color="#3b6ea8")
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow log range overlap
-        ax.set_title(f"{r.name}: {title} ({primary})", fontsize=9)
+        # the backend's name on its own wrapped line(s): long names ran into the neighbouring chart's title
+        name = "\n".join(textwrap.wrap(r.name, 48)) or r.name
+        ax.set_title(f"{name}\n{title} ({primary})", fontsize=9)
         ax.set_ylabel("images", fontsize=8)
         ax.tick_params(labelsize=7)
     return _png(fig)

@@ -173,6 +173,7 @@ class StageLog(list):  # type: ignore[type-arg]
 
     def _announce(self, new: list[Any]) -> None:
         now = time.monotonic()
+        self._mark = max(self._mark, _CONSOLE.step[1])  # a stage's time counts from its step's start
         for i, stage in enumerate(new):
             took = now - self._mark if i == 0 else None
             self.seconds.append(took)

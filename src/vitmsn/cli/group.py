@@ -1,5 +1,5 @@
 """The `vitmsn` command group. Each sub-command lives in its own module and is imported only
-when it runs, so `vitmsn --help` works without torch, ONNX Runtime or TensorRT (STYLE.md #8).
+when it runs, so `vitmsn --help` works without torch, ONNX Runtime or TensorRT.
 A sub-command whose extra is missing prints the one-line install hint (:mod:`.extras`).
 """
 

@@ -1,7 +1,7 @@
 """`vitmsn predict ARTIFACTS IMAGE...`: top-k labels per image, as a table or as JSON.
 
-A thin shell over :class:`vitmsn.runtime.Predictor` (STYLE.md #8). An image that cannot be read
-gets its own error entry; the others are still predicted; the exit code is then 2 (CONTRACT.md).
+A thin shell over :class:`vitmsn.runtime.Predictor`. An image that cannot be read
+gets its own error entry; the others are still predicted; the exit code is then 2.
 A directory among the images stands for its image files (recursive, sorted by relative path).
 ARTIFACTS may be left out when the config file's ``out`` names it (the first argument is taken
 as ARTIFACTS when it holds a manifest.json, or when no config names one).
