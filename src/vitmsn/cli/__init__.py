@@ -2,7 +2,7 @@
 
 This package's ``__init__`` imports nothing outside the standard library, so a runtime-only
 install (no click, no torch) gets a one-line install hint instead of a traceback. The click group
-lives in :mod:`vitmsn.cli.group`, ``vitmsn-export`` in :mod:`vitmsn.cli.export_cmd`.
+lives in :mod:`vitmsn.cli.main_group`, ``vitmsn-export`` in :mod:`vitmsn.cli.export_cmd`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def main() -> None:
     from .extras import require
 
     require("the 'vitmsn' command", "click")
-    from .group import main as group_main
+    from .main_group import main as group_main
 
     group_main()
 
@@ -32,7 +32,7 @@ def export_main() -> None:
 
 def __getattr__(name: str) -> Any:  # `from vitmsn.cli import group` without importing click eagerly
     if name == "group":
-        from .group import group
+        from .main_group import group
 
         return group
     raise AttributeError(name)
