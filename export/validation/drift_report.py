@@ -207,6 +207,11 @@ def _png(fig: Any) -> bytes:
 
 def histogram_png(r: BackendResult, primary: str) -> bytes:
     """Histograms of per-image (1 - cosine) and max abs error of the primary output, log x axes."""
+    return _png(histogram_figure(r, primary))
+
+
+def histogram_figure(r: BackendResult, primary: str) -> Any:
+    """The matplotlib Figure of :func:`histogram_png`."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
@@ -226,7 +231,7 @@ def histogram_png(r: BackendResult, primary: str) -> bytes:
         ax.set_title(f"{name}\n{title} ({primary})", fontsize=9)
         ax.set_ylabel("images", fontsize=8)
         ax.tick_params(labelsize=7)
-    return _png(fig)
+    return fig
 
 
 def sensitivity_png(s: dict[str, Any]) -> bytes:

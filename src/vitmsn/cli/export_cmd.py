@@ -98,6 +98,9 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
 
     say(f"vitmsn-export {vitmsn.__version__}: starting (loading PyTorch and ONNX tooling)")
     _our_log_lines(verbose)
+    from .extras import require
+
+    require("'vitmsn-export'", "torch", "onnx", "onnxscript", "modelopt", "onnxruntime")
     if not model:
         raise click.UsageError("--model is required (or set model = \"...\" under [tool.vitmsn] in pyproject.toml or in "
                                "vitmsn.toml, in this directory or one above it)")
