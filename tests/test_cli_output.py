@@ -148,3 +148,16 @@ def test_failed_run_prints_the_whole_table(tmp_path: Path) -> None:
     assert re.search(r"stages \(\d of \d passed\):", result.output), result.output
     assert re.search(r"ok\s+onnx_checker\s", result.output) and re.search(r"FAIL\s+onnxruntime_parity\s", result.output)
     assert result.output.index("stages (") < result.output.index("FAILED:")
+
+
+def test_calibration_minimum_message_agrees_in_number(tmp_path: Path) -> None:
+    from vitmsn.calibration import CalibrationOptions, calibration_set_from_directory
+    from vitmsn.errors import InputError
+    from vitmsn.runtime.preprocess import PreprocessConfig
+
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(tmp_path / "one.png")
+    with pytest.raises(InputError, match=r"only 1 usable image, at least 4 are needed"):
+        calibration_set_from_directory(tmp_path, PreprocessConfig(32, 32).to_manifest(),
+                                       CalibrationOptions(samples=8, min_images=4, cache_dir=tmp_path / "cache"))
