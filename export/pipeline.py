@@ -184,20 +184,10 @@ def _torch_runner(model: torch.nn.Module, spec: ExportSpec):
     return run
 
 
-def parity_batch_sizes(batch: BatchRange) -> tuple[int, ...]:
-    """The batch profile's min, opt and max, and one odd size strictly inside it (when there is one)."""
-    sizes = sorted({batch.min, batch.opt, batch.max})
-    odd = [n for n in range(batch.min + 1, batch.max) if n % 2 == 1 and n not in sizes]
-    if odd:
-        middle = (batch.min + batch.max) / 2
-        sizes.append(min(odd, key=lambda n: (abs(n - middle), n)))
-    return tuple(sorted(sizes))
-
-
 def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module,
                 batch: BatchRange | None = None) -> list[checks.StageResult]:
     """The staged checks of the reference graph; a failed stage skips the ones after it. ONNX Runtime parity runs
-    at :func:`parity_batch_sizes` of ``batch`` (the checks' default sizes without one)."""
+    at :func:`.checks.parity_batch_sizes` of ``batch`` (the checks' default sizes without one)."""
     import onnx
 
     stages = [checks.check_onnx_checker(path)]
@@ -207,7 +197,7 @@ def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module,
     stages.append(checks.check_io_signature(onnx.load(str(path), load_external_data=False), spec))
     if not stages[-1].passed:
         return stages + [checks.skipped("onnxruntime_parity", "io_signature failed")]
-    sizes = {} if batch is None else {"batch_sizes": parity_batch_sizes(batch)}
+    sizes = {} if batch is None else {"batch_sizes": checks.parity_batch_sizes(batch.min, batch.opt, batch.max)}
     stages.append(checks.check_runtime_parity(_ort_runner(path, spec.input.name), _torch_runner(model, spec), spec, **sizes))
     return stages
 
@@ -346,7 +336,7 @@ def _run_export(opts: ExportOptions) -> ExportResult:
     export_seconds = time.perf_counter() - t0
 
     activity(f"checking {fp32_path.name}: onnx.checker, I/O signature, ONNX Runtime parity at batch "
-             f"{', '.join(map(str, parity_batch_sizes(opts.batch)))}")
+             f"{', '.join(map(str, checks.parity_batch_sizes(opts.batch.min, opts.batch.opt, opts.batch.max)))}")
     stages = StageLog(fp32_stages(fp32_path, spec, model, opts.batch))
     data = manifest_skeleton(opts, ck, spec)
     data["precisions"]["fp32"] = {

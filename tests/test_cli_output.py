@@ -161,3 +161,11 @@ def test_calibration_minimum_message_agrees_in_number(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"only 1 usable image, at least 4 are needed"):
         calibration_set_from_directory(tmp_path, PreprocessConfig(32, 32).to_manifest(),
                                        CalibrationOptions(samples=8, min_images=4, cache_dir=tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("profile, sizes", [((1, 8, 32), (1, 8, 17, 32)), ((2, 4, 8), (2, 4, 5, 8)),
+                                            ((8, 8, 8), (8,)), ((1, 1, 2), (1, 2)), ((4, 16, 16), (4, 9, 16))])
+def test_parity_runs_the_profile_and_an_odd_size_inside(profile: tuple[int, int, int], sizes: tuple[int, ...]) -> None:
+    from vitmsn.export.fp32.checks import parity_batch_sizes
+
+    assert parity_batch_sizes(*profile) == sizes
