@@ -208,7 +208,8 @@ def _check_minimum(root: Path, cs: CalibrationSet, options: CalibrationOptions) 
     if len(cs) < options.min_images:
         listed = "; ".join(f"{f} ({r})" for f, r in cs.skipped[:5])
         raise InputError(
-            f"--calib-images {root}: only {len(cs)} usable images, at least {options.min_images} are needed"
+            f"--calib-images {root}: only {len(cs)} usable image{'' if len(cs) == 1 else 's'}, "
+            f"at least {options.min_images} {'is' if options.min_images == 1 else 'are'} needed"
             + (f" ({len(cs.heldout)} more are held out for the drift gates; with --validate-images DIR the gates run "
                "on those images instead)" if cs.heldout else "")
             + (f"; {len(cs.skipped)} could not be read: {listed}" if cs.skipped else "")

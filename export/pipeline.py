@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import vitmsn
+from vitmsn import chatter
 from vitmsn.calibration import CalibrationMethod, CalibrationOptions, CalibrationSet, calibration_set_from_directory
 from vitmsn.errors import InputError, ValidationFailed
 from vitmsn.interrupts import import_deferred
@@ -56,6 +57,7 @@ from vitmsn.export.fp32.spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange,
 from vitmsn.export.validation.validate import ValidationResult, validate_artifacts
 from vitmsn.export.validation.verdict import ReferenceCache
 from vitmsn.export.validation.inputs import image_set
+from vitmsn.progress import StageLog, activity
 
 log = logging.getLogger(__name__)
 FUSED_FP32_FILE = "model.fp32.ort.onnx"
@@ -81,6 +83,9 @@ class ExportOptions:
     calib_cache: Path | None = None
     validate_images: Path | None = None
     fail_on_drift: bool = False
+    # None: alpha dropped (Pillow convert("RGB"), as transformers.pipeline loads images); (R, G, B): transparency
+    # composited onto that colour. Recorded in the manifest's preprocess block; used by every later step.
+    alpha_background: tuple[int, int, int] | None = None
     fp16_io: bool = False  # FP16 graph inputs/outputs (default: FP32 I/O, casts inside)
     int8_method: str = "entropy"
     int8_exclude: tuple[str, ...] = ()
@@ -183,8 +188,10 @@ def _torch_runner(model: torch.nn.Module, spec: ExportSpec):
     return run
 
 
-def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module) -> list[checks.StageResult]:
-    """The staged checks of the reference graph; a failed stage skips the ones after it."""
+def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module,
+                batch: BatchRange | None = None) -> list[checks.StageResult]:
+    """The staged checks of the reference graph; a failed stage skips the ones after it. ONNX Runtime parity runs
+    at :func:`.checks.parity_batch_sizes` of ``batch`` (the checks' default sizes without one)."""
     import onnx
 
     stages = [checks.check_onnx_checker(path)]
@@ -194,7 +201,8 @@ def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module) -> list[ch
     stages.append(checks.check_io_signature(onnx.load(str(path), load_external_data=False), spec))
     if not stages[-1].passed:
         return stages + [checks.skipped("onnxruntime_parity", "io_signature failed")]
-    stages.append(checks.check_runtime_parity(_ort_runner(path, spec.input.name), _torch_runner(model, spec), spec))
+    sizes = {} if batch is None else {"batch_sizes": checks.parity_batch_sizes(batch.min, batch.opt, batch.max)}
+    stages.append(checks.check_runtime_parity(_ort_runner(path, spec.input.name), _torch_runner(model, spec), spec, **sizes))
     return stages
 
 
@@ -285,11 +293,16 @@ def run_export(opts: ExportOptions) -> ExportResult:
     The run holds ``--out``'s lock from start to end and writes into a staging directory beside it
     (:class:`.staging.StagedOutput`); ``--out`` is replaced whole once the artifacts are written
     (also when a check failed: exit 1 leaves the failing artifacts for inspection). Bad input,
-    an error or an interrupt (SIGINT/SIGTERM) leave ``--out`` as it was.
+    an error or an interrupt (SIGINT/SIGTERM) leave ``--out`` as it was. Third-party output goes to
+    ``export.log`` in the artifacts directory while it runs (:mod:`vitmsn.chatter`); the capture ends
+    however the run ends.
     """
     started = time.perf_counter()
     with StagedOutput(opts.out) as staged:
-        result, failed = _export_into(opts, staged.path, started)
+        try:
+            result, failed = _export_into(opts, staged.path, started)
+        finally:
+            chatter.stop()
         staged.commit(files_named_in(result.manifest.data))
     result.out = Path(opts.out)
     result.manifest.root = result.out
@@ -313,7 +326,10 @@ def _preload(opts: ExportOptions, build_engines: bool) -> None:
 def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[ExportResult, str | None]:
     """The run, written into ``out`` (the staging directory); the second value is the ValidationFailed
     message when a check failed."""
+    activity(f"loading checkpoint {opts.model}")
     ck = load_checkpoint(opts.model)
+    if opts.alpha_background is not None:
+        ck.preprocess = replace(ck.preprocess, alpha_background=opts.alpha_background)
     spec = ExportSpec(ck.arch, ck.task, ck.num_labels)
     assert opts.engine_options is not None
     notes: list[str] = []
@@ -329,6 +345,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     preprocess_block = dict(ck.preprocess.to_manifest(), source=ck.preprocess_source)
     # Input problems surface before anything is written: too few calibration images, or
     # validation folders that are not the model's labels, are InputError (exit 2).
+    if opts.calib_images is not None and {"fp16", "int8"} & set(opts.precisions):
+        activity(f"reading calibration images from {opts.calib_images}")
     calibration = _calibration(opts, preprocess_block)
     converted = [p for p in opts.precisions if p != "fp32"]
     inputs = None
@@ -338,15 +356,19 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     elif opts.validate_images is not None:  # the drift validation reads it at the end: refuse a bad folder now
         image_set(opts.validate_images, ck.labels if spec.task == "image-classification" else {})
 
+    log_path = chatter.start(out / chatter.LOG_FILE)  # third-party output from here on, imports included
     _preload(opts, build_engines)
     model = ck.build_model(opts.attention)
     fp32_path = out / "model.fp32.onnx"
     log.info("exporting %s (%s, %s attention) to %s", opts.model, spec.task, opts.attention, fp32_path)
+    activity(f"exporting {fp32_path.name} (torch.onnx, dynamo; third-party output goes to {log_path})")
     t0 = time.perf_counter()
     onnx_from_model(model, spec, fp32_path, opset=opts.opset, batch=opts.batch)
     export_seconds = time.perf_counter() - t0
 
-    stages = fp32_stages(fp32_path, spec, model)
+    activity(f"checking {fp32_path.name}: onnx.checker, I/O signature, ONNX Runtime parity at batch "
+             f"{', '.join(map(str, checks.parity_batch_sizes(opts.batch.min, opts.batch.opt, opts.batch.max)))}")
+    stages = StageLog(fp32_stages(fp32_path, spec, model, opts.batch))
     data = manifest_skeleton(opts, ck, spec)
     data["precisions"]["fp32"] = {
         "file": fp32_path.name,
@@ -357,6 +379,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
         "validation": {s.stage: {"passed": s.passed, "detail": s.detail} for s in stages},
     }
     if opts.fp32_cpu and all(s.passed for s in stages):
+        activity(f"ONNX Runtime transformer fusions -> {FUSED_FP32_FILE}")
         fused_stage = fused_fp32_step(out, fp32_path, ck, data["precisions"]["fp32"])
         if fused_stage.passed:
             stages.append(fused_stage)
@@ -368,10 +391,12 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     rows: list[dict[str, Any]] = []
     reference_cache = ReferenceCache()
     if inputs is not None and all(s.passed for s in stages):
+        activity(f"PyTorch FP32 reference outputs on {len(inputs.tensors)} comparison inputs")
         reference = outputs_in_batches(_torch_runner(model, spec), inputs.tensors)
         reference_cache.add(inputs.tensors, reference)  # --validate-images reads these again at the end
         ctx = StepContext(out, fp32_path, spec, inputs, reference, opts.gates, opts.fail_on_drift, opts.verbose)
         if "fp16" in opts.precisions:
+            activity("FP16: ModelOpt AutoCast, then checks and drift against PyTorch FP32")
             entry, new, r = fp16_step(ctx, Fp16Options(io_dtype="float16" if opts.fp16_io else "float32",
                                                        verbose=opts.verbose), calibration)
             data["precisions"]["fp16"] = entry
@@ -383,6 +408,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
             int8_options = Int8Options(method=CalibrationMethod(opts.int8_method), high_precision=high,
                                        exclude=tuple(opts.int8_exclude),
                                        quantize_attention=opts.int8_quantize_attention, verbose=opts.verbose)
+            activity(f"INT8: ModelOpt {opts.int8_method} calibration on {len(calibration)} images, then checks and drift")
             entry, new, r = int8_step(ctx, int8_options, calibration, cpu_flavour=opts.int8_cpu,
                                       max_tries=opts.int8_max_tries)
             data["precisions"]["int8"] = entry
@@ -398,6 +424,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
         for precision in opts.precisions:
             entry = data["precisions"][precision]
             onnx_file = entry["file"]
+            activity(f"building engine.{precision}.{opts.target}.plan from {onnx_file}")
             built, stage = engine_step(out, precision, onnx_file, spec, entry["io_dtype"], opts.engine_options)
             stages.append(stage)
             if built is not None:
@@ -409,6 +436,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
 
     validation = None
     if opts.validate_images is not None:
+        activity(f"drift validation on {opts.validate_images} (vitmsn validate)")
         validation, stage = drift_validation(result.manifest, opts, stages, reference_cache)
         stages.append(stage)
         data["drift_validation"] = {"passed": stage.passed, "detail": stage.detail, **stage.metrics}
@@ -421,6 +449,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
         # the top-level "passed" covers both), so the directory holds one report of the whole run.
         data["reports"].update(write_drift_reports(out, validation))
     data["passed"] = result.passed
+    chatter.stop()  # the log is complete: its hash goes in the manifest
+    data["logs"] = chatter.manifest_entry(log_path)
     result.manifest.save()
     if not result.passed:
         failed = "; ".join(f"{s.stage}: {s.detail}" for s in result.failures)

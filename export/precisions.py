@@ -35,6 +35,7 @@ from vitmsn.export.precision.fp16 import Fp16Options, fp16_onnx_from_fp32
 from vitmsn.export.precision.int8 import Int8Options, Int8Result, qdq_onnx_from_calibration
 from vitmsn.export.precision.int8_cpu import cpu_int8_onnx_from_calibration
 from vitmsn.export.fp32.spec import ExportSpec
+from vitmsn.progress import activity
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
         entry["requantization"] = requantization
     if cpu_flavour:
         cpu_path = ctx.out / CPU_INT8_FILE
+        activity(f"INT8 placed for ONNX Runtime on CPU -> {CPU_INT8_FILE}")
         cpu = cpu_int8_onnx_from_calibration(ctx.fp32_path, cpu_path, calibration.tensors,
                                              method=CalibrationMethod(options.method),
                                              exclude_nodes=result.excluded_nodes, input_name=ctx.spec.input.name,

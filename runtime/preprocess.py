@@ -1,7 +1,7 @@
 """Image preprocessing driven only by the manifest's ``preprocess`` block (numpy + Pillow).
 
-This is the one implementation used by calibration, validation, benchmarks and serving alike
-(STYLE.md #12). It reproduces transformers' ``ViTImageProcessor`` (PIL backend) configured from
+This is the one implementation used by calibration, validation, benchmarks and serving alike.
+It reproduces transformers' ``ViTImageProcessor`` (PIL backend) configured from
 the same ``preprocessor_config.json``, to within 1e-5 on the same RGB image (in fact bit-exactly):
 
 1. read at most ``max_file_bytes`` from a path or file object (a pipe, ``/dev/zero`` or a sparse
@@ -9,9 +9,13 @@ the same ``preprocessor_config.json``, to within 1e-5 on the same RGB image (in 
    EPS/PDF), refusing before decoding any image over ``max_pixels`` or whose decoded raster
    (width x height x bands x bytes per sample, from the header) is over ``max_decode_bytes``;
    apply the EXIF orientation;
-2. convert to RGB as transformers' ``convert_to_rgb`` does: transparency (RGBA, LA, P with a
-   transparent index) is composited onto white, everything else goes through ``convert("RGB")``;
-   16-bit grey is scaled to 8 bits (not clipped, which would turn most of it white);
+2. convert to RGB as ``transformers.pipeline("image-classification")`` does (its ``load_image``
+   is Pillow's ``convert("RGB")``): transparency is dropped, not blended (``alpha_background``
+   None, the manifest's ``"alpha": "drop"``). For models trained on images composited onto a
+   colour, ``alpha_background=(R, G, B)`` blends RGBA, LA and P-with-transparency images onto it
+   (``"alpha": "composite"``; onto white is transformers' ``convert_to_rgb``). Manifests written
+   before the choice was recorded composite onto white, as they were validated. 16-bit grey is
+   scaled to 8 bits (not clipped, which would turn most of it white);
 3. ``PIL.Image.resize((width, height), resample, reducing_gap=None)`` on the uint8 image;
 4. ``(float32(float64(uint8) * rescale_factor) - mean) / std`` per channel, done with a 256-entry
    lookup table per channel: bit-identical to the float arithmetic and about 10x faster;
@@ -88,6 +92,9 @@ class PreprocessConfig:
     draft: bool = False
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    # None: alpha dropped (convert("RGB"), transformers.pipeline); (R, G, B): composited onto that colour. Not a
+    # checkpoint property (an export option), so it takes no part in comparing with the checkpoint's config.
+    alpha_background: tuple[int, int, int] | None = field(default=None, compare=False)
     _lut: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +108,11 @@ class PreprocessConfig:
             raise InputError(f"preprocess: size {self.height}x{self.width} must be positive")
         if self.max_decode_bytes < 1 or self.max_file_bytes < 1 or self.max_pixels < 1:
             raise InputError("preprocess: max_pixels, max_decode_bytes and max_file_bytes must be positive")
+        if self.alpha_background is not None:
+            bg = tuple(self.alpha_background)
+            if len(bg) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in bg):
+                raise InputError(f"preprocess: alpha background {self.alpha_background!r} must be 3 integers 0-255 (R,G,B)")
+            object.__setattr__(self, "alpha_background", bg)
         object.__setattr__(self, "_lut", self._build_lut())
 
     # ---- construction -------------------------------------------------------------------
@@ -156,6 +168,7 @@ class PreprocessConfig:
                 do_normalize=bool(block["do_normalize"]),
                 image_mean=tuple(float(v) for v in block["image_mean"]),
                 image_std=tuple(float(v) for v in block["image_std"]),
+                alpha_background=_alpha_from_manifest(block),
                 **runtime,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -172,10 +185,19 @@ class PreprocessConfig:
             "do_normalize": self.do_normalize,
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
-            "convert_rgb": "alpha composited onto white; 16-bit grey scaled to 8 bits",
+            **self.alpha_manifest(),
+            "convert_rgb": ("alpha dropped (Pillow convert('RGB'), as transformers.pipeline loads images)"
+                            if self.alpha_background is None else
+                            f"alpha composited onto RGB {list(self.alpha_background)}") + "; 16-bit grey scaled to 8 bits",
             "exif_orientation": True,
             "layout": "NCHW",
         }
+
+    def alpha_manifest(self) -> dict[str, Any]:
+        """The manifest's record of the alpha choice: ``{"alpha": "drop"}`` or composite with its background."""
+        if self.alpha_background is None:
+            return {"alpha": "drop"}
+        return {"alpha": "composite", "alpha_background": list(self.alpha_background)}
 
     # ---- the numeric part ----------------------------------------------------------------
     def _build_lut(self) -> np.ndarray:
@@ -205,7 +227,8 @@ class PreprocessConfig:
     def pixels(self, image: ImageInput) -> np.ndarray:
         """One image -> the resized uint8 HxWx3 RGB array (before rescale/normalize)."""
         im = to_rgb(image, max_pixels=self.max_pixels, draft_size=(self.width, self.height) if self.draft else None,
-                    keep_grey=True, limits=ReadLimits(self.max_file_bytes, self.max_decode_bytes))
+                    keep_grey=True, limits=ReadLimits(self.max_file_bytes, self.max_decode_bytes),
+                    alpha_background=self.alpha_background)
         im = self.resize(im)
         if im.mode == "L":  # resizing the one grey band, then repeating it, is exact and 3x cheaper
             im = im.convert("RGB")
@@ -227,6 +250,29 @@ class PreprocessConfig:
         for i, image in enumerate(images):
             self(image, out[i])
         return out
+
+
+def _alpha_from_manifest(block: dict[str, Any]) -> tuple[int, int, int] | None:
+    alpha = block.get("alpha")
+    if alpha == "drop":
+        return None
+    if alpha is None:  # written before the choice was recorded: composited onto white, as validated then
+        return (255, 255, 255)
+    if alpha == "composite":
+        return tuple(int(v) for v in block["alpha_background"])  # type: ignore[return-value]
+    raise ValueError(f"alpha {alpha!r} is not 'drop' or 'composite'")
+
+
+def parse_background(text: str) -> tuple[int, int, int]:
+    """``"255,255,255"`` -> (255, 255, 255); ValueError naming what is wrong."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected R,G,B integers 0-255, e.g. 255,255,255") from None
+    if len(values) != 3 or not all(0 <= v <= 255 for v in values):
+        raise ValueError(f"{text!r}: expected R,G,B integers 0-255, e.g. 255,255,255")
+    return values  # type: ignore[return-value]
 
 
 def describe(image: Any) -> str:
@@ -317,8 +363,10 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _pil_to_rgb(im: Image.Image, keep_grey: bool = False) -> Image.Image:
-    """transformers' convert_to_rgb for PIL images (plus 16-bit/float grey, which it clips)."""
+def _pil_to_rgb(im: Image.Image, keep_grey: bool = False,
+                alpha_background: tuple[int, int, int] | None = None) -> Image.Image:
+    """Pillow's convert("RGB") (alpha dropped) or, with ``alpha_background``, transparency composited onto it
+    (transformers' convert_to_rgb with white); 16-bit/float grey scaled, not clipped."""
     if im.mode == "RGB" or (keep_grey and im.mode == "L"):
         return im
     if im.mode in _SIXTEEN_BIT or im.mode == "I":
@@ -334,14 +382,14 @@ def _pil_to_rgb(im: Image.Image, keep_grey: bool = False) -> Image.Image:
         arr = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
         grey = np.clip(np.rint(arr if arr.max() > 1.0 else arr * 255), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L") if keep_grey else Image.fromarray(grey, "L").convert("RGB")
-    if "A" in im.getbands() or im.info.get("transparency") is not None:
+    if alpha_background is not None and ("A" in im.getbands() or im.info.get("transparency") is not None):
         rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background = Image.new("RGBA", rgba.size, (*alpha_background, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return im.convert("RGB")
 
 
-def _array_to_rgb(image: np.ndarray, name: str) -> Image.Image:
+def _array_to_rgb(image: np.ndarray, name: str, alpha_background: tuple[int, int, int] | None = None) -> Image.Image:
     if image.dtype != np.uint8:
         raise ImageError(f"{name}: arrays must be uint8 HxWx3 RGB (got dtype {image.dtype}); "
                          "pass float tensors to Predictor.infer instead")
@@ -352,22 +400,25 @@ def _array_to_rgb(image: np.ndarray, name: str) -> Image.Image:
     if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) == 0:
         raise ImageError(f"{name}: arrays must be uint8 HxWx3 RGB, HxWx4 RGBA or HxW grey "
                          f"(got shape {tuple(image.shape)})")
-    if image.shape[2] == 4:  # transformers' numpy path: blend onto white in float, then round
+    if image.shape[2] == 4 and alpha_background is None:  # as convert("RGB"): alpha dropped
+        image = image[..., :3]
+    elif image.shape[2] == 4:  # transformers' numpy path: blend onto the colour in float, then round
         alpha = image[..., 3:4] / 255.0
-        image = np.round(alpha * image[..., :3] + (1.0 - alpha) * 255.0).astype(np.uint8)
+        bg = np.asarray(alpha_background, dtype=np.float64)
+        image = np.round(alpha * image[..., :3] + (1.0 - alpha) * bg).astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(image), "RGB")
 
 
 def to_rgb(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, *,
            draft_size: tuple[int, int] | None = None, keep_grey: bool = False,
-           limits: ReadLimits = ReadLimits()) -> Image.Image:
+           limits: ReadLimits = ReadLimits(), alpha_background: tuple[int, int, int] | None = None) -> Image.Image:
     """Any supported input -> an RGB PIL image with its EXIF orientation applied.
 
     ``keep_grey`` returns 8-bit grey images as mode ``L`` (the caller converts after resizing).
     """
     name = describe(image)
     if isinstance(image, np.ndarray):
-        im = _array_to_rgb(image, name)
+        im = _array_to_rgb(image, name, alpha_background)
         return im if keep_grey or im.mode == "RGB" else im.convert("RGB")
     if isinstance(image, Image.Image):
         im = image
@@ -383,6 +434,6 @@ def to_rgb(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, *,
         orientation = _orientation(im)
         if orientation != 1:
             im = im.transpose(_ORIENTATION[orientation])
-        return _pil_to_rgb(im, keep_grey)
+        return _pil_to_rgb(im, keep_grey, alpha_background)
     except (OSError, ValueError) as exc:
         raise ImageError(f"{name}: cannot convert mode {im.mode} to RGB ({exc})") from exc

@@ -59,7 +59,9 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                   "palette_transparent.png", "palette.gif", "cmyk.jpg"])
 def test_matches_transformers_on_every_format(formats: dict[str, Path], name: str) -> None:
     processor = hf_processor(CONFIG)
-    ours = ours_from_json(CONFIG)
+    # The processor's own convert_to_rgb composites transparency onto white: ours with the same option (the default,
+    # alpha dropped as transformers.pipeline loads images, is tested in test_cli_alpha.py).
+    ours = dataclasses.replace(ours_from_json(CONFIG), alpha_background=(255, 255, 255))
     with Image.open(formats[name]) as im:
         expected = hf_pixels(processor, im)
     got = ours(formats[name])
@@ -92,7 +94,8 @@ def test_matches_transformers_without_resize_rescale_or_normalize() -> None:
 
 def test_uint8_arrays_match_transformers_including_rgba_blend() -> None:
     processor = hf_processor(CONFIG)
-    ours = PreprocessConfig.from_preprocessor_config(CONFIG)
+    # the processor's numpy path blends RGBA onto white: ours with that option (the default drops alpha)
+    ours = dataclasses.replace(PreprocessConfig.from_preprocessor_config(CONFIG), alpha_background=(255, 255, 255))
     rgb = np.asarray(photo(200, 150, seed=4))
     rgba = np.dstack([rgb, np.asarray(photo(200, 150, seed=5).convert("L"))])
     assert np.abs(ours(rgb) - hf_pixels(processor, rgb)).max() <= ATOL

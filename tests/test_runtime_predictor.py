@@ -38,11 +38,13 @@ def predictor(rt_cls: Exported):
         yield p
 
 
-def transformers_probs(checkpoint: Path, images: list[Image.Image], classifier: bool = True) -> np.ndarray:
+def transformers_probs(checkpoint: Path, images: list[Image.Image], classifier: bool = True,
+                       convert_rgb: bool | None = True) -> np.ndarray:
+    """``convert_rgb=None``: as transformers.pipeline calls the processor (on load_image's RGB images)."""
     import torch
     import transformers
     processor = transformers.ViTImageProcessorPil.from_pretrained(checkpoint)
-    pixels = torch.from_numpy(processor(images, do_convert_rgb=True, return_tensors="np")["pixel_values"])
+    pixels = torch.from_numpy(processor(images, do_convert_rgb=convert_rgb, return_tensors="np")["pixel_values"])
     cls = transformers.ViTMSNForImageClassification if classifier else transformers.ViTMSNModel
     model = cls.from_pretrained(checkpoint).eval()
     with torch.no_grad():
@@ -62,13 +64,11 @@ def assert_same_ranking(preds: list[Prediction], probs: np.ndarray) -> None:
 
 def test_predict_matches_transformers_on_real_files_in_every_format(predictor: Predictor, rt_cls: Exported,
                                                                     formats: dict[str, Path]) -> None:
+    from transformers.image_utils import load_image
+
     paths = [formats[n] for n in FORMATS]
-    images = []
-    for path in paths:
-        with Image.open(path) as im:
-            im.load()
-            images.append(im)
-    probs = transformers_probs(rt_cls.checkpoint, images)
+    images = [load_image(str(path)) for path in paths]  # as transformers.pipeline loads files (alpha dropped)
+    probs = transformers_probs(rt_cls.checkpoint, images, convert_rgb=None)
     preds = predictor.predict(paths, top_k=6)
     assert len(preds) == len(paths)
     labels = predictor.labels
@@ -80,7 +80,10 @@ def test_predict_matches_transformers_on_real_files_in_every_format(predictor: P
 
 def test_embed_matches_transformers_cls_token(rt_feat: Exported, formats: dict[str, Path]) -> None:
     paths = [formats["photo.jpg"], formats["rgba.png"], formats["cmyk.jpg"]]
-    expected = transformers_probs(rt_feat.checkpoint, [Image.open(p) for p in paths], classifier=False)
+    from transformers.image_utils import load_image
+
+    expected = transformers_probs(rt_feat.checkpoint, [load_image(str(p)) for p in paths], classifier=False,
+                                  convert_rgb=None)
     with Predictor.from_artifacts(rt_feat.artifacts) as p:
         got = p.embed(paths)
         assert got.dtype == np.float32 and got.shape == expected.shape

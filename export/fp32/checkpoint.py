@@ -101,30 +101,54 @@ def _is_offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def resolve_source(source: str) -> Path:
-    """A directory holding config.json for ``source`` (a path, ``demo`` or a hub id)."""
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def looks_like_local_path(source: str) -> bool:
+    """A path the user meant as a local directory: starts with '/', '.', '~', has more than one
+    separator, has a backslash, is not of the hub's ``owner/name`` form, or its first component exists here."""
+    if source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1:
+        return True
+    if HUB_ID.fullmatch(source) is None:
+        return True
+    return Path(source.split("/")[0]).exists()
+
+
+def resolve_source(source: str, option: str = "--model") -> Path:
+    """The absolute directory holding config.json for ``source`` (a path, ``demo`` or a hub id).
+
+    ``option`` names where the source came from in error messages (``--model``, ``--checkpoint``,
+    the manifest's ``model.source``).
+    """
     if source == DEMO:
         return DEMO_DIR
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise InputError(f"--model {source}: is a file; pass the checkpoint directory (config.json + weights), a hub id, or 'demo'")
-        return path
-    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) is None:
-        raise InputError(f"--model {source}: no such directory (and not a hub id of the form owner/name); pass a checkpoint directory, a hub id, or 'demo'")
+            raise InputError(f"{option} {source}: is a file; pass the checkpoint directory (config.json + weights), a hub id, or 'demo'")
+        return path.resolve()
+    if looks_like_local_path(source):
+        raise InputError(f"{option} {source}: no such directory; pass a checkpoint directory (config.json + weights), "
+                         "a hub id of the form owner/name, or 'demo'")
     cached = _from_hf_cache(source)
     if cached is not None:
-        return cached
+        return cached.resolve()
+    fetch = (f"fetch it on a machine with network access with `huggingface-cli download {source}` (into "
+             f"{_hf_cache_root()}, or copy that cache here), or pass a local checkpoint directory")
     if _is_offline():
-        raise InputError(f"--model {source}: not in the local Hugging Face cache ({_hf_cache_root()}) and HF_HUB_OFFLINE is set; download it on a connected machine or pass a local directory")
+        raise InputError(f"{option} {source}: hub id not in the local Hugging Face cache ({_hf_cache_root()}) and "
+                         f"HF_HUB_OFFLINE is set, so it is not downloaded; {fetch}")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise InputError(f"--model {source}: not in the local Hugging Face cache ({_hf_cache_root()}); install huggingface_hub to download it, or pass a local directory") from None
+        raise InputError(f"{option} {source}: hub id not in the local Hugging Face cache ({_hf_cache_root()}) and "
+                         f"huggingface_hub is not installed to download it; {fetch}") from None
     try:
-        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.bin"])).resolve()
     except Exception as exc:  # network errors come in many types; all mean the same here
-        raise InputError(f"--model {source}: not in the local Hugging Face cache and the download failed ({type(exc).__name__}: {exc}); check the id and network, or pass a local directory") from exc
+        raise InputError(f"{option} {source}: hub id not in the local Hugging Face cache and the download failed "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check the id and "
+                         f"the network, set HF_HUB_OFFLINE=1 to skip the download, or {fetch}") from exc
 
 
 # ---- reading -------------------------------------------------------------------------------
@@ -291,8 +315,8 @@ def _fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(source: str) -> Checkpoint:
-    directory = resolve_source(source)
+def load_checkpoint(source: str, option: str = "--model") -> Checkpoint:
+    directory = resolve_source(source, option)
     config_path = directory / "config.json"
     config = _read_json(config_path)
     model_type = config.get("model_type")

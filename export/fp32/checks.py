@@ -96,6 +96,17 @@ def compare_outputs(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float) 
     }
 
 
+def parity_batch_sizes(low: int, opt: int, high: int) -> tuple[int, ...]:
+    """A batch profile's min, opt and max, and one odd size strictly inside it (when there is one): the
+    ONNX Runtime parity check proves the whole dynamic range, not only the sizes it was traced with."""
+    sizes = sorted({low, opt, high})
+    odd = [n for n in range(low + 1, high) if n % 2 == 1 and n not in sizes]
+    if odd:
+        middle = (low + high) / 2
+        sizes.append(min(odd, key=lambda n: (abs(n - middle), n)))
+    return tuple(sorted(sizes))
+
+
 def check_runtime_parity(run_onnx: Callable[[np.ndarray], dict[str, np.ndarray]],
                          run_torch: Callable[[np.ndarray], dict[str, np.ndarray]],
                          spec: ExportSpec, *, atol: float = ATOL_FP32, rtol: float = RTOL_FP32,

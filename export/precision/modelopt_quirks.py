@@ -35,13 +35,18 @@ def captured_modelopt_logs(verbose: bool = False) -> Iterator[list[str]]:
     collect = _Collect()
     saved: list[tuple[logging.Handler, int, object]] = []
     saved_levels: list[tuple[logging.Logger, int]] = []
+    from vitmsn import chatter
+
+    # While an export captures third-party output into export.log, ModelOpt's INFO lines belong there in full;
+    # otherwise they are kept off the terminal unless verbose.
+    quiet = not verbose and not chatter.active()
     for name in MODELOPT_LOGGERS:
         lg = logging.getLogger(name)
         saved_levels.append((lg, lg.level))
         for h in lg.handlers:
             stream = getattr(h, "stream", None)
             saved.append((h, h.level, stream))
-            if not verbose:
+            if quiet:
                 h.setLevel(max(h.level, logging.WARNING))
             if isinstance(h, logging.StreamHandler) and stream in (sys.stdout, sys.__stdout__):
                 h.setStream(sys.stderr)
@@ -52,7 +57,8 @@ def captured_modelopt_logs(verbose: bool = False) -> Iterator[list[str]]:
     autocast.addHandler(collect)
     parent = logging.getLogger("modelopt.onnx")
     propagate, parent_propagate = autocast.propagate, parent.propagate
-    autocast.propagate = parent.propagate = verbose  # INFO lines would otherwise reach the root logger's handlers
+    # ModelOpt's own handlers already write every line: propagating too would print each one twice
+    autocast.propagate = parent.propagate = False
     try:
         with contextlib.redirect_stdout(sys.stderr):  # ModelOpt and ORT print progress to stdout
             yield collect.messages

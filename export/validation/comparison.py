@@ -116,7 +116,9 @@ def compare_with_reference(label: str, precision: str, got: dict[str, np.ndarray
     metrics, results, failed = verdict.metrics, verdict.gates, verdict.failed
     enforced = enforce or inputs.real
     passed = not failed or not enforced
-    figures = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("top1_agreement", "cosine_min", "accuracy_drop") if k in metrics)
+    # cosine with 7 decimals: comparable with gates such as 0.999999 (4 significant digits printed "1")
+    figures = ", ".join(f"{k} {metrics[k]:.7f}" if k == "cosine_min" else f"{k} {metrics[k]:.4g}"
+                        for k in ("top1_agreement", "cosine_min", "accuracy_drop") if k in metrics)
     if failed:
         detail = "; ".join(r.describe(label, precision) for r in failed)
         detail += "" if enforced else " (synthetic inputs: reported, not enforced; --fail-on-drift enforces)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import textwrap
 import json
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,11 @@ def _png(fig: Any) -> bytes:
 
 def histogram_png(r: BackendResult, primary: str) -> bytes:
     """Histograms of per-image (1 - cosine) and max abs error of the primary output, log x axes."""
+    return _png(histogram_figure(r, primary))
+
+
+def histogram_figure(r: BackendResult, primary: str) -> Any:
+    """The matplotlib Figure of :func:`histogram_png`."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
@@ -218,10 +224,12 @@ def histogram_png(r: BackendResult, primary: str) -> bytes:
             ax.hist(v, bins=list(bins), color="#3b6ea8")
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow log range overlap
-        ax.set_title(f"{r.name}: {title} ({primary})", fontsize=9)
+        # the backend's name on its own wrapped line(s): long names ran into the neighbouring chart's title
+        name = "\n".join(textwrap.wrap(r.name, 48)) or r.name
+        ax.set_title(f"{name}\n{title} ({primary})", fontsize=9)
         ax.set_ylabel("images", fontsize=8)
         ax.tick_params(labelsize=7)
-    return _png(fig)
+    return fig
 
 
 def sensitivity_png(s: dict[str, Any]) -> bytes:

@@ -124,7 +124,7 @@ class GateResult:
         return asdict(self)
 
     def describe(self, backend: str, precision: str) -> str:
-        shown = "not finite" if self.value is None else f"{self.value:.6g}"
+        shown = "not finite" if self.value is None else f"{self.value:.8g}"
         return (f"{backend} {precision}: {self.metric} = {shown}, gate {self.op} {self.threshold:g} "
                 f"({self.source}, {OPTION_NAMES[self.gate]})")
 

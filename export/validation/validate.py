@@ -202,9 +202,14 @@ def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[
     from vitmsn.export.fp32.checkpoint import load_checkpoint
 
     model_block = manifest.data["model"]
-    source = checkpoint or (model_block.get("directory") if Path(str(model_block.get("directory", ""))).is_dir()
-                            else model_block.get("source"))
-    ck = load_checkpoint(str(source))
+    recorded = Path(str(model_block.get("directory", "")))
+    if checkpoint:
+        source, option = checkpoint, "--checkpoint"
+    elif recorded.is_absolute() and recorded.is_dir():
+        source, option = str(recorded), "manifest.json model.directory"
+    else:
+        source, option = model_block.get("source"), "manifest.json model.source (pass the checkpoint with --checkpoint)"
+    ck = load_checkpoint(str(source), option)
     expected = model_block.get("checkpoint_sha256")
     if ck.sha256 != expected:
         raise InputError(f"{ck.directory}: checkpoint SHA-256 {ck.sha256[:12]}... does not match the manifest's "

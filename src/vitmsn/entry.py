@@ -11,23 +11,23 @@ import sys
 from vitmsn import interrupts
 
 
-def _run(module: str) -> None:
+def _run(name: str) -> None:
     interrupts.install()
     try:
         with interrupts.deferred():
-            main = __import__(module, fromlist=["main"]).main
-    except KeyboardInterrupt as exc:
+            main = getattr(__import__("vitmsn.cli", fromlist=[name]), name)  # stdlib only: see vitmsn.cli
+        main()  # loads the command's modules in a deferred block of its own, then runs it
+    except KeyboardInterrupt as exc:  # only while starting: a running command maps it to 130/143 itself
         print(f"interrupted ({'SIGTERM' if interrupts.exit_code_of(exc) == 143 else 'SIGINT'}) while starting",
               file=sys.stderr)
         sys.exit(interrupts.exit_code_of(exc))
-    main()
 
 
 def export_main() -> None:
     """``vitmsn-export``."""
-    _run("vitmsn.cli.export_cmd")
+    _run("export_main")
 
 
 def vitmsn_main() -> None:
     """``vitmsn``."""
-    _run("vitmsn.cli")
+    _run("main")

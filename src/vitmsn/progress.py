@@ -1,60 +1,223 @@
 """Progress for long steps, readable both on a terminal and in CI logs.
 
-On a terminal the line is redrawn in place; otherwise (CI, pipes) a plain line is printed at
-most every ``interval`` seconds and at the end, so logs stay short. Output goes to stderr.
+* :class:`Console`: where our own lines go (stderr, or the terminal saved by :mod:`vitmsn.chatter`
+  while third-party output is captured into a log file); it remembers when it last wrote.
+* :class:`Progress`: a counter. On a terminal the line is redrawn in place; otherwise (CI, pipes)
+  a plain line is printed at most every ``interval`` seconds and once at the end.
+* :class:`StageLog`: a list of stage results that prints each one as it is added, with the time
+  it took, and the whole table on request (:func:`stage_table`).
+* :class:`Heartbeat`: a thread that prints what is running whenever nothing was printed for
+  ``interval`` seconds, so a CI log never goes silent for long (:func:`activity` names the step).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import threading
 import time
-from typing import TextIO
+from typing import Any, Iterable, TextIO
 
+
+
+class Console:
+    """Our output stream (stderr unless pinned) and the time of its last line."""
+
+    def __init__(self) -> None:
+        self.pinned: TextIO | None = None
+        self.last_write = time.monotonic()
+        self.lock = threading.RLock()
+        self.started = time.monotonic()
+        self.step = ("", time.monotonic())  # what runs now, since when
+        self.stages: list[Any] | None = None  # the StageLog of the run in progress
+
+    @property
+    def stream(self) -> TextIO:
+        return self.pinned or sys.stderr
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream.isatty() and os.environ.get("CI") is None
+        except (AttributeError, ValueError):
+            return False
+
+    def write(self, text: str) -> None:
+        with self.lock:
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (ValueError, OSError):  # a closed stream (interpreter shutting down): nothing to tell
+                pass
+            self.last_write = time.monotonic()
+
+    def line(self, text: str) -> None:
+        self.write(text + "\n")
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+_CONSOLE = Console()
+
+
+def console() -> Console:
+    return _CONSOLE
+
+
+def say(text: str) -> None:
+    """One line of ours on the console."""
+    _CONSOLE.line(text)
+
+
+def activity(text: str) -> None:
+    """Name the step now running (the heartbeat repeats it); printed at once as ``... text``."""
+    _CONSOLE.step = (text, time.monotonic())
+    _CONSOLE.line(f"[{_CONSOLE.elapsed():6.1f}s] ... {text}")
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
 
 
 class Progress:
     def __init__(self, label: str, total: int | None, *, unit: str = "it", stream: TextIO | None = None,
                  interval: float = 10.0, enabled: bool = True) -> None:
         self.label, self.total, self.unit = label, total, unit
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty() and os.environ.get("CI") is None
+        self.stream = stream
+        self.tty = (stream.isatty() and os.environ.get("CI") is None) if stream is not None else _CONSOLE.isatty()
         self.interval = 0.2 if self.tty else interval
         self.enabled = enabled
         self.done = 0
         self.start = time.perf_counter()
-        self._last = 0.0
+        self._last = self.start
+        self._emitted: int | None = None  # the count shown by the last line
 
     def _line(self) -> str:
         elapsed = time.perf_counter() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
+        if rate >= 1 or self.done == 0:
+            speed = f"{rate:.1f} {self.unit}/s" if self.done else "starting"
+        else:  # slow units (a re-quantization try takes a minute): seconds per unit reads better than 0.0/s
+            speed = f"{elapsed / self.done:.1f} s/{self.unit}"
         if self.total:
             pct = 100.0 * self.done / self.total
-            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-            return (f"{self.label}: {self.done}/{self.total} {self.unit} ({pct:3.0f}%) "
-                    f"{rate:.1f} {self.unit}/s, {elapsed:.1f}s elapsed, ~{eta:.0f}s left")
-        return f"{self.label}: {self.done} {self.unit}, {rate:.1f} {self.unit}/s, {elapsed:.1f}s elapsed"
+            left = ""
+            if 0 < self.done < self.total and rate > 0:
+                left = f", ~{_duration((self.total - self.done) / rate)} left"
+            return f"{self.label}: {self.done}/{self.total} {self.unit} ({pct:3.0f}%) {speed}, {elapsed:.1f}s elapsed{left}"
+        return f"{self.label}: {self.done} {self.unit}, {speed}, {elapsed:.1f}s elapsed"
 
     def update(self, n: int = 1) -> None:
         self.done += n
         now = time.perf_counter()
-        if self.enabled and now - self._last >= self.interval:
+        final = self.total is not None and self.done >= self.total
+        if self.enabled and not final and now - self._last >= self.interval:
             self._last = now
             self._emit(final=False)
 
     def _emit(self, final: bool) -> None:
-        if self.tty:
-            self.stream.write("\r" + self._line() + ("\n" if final else ""))
+        self._emitted = self.done
+        text = self._line()
+        if self.stream is not None:
+            self.stream.write(("\r" + text + ("\n" if final else "")) if self.tty else text + "\n")
+            self.stream.flush()
+        elif self.tty:
+            _CONSOLE.write("\r" + text + ("\n" if final else ""))
         else:
-            self.stream.write(self._line() + "\n")
-        self.stream.flush()
+            _CONSOLE.line(text)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and (self._emitted != self.done or self.tty):
             self._emit(final=True)
+        self.enabled = False  # closing twice prints nothing more
 
     def __enter__(self) -> "Progress":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---- stages -------------------------------------------------------------------------------------
+def stage_line(stage: Any, seconds: float | None = None) -> str:
+    """``[ok] name (1.2s): detail`` for a StageResult-like object (stage, passed, detail)."""
+    status = "ok" if stage.passed else ("skip" if str(stage.detail).startswith("skipped") else "FAIL")
+    took = f" ({seconds:.1f}s)" if seconds is not None else ""
+    return f"[{status}] {stage.stage}{took}: {stage.detail}"
+
+
+class StageLog(list):  # type: ignore[type-arg]
+    """A list of stage results that prints each one when it is added, with the time since the one before."""
+
+    def __init__(self, items: Iterable[Any] = ()) -> None:
+        super().__init__()
+        self.seconds: list[float | None] = []
+        self._mark = time.monotonic()
+        _CONSOLE.stages = self
+        self.extend(items)
+
+    def _announce(self, new: list[Any]) -> None:
+        now = time.monotonic()
+        self._mark = max(self._mark, _CONSOLE.step[1])  # a stage's time counts from its step's start
+        for i, stage in enumerate(new):
+            took = now - self._mark if i == 0 else None
+            self.seconds.append(took)
+            say(f"[{_CONSOLE.elapsed():6.1f}s] " + stage_line(stage, took))
+        self._mark = now
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self._announce([item])
+
+    def extend(self, items: Iterable[Any]) -> None:
+        items = list(items)
+        super().extend(items)
+        self._announce(items)
+
+    def __iadd__(self, items: Iterable[Any]) -> "StageLog":  # type: ignore[override]
+        self.extend(items)
+        return self
+
+    def insert(self, index: Any, item: Any) -> None:
+        super().insert(index, item)
+        self._announce([item])
+
+
+def stage_table(stages: Iterable[Any]) -> str:
+    """Every stage, one line each, in run order, with a closing count."""
+    stages = list(stages)
+    width = max((len(s.stage) for s in stages), default=5)
+    lines = [f"stages ({sum(s.passed for s in stages)} of {len(stages)} passed):"]
+    for s in stages:
+        status = "ok" if s.passed else ("skip" if str(s.detail).startswith("skipped") else "FAIL")
+        lines.append(f"  {status:4s} {s.stage:{width}s}  {s.detail}")
+    return "\n".join(lines)
+
+
+# ---- heartbeat ----------------------------------------------------------------------------------
+class Heartbeat:
+    """While running, print ``... <step> (Ns)`` whenever the console was quiet for ``interval`` seconds."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vitmsn-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self.interval / 4)):
+            if time.monotonic() - _CONSOLE.last_write >= self.interval:
+                what, since = _CONSOLE.step
+                say(f"[{_CONSOLE.elapsed():6.1f}s] ... {what or 'working'} (still running, {_duration(time.monotonic() - since)})")
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .common import handle_errors
+from .common import artifacts_argument, handle_errors, need_artifacts
 
 BACKEND_NAMES = ("pytorch", "pytorch-eager", "pytorch-sdpa", "pytorch-compile", "onnxruntime", "tensorrt", "all")
 
@@ -27,7 +27,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 
 
 @click.command("bench")
-@click.argument("artifacts", type=click.Path(path_type=Path))
+@artifacts_argument()
 @click.option("--backend", "backends", multiple=True, type=click.Choice(BACKEND_NAMES),
               help="Backends to time (repeatable; prefixes: 'pytorch' is all three PyTorch rows). PyTorch eager always "
                    "runs: it is the baseline of every ratio. [default: all]")
@@ -59,11 +59,12 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
               help="Side of the square FP32 GEMM that measures the ceiling.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @handle_errors
-def command(artifacts: Path, backends: tuple[str, ...], precisions: tuple[str, ...], batch_sizes: tuple[int, ...],
+def command(artifacts: Path | None, backends: tuple[str, ...], precisions: tuple[str, ...], batch_sizes: tuple[int, ...],
             json_path: Path | None, md_path: Path | None, warmup: int, iterations: int, rounds: int, min_seconds: float,
             threads: int | None, e2e: bool, compile_: bool, compile_mode: str | None, ort_fused: bool, data_parallel: bool, cpu_only: bool,
             trt_streams: int, no_cuda_graphs: bool, gemm_size: int, quiet: bool) -> None:
     """Latency and throughput of every backend, precision and batch size, against PyTorch in the same run."""
+    artifacts = need_artifacts(artifacts)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from vitmsn.bench.report import markdown, write_reports
     from vitmsn.bench.suite import BenchOptions, run_bench

@@ -1,9 +1,10 @@
-"""What every command shares: error-to-exit-code mapping and option parsing helpers."""
+"""What every command shares: error-to-exit-code mapping, the ARTIFACTS argument, option helpers."""
 
 from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import click
@@ -14,12 +15,15 @@ from vitmsn.interrupts import exit_code_of, received
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_FAILED_GATE, EXIT_USAGE = 0, 1, 2
+NO_ARTIFACTS = ("ARTIFACTS is required: pass the artifacts directory, or set out = \"...\" under [tool.vitmsn] "
+                "in pyproject.toml or in vitmsn.toml (found in this directory or one above it)")
 
 
 def handle_errors(func: F) -> F:
-    """Map vitmsn's errors to the contract's exit codes: InputError -> 2, ValidationFailed -> 1,
-    SIGINT -> 130 and SIGTERM -> 143 (:mod:`vitmsn.interrupts`; every ``finally`` has run by then, so
-    what the command was writing is removed), each with a one-line message and no traceback."""
+    """Map vitmsn's errors to the contract's exit codes, each with a one-line message and no traceback:
+    InputError -> 2, ValidationFailed -> 1, a missing optional package -> 2 with the one-line install hint,
+    SIGINT -> 130 and SIGTERM -> 143 (:mod:`vitmsn.interrupts`; every ``finally`` has run by then, so what
+    the command was writing is removed)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -33,6 +37,16 @@ def handle_errors(func: F) -> F:
             sys.exit(EXIT_FAILED_GATE)
         except KeyboardInterrupt as exc:  # vitmsn.interrupts.Interrupted, or Python's own SIGINT handler
             exit_interrupted(exc)
+        except ModuleNotFoundError as exc:
+            from .extras import EXTRA_OF, install_hint
+
+            if received() is not None:
+                exit_interrupted(exc)
+            if not exc.name or exc.name.split(".")[0] not in EXTRA_OF:
+                raise
+            ctx = click.get_current_context(silent=True)
+            click.echo(install_hint(exc.name, f"'{ctx.command_path if ctx else 'vitmsn'}'"), err=True)
+            sys.exit(EXIT_USAGE)
         except Exception as exc:
             if received() is None:
                 raise
@@ -46,3 +60,14 @@ def exit_interrupted(exc: BaseException) -> None:
     code = exit_code_of(exc)
     click.echo(f"interrupted ({'SIGTERM' if code == 143 else 'SIGINT'}): stopped; nothing half-written was left", err=True)
     sys.exit(code)
+
+
+def artifacts_argument(**kwargs: Any) -> Callable[[F], F]:
+    """ARTIFACTS, optional on the command line: the config file's ``out`` is its default (:func:`need_artifacts`)."""
+    return click.argument("artifacts", required=False, type=click.Path(path_type=Path, **kwargs))
+
+
+def need_artifacts(artifacts: Path | str | None) -> Path:
+    if artifacts is None or str(artifacts) == "":
+        raise InputError(NO_ARTIFACTS)
+    return Path(artifacts)

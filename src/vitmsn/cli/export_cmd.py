@@ -9,9 +9,10 @@ from pathlib import Path
 
 import click
 
+import vitmsn
 from vitmsn import interrupts
-from vitmsn.config import default_map
-from vitmsn.errors import InputError
+from vitmsn.config import Defaults, load_defaults
+from vitmsn.errors import InputError, ValidationFailed
 
 from .common import EXIT_USAGE, exit_interrupted, handle_errors
 
@@ -75,7 +76,13 @@ def _default_out(model: str) -> Path:
               show_default=True, help="Engine hardware compatibility level.")
 @click.option("--version-compat", is_flag=True, help="Build version-compatible engines.")
 @click.option("--aot-targets", metavar="SM,...", help="TensorRT-RTX compute capabilities, e.g. sm86,sm89 [default: every SM >= 80].")
-@click.option("-v", "--verbose", is_flag=True, help="Log every step.")
+@click.option("--alpha-background", metavar="R,G,B",
+              help="Composite transparent images onto this colour (models trained that way) instead of dropping alpha "
+                   "as transformers.pipeline does [default: drop]. Recorded in the manifest's preprocess block.")
+@click.option("--heartbeat", type=click.FloatRange(min=1), default=10.0, show_default=True, hidden=True,
+              help="Seconds of silence after which the running step is named again.")
+@click.option("-v", "--verbose", is_flag=True, help="Also show vitmsn's own log lines (third-party output always goes to export.log).")
+@click.version_option(vitmsn.__version__, "-V", "--version", prog_name="vitmsn-export")
 @handle_errors
 def command(model: str | None, precision: tuple[str, ...], out: Path | None, calib_images: Path | None,
             calib_samples: int, batch: str, opset: int, engine: str, target: str, validate_images: Path | None,
@@ -84,15 +91,21 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
             int8_exclude: tuple[str, ...], int8_high_precision: str, int8_quantize_attention: bool, int8_max_tries: int, fp32_cpu: bool, int8_cpu: bool,
             workspace: str | None,
             timing_cache: Path | None, builder_opt_level: int | None, hardware_compat: str, version_compat: bool,
-            aot_targets: str | None, verbose: bool) -> None:
+            aot_targets: str | None, alpha_background: str | None, heartbeat: float, verbose: bool) -> None:
     """Export a ViTMSN checkpoint to ONNX (FP32 reference, FP16, INT8) and TensorRT engines, and validate them.
 
-    Exit codes: 0 success; 1 artifacts written but a check or drift gate failed; 2 bad usage or input;
-    130 interrupted (SIGINT), 143 terminated (SIGTERM): --out is left as it was.
+    Exit codes: 0 success; 1 artifacts written but a check or drift gate failed; 2 bad usage or input.
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from vitmsn.progress import console, say
+
+    say(f"vitmsn-export {vitmsn.__version__}: starting (loading PyTorch and ONNX tooling)")
+    _our_log_lines(verbose)
+    from .extras import require
+
+    require("'vitmsn-export'", "torch", "onnx", "onnxscript", "modelopt", "onnxruntime")
     if not model:
-        raise click.UsageError("--model is required (or set model = \"...\" under [tool.vitmsn] in pyproject.toml or in vitmsn.toml)")
+        raise click.UsageError("--model is required (or set model = \"...\" under [tool.vitmsn] in pyproject.toml or in "
+                               "vitmsn.toml, in this directory or one above it)")
     if isinstance(precision, str):  # a config-file string instead of a list
         precision = (precision,)
     from vitmsn.export.fp32.spec import BatchRange
@@ -101,38 +114,83 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
         batch_range = BatchRange.parse(batch)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--batch") from None
+    background = None
+    if alpha_background is not None:
+        from vitmsn.runtime.preprocess import parse_background
 
-    with interrupts.deferred():  # torch and the other C++ extensions: see vitmsn.interrupts
-        from vitmsn.export.validation.gates import Gates
-        from vitmsn.export.engines.builder import EngineOptions
-        from vitmsn.export.pipeline import ExportOptions, run_export
+        try:
+            background = parse_background(alpha_background)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--alpha-background") from None
 
-    if isinstance(int8_exclude, str):  # a config-file string instead of a list
-        int8_exclude = (int8_exclude,)
-    engine_options = EngineOptions(
-        workspace_bytes=_size(workspace), timing_cache=timing_cache, builder_optimization_level=builder_opt_level,
-        hardware_compatibility=None if hardware_compat == "none" else hardware_compat,
-        version_compatible=version_compat, aot_targets=tuple((aot_targets or "").split(",")),
-    )
-    options = ExportOptions(
-        model=model, out=out or _default_out(model), precisions=tuple(p.lower() for p in precision) or ("fp32",),
-        batch=batch_range, opset=opset, engine=engine, target=target, calib_images=calib_images,
-        calib_samples=calib_samples, calib_seed=calib_seed, calib_min_images=calib_min_images, calib_cache=calib_cache,
-        validate_images=validate_images, fail_on_drift=fail_on_drift, fp16_io=fp16_io, int8_method=int8_method,
-        int8_exclude=tuple(int8_exclude), int8_high_precision=int8_high_precision, int8_cpu=int8_cpu, fp32_cpu=fp32_cpu,
-        int8_quantize_attention=int8_quantize_attention,
-        int8_max_tries=int8_max_tries,
-        engine_options=engine_options, verbose=verbose,
-        gates=Gates.build(min_top1_agreement=min_top1_agreement, min_cosine=min_cosine,
-                          max_accuracy_drop=max_accuracy_drop),
-    )
-    click.echo(f"vitmsn-export: {options.model} -> {options.out} ({', '.join(options.precisions)})", err=True)
-    result = run_export(options)
-    for stage in result.stages:
-        click.echo(f"  [{'ok' if stage.passed else 'FAIL'}] {stage.stage}: {stage.detail}", err=True)
-    for note in result.notes:
-        click.echo(f"  note: {note}", err=True)
-    click.echo(f"wrote {result.out / 'manifest.json'}", err=True)
+    try:
+        with interrupts.deferred():  # torch and the other C++ extensions: see vitmsn.interrupts
+            from vitmsn.progress import Heartbeat
+            from vitmsn.export.validation.gates import Gates
+            from vitmsn.export.engines.builder import EngineOptions
+            from vitmsn.export.pipeline import ExportOptions, run_export
+    except ModuleNotFoundError as exc:
+        from .extras import exit_with_hint
+
+        exit_with_hint(exc.name or str(exc), "'vitmsn-export'")
+
+    try:
+        if isinstance(int8_exclude, str):  # a config-file string instead of a list
+            int8_exclude = (int8_exclude,)
+        engine_options = EngineOptions(
+            workspace_bytes=_size(workspace), timing_cache=timing_cache, builder_optimization_level=builder_opt_level,
+            hardware_compatibility=None if hardware_compat == "none" else hardware_compat,
+            version_compatible=version_compat, aot_targets=tuple((aot_targets or "").split(",")),
+        )
+        options = ExportOptions(
+            model=model, out=out or _default_out(model), precisions=tuple(p.lower() for p in precision) or ("fp32",),
+            batch=batch_range, opset=opset, engine=engine, target=target, calib_images=calib_images,
+            calib_samples=calib_samples, calib_seed=calib_seed, calib_min_images=calib_min_images, calib_cache=calib_cache,
+            validate_images=validate_images, fail_on_drift=fail_on_drift, fp16_io=fp16_io, int8_method=int8_method,
+            int8_exclude=tuple(int8_exclude), int8_high_precision=int8_high_precision, int8_cpu=int8_cpu, fp32_cpu=fp32_cpu,
+            int8_quantize_attention=int8_quantize_attention,
+            int8_max_tries=int8_max_tries, alpha_background=background,
+            engine_options=engine_options, verbose=verbose,
+            gates=Gates.build(min_top1_agreement=min_top1_agreement, min_cosine=min_cosine,
+                              max_accuracy_drop=max_accuracy_drop),
+        )
+        say(f"vitmsn-export: {options.model} -> {options.out} ({', '.join(options.precisions)})")
+        with Heartbeat(heartbeat):
+            result = run_export(options)
+    except ValidationFailed:  # the whole stage table first; handle_errors then says FAILED and exits 1
+        _summary(console().stages or [], [])
+        raise
+    _summary(result.stages, result.notes)
+    say(f"passed in {console().elapsed():.1f}s; wrote {result.out / 'manifest.json'} (third-party output: "
+        f"{result.out / 'export.log'})")
+
+
+def _summary(stages: list, notes: list[str]) -> None:
+    """The whole stage table, passed or failed, then the notes."""
+    from vitmsn.progress import say, stage_table
+
+    if stages:
+        say(stage_table(stages))
+    for note in notes:
+        say(f"  note: {note}")
+
+
+class _ConsoleHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        from vitmsn.progress import say
+
+        say(f"{record.levelname.lower()}: {record.name}: {record.getMessage()}")
+
+
+def _our_log_lines(verbose: bool) -> None:
+    """vitmsn's own log lines on the console, once (INFO with -v, else warnings); third-party loggers go to export.log."""
+    ours = logging.getLogger("vitmsn")
+    if not any(isinstance(h, _ConsoleHandler) for h in ours.handlers):
+        ours.addHandler(_ConsoleHandler())
+    for h in ours.handlers:
+        if isinstance(h, _ConsoleHandler):
+            h.setLevel(logging.INFO if verbose else logging.WARNING)
+    ours.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _size(text: str | None) -> int | None:
@@ -149,11 +207,15 @@ def main() -> None:
     interrupts.install()  # first: SIGINT/SIGTERM exit 130/143 from here on, imports included
     try:
         params = {"": {p.name for p in command.params if p.name}}
-        try:
-            defaults = default_map(Path.cwd(), params)
-        except InputError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-        command.main(prog_name="vitmsn-export", default_map=defaults)
+        defaults = Defaults()
+        if not {"-h", "--help", "-V", "--version"} & set(sys.argv[1:]):
+            try:
+                defaults = load_defaults(Path.cwd(), params)
+            except InputError as exc:
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(EXIT_USAGE)
+        if defaults.path is not None:
+            click.echo(defaults.describe(), err=True)
+        command.main(prog_name="vitmsn-export", default_map=defaults.values)
     except KeyboardInterrupt as exc:  # outside the command (option parsing, config file)
         exit_interrupted(exc)

@@ -9,11 +9,17 @@ import click
 
 from vitmsn.runtime.manifest import Manifest
 
-from .common import handle_errors
+from .common import artifacts_argument, handle_errors, need_artifacts
 
 
 def _shape(entry: dict) -> str:
     return f"{entry['name']}: {entry['dtype']}[{', '.join(str(d) for d in entry['shape'])}]"
+
+
+def flavours(entry: dict) -> list[tuple[str, dict]]:
+    """The other files of a precision entry: the CPU flavours (``onnxruntime_optimized`` FP32, ``onnxruntime_cpu``
+    INT8) and any later ones, each a dict with its own file and sha256."""
+    return [(k, v) for k, v in entry.items() if isinstance(v, dict) and "file" in v and "sha256" in v]
 
 
 def describe_manifest(m: Manifest) -> str:
@@ -48,6 +54,10 @@ def describe_manifest(m: Manifest) -> str:
             failed = [k for k, v in validation.items() if isinstance(v, dict) and v.get("passed") is False]
             extra.append("checks FAILED: " + ", ".join(failed) if failed else "checks passed")
         lines.append(f"  {name:5s}    {entry['file']} ({', '.join(extra)}) sha256 {entry['sha256'][:12]}...")
+        for key, flavour in flavours(entry):
+            size = f"{flavour['size_bytes'] / 1e6:.1f} MB, " if "size_bytes" in flavour else ""
+            lines.append(f"           {flavour['file']} ({key}: {size}io {flavour.get('io_dtype', '?')}) "
+                         f"sha256 {flavour['sha256'][:12]}...")
     if m.engines:
         lines.append("engines")
         for e in m.engines:
@@ -60,6 +70,9 @@ def describe_manifest(m: Manifest) -> str:
                              f"{'' if int8.get('verified') else ' (unverified on a GPU)'}")
     else:
         lines.append("engines    none")
+    logs = d.get("logs")
+    if isinstance(logs, dict) and "file" in logs:
+        lines.append(f"logs       {logs['file']} (third-party output of the export)")
     lines.append(f"versions   {', '.join(f'{k} {v}' for k, v in d.get('versions', {}).items())}")
     if "passed" in d:
         lines.append(f"status     {'passed' if d['passed'] else 'FAILED (see report.md)'}")
@@ -67,16 +80,19 @@ def describe_manifest(m: Manifest) -> str:
 
 
 @click.command("inspect")
-@click.argument("artifacts", type=click.Path(path_type=Path))
+@artifacts_argument()
 @click.option("--json", "as_json", is_flag=True, help="Print manifest.json as is.")
 @click.option("--verify", is_flag=True, help="Also check every file's SHA-256 against the manifest.")
 @handle_errors
-def command(artifacts: Path, as_json: bool, verify: bool) -> None:
+def command(artifacts: Path | None, as_json: bool, verify: bool) -> None:
     """Print an artifacts directory's manifest readably."""
+    artifacts = need_artifacts(artifacts)
     m = Manifest.load(artifacts)
     if verify:
         for entry in list(m.precisions.values()) + m.engines:
             m.verify_file(entry["file"], entry["sha256"])
+            for _, flavour in flavours(entry):
+                m.verify_file(flavour["file"], flavour["sha256"])
     click.echo(json.dumps(m.data, indent=2) if as_json else describe_manifest(m))
     if verify:
         click.echo("all files match their SHA-256", err=True)

@@ -1,22 +1,27 @@
 """`vitmsn predict ARTIFACTS IMAGE...`: top-k labels per image, as a table or as JSON.
 
-A thin shell over :class:`vitmsn.runtime.Predictor` (STYLE.md #8). An image that cannot be read
-gets its own error entry; the others are still predicted; the exit code is then 2 (CONTRACT.md).
+A thin shell over :class:`vitmsn.runtime.Predictor`. An image that cannot be read
+gets its own error entry; the others are still predicted; the exit code is then 2.
 Every input is read with a cap (``--max-image-bytes``; stdin ``-`` included) and decoded only
 within a byte budget computed from its header (``--max-decode-mb``), so ``/dev/zero`` or a
 sparse 5 GB file fails alone, in bounded memory.
+A directory among the images stands for its image files (recursive, sorted by relative path).
+ARTIFACTS may be left out when the config file's ``out`` names it (the first argument is taken
+as ARTIFACTS when it holds a manifest.json, or when no config names one).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from vitmsn.cli.common import EXIT_USAGE, handle_errors
+from vitmsn.cli.common import EXIT_USAGE, handle_errors, need_artifacts
 from vitmsn.runtime.image_read import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_FILE_BYTES
 
 
@@ -78,9 +83,34 @@ def _predict_readable(predictor: Any, inputs: list[Any], top_k: int) -> list[Any
     return results
 
 
+def split_arguments(paths: tuple[str, ...], artifacts: str | None) -> tuple[Path, tuple[str, ...]]:
+    """(ARTIFACTS, IMAGE...) from the positional arguments and the --artifacts/config default."""
+    if paths and (artifacts is None or (Path(paths[0]) / "manifest.json").is_file()):
+        return Path(paths[0]), paths[1:]
+    return need_artifacts(artifacts), paths
+
+
+def expand_directories(images: tuple[str, ...]) -> tuple[str, ...]:
+    """Each directory replaced by its image files (recursive, sorted); an empty one is an error."""
+    from vitmsn.calibration.images import IMAGE_EXTENSIONS, discover_images
+    from vitmsn.errors import InputError
+
+    out: list[str] = []
+    for image in images:
+        if image != "-" and os.path.isdir(image):
+            found = discover_images(image)
+            if not found:
+                raise InputError(f"{image}: a directory with no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            out += [str(f) for f in found]
+        else:
+            out.append(image)
+    return tuple(out)
+
+
 @click.command("predict")
-@click.argument("artifacts", type=click.Path(file_okay=False))
-@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.argument("paths", nargs=-1, required=True, metavar="[ARTIFACTS] IMAGE...")
+@click.option("--artifacts", type=click.Path(file_okay=False),
+              help="The artifacts directory [default: the first argument, else `out` of the config file].")
 @click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True,
               help="auto: a TensorRT engine when one can run here, else ONNX Runtime.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
@@ -96,12 +126,19 @@ def _predict_readable(predictor: Any, inputs: list[Any], top_k: int) -> list[Any
               show_default=True, help="Decode budget per image in MiB: width x height x bands x bytes per sample, "
               "read from the header, refused above it (a 124 KB 8000x8000 16-bit PNG needs 122).")
 @handle_errors
-def command(artifacts: str, images: tuple[str, ...], backend: str, precision: str, top_k: int, as_json: bool,
+def command(paths: tuple[str, ...], artifacts: str | None, backend: str, precision: str, top_k: int, as_json: bool,
             batch_size: int | None, threads: int | None, draft: bool, max_image_bytes: int, max_decode_mb: float) -> None:
-    """Top-k labels for IMAGE... (paths; '-' reads one image from stdin) from the exported ARTIFACTS."""
+    """Top-k labels for IMAGE... (files, directories of images; '-' reads one image from stdin) from the exported
+    ARTIFACTS."""
+    from vitmsn.errors import InputError
     from vitmsn.runtime import Predictor
 
-    with Predictor.from_artifacts(artifacts, backend=backend, precision=None if precision == "auto" else precision,
+    artifacts_dir, given = split_arguments(paths, artifacts)
+    if not given:
+        raise InputError("no IMAGE given: pass image files or directories after ARTIFACTS")
+    images = expand_directories(given)
+
+    with Predictor.from_artifacts(artifacts_dir, backend=backend, precision=None if precision == "auto" else precision,
                                   batch_size=batch_size, threads=threads, draft=draft) as predictor:
         for note in predictor.choice.notes:
             click.echo(f"note: {note}", err=True)

@@ -15,11 +15,11 @@ import click
 
 from vitmsn.runtime.image_read import DEFAULT_MAX_DECODE_BYTES
 
-from .common import handle_errors
+from .common import artifacts_argument, handle_errors, need_artifacts
 
 
 @click.command("serve")
-@click.argument("artifacts", type=click.Path(path_type=Path))
+@artifacts_argument()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="TCP port; 0 picks a free one (printed on startup).")
@@ -57,7 +57,7 @@ from .common import handle_errors
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @handle_errors
-def command(artifacts: Path, host: str, port: int, backend: str, precision: str | None, threads: int | None,
+def command(artifacts: Path | None, host: str, port: int, backend: str, precision: str | None, threads: int | None,
             draft: bool, top_k: int, max_batch: int | None, max_wait_ms: float, max_queue: int, max_body_bytes: int,
             request_timeout: float, shutdown_timeout: float, decode_threads: int | None, header_timeout: float,
             body_timeout: float, max_receiving_bytes: int, max_decode_mb: float, access_log: bool,
@@ -68,6 +68,7 @@ def command(artifacts: Path, host: str, port: int, backend: str, precision: str 
     gets 408 at --body-timeout). Exit codes:
     0 stopped normally; 2 bad usage or input (artifacts, address).
     """
+    artifacts = need_artifacts(artifacts)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     from vitmsn.runtime import Predictor
     from vitmsn.serving.server import ServeOptions, bind_socket, create_app, serve

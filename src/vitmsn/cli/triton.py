@@ -12,7 +12,7 @@ import click
 
 from vitmsn.errors import ValidationFailed
 
-from .common import handle_errors
+from .common import artifacts_argument, handle_errors, need_artifacts
 
 
 def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
@@ -26,7 +26,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 @click.command("triton")
-@click.argument("artifacts", type=click.Path(path_type=Path))
+@artifacts_argument()
 @click.option("--repo", required=True, type=click.Path(path_type=Path), help="Model repository directory to write into.")
 @click.option("--name", default="vitmsn", show_default=True,
               help="Model name: the ensemble; <name>_onnx, <name>_tensorrt, <name>_python, <name>_preprocess for the parts.")
@@ -55,7 +55,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="Package a precision even though a validation or drift gate failed at export.")
 @click.option("--force", is_flag=True, help="Replace model directories of the same names.")
 @handle_errors
-def command(artifacts: Path, repo: Path, name: str, precision: str, formats: tuple[str, ...], engine_file: str | None,
+def command(artifacts: Path | None, repo: Path, name: str, precision: str, formats: tuple[str, ...], engine_file: str | None,
             max_batch: int | None, preferred_batch: tuple[int, ...], queue_delay_us: int, instances: int,
             onnx_device: str, ensemble: bool, force: bool, inference: str | None, python_env: str | None,
             python_threads: int | None, allow_failed_gates: bool) -> None:
@@ -65,6 +65,7 @@ def command(artifacts: Path, repo: Path, name: str, precision: str, formats: tup
     verification failed; 2 bad usage or input, or a precision whose export gates failed (unless
     --allow-failed-gates).
     """
+    artifacts = need_artifacts(artifacts)
     from vitmsn.interrupts import deferred
 
     with deferred():  # see vitmsn.interrupts

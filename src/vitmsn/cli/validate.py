@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .common import handle_errors
+from .common import artifacts_argument, handle_errors, need_artifacts
 
 
 class ThresholdType(click.ParamType):
@@ -32,7 +32,7 @@ THRESHOLD = ThresholdType()
 
 
 @click.command("validate", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("artifacts", type=click.Path(path_type=Path))
+@artifacts_argument()
 @click.option("--images", type=click.Path(path_type=Path), help="Image folder (class sub-folders named as the labels give accuracy).")
 @click.option("--labels", type=click.Path(path_type=Path), help="CSV of path,label when the folder has no class sub-folders.")
 @click.option("--precision", "precisions", multiple=True, metavar="P", help="Only these precisions (repeatable) [default: all].")
@@ -49,7 +49,7 @@ THRESHOLD = ThresholdType()
 @click.option("--calib-samples", type=click.IntRange(min=1), default=32, show_default=True, help="Images for --sensitivity.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @handle_errors
-def command(artifacts: Path, images: Path | None, labels: Path | None, precisions: tuple[str, ...], backend: str,
+def command(artifacts: Path | None, images: Path | None, labels: Path | None, precisions: tuple[str, ...], backend: str,
             min_top1_agreement: Any, min_cosine: Any, max_accuracy_drop: Any, out: Path | None, checkpoint: str | None,
             batch_size: int | None, sensitivity: bool, calib_images: Path | None, calib_samples: int, quiet: bool) -> None:
     """Accuracy drift of every precision and backend in ARTIFACTS against the PyTorch FP32 reference.
@@ -62,6 +62,7 @@ def command(artifacts: Path, images: Path | None, labels: Path | None, precision
     \b
     {defaults}
     """
+    artifacts = need_artifacts(artifacts)
     from vitmsn.errors import InputError, ValidationFailed
     from vitmsn.interrupts import deferred, import_deferred
 

@@ -257,6 +257,9 @@ def create_app(predictor: Any, options: ServeOptions = ServeOptions(),
         nonlocal admitted
         try:
             top_k = _top_k(request, options.top_k, most)
+            if request.headers.get("content-type", "").lower().startswith("multipart/"):
+                raise RequestError(400, "send the raw image bytes (Content-Type: image/*), not multipart/form-data; "
+                                        "e.g. curl --data-binary @image.jpg -H 'Content-Type: image/jpeg' .../predict")
             body = await read_body(request, options.max_body_bytes, options.body_timeout_s, receiving)
             if admitted >= options.max_queue:
                 raise RequestError(503, f"{admitted} requests are already waiting for a decoder; retry later",
