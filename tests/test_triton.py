@@ -126,8 +126,19 @@ def test_options_and_refusals(demo_artifacts: Path, tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "not an artifacts directory" in missing.output
 
 
+def _config_edited(text: str, change: Any) -> str:
+    """A config.pbtxt with ``change`` applied to its parsed ModelConfig (independent of the text layout)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    change(config)
+    return text_format.MessageToString(config)
+
+
 @pytest.mark.parametrize("break_it, expected", [
-    (lambda t: t.replace("dims: [ 3, 224, 224 ]", "dims: [ 3, 256, 256 ]", 1), "pixel_values: dims [3, 256, 256]"),
+    (lambda t: _config_edited(t, lambda c: (c.input[0].ClearField("dims"), c.input[0].dims.extend([3, 256, 256]))),
+     "pixel_values: dims [3, 256, 256]"),
     (lambda t: t.replace("TYPE_FP32", "TYPE_FP16", 1), "data_type TYPE_FP16 != ONNX graph TYPE_FP32"),
     (lambda t: t.replace('name: "logits"', 'name: "scores"'), "output names"),
     (lambda t: t.replace("max_batch_size: 32", "max_batch_size: 64"), "max_batch_size 64 outside"),

@@ -26,6 +26,7 @@ EXTRA_OF = {
     "tensorrt": "tensorrt",
     "cuda": "tensorrt",
     "tensorrt_rtx": "rtx",
+    "tritonclient": "triton",
     "transformers": "test",
 }
 EXIT_USAGE = 2

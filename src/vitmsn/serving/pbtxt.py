@@ -1,16 +1,13 @@
-"""A small writer of protobuf text format (Triton's ``config.pbtxt``) from plain Python values.
+"""``config.pbtxt`` from plain Python values, through Triton's own ``inference.ModelConfig`` protobuf.
 
-Triton's model configuration is the ``inference.ModelConfig`` protobuf message; its text form is
-what ``config.pbtxt`` holds. The writer needs no protobuf package: values map as follows
+The values are parsed into the message with ``google.protobuf.json_format`` (an unknown field, a
+bad enum name, a wrong type or two fields of one ``oneof`` are errors here, before anything is
+written) and printed with ``text_format``, so every file written is valid by construction.
+The schema is ``tritonclient``'s ``model_config_pb2`` (the ``triton`` extra).
 
-* ``str`` -> a quoted string; :class:`Enum` (a ``str``) -> a bare enum value (``TYPE_FP32``);
-* ``bool`` -> ``true``/``false``; ``int`` -> the number;
-* a list of scalars -> ``key: [ a, b ]``; a list of dicts -> ``key [ { ... }, { ... } ]``
-  (repeated messages, which is also how protobuf maps such as ``input_map`` are written);
-* a dict -> a nested message ``key { ... }``; ``None`` -> the field is left out.
-
-The tests parse every file written with Triton's own schema (``tritonclient``'s
-``model_config_pb2`` and ``google.protobuf.text_format``), which rejects unknown fields.
+Conventions of the input: an :class:`Enum` (a ``str``) is an enum value name (``TYPE_FP32``);
+``None`` leaves a field out; a list of ``{"key": ..., "value": ...}`` dicts is a protobuf map
+(``input_map``, ``output_map``, ``parameters``).
 """
 
 from __future__ import annotations
@@ -19,41 +16,39 @@ from typing import Any, Mapping
 
 
 class Enum(str):
-    """A protobuf enum value, written without quotes."""
+    """A protobuf enum value name."""
 
 
-def _scalar(value: Any) -> str:
-    if isinstance(value, Enum):
-        if not value.replace("_", "").isalnum():
-            raise ValueError(f"not an enum name: {value!r}")
-        return str(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-            raise ValueError(f"control characters are not written into config.pbtxt: {value!r}")
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    raise TypeError(f"cannot write {type(value).__name__} {value!r} as a protobuf text value")
+def _is_map(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and bool(value)
+            and all(isinstance(v, Mapping) and set(v) == {"key", "value"} for v in value))
 
 
-def to_pbtxt(fields: Mapping[str, Any], indent: int = 0) -> str:
-    """``fields`` as protobuf text format, one field per line, two-space indents."""
-    pad = "  " * indent
-    lines: list[str] = []
-    for key, value in fields.items():
-        if value is None:
-            continue
-        if isinstance(value, Mapping):
-            body = to_pbtxt(value, indent + 1)
-            lines.append(f"{pad}{key} {{\n{body}{pad}}}" if body else f"{pad}{key} {{ }}")
-        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
-            items = [f"{pad}  {{\n{to_pbtxt(v, indent + 2)}{pad}  }}" for v in value]
-            lines.append(f"{pad}{key} [\n" + ",\n".join(items) + f"\n{pad}]")
-        elif isinstance(value, (list, tuple)):
-            if value:
-                lines.append(f"{pad}{key}: [ " + ", ".join(_scalar(v) for v in value) + " ]")
-        else:
-            lines.append(f"{pad}{key}: {_scalar(value)}")
-    return "".join(line + "\n" for line in lines)
+def _as_json(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _as_json(v) for k, v in value.items() if v is not None}
+    if _is_map(value):
+        return {str(item["key"]): _as_json(item["value"]) for item in value}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v) for v in value]
+    if isinstance(value, str) and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"control characters are not written into config.pbtxt: {value!r}")
+    return value
+
+
+def model_config(fields: Mapping[str, Any]) -> Any:
+    """``fields`` as an ``inference.ModelConfig`` message; ValueError naming the problem when they do not fit it."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        return json_format.ParseDict(_as_json(fields), model_config_pb2.ModelConfig())
+    except json_format.ParseError as exc:
+        raise ValueError(f"not a valid Triton model configuration: {exc}") from exc
+
+
+def to_pbtxt(fields: Mapping[str, Any]) -> str:
+    """``fields`` as the text of a ``config.pbtxt`` (protobuf text format of ``inference.ModelConfig``)."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(model_config(fields))

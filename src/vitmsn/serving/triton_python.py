@@ -45,11 +45,12 @@ def _site_dirs(site: Path, depth: int = 2) -> list[Path]:
     return found
 
 
-def env_parameters(python_env: str | None) -> dict[str, Any] | None:
-    """The ``parameters`` entry that points a Python-backend model at its execution environment."""
+def env_parameters(python_env: str | None) -> list[dict[str, Any]] | None:
+    """The ``parameters`` map (one ``{"key", "value"}`` item) that points a Python-backend model at its
+    execution environment."""
     if not python_env:
         return None
-    return {"key": ENV_PARAMETER, "value": {"string_value": python_env}}
+    return [{"key": ENV_PARAMETER, "value": {"string_value": python_env}}]
 
 
 def env_packages(path: Path, limit: int = 200_000) -> dict[str, str]:
