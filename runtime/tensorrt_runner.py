@@ -102,7 +102,7 @@ class _Buffer:
         for what, result in (("cudaFree", self.cudart.cudaFree(self.device)),
                              ("cudaFreeHost", self.cudart.cudaFreeHost(self.host_ptr))):
             err = result[0] if isinstance(result, tuple) else result
-            if int(getattr(err, "value", err)) != 0:
+            if int(getattr(err, "value", err) or 0) != 0:
                 errors.append(f"{what}: {err}")
         return errors
 
@@ -199,7 +199,7 @@ class TensorRTRunner(RunnerBase):
         self._save_runtime_cache()
 
     def _rebuild(self) -> str:
-        from .engine_check import rebuild_command
+        from vitmsn.runtime.engine_check import rebuild_command
 
         return rebuild_command(self.entry, self.manifest, self.path.parent, device.gpu(self.gpu_index))
 
@@ -209,7 +209,7 @@ class TensorRTRunner(RunnerBase):
         config = None
         if hasattr(engine, "create_runtime_config"):
             config = engine.create_runtime_config()
-        if config is not None and hasattr(config, "create_runtime_cache"):
+        if config is not None and hasattr(config, "create_runtime_cache") and hasattr(config, "set_runtime_cache"):
             cache = config.create_runtime_cache()
             path = runtime_cache_path(self.entry, device.gpu(self.gpu_index))
             if path.is_file() and not cache.deserialize(path.read_bytes()):
@@ -227,7 +227,7 @@ class TensorRTRunner(RunnerBase):
     def _save_runtime_cache(self) -> None:
         if self._runtime_cache is None:
             return
-        from .manifest import write_bytes_atomic
+        from vitmsn.runtime.manifest import write_bytes_atomic
 
         path = runtime_cache_path(self.entry, device.gpu(self.gpu_index))
         try:

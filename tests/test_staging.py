@@ -162,7 +162,8 @@ def test_reexport_of_another_model_leaves_none_of_the_old_files(art: Path, tmp_p
 
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["model"]["source"] == str(tmp_path / "tiny")
-    named = {"manifest.json", *manifest["reports"].values(), *(e["file"] for e in manifest["precisions"].values())}
+    named = {"manifest.json", *manifest["reports"].values(), *(e["file"] for e in manifest["precisions"].values()),
+             manifest["logs"]["file"]}
     assert set(snapshot(art)) == named  # every file is the new run's, and named in its manifest
     assert "model.fp32.ort.onnx" not in named and leftovers(art) == []
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -186,7 +187,8 @@ def test_int8_run_leaves_only_named_files(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     m = Manifest.load(out).data
     named = {"manifest.json", *m["reports"].values(), *(e["file"] for e in m["precisions"].values()),
-             m["precisions"]["int8"]["onnxruntime_cpu"]["file"], m["precisions"]["fp32"]["onnxruntime_optimized"]["file"]}
+             m["precisions"]["int8"]["onnxruntime_cpu"]["file"], m["precisions"]["fp32"]["onnxruntime_optimized"]["file"],
+             m["logs"]["file"]}
     assert set(snapshot(out)) == named
     assert leftovers(out) == [] and list((tmp_path / "tmp").iterdir()) == []
 
@@ -266,7 +268,7 @@ def test_validate_interrupted_exits_130_and_leaves_the_reports(art: Path, tmp_pa
     from vitmsn.export.demo import write_dataset
 
     images = tmp_path / "images"
-    write_dataset(images, per_class=5, split="heldout")
+    write_dataset(images, per_class=40, split="heldout")  # 320 images: still running 2 s in, even on an idle machine
     before = snapshot(art)
     proc = start([str(BIN / "vitmsn"), "validate", str(art), "--images", str(images)], tmp_path / "tmp")
     time.sleep(delay)
