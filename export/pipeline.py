@@ -109,6 +109,10 @@ class ExportOptions:
         for option, path in (("--calib-images", self.calib_images), ("--validate-images", self.validate_images)):
             if path is not None and not Path(path).is_dir():
                 raise InputError(f"{option} {path}: no such directory")
+        if "bf16" in self.precisions:
+            from vitmsn.export.precision.bf16 import require_openvino
+
+            require_openvino()
         if "int8" in self.precisions and self.calib_images is None:
             raise InputError("--precision int8 needs --calib-images DIR (a folder of representative images)")
         if self.int8_method not in {m.value for m in CalibrationMethod}:
@@ -339,6 +343,13 @@ def run_export(opts: ExportOptions) -> ExportResult:
             data["precisions"]["fp16"] = entry
             stages += new
             rows += r
+        if "bf16" in opts.precisions:  # OpenVINO's BF16 inference of model.fp32.onnx: no graph, no engine
+            from vitmsn.export.precision.bf16 import bf16_step
+
+            entry, new, r = bf16_step(ctx)
+            data["precisions"]["bf16"] = entry
+            stages += new
+            rows += r
         if "int8" in opts.precisions:
             assert calibration is not None
             high = opts.int8_high_precision if opts.int8_high_precision != "auto" else ("fp16" if build_engines else "fp32")
@@ -357,7 +368,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
     # run exits 1 naming the gate; a graph that failed its checks gets none.
     if build_engines and all(s.passed for s in stages if not s.stage.startswith(("drift_", "requantize_"))):
         engine_versions = {}
-        for precision in opts.precisions:
+        for precision in (p for p in opts.precisions if p != "bf16"):
             entry = data["precisions"][precision]
             onnx_file = entry["file"]
             built, stage = engine_step(out, precision, onnx_file, spec, entry["io_dtype"], opts.engine_options)

@@ -10,6 +10,11 @@ The rule (``backend="auto"``, ``precision=None``):
    with CUDA alone (its Q/DQ int8 path is slow). On CPU: fp32, because fp16 graphs run about 3x
    slower on the CPU provider and int8 changes results; ask for ``precision="int8"`` explicitly
    for the faster CPU int8 graph.
+3. OpenVINO (``backend="openvino"``, or auto on an x86 CPU without a usable GPU where it is
+   installed): it runs the artifacts' ONNX graphs faster than ONNX Runtime on CPU. Its precision:
+   ``bf16`` when the manifest has a bf16 entry whose drift gate passed and the CPU computes BF16
+   (AVX512_BF16 or AMX), else ``fp32``; ``int8`` only when asked for. The inference precision it
+   runs (f32 or bf16) is recorded in the choice (:mod:`.openvino_choice`).
 
 A forced ``backend`` or ``precision`` is honoured or refused with a message that says why and
 what to do; it is never silently replaced.
@@ -26,8 +31,9 @@ from vitmsn.errors import InputError
 from . import device
 from .engine_check import engine_problems
 from .manifest import Manifest
+from .openvino_choice import OPENVINO_PRECISIONS, choose_openvino, openvino_preferred
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
 ENGINE_ORDER = ("int8", "fp16", "fp32")
 
 
@@ -39,6 +45,7 @@ class Choice:
     sha256: str
     engine: dict[str, Any] | None = None
     providers: tuple[str, ...] = ()
+    inference_precision: str | None = None  # OpenVINO only: "f32" or "bf16", what the CPU runs
     notes: tuple[str, ...] = field(default=())
 
 
@@ -108,6 +115,12 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
                                  f"--precision {precision or 'fp16'} --engine require, or use --backend onnxruntime")
             raise InputError("no TensorRT engine can run here: " + "; ".join(why_not))
         notes.extend(why_not)
+    if backend == "openvino" or (backend == "auto" and openvino_preferred()
+                                 and (precision is None or precision in OPENVINO_PRECISIONS and precision in manifest.precisions)):
+        return choose_openvino(manifest, precision, tuple(notes))
+    if precision == "bf16":
+        raise InputError(f"{manifest.root}: bf16 runs on OpenVINO only; pip install 'vitmsn[openvino]' and use "
+                         "--backend openvino (or auto)")
     providers = _ort_providers()
     if not providers:
         raise InputError("no inference backend is installed: pip install 'vitmsn[onnxruntime]' (or 'vitmsn[tensorrt]' on a GPU)")
@@ -133,4 +146,6 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
 
 def describe_choice(choice: Choice) -> str:
     where = f" ({', '.join(choice.providers)})" if choice.providers else ""
+    if choice.inference_precision:
+        where = f" (CPU, inference precision {choice.inference_precision})"
     return f"{choice.backend}{where} {choice.precision} {Path(choice.file).name}"

@@ -34,7 +34,7 @@ from vitmsn.export.validation.inputs import ImageSet, image_set
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("all", "onnxruntime", "tensorrt")
+BACKENDS = ("all", "onnxruntime", "tensorrt", "openvino")
 WORST_IMAGES = 12
 
 
@@ -152,8 +152,8 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
     if backend in ("all", "onnxruntime"):
 
         for precision, entry in manifest.precisions.items():
-            if wanted and precision not in wanted:
-                continue
+            if wanted and precision not in wanted or entry.get("backend") == "openvino":
+                continue  # bf16 is OpenVINO's inference precision: ONNX Runtime would run FP32 under its name
             # the graph itself, and any flavour recorded inside its entry (int8's "onnxruntime_cpu")
             flavours = [("", entry)] + [(k, v) for k, v in entry.items() if isinstance(v, dict) and "file" in v and "sha256" in v]
             for variant, e in flavours:
@@ -170,6 +170,13 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
             targets.append(Target(str(entry.get("target", "tensorrt")), str(entry["precision"]), entry["file"],
                                   _trt_factory(path, entry)))
         skipped += [{"backend": "tensorrt", "reason": reason} for reason in why_not]
+    if backend in ("all", "openvino"):
+        ov_targets, reason = _openvino_targets(manifest, wanted)
+        targets += ov_targets
+        if reason:
+            if backend == "openvino":
+                raise InputError(f"--backend openvino: {reason}")
+            skipped.append({"backend": "openvino", "reason": reason})
     if not targets:
         raise InputError(f"{manifest.root}: nothing to validate with --backend {backend}"
                          + (f" --precision {','.join(wanted)}" if wanted else "")
@@ -183,6 +190,25 @@ def _ort_factory(path: Path, precision: str) -> Callable[[], Any]:
     # No spin-waiting: backends take turns on each batch, and a spinning idle session steals the
     # cores the next one (or PyTorch) needs.
     return lambda: OnnxRuntimeRunner(path, precision=precision, allow_spinning=False)
+
+
+def _openvino_targets(manifest: Manifest, wanted: list[str] | None) -> tuple[list[Target], str]:
+    """OpenVINO on the CPU: fp32 (f32), bf16 (BF16 inference where the CPU has it) and int8 (the Q/DQ graph),
+    each with the inference precision the runtime would use here."""
+    from vitmsn.runtime.openvino_runner import OpenVINORunner, inference_precision_for, openvino_available
+
+    if not openvino_available():
+        return [], "OpenVINO is not installed (pip install 'vitmsn[openvino]')"
+    targets = []
+    for precision, entry in manifest.precisions.items():
+        if precision == "fp16" or (wanted and precision not in wanted):
+            continue
+        path = manifest.verify_file(entry["file"], entry["sha256"])
+        inference = inference_precision_for(precision)
+        factory = (lambda path=path, precision=precision, inference=inference:
+                   OpenVINORunner(path, precision=precision, inference_precision=inference))
+        targets.append(Target("openvino", precision, entry["file"], factory, f"inference {inference}"))
+    return targets, ""
 
 
 def _trt_factory(path: Path, entry: dict[str, Any]) -> Callable[[], Any]:
@@ -304,6 +330,8 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
                             logits[i].append(np.asarray(got["logits"], dtype=np.float32))
                 bar.update(len(chunk))
         providers = [list(getattr(r, "providers", [])) for r in runners]
+        # OpenVINO: the inference precision the compiled model really ran (f32 or bf16), not the one asked for
+        ran = [str(getattr(r, "inference_precision", "") or "") for r in runners]
     for s in skipped_images:
         log.info("validate: skipped %s (%s)", s["image"], s["reason"])
     if not evaluated:
@@ -336,6 +364,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
             worst.append(item)
         results.append(BackendResult(t.backend, t.precision, t.file, per_output,
                                      got_logits if classification else None, metrics, outputs,
-                                     evaluate(gates, t.precision, metrics), worst, seconds[i], providers[i], t.variant))
+                                     evaluate(gates, t.precision, metrics), worst, seconds[i], providers[i],
+                                     f"inference {ran[i]}" if ran[i] else t.variant))
     return ValidationResult(manifest.root, manifest.task, primary, reference, images,
                             rel, truth, skipped_images, results, skipped_backends, gates, checks)

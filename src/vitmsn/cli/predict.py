@@ -57,14 +57,14 @@ def _read_stdin_if_dash(images: tuple[str, ...]) -> list[Any]:
 @click.command("predict")
 @click.argument("artifacts", type=click.Path(file_okay=False))
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True,
-              help="auto: a TensorRT engine when one can run here, else ONNX Runtime.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
-              help="auto: fp32 on CPU, the fastest exported precision on a GPU.")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "openvino"]), default="auto", show_default=True,
+              help="auto: a TensorRT engine when one can run here, else OpenVINO on an x86 CPU where installed, else ONNX Runtime.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]), default="auto", show_default=True,
+              help="auto: fp32 on CPU (bf16 on OpenVINO when exported, gated and the CPU has BF16), the fastest exported precision on a GPU.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list, one object per input, in input order.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per inference call (default: the manifest's opt batch).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op / OpenVINO inference threads (default: all cores).")
 @click.option("--draft", is_flag=True, help="Faster, inexact JPEG decoding (libjpeg DCT scaling to at least the model's input size): about 35% less preprocessing time, pixels no longer match transformers to 1e-5 (see README, measured speed).")
 @handle_errors
 def command(artifacts: str, images: tuple[str, ...], backend: str, precision: str, top_k: int, as_json: bool,
