@@ -24,27 +24,10 @@ import numpy as np
 
 from vitmsn.errors import InputError
 
+from .cpu import bf16_capable, cpu_flags  # noqa: F401  (re-exported)
 from .runner import RunnerBase, TensorMeta
 
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _OV_PRECISION = {"f32": "f32", "bf16": "bf16"}
-
-
-def cpu_flags(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU feature flags the kernel reports (empty where there is no /proc/cpuinfo)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
-
-
-def bf16_capable(flags: frozenset[str] | None = None) -> bool:
-    """True when the CPU computes BF16 natively (AVX512_BF16 or AMX-BF16)."""
-    return any(f in (cpu_flags() if flags is None else flags) for f in BF16_FLAGS)
 
 
 def inference_precision_for(precision: str, flags: frozenset[str] | None = None) -> str:

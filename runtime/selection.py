@@ -29,6 +29,7 @@ from typing import Any
 from vitmsn.errors import InputError
 
 from . import device
+from .cpu import vnni_capable
 from .engine_check import engine_problems
 from .manifest import Manifest
 from .openvino_choice import OPENVINO_PRECISIONS, choose_openvino, openvino_preferred
@@ -135,6 +136,11 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
                          f"run here ({'; '.join(notes) or 'backend onnxruntime was asked for'})")
     entry = manifest.precisions[precision]
     cpu_flavour = entry.get("onnxruntime_cpu") or entry.get("onnxruntime_optimized")
+    if cpu_flavour and cpu_flavour.get("needs_vnni") and not vnni_capable():
+        # full-range INT8 weights saturate ONNX Runtime's int16 u8 x s8 path on CPUs without VNNI
+        notes.append(f"{cpu_flavour['file']} has 8-bit weights made for a CPU with VNNI, which this one lacks; "
+                     f"using {entry['file']} (re-export on this CPU for a faster CPU flavour)")
+        cpu_flavour = None
     if cpu_flavour and not set(providers) & {"CUDAExecutionProvider", "TensorrtExecutionProvider"}:
         # On the CPU provider: INT8 quantized for ONNX Runtime's CPU kernels (uint8 activations), not
         # the TensorRT-placed Q/DQ graph, which runs slower there; FP32 with ONNX Runtime's fusions.
