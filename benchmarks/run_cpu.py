@@ -223,6 +223,29 @@ def limit_notes(report: dict, shares: list[tuple[str, float]], ceilings: dict[st
     ]
 
 
+def openvino_op_breakdown(onnx_path: Path, inference: str, batch: int, threads: int, runs: int = 4) -> list[tuple[str, float]]:
+    """Share of OpenVINO's CPU time per (layer type, kernel) (its PERF_COUNT profiler): which kernels the
+    INT8 and BF16 rows really run (e.g. ``brgemm_avx512_amx_i8``: AMX INT8 GEMMs) and what is left outside them."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", {
+        "PERF_COUNT": True, "INFERENCE_PRECISION_HINT": inference, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).uniform(-1, 1, (batch, 3, 224, 224)).astype(np.float32)
+    totals: dict[str, float] = {}
+    for i in range(runs + 1):
+        request.infer({0: x})
+        if i == 0:
+            continue  # first call: kernels compiled and weights repacked
+        for info in request.profiling_info:
+            key = f"{info.node_type} ({info.exec_type})"
+            totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds()
+    whole = sum(totals.values()) or 1.0
+    return sorted(((k, t / whole) for k, t in totals.items()), key=lambda kv: -kv[1])
+
+
 def op_breakdown(onnx_path: Path, batch: int, threads: int, runs: int = 6) -> list[tuple[str, float]]:
     """Share of ONNX Runtime's kernel time per operator type (its profiler), at ``batch``."""
     import onnxruntime as ort
@@ -316,12 +339,20 @@ def main(argv: list[str] | None = None) -> None:
           "interleaved, rather than the absolute figures).", "", "## Goals (issue 17: the AVX-512 machine class)", ""] + cpu_lines
     ceilings: dict = {}
     shares: list = []
+    vits = args.work / "vit-s"
+    try:
+        md += ["", "### Where the OpenVINO time goes (ViT-S, batch 8; OpenVINO PERF_COUNT)", ""]
+        for graph, inference in (("model.int8.onnx", "bf16"), ("model.fp32.onnx", "bf16"), ("model.fp32.onnx", "f32")):
+            if (vits / graph).is_file():
+                top = openvino_op_breakdown(vits / graph, inference, 8, threads)
+                md.append(f"- {graph}, {inference} inference: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in top[:7]) + ".")
+    except ImportError:
+        md.append("- OpenVINO is not installed here.")
     if not args.quick:
         say("profiling ONNX Runtime FP32 and measuring ONNX Runtime's own GEMM ceiling")
         from vitmsn.export.fp32.model import ViTMSNArch
         from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
 
-        vits = args.work / "vit-s"
         fused = ort_optimized_onnx_from_fp32(vits / "model.fp32.onnx", args.work / "vit-s.fp32.ort.onnx",
                                              ViTMSNArch.from_config(reports["vit-s"]["model"]["config"])).path
         shares = op_breakdown(fused, 8, threads)
