@@ -248,7 +248,8 @@ def drift_validation(manifest: Manifest, opts: ExportOptions,
         return None, checks.skipped(VALIDATION_STAGE, f"{', '.join(broken)} failed")
     int8 = manifest.precisions.get("int8", {})
     try:
-        v = validate_artifacts(manifest, opts.validate_images, gates=opts.gates)
+        # OpenVINO is gated here for bf16, the precision only it runs; its fp32/int8 runs: `vitmsn validate`
+        v = validate_artifacts(manifest, opts.validate_images, gates=opts.gates, openvino=("bf16",))
     except InputError as exc:
         return None, checks.StageResult(VALIDATION_STAGE, False, f"--validate-images {opts.validate_images}: {exc}")
     if int8.get("requantization"):  # shown in report.md/.html next to the figures of the graph kept

@@ -135,9 +135,11 @@ class ValidationResult:
 
 
 # ---- what to run ------------------------------------------------------------------------------
-def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None = None,
-                          backend: str = "all") -> tuple[list[Target], list[dict[str, str]]]:
-    """Every (backend, precision) the artifacts hold and this machine can run, and why not the others."""
+def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None = None, backend: str = "all",
+                          openvino: Sequence[str] | None = None) -> tuple[list[Target], list[dict[str, str]]]:
+    """Every (backend, precision) the artifacts hold and this machine can run, and why not the others.
+    ``openvino``: the precisions OpenVINO runs under ``backend="all"`` (None: every one it can; the export
+    passes ``("bf16",)``, the precision only OpenVINO runs)."""
     if backend == "auto":
         backend = "all"
     if backend not in BACKENDS:
@@ -171,7 +173,9 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
                                   _trt_factory(path, entry)))
         skipped += [{"backend": "tensorrt", "reason": reason} for reason in why_not]
     if backend in ("all", "openvino"):
-        ov_targets, reason = _openvino_targets(manifest, wanted)
+        ov_wanted = wanted if backend == "openvino" or openvino is None else [
+            p for p in (wanted or manifest.precisions) if p in openvino]
+        ov_targets, reason = _openvino_targets(manifest, ov_wanted) if ov_wanted != [] else ([], "")
         targets += ov_targets
         if reason:
             if backend == "openvino":
@@ -274,7 +278,7 @@ def _worst(per: dict[str, np.ndarray], classification: bool, n: int) -> np.ndarr
 def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | Path, labels_file: str | Path | None = None,
                        gates: Gates | None = None, *, precisions: Sequence[str] | None = None, backend: str = "all",
                        checkpoint: str | None = None, batch_size: int | None = None, progress: bool = True,
-                       worst_images: int = WORST_IMAGES) -> ValidationResult:
+                       worst_images: int = WORST_IMAGES, openvino: Sequence[str] | None = None) -> ValidationResult:
     """Compare every runnable precision/backend of ``artifacts_dir`` with PyTorch FP32 on ``images_dir``.
 
     Raises InputError for bad input (exit 2); returns the result whatever the gates say (the
@@ -288,7 +292,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
     labels = manifest.labels
     images = image_set(images_dir, labels if manifest.task == "image-classification" else {}, labels_file)
     pre = PreprocessConfig.from_manifest(manifest.preprocess)
-    targets, skipped_backends = targets_from_manifest(manifest, precisions, backend)
+    targets, skipped_backends = targets_from_manifest(manifest, precisions, backend, openvino)
     model, reference, checks = reference_model(manifest, checkpoint)
     classification = manifest.task == "image-classification"
     names = manifest.output_names
