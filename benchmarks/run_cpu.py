@@ -1,4 +1,5 @@
-"""Regenerate benchmarks/cpu-2core-avx2.md (and .json): the committed CPU table, in one command.
+"""Regenerate benchmarks/cpu-<threads>core-<isa>.md (and .json): the committed CPU table of this machine
+class (cpu-2core-avx512 since 2026-12; cpu-2core-avx2.md is the AVX2-only class, kept as measured), in one command.
 
     python benchmarks/run_cpu.py [--fresh] [--iterations 24] [--rounds 4] [--out benchmarks]
 
@@ -31,6 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 VIT_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, layer_norm_eps=1e-6)
 GOAL_ORT_VS_SDPA, GOAL_INT8_VS_FP32, GOAL_ROOFLINE = 1.1, 1.5, 0.85
+# issue 17 (AVX-512 machine class): best CPU INT8 vs ORT FP32 fused; ours vs OpenVINO alone; BF16 vs FP32; e2e vs raw
+GOAL_INT8_VS_ORT_FUSED, GOAL_OURS_VS_OPENVINO, GOAL_BF16_VS_FP32, GOAL_E2E_VS_RAW = 3.0, 1.0, 1.8, 0.9
 
 
 def say(msg: str) -> None:
@@ -53,14 +56,19 @@ def vits_checkpoint(path: Path) -> Path:
     return path
 
 
-def export(model: str, out: Path, calib: Path, fresh: bool) -> tuple[bool, list[str]]:
+def export(model: str, out: Path, calib: Path, fresh: bool, heldout: Path | None = None) -> tuple[bool, list[str]]:
     """vitmsn-export with the precisions the pipeline offers; (exported, notes)."""
     if (out / "manifest.json").is_file() and not fresh:
         return True, [f"{model}: reused {out} (pass --fresh to re-export)"]
     base = [sys.executable, "-c", "from vitmsn.cli.export_cmd import main; main()", "--model", model, "--out", str(out),
             "--engine", "skip"]
-    attempts = [(["--precision", "fp16", "--precision", "int8", "--calib-images", str(calib), "--calib-samples", "64"],
-                 "fp32, fp16, int8"), ([], "fp32 only")]
+    from vitmsn.runtime.openvino_runner import openvino_available
+
+    bf16 = ["--precision", "bf16"] if openvino_available() else []
+    if heldout is not None:  # the demo: its drift gates on held-out images are goals too
+        base += ["--validate-images", str(heldout)]
+    attempts = [(["--precision", "fp16", "--precision", "int8", *bf16, "--calib-images", str(calib), "--calib-samples", "64"],
+                 "fp32, fp16, int8" + (", bf16" if bf16 else "")), ([], "fp32 only")]
     for extra, what in attempts:
         say(f"exporting {model} ({what}) to {out}")
         proc = subprocess.run(base + extra, capture_output=True, text=True)
@@ -72,11 +80,12 @@ def export(model: str, out: Path, calib: Path, fresh: bool) -> tuple[bool, list[
     return False, [f"{model}: could not be exported here ({failure[0][:300]})"]
 
 
-def bench(artifacts: Path, json_path: Path, iterations: int, rounds: int, compile_: bool) -> dict:
+def bench(artifacts: Path, json_path: Path, iterations: int, rounds: int, compile_: bool,
+          batch_sizes: tuple[int, ...] = (1, 8)) -> dict:
     from vitmsn.bench.suite import BenchOptions, run_bench
     from vitmsn.bench.timing import TimingPlan
 
-    opts = BenchOptions(batch_sizes=(1, 8), plan=TimingPlan(warmup=2, iterations=iterations, rounds=rounds),
+    opts = BenchOptions(batch_sizes=batch_sizes, plan=TimingPlan(warmup=2, iterations=iterations, rounds=rounds),
                         compile=compile_)
     report = run_bench(artifacts, opts, say=lambda s: say(f"[{artifacts.name}] {s}"))
     json_path.write_text(json.dumps(report, indent=1) + "\n")
@@ -130,6 +139,63 @@ def goals(report: dict) -> tuple[list[str], dict]:
     return lines, summary
 
 
+def cpu_goals(report: dict, demo_manifest: dict | None) -> tuple[list[str], dict]:
+    """The goals of issue 17 on the ViT-S rows at batch 8 (model mode; e2e for the last), from one run."""
+    from vitmsn.bench.report import row_name
+
+    model = [r for r in report["results"] if r["batch_size"] == 8 and r["device"] == "cpu" and r["mode"] == "model"]
+    e2e = [r for r in report["results"] if r["batch_size"] == 8 and r["device"] == "cpu" and r["mode"] == "e2e"]
+    fused = next(r for r in model if r["backend"] == "onnxruntime" and r["precision"] == "fp32"
+                 and r["variant"] == "onnxruntime_optimized" and r.get("sessions", 1) == 1)
+    ours = [r for r in model if not r["variant"].startswith("OpenVINO defaults") and not r["backend"].startswith("pytorch")]
+    alone = [r for r in model if r["variant"].startswith("OpenVINO defaults")]
+    best = lambda rows: max(rows, key=lambda r: r["throughput"]) if rows else None  # noqa: E731
+    int8, bf16 = best([r for r in ours if r["precision"] == "int8"]), best([r for r in ours if r["precision"] == "bf16"])
+    lines = ["| goal (ViT-S shape, batch 8, CPU, one run) | target | measured | met | distance |", "|---|---:|---:|---|---|"]
+    summary: dict = {}
+
+    def line(name: str, target: float, value: float | None, unit: str = "x") -> None:
+        if value is None:
+            lines.append(f"| {name} | {target:g}{unit} | not measured | - | - |")
+            return
+        met = value >= target
+        gap = "" if met else f"{(target / value - 1) * 100:.0f}% short ({value:.2f}{unit} of {target:g}{unit})"
+        lines.append(f"| {name} | >= {target:g}{unit} | {value:.2f}{unit} | {'yes' if met else '**no**'} | {gap} |")
+        summary[name] = {"target": target, "measured": round(value, 3), "met": met}
+
+    line(f"best CPU INT8 / ONNX Runtime FP32 (ORT-fused graph): {row_name(int8) if int8 else '-'} {int8 and int8['precision']}",
+         GOAL_INT8_VS_ORT_FUSED, int8["throughput"] / fused["throughput"] if int8 else None)
+    if int8:
+        line(f"&nbsp;&nbsp;(that row of its own INT8 GEMM ceiling)", 60, int8["roofline_fraction"] * 100, "%")
+    top, ov = best(ours), best(alone)
+    line(f"best of ours / best OpenVINO by itself: {row_name(top)} {top['precision']} / {row_name(ov) if ov else '-'} "
+         f"{ov and ov['precision']}", GOAL_OURS_VS_OPENVINO, top["throughput"] / ov["throughput"] if ov else None)
+    line(f"BF16 / ONNX Runtime FP32 (ORT-fused graph): {row_name(bf16) if bf16 else '-'}", GOAL_BF16_VS_FP32,
+         bf16["throughput"] / fused["throughput"] if bf16 else None)
+    ov32 = best([r for r in ours if r["backend"] == "openvino" and r["precision"] == "fp32"])
+    if bf16 and ov32:
+        line("&nbsp;&nbsp;(for reference: BF16 / OpenVINO FP32, same graph)", GOAL_BF16_VS_FP32, bf16["throughput"] / ov32["throughput"])
+    if int8:
+        twin = next((r for r in e2e if (r["backend"], r["precision"], r["variant"], r.get("sessions", 1))
+                     == (int8["backend"], int8["precision"], int8["variant"], int8.get("sessions", 1))), None)
+        line(f"end to end (JPEG bytes in) / raw infer, {row_name(int8)}", GOAL_E2E_VS_RAW,
+             twin["throughput"] / int8["throughput"] if twin else None)
+    for precision, gate in (("int8", None), ("bf16", None)):
+        entry = (demo_manifest or {}).get("precisions", {}).get(precision)
+        if not entry:
+            continue
+        for key, stage in sorted((entry.get("validation") or {}).items()):
+            if key.startswith("drift_"):
+                lines.append(f"| demo held-out gates, {key}: {stage['detail'][:160]} | gates | "
+                             f"{'passed' if stage['passed'] else 'failed'} | {'yes' if stage['passed'] else '**no**'} | |")
+        cpu = entry.get("onnxruntime_cpu") or {}
+        for key, stage in sorted((cpu.get("validation") or {}).items()):
+            if key.startswith("drift_"):
+                lines.append(f"| demo held-out gates, {key} ({cpu.get('weight_range', '?')} weights): {stage['detail'][:160]} | gates | "
+                             f"{'passed' if stage['passed'] else 'failed'} | {'yes' if stage['passed'] else '**no**'} | |")
+    return lines, summary
+
+
 def limit_notes(report: dict, shares: list[tuple[str, float]], ceilings: dict[str, float]) -> list[str]:
     """Plain-language reading of the measurements: where the FP32 time goes beyond the GEMM ceiling."""
     cfg = report["model"]["config"]
@@ -155,6 +221,29 @@ def limit_notes(report: dict, shares: list[tuple[str, float]], ceilings: dict[st
         f"(BiasGelu {share.get('BiasGelu', 0) * 100:.1f}%, SkipLayerNormalization "
         f"{share.get('SkipLayerNormalization', 0) * 100:.1f}%, Conv {share.get('Conv', 0) * 100:.1f}%, ...).",
     ]
+
+
+def openvino_op_breakdown(onnx_path: Path, inference: str, batch: int, threads: int, runs: int = 4) -> list[tuple[str, float]]:
+    """Share of OpenVINO's CPU time per (layer type, kernel) (its PERF_COUNT profiler): which kernels the
+    INT8 and BF16 rows really run (e.g. ``brgemm_avx512_amx_i8``: AMX INT8 GEMMs) and what is left outside them."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", {
+        "PERF_COUNT": True, "INFERENCE_PRECISION_HINT": inference, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).uniform(-1, 1, (batch, 3, 224, 224)).astype(np.float32)
+    totals: dict[str, float] = {}
+    for i in range(runs + 1):
+        request.infer({0: x})
+        if i == 0:
+            continue  # first call: kernels compiled and weights repacked
+        for info in request.profiling_info:
+            key = f"{info.node_type} ({info.exec_type})"
+            totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds()
+    whole = sum(totals.values()) or 1.0
+    return sorted(((k, t / whole) for k, t in totals.items()), key=lambda kv: -kv[1])
 
 
 def op_breakdown(onnx_path: Path, batch: int, threads: int, runs: int = 6) -> list[tuple[str, float]]:
@@ -214,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
     parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (they compile for minutes)")
+    parser.add_argument("--quick", action="store_true", help="ViT-S only, batch 8, no ONNX Runtime levers or profile "
+                        "(the goals' rows only; for a loaded machine)")
     args = parser.parse_args(argv)
 
     from vitmsn.bench.machine import available_cpus, load_average, machine_class
@@ -226,42 +317,60 @@ def main(argv: list[str] | None = None) -> None:
     if not calib.is_dir():
         write_dataset(calib, per_class=8, split="train")
     ok_vits, notes = export(str(vits_checkpoint(args.work / "vit-s-checkpoint")), args.work / "vit-s", calib, args.fresh)
-    ok_demo, demo_notes = export("demo", args.work / "demo", calib, args.fresh)
+    heldout = args.work / "heldout-images"
+    if not heldout.is_dir():
+        write_dataset(heldout, per_class=25, split="heldout")
+    ok_demo, demo_notes = export("demo", args.work / "demo", calib, args.fresh, heldout)
     notes += demo_notes
     if not ok_vits:
         raise SystemExit("; ".join(notes))
     reports = {}
-    for name in ("vit-s", "demo") if ok_demo else ("vit-s",):
+    for name in ("vit-s", "demo") if ok_demo and not args.quick else ("vit-s",):
         reports[name] = bench(args.work / name, args.work / f"{name}.bench.json", args.iterations, args.rounds,
-                              compile_=name == "vit-s" and not args.no_compile)
+                              compile_=name == "vit-s" and not args.no_compile, batch_sizes=(8,) if args.quick else (1, 8))
     threads = reports["vit-s"]["options"]["threads"]
     cls = machine_class(reports["vit-s"]["machine"])
-    say("profiling ONNX Runtime FP32 and measuring ONNX Runtime's own GEMM ceiling")
-    from vitmsn.export.fp32.model import ViTMSNArch
-    from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
-
-    vits = args.work / "vit-s"
-    fused = ort_optimized_onnx_from_fp32(vits / "model.fp32.onnx", args.work / "vit-s.fp32.ort.onnx",
-                                         ViTMSNArch.from_config(reports["vit-s"]["model"]["config"])).path
-    shares = op_breakdown(fused, 8, threads)
-    ceilings = gemm_ceilings(threads)
-    say("timing the ONNX Runtime levers one at a time")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from ort_levers import lever_table
-
-    levers = lever_table(vits, 8, threads, rounds=args.rounds, iterations=max(8, args.iterations // 2), fused=fused)
-    goal_lines, summary = goals(reports["vit-s"])
-
+    demo_manifest = json.loads((args.work / "demo" / "manifest.json").read_text()) if ok_demo else None
+    cpu_lines, summary = cpu_goals(reports["vit-s"], demo_manifest)
     md = [f"# CPU benchmark: {cls} ({reports['vit-s']['machine']['cpu'].get('model')})", "",
-          f"Regenerate with `python benchmarks/run_cpu.py` ({(time.time() - started) / 60:.0f} minutes for this run; "
+          f"Regenerate with `python benchmarks/run_cpu.py{' --quick' if args.quick else ''}` "
+          f"({(time.time() - started) / 60:.0f} minutes for this run; "
           f"load average at the end {load_average()}; this machine is shared, so read the ratios, which are measured "
-          "interleaved, rather than the absolute figures).", "", "## Goals", ""] + goal_lines + [
-          "", "### What limits ONNX Runtime FP32 here", "",
-          f"- GEMM ceilings measured interleaved, {threads} threads, 2048x2048 FP32: " +
-          ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in ceilings.items()) + ".",
-          "- Kernel time per operator type, ORT-fused graph, batch 8 (ONNX Runtime profiler): " +
-          ", ".join(f"{op} {share * 100:.1f}%" for op, share in shares[:8]) + ".", *limit_notes(reports["vit-s"], shares, ceilings), "",
-          "### ONNX Runtime FP32 levers, one at a time (ViT-S shape; `python benchmarks/ort_levers.py`)", ""] + levers + [""]
+          "interleaved, rather than the absolute figures).", "", "## Goals (issue 17: the AVX-512 machine class)", ""] + cpu_lines
+    ceilings: dict = {}
+    shares: list = []
+    vits = args.work / "vit-s"
+    try:
+        md += ["", "### Where the OpenVINO time goes (ViT-S, batch 8; OpenVINO PERF_COUNT)", ""]
+        for graph, inference in (("model.int8.onnx", "bf16"), ("model.fp32.onnx", "bf16"), ("model.fp32.onnx", "f32")):
+            if (vits / graph).is_file():
+                top = openvino_op_breakdown(vits / graph, inference, 8, threads)
+                md.append(f"- {graph}, {inference} inference: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in top[:7]) + ".")
+    except ImportError:
+        md.append("- OpenVINO is not installed here.")
+    if not args.quick:
+        say("profiling ONNX Runtime FP32 and measuring ONNX Runtime's own GEMM ceiling")
+        from vitmsn.export.fp32.model import ViTMSNArch
+        from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
+
+        fused = ort_optimized_onnx_from_fp32(vits / "model.fp32.onnx", args.work / "vit-s.fp32.ort.onnx",
+                                             ViTMSNArch.from_config(reports["vit-s"]["model"]["config"])).path
+        shares = op_breakdown(fused, 8, threads)
+        ceilings = gemm_ceilings(threads)
+        say("timing the ONNX Runtime levers one at a time")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from ort_levers import lever_table
+
+        levers = lever_table(vits, 8, threads, rounds=args.rounds, iterations=max(8, args.iterations // 2), fused=fused)
+        goal_lines, old = goals(reports["vit-s"])
+        summary.update(old)
+        md += ["", "## Goals of the earlier CPU issue", ""] + goal_lines + [
+              "", "### What limits ONNX Runtime FP32 here", "",
+              f"- GEMM ceilings measured interleaved, {threads} threads, 2048x2048 FP32: " +
+              ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in ceilings.items()) + ".",
+              "- Kernel time per operator type, ORT-fused graph, batch 8 (ONNX Runtime profiler): " +
+              ", ".join(f"{op} {share * 100:.1f}%" for op, share in shares[:8]) + ".", *limit_notes(reports["vit-s"], shares, ceilings), "",
+              "### ONNX Runtime FP32 levers, one at a time (ViT-S shape; `python benchmarks/ort_levers.py`)", ""] + levers + [""]
     md += ["", "## ViT-S shape", ""] + markdown(reports["vit-s"], "").splitlines()[2:]
     if "demo" in reports:
         md += ["", "## Demo model", ""] + markdown(reports["demo"], "").splitlines()[2:]

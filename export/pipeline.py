@@ -117,6 +117,10 @@ class ExportOptions:
         for option, path in (("--calib-images", self.calib_images), ("--validate-images", self.validate_images)):
             if path is not None and not Path(path).is_dir():
                 raise InputError(f"{option} {path}: no such directory")
+        if "bf16" in self.precisions:
+            from vitmsn.export.precision.bf16 import require_openvino
+
+            require_openvino()
         if "int8" in self.precisions and self.calib_images is None:
             raise InputError("--precision int8 needs --calib-images DIR (a folder of representative images)")
         if self.int8_method not in {m.value for m in CalibrationMethod}:
@@ -258,7 +262,9 @@ def drift_validation(manifest: Manifest, opts: ExportOptions, stages: list[check
         return None, checks.skipped(VALIDATION_STAGE, f"{', '.join(broken)} failed")
     int8 = manifest.precisions.get("int8", {})
     try:
-        v = validate_artifacts(manifest, opts.validate_images, gates=opts.gates, reference_cache=reference_cache)
+        # OpenVINO is gated here for bf16, the precision only it runs; its fp32/int8 runs: `vitmsn validate`
+        v = validate_artifacts(manifest, opts.validate_images, gates=opts.gates, openvino=("bf16",),
+                               reference_cache=reference_cache)
     except InputError as exc:
         return None, checks.StageResult(VALIDATION_STAGE, False, f"--validate-images {opts.validate_images}: {exc}")
     if int8.get("requantization"):  # shown in report.md/.html next to the figures of the graph kept
@@ -402,6 +408,13 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
             data["precisions"]["fp16"] = entry
             stages += new
             rows += r
+        if "bf16" in opts.precisions:  # OpenVINO's BF16 inference of model.fp32.onnx: no graph, no engine
+            from vitmsn.export.precision.bf16 import bf16_step
+
+            entry, new, r = bf16_step(ctx)
+            data["precisions"]["bf16"] = entry
+            stages += new
+            rows += r
         if "int8" in opts.precisions:
             assert calibration is not None
             high = opts.int8_high_precision if opts.int8_high_precision != "auto" else ("fp16" if build_engines else "fp32")
@@ -421,7 +434,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     # run exits 1 naming the gate; a graph that failed its checks gets none.
     if build_engines and all(s.passed for s in stages if not s.stage.startswith(("drift_", "requantize_"))):
         engine_versions = {}
-        for precision in opts.precisions:
+        for precision in (p for p in opts.precisions if p != "bf16"):
             entry = data["precisions"][precision]
             onnx_file = entry["file"]
             activity(f"building engine.{precision}.{opts.target}.plan from {onnx_file}")

@@ -20,7 +20,7 @@ from vitmsn.errors import InputError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # bf16: OpenVINO BF16 inference of model.fp32.onnx
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 16) -> str:

@@ -89,9 +89,9 @@ class Predictor:
                        *, batch_size: int | None = None, threads: int | None = None, providers: Any = "auto",
                        graph_optimization: str = "all", draft: bool = False, verify: bool = True,
                        preprocess_workers: int = 2) -> "Predictor":
-        """Load an artifacts directory. ``backend``: auto|tensorrt|onnxruntime; ``precision``:
-        None (auto, see ``vitmsn.runtime.selection``) or fp32|fp16|int8; ``threads``: ONNX
-        Runtime intra-op threads; ``draft``: faster, inexact JPEG decoding (see preprocess)."""
+        """Load an artifacts directory. ``backend``: auto|tensorrt|onnxruntime|openvino; ``precision``:
+        None (auto, see ``vitmsn.runtime.selection``) or fp32|fp16|bf16|int8; ``threads``: ONNX
+        Runtime intra-op / OpenVINO inference threads; ``draft``: faster, inexact JPEG decoding (see preprocess)."""
         manifest = Manifest.load(artifacts)
         choice = choose(manifest, backend, precision)
 
@@ -101,6 +101,11 @@ class Predictor:
                 from .tensorrt_runner import TensorRTRunner
 
                 return TensorRTRunner(path, choice.engine or {}, manifest=manifest.data)
+            if choice.backend == "openvino":
+                from .openvino_runner import OpenVINORunner
+
+                return OpenVINORunner(path, precision=choice.precision,
+                                      inference_precision=choice.inference_precision or "auto", threads=threads)
             from .onnxruntime_runner import TENSORRT, OnnxRuntimeRunner, tensorrt_provider_options
 
             chw = tuple(int(d) for d in manifest.input_shape[1:])
@@ -135,7 +140,8 @@ class Predictor:
         """e.g. ``onnxruntime (CPUExecutionProvider) fp32 model.fp32.onnx``, with the providers
         the session really got."""
         actual = tuple(getattr(self.runner, "providers", ()) or self.choice.providers)
-        return describe_choice(dataclasses.replace(self.choice, providers=actual))
+        ran = getattr(self.runner, "inference_precision", "") or self.choice.inference_precision
+        return describe_choice(dataclasses.replace(self.choice, providers=actual, inference_precision=ran))
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:

@@ -10,6 +10,11 @@ The rule (``backend="auto"``, ``precision=None``):
    with CUDA alone (its Q/DQ int8 path is slow). On CPU: fp32, because fp16 graphs run about 3x
    slower on the CPU provider and int8 changes results; ask for ``precision="int8"`` explicitly
    for the faster CPU int8 graph.
+3. OpenVINO (``backend="openvino"``, or auto on an x86 CPU without a usable GPU where it is
+   installed): it runs the artifacts' ONNX graphs faster than ONNX Runtime on CPU. Its precision:
+   ``bf16`` when the manifest has a bf16 entry whose drift gate passed and the CPU computes BF16
+   (AVX512_BF16 or AMX), else ``fp32``; ``int8`` only when asked for. The inference precision it
+   runs (f32 or bf16) is recorded in the choice (:mod:`.openvino_choice`).
 
 A forced ``backend`` or ``precision`` is honoured or refused with a message that says why and
 what to do; it is never silently replaced.
@@ -24,10 +29,12 @@ from typing import Any
 from vitmsn.errors import InputError
 
 from . import device
+from .cpu import vnni_capable
 from .engine_check import engine_problems, rebuild_command
 from .manifest import Manifest
+from .openvino_choice import OPENVINO_PRECISIONS, choose_openvino, openvino_preferred
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
 ENGINE_ORDER = ("int8", "fp16", "fp32")
 
 
@@ -39,6 +46,7 @@ class Choice:
     sha256: str
     engine: dict[str, Any] | None = None
     providers: tuple[str, ...] = ()
+    inference_precision: str | None = None  # OpenVINO only: "f32" or "bf16", what the CPU runs
     notes: tuple[str, ...] = field(default=())
 
 
@@ -110,6 +118,12 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
             raise InputError("no TensorRT engine can run here: " + "; ".join(why_not))
         if why_not:
             notes.append(fallback_note(manifest, precision))
+    if backend == "openvino" or (backend == "auto" and openvino_preferred()
+                                 and (precision is None or precision in OPENVINO_PRECISIONS and precision in manifest.precisions)):
+        return choose_openvino(manifest, precision, tuple(notes))
+    if precision == "bf16":
+        raise InputError(f"{manifest.root}: bf16 runs on OpenVINO only; pip install 'vitmsn[openvino]' and use "
+                         "--backend openvino (or auto)")
     providers = _ort_providers()
     if not providers:
         raise InputError("no inference backend is installed: pip install 'vitmsn[onnxruntime]' (or 'vitmsn[tensorrt]' on a GPU)")
@@ -124,6 +138,11 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
                          f"run here ({'; '.join(notes) or 'backend onnxruntime was asked for'})")
     entry = manifest.precisions[precision]
     cpu_flavour = entry.get("onnxruntime_cpu") or entry.get("onnxruntime_optimized")
+    if cpu_flavour and cpu_flavour.get("needs_vnni") and not vnni_capable():
+        # full-range INT8 weights saturate ONNX Runtime's int16 u8 x s8 path on CPUs without VNNI
+        notes.append(f"{cpu_flavour['file']} has 8-bit weights made for a CPU with VNNI, which this one lacks; "
+                     f"using {entry['file']} (re-export on this CPU for a faster CPU flavour)")
+        cpu_flavour = None
     if cpu_flavour and not set(providers) & {"CUDAExecutionProvider", "TensorrtExecutionProvider"}:
         # On the CPU provider: INT8 quantized for ONNX Runtime's CPU kernels (uint8 activations), not
         # the TensorRT-placed Q/DQ graph, which runs slower there; FP32 with ONNX Runtime's fusions.
@@ -168,4 +187,6 @@ def fallback_choice(manifest: Manifest, failed: Choice, backend: str, precision:
 
 def describe_choice(choice: Choice) -> str:
     where = f" ({', '.join(choice.providers)})" if choice.providers else ""
+    if choice.inference_precision:
+        where = f" (CPU, inference precision {choice.inference_precision})"
     return f"{choice.backend}{where} {choice.precision} {Path(choice.file).name}"

@@ -41,14 +41,15 @@ def test_report_follows_the_contract(report: dict) -> None:
     rows = report["results"]
     assert rows
     for r in rows:
-        assert isinstance(r["backend"], str) and r["precision"] in ("fp32", "fp16", "int8")
+        assert isinstance(r["backend"], str) and r["precision"] in ("fp32", "fp16", "bf16", "int8")
         assert r["batch_size"] in (1, 2)
         assert r["throughput"] > 0
         assert set(r["latency_ms"]) >= {"median", "p90", "p99"}
         assert r["latency_ms"]["median"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["p99"]
         assert r["correctness"]["passed"], r["correctness"]
     seen = {(r["backend"], r["variant"], r["mode"], r["batch_size"]) for r in rows}
-    for backend, variant in [("pytorch-eager", ""), ("pytorch-sdpa", ""), ("onnxruntime", ""), ("onnxruntime", "onnxruntime_optimized")]:
+    for backend, variant in [("pytorch-eager", ""), ("pytorch-sdpa", ""), ("onnxruntime", ""), ("onnxruntime", "onnxruntime_optimized"),
+                             ("openvino", "inference f32")]:
         for mode in ("model", "e2e"):
             for batch in (1, 2):
                 assert (backend, variant, mode, batch) in seen
@@ -74,6 +75,10 @@ def test_derived_figures_are_consistent(report: dict) -> None:
         assert math.isclose(r["ratio_to_pytorch_eager"], r["throughput"] / eager[0]["throughput"], rel_tol=5e-3, abs_tol=1e-3)
         assert math.isclose(r["gflops_per_s"], gflops * r["throughput"], rel_tol=1e-2, abs_tol=1e-2)
         assert math.isclose(r["roofline_fraction"], r["gflops_per_s"] / r["gemm_ceiling_gflops_per_s"], rel_tol=1e-2, abs_tol=1e-3)
+        # each CPU row against its own precision's GEMM ceiling, measured in the same rounds
+        assert r["gemm_ceiling_precision"] == {"bf16": "bf16", "int8": "int8"}.get(r["precision"], "fp32")
+        assert r["gemm_ceiling_gflops_per_s"] == r["gemm_ceilings_gflops_per_s"][r["gemm_ceiling_precision"]]
+    assert {"fp32", "bf16", "int8"} <= set(rows[0]["gemm_ceilings_gflops_per_s"])
     assert all(r["ratio_to_pytorch_eager"] == 1.0 for r in rows if r["backend"] == "pytorch-eager")
 
 

@@ -51,7 +51,7 @@ def test_table_is_the_default(rt_cls: Exported, images: dict[str, Path]) -> None
     assert lines[0].split() == ["image", "#", "label", "score"]
     assert lines[2].startswith(str(images["a.jpg"])) and "class_" in lines[2]
     assert len(lines) == 4  # header, rule, two predictions
-    assert "onnxruntime" in err and "fp32" in err
+    assert "openvino (CPU, inference precision f32) fp32" in err  # auto prefers OpenVINO on an x86 CPU
 
 
 def test_an_unreadable_image_gets_its_own_entry_and_exit_code_2(rt_cls: Exported, images: dict[str, Path]) -> None:

@@ -25,10 +25,11 @@ for info in pkgutil.walk_packages(runtime.__path__, "vitmsn.runtime."):
         importlib.import_module(info.name)
 import vitmsn.runtime.tensorrt_runner
 from vitmsn.runtime import Predictor
-with Predictor.from_artifacts(sys.argv[1]) as p:
-    p.predict(np.zeros((64, 64, 3), np.uint8))
-    with p.batcher() as b:
-        b(np.zeros((64, 64, 3), np.uint8))
+for backend in ("onnxruntime", "openvino"):
+    with Predictor.from_artifacts(sys.argv[1], backend=backend) as p:
+        p.predict(np.zeros((64, 64, 3), np.uint8))
+        with p.batcher() as b:
+            b(np.zeros((64, 64, 3), np.uint8))
 print(json.dumps({"after_import": after_import, "after_use": sorted(sys.modules)}))
 """
 
@@ -45,6 +46,6 @@ def test_runtime_loads_no_export_side_package(rt_cls: Exported) -> None:
     for stage in ("after_import", "after_use"):
         loaded = _top_level(modules[stage]) & set(FORBIDDEN)
         assert not loaded, f"{stage}: vitmsn.runtime pulled in {sorted(loaded)}"
-    assert "onnxruntime" in _top_level(modules["after_use"])  # the probe really ran a model
+    assert {"onnxruntime", "openvino"} <= _top_level(modules["after_use"])  # the probe really ran both backends
     # importing the package alone loads no backend at all (names are resolved lazily)
-    assert not _top_level(modules["after_import"]) & {"onnxruntime", "tensorrt", "tensorrt_rtx", "PIL"}
+    assert not _top_level(modules["after_import"]) & {"onnxruntime", "openvino", "tensorrt", "tensorrt_rtx", "PIL"}

@@ -187,7 +187,7 @@ def test_many_threads_get_exactly_the_sequential_results(predictor: Predictor, t
 
 
 def test_context_manager_frees_the_session(rt_cls: Exported) -> None:
-    with Predictor.from_artifacts(rt_cls.artifacts, threads=1, graph_optimization="basic") as p:
+    with Predictor.from_artifacts(rt_cls.artifacts, "onnxruntime", threads=1, graph_optimization="basic") as p:
         assert p.runner.is_active and p.backend == "onnxruntime" and p.precision == "fp32"
         p.predict(np.zeros((60, 60, 3), np.uint8))
     assert not p.runner.is_active and p.runner._session is None
@@ -203,7 +203,7 @@ def test_a_changed_model_file_is_refused(rt_cls: Exported, tmp_path: Path) -> No
         with open(copy / name, "ab") as f:
             f.write(b"\0")
         with pytest.raises(InputError, match="SHA-256 .* does not match the manifest"):
-            Predictor.from_artifacts(copy, precision="fp32")
+            Predictor.from_artifacts(copy, "onnxruntime", precision="fp32")
         if name == "model.fp32.ort.onnx":  # without the flavour in the manifest the plain graph is loaded and checked
             data = json.loads((copy / "manifest.json").read_text())
             del data["precisions"]["fp32"]["onnxruntime_optimized"]

@@ -43,9 +43,16 @@ def _ort_runner(artifacts: Path):
     return OnnxRuntimeRunner(Manifest.load(artifacts).onnx_path("fp32"))
 
 
+def _openvino_runner(artifacts: Path):
+    from vitmsn.runtime.openvino_runner import OpenVINORunner
+
+    return OpenVINORunner(Manifest.load(artifacts).onnx_path("fp32"), precision="fp32")
+
+
 BACKENDS = [
     pytest.param("onnxruntime", id="onnxruntime"),
     pytest.param("simulation", id="tensorrt-simulation"),
+    pytest.param("openvino", id="openvino"),
     pytest.param("tensorrt", id="tensorrt-rtx", marks=[pytest.mark.gpu, pytest.mark.tensorrt, pytest.mark.skipif(
         not has_cuda_gpu(), reason=f"running an engine needs a GPU: {NO_GPU}")]),
 ]
@@ -54,11 +61,12 @@ BACKENDS = [
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_runner_conformance(backend: str, rt_cls: Exported, rt_engine: Path, request: pytest.FixtureRequest,
                             tmp_path: Path) -> None:
+    makers = {"onnxruntime": _ort_runner, "openvino": _openvino_runner}
     if backend == "simulation":
         request.getfixturevalue("sim")  # leaks and memory misuse fail the test at teardown
         runner = _tensorrt_runner(sim_artifacts(rt_cls.artifacts, tmp_path / "artifacts"))
     else:
-        runner = _ort_runner(rt_cls.artifacts) if backend == "onnxruntime" else _tensorrt_runner(rt_engine)
+        runner = makers[backend](rt_cls.artifacts) if backend in makers else _tensorrt_runner(rt_engine)
     assert isinstance(runner, Runner)
     assert not runner.is_active
     with pytest.raises(RuntimeError, match="not active"):
@@ -147,15 +155,15 @@ def test_auto_falls_back_to_onnxruntime_with_the_reason_and_forced_tensorrt_fail
         pytest.skip("this machine has a GPU; the fallback is for machines without one")
     manifest = Manifest.load(rt_engine)
     choice = choose(manifest, "auto")
-    assert choice.backend == "onnxruntime" and choice.precision == "fp32"
+    assert choice.backend == "openvino" and choice.precision == "fp32"  # OpenVINO is preferred on an x86 CPU
     engine_notes = [n for n in choice.notes if "engine" in n]
     assert len(engine_notes) == 1 and "no NVIDIA GPU" in engine_notes[0] and "vitmsn-export" not in engine_notes[0]
     with pytest.raises(InputError, match="no TensorRT engine can run here: .*needs an NVIDIA GPU"):
         choose(manifest, "tensorrt")
     with pytest.raises(InputError, match="no TensorRT engine can run here"):
         Predictor.from_artifacts(rt_engine, backend="tensorrt")
-    with Predictor.from_artifacts(rt_engine) as p:  # auto: still predicts, on ONNX Runtime
-        assert p.backend == "onnxruntime"
+    with Predictor.from_artifacts(rt_engine) as p:  # auto: still predicts, on the CPU
+        assert p.backend == "openvino"
 
 
 def test_tensorrt_runner_checks_before_deserializing(rt_engine: Path) -> None:

@@ -12,10 +12,14 @@ only ~1.2x faster than FP32. This flavour is placed for ONNX Runtime instead:
   Q.K^T (:func:`score_matmuls`: +8% throughput on ViT-S batch 8, demo drift unchanged: minimum
   cosine 0.99898 against 0.99894 without); the patch embedding Conv, the classifier Gemm (one
   token: INT8 does not pay) and softmax.V (INT8 attention probabilities round to zero) stay FP32;
-* activations uint8 (asymmetric, per tensor), weights int8 per output channel, 7-bit weight
-  range (``reduce_range``): the u8 x s8 AVX2 path multiplies pairs into int16 (``vpmaddubsw``),
-  which saturates with full-range weights on CPUs without VNNI; on a 1-layer test model full
-  range gave a minimum cosine of 0.09 against FP32, 7-bit weights 0.989;
+* activations uint8 (asymmetric, per tensor), weights int8 per output channel. The weight range
+  is chosen from the exporting CPU and recorded (``weight_range``, ``cpu_vnni``): with VNNI
+  (``vpdpbusd``, int32 accumulation) full 8-bit weights; without it 7-bit (``reduce_range``),
+  because the u8 x s8 AVX2 path multiplies pairs into int16 (``vpmaddubsw``), which saturates
+  with full-range weights: on a 1-layer test model full range gave a minimum cosine of 0.09
+  against FP32 there, 7-bit weights 0.989. The runtime never loads an 8-bit-weight graph on a
+  CPU without VNNI (``vitmsn.runtime.selection`` falls back to the Q/DQ graph and says why);
+  ``weight_range="7bit"`` forces the graph that is right on both kinds of CPU;
 * a dedicated DequantizeLinear per consumer and no QuantizeLinear on MatMul outputs, so ONNX
   Runtime fuses each ``Q -> DQ -> MatMul`` into one ``MatMulIntegerToFloat`` (integer GEMM,
   float output, scales folded in) and nothing is requantized between layers;
@@ -69,13 +73,17 @@ class CpuInt8Result:
     counts: dict[str, int]
     seconds: float
     fusion: dict[str, Any] | None = None
+    weight_range: str = "7bit"  # "8bit" (VNNI CPUs only) or "7bit" (right on every x86 CPU)
 
     def to_manifest(self) -> dict[str, Any]:
         return {
             "quantizer": "onnxruntime.quantization.quantize_static (QDQ, placed for ONNX Runtime CPU)",
             "method": self.method.value,
             "activations": "uint8 asymmetric per tensor",
-            "weights": "int8 symmetric per output channel, 7-bit range (reduce_range)",
+            "weights": f"int8 symmetric per output channel, {self.weight_range[0]}-bit range"
+                       + (" (reduce_range)" if self.weight_range == "7bit" else ""),
+            "weight_range": self.weight_range,
+            "needs_vnni": self.weight_range == "8bit",
             "high_precision_dtype": "float32",
             "quantized_nodes": len(self.quantized_nodes),
             "excluded_nodes": list(self.excluded_nodes),
@@ -112,13 +120,17 @@ def score_matmuls(model: onnx.ModelProto) -> list[str]:
 def cpu_int8_onnx_from_calibration(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, *,
                                    method: CalibrationMethod = CalibrationMethod.ENTROPY,
                                    exclude_nodes: Sequence[str] = (), input_name: str = "pixel_values",
-                                   batch_size: int = 8, verbose: bool = False) -> CpuInt8Result:
+                                   batch_size: int = 8, verbose: bool = False,
+                                   weight_range: str = "auto") -> CpuInt8Result:
     """Quantize ``fp32_path`` for ONNX Runtime CPU with ``calibration`` (float32 [N,3,H,W]).
+
+    ``weight_range``: "auto" (8bit on a CPU with VNNI, else 7bit), "8bit" or "7bit".
 
     Runs :func:`_quantize` in a child interpreter (see the module docstring); raises RuntimeError
     with the child's last lines when it fails.
     """
     method = CalibrationMethod(method)
+    weight_range = weight_range_for_cpu(weight_range)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vitmsn-int8cpu-") as tmp:
         data, summary = Path(tmp) / "calibration.npy", Path(tmp) / "result.json"
@@ -126,20 +138,31 @@ def cpu_int8_onnx_from_calibration(fp32_path: str | Path, out_path: str | Path, 
         (Path(tmp) / "exclude.json").write_text(json.dumps(list(exclude_nodes)))
         cmd = [sys.executable, "-m", "vitmsn.export.precision.int8_cpu", str(fp32_path), str(out_path), str(data),
                "--method", method.value, "--exclude", str(Path(tmp) / "exclude.json"), "--input-name", input_name,
-               "--batch-size", str(batch_size), "--summary", str(summary)]
+               "--batch-size", str(batch_size), "--summary", str(summary), "--weight-range", weight_range]
         proc = subprocess.run(cmd, capture_output=not verbose, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
         if proc.returncode != 0:
             tail = "\n".join(((proc.stderr or "") + (proc.stdout or "")).strip().splitlines()[-5:])
             raise RuntimeError(f"INT8 (ONNX Runtime CPU) quantization of {Path(fp32_path).name} failed: {tail}")
         done = json.loads(summary.read_text())
     result = CpuInt8Result(Path(out_path), method, tuple(done["quantized_nodes"]), tuple(exclude_nodes),
-                           dict(done["counts"]), time.perf_counter() - started, done.get("fused"))
+                           dict(done["counts"]), time.perf_counter() - started, done.get("fused"), weight_range)
     log.info("int8 (onnxruntime cpu): %d nodes quantized in %.1fs", len(result.quantized_nodes), result.seconds)
     return result
 
 
+def weight_range_for_cpu(weight_range: str = "auto", flags: frozenset[str] | None = None) -> str:
+    """``auto`` -> "8bit" where this CPU has VNNI (no int16 saturation), else "7bit"."""
+    from vitmsn.runtime.cpu import vnni_capable
+
+    if weight_range == "auto":
+        return "8bit" if vnni_capable(flags) else "7bit"
+    if weight_range not in ("8bit", "7bit"):
+        raise ValueError(f"weight_range {weight_range!r}: choose from auto, 8bit, 7bit")
+    return weight_range
+
+
 def _quantize(fp32_path: Path, out_path: Path, calibration: np.ndarray, method: CalibrationMethod,
-              exclude_nodes: Sequence[str], input_name: str, batch_size: int) -> dict[str, Any]:
+              exclude_nodes: Sequence[str], input_name: str, batch_size: int, weight_range: str = "7bit") -> dict[str, Any]:
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -165,7 +188,7 @@ def _quantize(fp32_path: Path, out_path: Path, calibration: np.ndarray, method: 
                 op_types_to_quantize=["MatMul"],
                 nodes_to_quantize=nodes,
                 per_channel=True,
-                reduce_range=True,  # see the module docstring: int16 saturation without VNNI
+                reduce_range=weight_range == "7bit",  # see the module docstring: int16 saturation without VNNI
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=OrtMethod.Entropy if method is CalibrationMethod.ENTROPY else OrtMethod.MinMax,
@@ -241,13 +264,14 @@ def _main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--input-name", default="pixel_values")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--summary", type=Path, required=True)
+    p.add_argument("--weight-range", default="7bit", choices=["8bit", "7bit"])
     a = p.parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's quantizer warns through the root logger
     exclude = json.loads(a.exclude.read_text()) if a.exclude else []
     calibration = np.load(a.calibration, allow_pickle=False)
     with contextlib.redirect_stdout(sys.stderr):  # its calibration progress goes to stdout
         summary = _quantize(a.fp32, a.out, calibration, CalibrationMethod(a.method), exclude, a.input_name,
-                            a.batch_size)
+                            a.batch_size, a.weight_range)
     a.summary.write_text(json.dumps(summary))
 
 

@@ -35,7 +35,7 @@ from vitmsn.export.validation.verdict import ReferenceCache, drift_verdict
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("all", "onnxruntime", "tensorrt")
+BACKENDS = ("all", "onnxruntime", "tensorrt", "openvino")
 WORST_IMAGES = 12
 
 
@@ -136,9 +136,11 @@ class ValidationResult:
 
 
 # ---- what to run ------------------------------------------------------------------------------
-def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None = None,
-                          backend: str = "all") -> tuple[list[Target], list[dict[str, str]]]:
-    """Every (backend, precision) the artifacts hold and this machine can run, and why not the others."""
+def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None = None, backend: str = "all",
+                          openvino: Sequence[str] | None = None) -> tuple[list[Target], list[dict[str, str]]]:
+    """Every (backend, precision) the artifacts hold and this machine can run, and why not the others.
+    ``openvino``: the precisions OpenVINO runs under ``backend="all"`` (None: every one it can; the export
+    passes ``("bf16",)``, the precision only OpenVINO runs)."""
     if backend == "auto":
         backend = "all"
     if backend not in BACKENDS:
@@ -153,8 +155,8 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
     if backend in ("all", "onnxruntime"):
 
         for precision, entry in manifest.precisions.items():
-            if wanted and precision not in wanted:
-                continue
+            if wanted and precision not in wanted or entry.get("backend") == "openvino":
+                continue  # bf16 is OpenVINO's inference precision: ONNX Runtime would run FP32 under its name
             # the graph itself, and any flavour recorded inside its entry (int8's "onnxruntime_cpu")
             flavours = [("", entry)] + [(k, v) for k, v in entry.items() if isinstance(v, dict) and "file" in v and "sha256" in v]
             for variant, e in flavours:
@@ -176,6 +178,15 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
             files = ", ".join(str(e["file"]) for e in manifest.engines)
             why_not = [f"{files}: TensorRT engines need an NVIDIA GPU with a CUDA driver, and none was found here"]
         skipped += [{"backend": "tensorrt", "reason": reason} for reason in why_not]
+    if backend in ("all", "openvino"):
+        ov_wanted = wanted if backend == "openvino" or openvino is None else [
+            p for p in (wanted or manifest.precisions) if p in openvino]
+        ov_targets, reason = _openvino_targets(manifest, ov_wanted) if ov_wanted != [] else ([], "")
+        targets += ov_targets
+        if reason:
+            if backend == "openvino":
+                raise InputError(f"--backend openvino: {reason}")
+            skipped.append({"backend": "openvino", "reason": reason})
     if not targets:
         raise InputError(f"{manifest.root}: nothing to validate with --backend {backend}"
                          + (f" --precision {','.join(wanted)}" if wanted else "")
@@ -189,6 +200,25 @@ def _ort_factory(path: Path, precision: str) -> Callable[[], Any]:
     # No spin-waiting: backends take turns on each batch, and a spinning idle session steals the
     # cores the next one (or PyTorch) needs.
     return lambda: OnnxRuntimeRunner(path, precision=precision, allow_spinning=False)
+
+
+def _openvino_targets(manifest: Manifest, wanted: list[str] | None) -> tuple[list[Target], str]:
+    """OpenVINO on the CPU: fp32 (f32), bf16 (BF16 inference where the CPU has it) and int8 (the Q/DQ graph),
+    each with the inference precision the runtime would use here."""
+    from vitmsn.runtime.openvino_runner import OpenVINORunner, inference_precision_for, openvino_available
+
+    if not openvino_available():
+        return [], "OpenVINO is not installed (pip install 'vitmsn[openvino]')"
+    targets = []
+    for precision, entry in manifest.precisions.items():
+        if precision == "fp16" or (wanted and precision not in wanted):
+            continue
+        path = manifest.verify_file(entry["file"], entry["sha256"])
+        inference = inference_precision_for(precision)
+        factory = (lambda path=path, precision=precision, inference=inference:
+                   OpenVINORunner(path, precision=precision, inference_precision=inference))
+        targets.append(Target("openvino", precision, entry["file"], factory, f"inference {inference}"))
+    return targets, ""
 
 
 def _trt_factory(path: Path, entry: dict[str, Any]) -> Callable[[], Any]:
@@ -259,7 +289,8 @@ def _worst(per: dict[str, np.ndarray], classification: bool, n: int) -> np.ndarr
 def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | Path, labels_file: str | Path | None = None,
                        gates: Gates | None = None, *, precisions: Sequence[str] | None = None, backend: str = "all",
                        checkpoint: str | None = None, batch_size: int | None = None, progress: bool = True,
-                       worst_images: int = WORST_IMAGES, reference_cache: ReferenceCache | None = None) -> ValidationResult:
+                       worst_images: int = WORST_IMAGES, openvino: Sequence[str] | None = None,
+                       reference_cache: ReferenceCache | None = None) -> ValidationResult:
     """Compare every runnable precision/backend of ``artifacts_dir`` with PyTorch FP32 on ``images_dir``.
 
     Raises InputError for bad input (exit 2); returns the result whatever the gates say (the
@@ -273,7 +304,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
     labels = manifest.labels
     images = image_set(images_dir, labels if manifest.task == "image-classification" else {}, labels_file)
     pre = PreprocessConfig.from_manifest(manifest.preprocess)
-    targets, skipped_backends = targets_from_manifest(manifest, precisions, backend)
+    targets, skipped_backends = targets_from_manifest(manifest, precisions, backend, openvino)
     model, reference, checks = reference_model(manifest, checkpoint)
     classification = manifest.task == "image-classification"
     names = manifest.output_names
@@ -322,6 +353,8 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
                             logits[i].append(np.asarray(got["logits"], dtype=np.float32))
                 bar.update(len(chunk))
         providers = [list(getattr(r, "providers", [])) for r in runners]
+        # OpenVINO: the inference precision the compiled model really ran (f32 or bf16), not the one asked for
+        ran = [str(getattr(r, "inference_precision", "") or "") for r in runners]
     for s in skipped_images:
         log.info("validate: skipped %s (%s)", s["image"], s["reason"])
     if not evaluated:
@@ -352,7 +385,8 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
             worst.append(item)
         results.append(BackendResult(t.backend, t.precision, t.file, per_output,
                                      got_logits if classification else None, metrics, outputs,
-                                     verdict.gates, worst, seconds[i], providers[i], t.variant))
+                                     verdict.gates, worst, seconds[i], providers[i],
+                                     f"inference {ran[i]}" if ran[i] else t.variant))
     from vitmsn.export.validation.polygraphy_check import cross_check_engines
 
     crosses, cross_checks = cross_check_engines(manifest, targets, first_x)  # engines only; see the module

@@ -55,6 +55,7 @@ TOLERANCES = {
     ("fp32", "cpu"): Tolerance("fp32-cpu", atol=ATOL_FP32, rtol=RTOL_FP32),
     ("fp32", "cuda"): Tolerance("fp32-gpu", min_cosine=0.9999),
     ("fp16", "cpu"): Tolerance("fp16", min_cosine=0.999),
+    ("bf16", "cpu"): Tolerance("bf16", min_cosine=0.999),  # a spot check; the gate is vitmsn validate's (0.9999)
     ("fp16", "cuda"): Tolerance("fp16", min_cosine=0.999),
     ("int8", "cpu"): Tolerance("int8", min_cosine=0.8, nearest_own=True, outputs=("embedding",)),
     ("int8", "cuda"): Tolerance("int8", min_cosine=0.8, nearest_own=True, outputs=("embedding",)),

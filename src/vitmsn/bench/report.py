@@ -29,6 +29,11 @@ def row_name(r: dict[str, Any]) -> str:
     return f"{r['backend']}{f' ({detail})' if detail else ''}"
 
 
+def _gauge(r: dict[str, Any]) -> str:
+    """Which precision's GEMM ceiling a CPU row is measured against (each row against its own)."""
+    return f" of {r['gemm_ceiling_precision']}" if r.get("gemm_ceiling_precision") else ""
+
+
 def results_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| backend | precision | device | batch | median ms | p90 ms | p99 ms | img/s | x eager | GFLOP/s | of GEMM ceiling | min cosine | check |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -44,7 +49,7 @@ def results_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {row_name(r)} | {r['precision']} | {r['device']} | {r['batch_size']} | {_fmt(lat['median'], '.1f')} | "
             f"{_fmt(lat['p90'], '.1f')} | {_fmt(lat['p99'], '.1f')} | {_fmt(r['throughput'])} | "
             f"{_fmt(r.get('ratio_to_pytorch_eager'), '.2f')}x | {_fmt(r.get('gflops_per_s'), '.1f')} | "
-            f"{_fmt(frac * 100 if frac is not None else None, '.0f')}% | {_fmt(min(cosines) if cosines else None, '.4f')} | {verdict} |")
+            f"{_fmt(frac * 100 if frac is not None else None, '.0f')}%{_gauge(r)} | {_fmt(min(cosines) if cosines else None, '.4f')} | {verdict} |")
     return lines
 
 
@@ -54,8 +59,9 @@ def machine_lines(report: dict[str, Any]) -> list[str]:
     threads = m.get("threads", {})
     versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
     gpus = "; ".join(f"{g['name']} (sm {g['compute_capability']})" for g in m.get("gpus", [])) or "none"
-    ceilings = "; ".join(f"{k}: {v['gflops_per_s']} GFLOP/s ({v.get('library')}, n={v.get('n')})"
-                         for k, v in m.get("gemm_ceiling", {}).items())
+    ceilings = "; ".join(f"{k}: {v.get('gflops_per_s', '-')} GFLOP/s alone, "
+                         f"{v.get('gflops_per_s_interleaved_median', '-')} interleaved with the rows "
+                         f"({v.get('library')}, n={v.get('n')})" for k, v in m.get("gemm_ceiling", {}).items())
     model = report["model"]
     cfg = model.get("config") or {}
     return [

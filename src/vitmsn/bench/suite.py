@@ -10,7 +10,8 @@ The run, in order:
    model alone (pixel values in, outputs out), then end to end (JPEG bytes in: decode, resize,
    normalise, infer);
 4. derive each row's ratio to PyTorch eager (same device, mode and batch size), GFLOP/s and
-   fraction of the GEMM ceiling, and warn where INT8 is not faster than FP16/FP32.
+   fraction of its own precision's GEMM ceiling (FP32, BF16, INT8: :mod:`.ceilings`), and warn
+   where the INT8 graph the runtime would load is not faster than the FP32 one it would load.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from vitmsn.errors import InputError
 
 from . import machine as machine_info
 from .backends import BenchBackend, OnnxRuntimeBackend, PyTorchBackend, TensorRTBackend
+from .ceilings import ceiling_precision, gemm_probes
 from .correctness import compare_outputs, tolerance_for
 from .inputs import jpeg_images
 from .timing import TimingPlan, time_interleaved
@@ -153,7 +155,9 @@ def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, t
             skip("onnxruntime", "*", "cuda", "no CUDA GPU on this machine")
     else:
         skip("onnxruntime", "*", "cuda", "onnxruntime-gpu (CUDA provider) is not installed")
-    graphs = [(p, v, path) for p in manifest.precisions if opts.wants("onnxruntime", p) for v, path in flavours(manifest, p)]
+    graphs = [(p, v, path) for p in manifest.precisions if opts.wants("onnxruntime", p)
+              and manifest.precisions[p].get("backend") != "openvino"  # bf16: OpenVINO's inference precision
+              for v, path in flavours(manifest, p)]
     if opts.ort_fused and opts.wants("onnxruntime", "fp32") and not any(v == ORT_FUSED for _, v, _ in graphs):
         try:
             graphs.append(("fp32", ORT_FUSED, _fused_graph(manifest, ck, tmp, prep.notes)))
@@ -170,6 +174,12 @@ def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, t
             if device == "cpu" and opts.data_parallel and threads > 1 and variant in (ORT_FUSED, "onnxruntime_cpu"):
                 prep.backends.append(OnnxRuntimeBackend(path, name, precision=precision, device=device, threads=threads,
                                                         variant=variant, sessions=threads))
+    from .openvino_backend import openvino_backends
+
+    ov_rows, ov_reason = openvino_backends(manifest, name, threads, opts.wants)
+    prep.backends += ov_rows
+    if ov_reason:
+        skip("openvino", "*", "cpu", ov_reason)
     if not manifest.engines:
         skip("tensorrt", "*", "cuda", "the artifacts hold no TensorRT engine (vitmsn-export --engine require)")
     for entry in manifest.engines:
@@ -212,7 +222,7 @@ def _row(b: BenchBackend, mode: str, batch: int, stats: Any, throughput: float, 
 
 def _time_batch(backends: list[BenchBackend], checks: dict[int, dict[str, Any]], mode: str, batch: int,
                 x: np.ndarray, jpegs: list[bytes], preprocess: Any, plan: TimingPlan, prep: _Prepared,
-                say: Callable[[str], None], gemm: Any = None) -> list[dict[str, Any]]:
+                say: Callable[[str], None], gemm: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     rows, timed, calls = [], [], []
     for b in backends:
         if isinstance(b, TensorRTBackend) and not b.supports_batch(batch):
@@ -239,14 +249,44 @@ def _time_batch(backends: list[BenchBackend], checks: dict[int, dict[str, Any]],
         timed.append(b)
         calls.append(call)
     if calls:
-        probe = gemm is not None and any(b.device == "cpu" for b in timed)
-        say(f"timing {len(calls)} rows{' and the GEMM ceiling' if probe else ''}, {mode}, batch {batch}")
-        stats = time_interleaved(calls + ([gemm] if probe else []), plan,
+        probes = dict(gemm or {}) if any(b.device == "cpu" for b in timed) else {}
+        say(f"timing {len(calls)} rows{' and the GEMM ceilings (' + ', '.join(probes) + ')' if probes else ''}, "
+            f"{mode}, batch {batch}")
+        stats = time_interleaved(calls + list(probes.values()), plan,
                                  on_round=lambda r: say(f"  round {r}/{plan.rounds}"))
-        ceiling = {"gemm_ceiling_gflops_per_s": round(gemm.gflops_per_s(stats[-1].median), 2)} if probe else {}
+        measured = {p: round(probe.gflops_per_s(st.median), 2) for (p, probe), st in zip(probes.items(), stats[len(calls):])}
         for b, st in zip(timed, stats):
-            rows.append(_row(b, mode, batch, st, st.throughput(batch), checks[id(b)], ceiling if b.device == "cpu" else None))
+            extra = None
+            if b.device == "cpu" and measured:
+                own = ceiling_precision({"precision": b.precision})
+                gauge = own if own in measured else "fp32"
+                extra = {"gemm_ceiling_gflops_per_s": measured[gauge], "gemm_ceiling_precision": gauge,
+                         "gemm_ceilings_gflops_per_s": measured}
+            rows.append(_row(b, mode, batch, st, st.throughput(batch), checks[id(b)], extra))
     return rows
+
+
+def mark_runtime_choices(rows: list[dict[str, Any]], manifest: Any) -> None:
+    """``runtime_choice``: the row runs the graph the runtime loads for its backend and precision on this
+    device (ONNX Runtime CPU: the fused FP32 graph and the CPU INT8 flavour, one session; OpenVINO: every row,
+    its inference precision being the one the runtime picks for that precision). The INT8 warning compares these."""
+    from vitmsn.runtime.cpu import vnni_capable
+    from vitmsn.runtime.openvino_runner import inference_precision_for
+
+    def ort_cpu_variant(precision: str) -> str:
+        entry = manifest.precisions.get(precision, {})
+        flavour = entry.get("onnxruntime_cpu") or entry.get("onnxruntime_optimized")
+        if not flavour or (flavour.get("needs_vnni") and not vnni_capable()):
+            return ""
+        return "onnxruntime_cpu" if "onnxruntime_cpu" in entry else ORT_FUSED
+
+    for r in rows:
+        if r["backend"] == "onnxruntime" and r["device"] == "cpu":
+            r["runtime_choice"] = r.get("sessions", 1) == 1 and r["variant"] == ort_cpu_variant(r["precision"])
+        elif r["backend"] == "openvino":
+            r["runtime_choice"] = r["variant"] == f"inference {inference_precision_for(r['precision'])}"
+        else:
+            r["runtime_choice"] = r["backend"] in ("onnxruntime", "tensorrt")
 
 
 def derive(rows: list[dict[str, Any]], gflops_per_image: float, ceilings: dict[str, float]) -> list[str]:
@@ -258,14 +298,14 @@ def derive(rows: list[dict[str, Any]], gflops_per_image: float, ceilings: dict[s
                       and (e["device"], e["mode"], e["batch_size"]) == key), None)
         r["ratio_to_pytorch_eager"] = round(r["throughput"] / eager["throughput"], 3) if eager else None
         r["gflops_per_s"] = round(gflops_per_image * r["throughput"], 2)
-        ceiling = r.get("gemm_ceiling_gflops_per_s") or ceilings.get(
-            f"{r['device']}-{'fp16' if r['precision'] == 'fp16' and r['device'] != 'cpu' else 'fp32'}")
+        own = "fp16" if r["precision"] == "fp16" and r["device"] != "cpu" else ceiling_precision(r)
+        ceiling = r.get("gemm_ceiling_gflops_per_s") or ceilings.get(f"{r['device']}-{own}") or ceilings.get(f"{r['device']}-fp32")
         r["roofline_fraction"] = round(r["gflops_per_s"] / ceiling, 3) if ceiling else None
     for r in rows:
-        if r["precision"] != "int8":
+        if r["precision"] != "int8" or not r.get("runtime_choice"):
             continue
         same = [o for o in rows if o["backend"] == r["backend"] and o["device"] == r["device"] and o["mode"] == r["mode"]
-                and o["batch_size"] == r["batch_size"] and o["precision"] in ("fp16", "fp32")]
+                and o["batch_size"] == r["batch_size"] and o["precision"] in ("fp16", "fp32") and o.get("runtime_choice")]
         for o in same:
             if r["throughput"] <= o["throughput"]:
                 warnings.append(f"INT8 is not faster than {o['precision'].upper()}{' [' + o['variant'] + ']' if o['variant'] else ''} "
@@ -312,7 +352,7 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
             reference.close()
         backends, checks = _open_and_check(prep, check_x, reference_out, say)
         rows: list[dict[str, Any]] = []
-        gemm = machine_info.GemmProbe(opts.gemm_n)
+        gemm = gemm_probes(opts.gemm_n, threads)
         try:
             for mode in MODES if opts.e2e else ("model",):
                 for batch in opts.batch_sizes:
@@ -324,10 +364,15 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
                 b.close()
 
     flat = {k: v["gflops_per_s"] for k, v in ceilings.items()}
+    mark_runtime_choices(rows, manifest)
     warnings = derive(rows, gflops, flat)
-    interleaved = sorted(r["gemm_ceiling_gflops_per_s"] for r in rows if r.get("gemm_ceiling_gflops_per_s"))
-    if interleaved:
-        ceilings["cpu-fp32"]["gflops_per_s_interleaved_median"] = interleaved[len(interleaved) // 2]
+    for precision in gemm:
+        interleaved = sorted(r["gemm_ceilings_gflops_per_s"][precision] for r in rows
+                             if precision in (r.get("gemm_ceilings_gflops_per_s") or {}))
+        if interleaved:
+            entry = ceilings.setdefault(f"cpu-{precision}", {"device": "cpu", "dtype": precision, "threads": threads,
+                                                             "n": opts.gemm_n, "library": type(gemm[precision]).__name__})
+            entry["gflops_per_s_interleaved_median"] = interleaved[len(interleaved) // 2]
     machine["gemm_ceiling"] = ceilings
     machine["load_average_end"] = machine_info.load_average()
     plan = asdict(opts.plan)

@@ -13,7 +13,7 @@ import click
 
 from .common import artifacts_argument, handle_errors, need_artifacts
 
-BACKEND_NAMES = ("pytorch", "pytorch-eager", "pytorch-sdpa", "pytorch-compile", "onnxruntime", "tensorrt", "all")
+BACKEND_NAMES = ("pytorch", "pytorch-eager", "pytorch-sdpa", "pytorch-compile", "onnxruntime", "openvino", "tensorrt", "all")
 
 
 def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -31,7 +31,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("--backend", "backends", multiple=True, type=click.Choice(BACKEND_NAMES),
               help="Backends to time (repeatable; prefixes: 'pytorch' is all three PyTorch rows). PyTorch eager always "
                    "runs: it is the baseline of every ratio. [default: all]")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "int8"]),
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
               help="Precisions to time (repeatable). [default: all exported]")
 @click.option("--batch-sizes", default="1,8", show_default=True, callback=_batch_sizes, help="Comma-separated batch sizes.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report here.")

@@ -26,7 +26,7 @@ def _default_out(model: str) -> Path:
 @click.option("--model", "model", metavar="SRC",
               help="Checkpoint directory, hub id (from the local HF cache), or 'demo'. May come from the config file.")
 @click.option("--precision", "precision", multiple=True, metavar="P",
-              help="fp32 (always exported), fp16, int8. Repeatable.")
+              help="fp32 (always exported), fp16, bf16 (OpenVINO BF16 inference of the FP32 graph, gated), int8. Repeatable.")
 @click.option("--out", "out", type=click.Path(path_type=Path), help="Artifacts directory [default: artifacts/<model name>].")
 @click.option("--calib-images", type=click.Path(path_type=Path), help="Image directory for INT8 calibration.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration images to sample.")

@@ -111,14 +111,14 @@ def expand_directories(images: tuple[str, ...]) -> tuple[str, ...]:
 @click.argument("paths", nargs=-1, required=True, metavar="[ARTIFACTS] IMAGE...")
 @click.option("--artifacts", type=click.Path(file_okay=False),
               help="The artifacts directory [default: the first argument, else `out` of the config file].")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True,
-              help="auto: a TensorRT engine when one can run here, else ONNX Runtime.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default="auto", show_default=True,
-              help="auto: fp32 on CPU, the fastest exported precision on a GPU.")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "openvino"]), default="auto", show_default=True,
+              help="auto: a TensorRT engine when one can run here, else OpenVINO on an x86 CPU where installed, else ONNX Runtime.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16", "int8"]), default="auto", show_default=True,
+              help="auto: fp32 on CPU (bf16 on OpenVINO when exported, gated and the CPU has BF16), the fastest exported precision on a GPU.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list, one object per input, in input order.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per inference call (default: the manifest's opt batch).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op / OpenVINO inference threads (default: all cores).")
 @click.option("--draft", is_flag=True, help="Faster, inexact JPEG decoding (libjpeg DCT scaling to at least the model's input size): about 35% less preprocessing time, pixels no longer match transformers to 1e-5 (see README, measured speed).")
 @click.option("--max-image-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_FILE_BYTES, show_default=True,
               help="Largest encoded image read from a file or stdin (an input over it fails alone).")

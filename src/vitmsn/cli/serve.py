@@ -23,8 +23,8 @@ from .common import artifacts_argument, handle_errors, need_artifacts
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="TCP port; 0 picks a free one (printed on startup).")
-@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime"]), default="auto", show_default=True)
-@click.option("--precision", default=None, help="fp32, fp16 or int8 [default: chosen for this machine].")
+@click.option("--backend", type=click.Choice(["auto", "tensorrt", "onnxruntime", "openvino"]), default="auto", show_default=True)
+@click.option("--precision", default=None, help="fp32, fp16, bf16 or int8 [default: chosen for this machine].")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--draft", is_flag=True, help="Faster, inexact JPEG decoding (libjpeg DCT scaling to at least the model's input size): about 35% less preprocessing time, pixels no longer match transformers to 1e-5 (see README, measured speed).")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,

@@ -36,7 +36,7 @@ THRESHOLD = ThresholdType()
 @click.option("--images", type=click.Path(path_type=Path), help="Image folder (class sub-folders named as the labels give accuracy).")
 @click.option("--labels", type=click.Path(path_type=Path), help="CSV of path,label when the folder has no class sub-folders.")
 @click.option("--precision", "precisions", multiple=True, metavar="P", help="Only these precisions (repeatable) [default: all].")
-@click.option("--backend", type=click.Choice(["all", "auto", "onnxruntime", "tensorrt"]), default="all", show_default=True,
+@click.option("--backend", type=click.Choice(["all", "auto", "onnxruntime", "tensorrt", "openvino"]), default="all", show_default=True,
               help="Which backends to compare (TensorRT engines only where they can run).")
 @click.option("--min-top1-agreement", type=THRESHOLD, help="Gate: share of images with the reference's top-1 [default per precision].")
 @click.option("--min-cosine", type=THRESHOLD, help="Gate: lowest per-image cosine similarity [default per precision].")
