@@ -1,7 +1,7 @@
 """A calibration set: N preprocessed images as one float32 tensor, built once and cached.
 
 The images are preprocessed by :class:`vitmsn.runtime.preprocess.PreprocessConfig` built from
-the manifest's ``preprocess`` block, the same code the runtime serves with (STYLE.md #12), so
+the manifest's ``preprocess`` block, the same code the runtime serves with, so
 INT8 scales are calibrated on exactly the inputs the deployed model will see.
 
 The cache is one ``.npz`` per (file list, preprocess block, sample count, seed, hold-out), read back

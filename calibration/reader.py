@@ -1,4 +1,4 @@
-"""The calibration data reader: a plain iterable of ``{input_name: batch}`` feeds (STYLE.md #7).
+"""The calibration data reader: a plain iterable of ``{input_name: batch}`` feeds.
 
 It is also an ONNX Runtime ``CalibrationDataReader`` in all but name: ``get_next()`` returns the
 next feed or None, ``rewind()`` starts over. ModelOpt and ``onnxruntime.quantization`` accept

@@ -1,4 +1,4 @@
-"""Staged, exclusive output of an export run (CONTRACT.md, "Artifacts directory").
+"""Staged, exclusive output of an export run.
 
     with StagedOutput(opts.out) as staged:       # lock --out, create the staging directory beside it
         ... write everything into staged.path ...

@@ -1,4 +1,4 @@
-"""manifest.json: the single source of truth of an artifacts directory (CONTRACT.md).
+"""manifest.json: the single source of truth of an artifacts directory.
 
 Reading and writing live here, on the runtime side, because the runtime must load a manifest
 without torch. Every file the manifest names is a path relative to the artifacts directory,

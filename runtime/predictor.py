@@ -1,4 +1,4 @@
-"""The Predictor: images in, labels/embeddings/raw outputs out (CONTRACT.md, Python API).
+"""The Predictor: images in, labels/embeddings/raw outputs out.
 
     with Predictor.from_artifacts("artifacts/demo", backend="auto") as p:
         p.predict(["a.jpg", pil_image, uint8_hwc_array], top_k=5)  # [[("circle", 0.97), ...], ...]

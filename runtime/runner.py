@@ -1,4 +1,4 @@
-"""The one protocol every inference backend implements (STYLE.md #2).
+"""The one protocol every inference backend implements.
 
 A runner turns a feed ``{input name: array}`` into ``{output name: array}``. It owns whatever the
 backend needs (an ONNX Runtime session, a TensorRT engine with its device buffers) between

@@ -1,7 +1,7 @@
 """mypy plugin for the static TensorRT check: feature probes are checked against the API too.
 
 ``hasattr(x, "NAME")`` and ``getattr(x, "NAME", default)`` are how the product feature-detects
-TensorRT (STYLE.md #9), and mypy accepts any string there. For each such call whose first argument
+TensorRT, and mypy accepts any string there. For each such call whose first argument
 has a TensorRT type (the ``tensorrt`` module, one of its classes or enums, or an instance of one),
 this plugin reports ``[tensorrt-probe]`` when that API has no attribute ``NAME``. A probe may
 rightly name what only some versions have, so ``tests/tensorrt_static_check.py`` counts a probe

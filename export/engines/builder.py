@@ -1,8 +1,7 @@
 """ONNX -> serialized TensorRT engine: one builder for ``tensorrt`` 10.x, 11.x and ``tensorrt_rtx``.
 
 The three share the builder / ONNX parser / optimization profile / serialization API; where they
-differ the code feature-detects with ``hasattr``/``getattr`` and never compares version strings
-(STYLE.md #9):
+differ the code feature-detects with ``hasattr``/``getattr`` and never compares version strings:
 
 * the network is strongly typed whenever ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` exists
   (TensorRT 10, 11, RTX): precision comes from the ONNX graph (FP32, AutoCast FP16, Q/DQ INT8);

@@ -1,4 +1,4 @@
-"""Staged checks of an exported ONNX graph (STYLE.md #5). Each stage can fail the run.
+"""Staged checks of an exported ONNX graph. Each stage can fail the run.
 
 1. ``onnx_checker``: ``onnx.checker.check_model(full_check=True)`` (with shape inference).
 2. ``io_signature``: input/output names, dtypes and static dims as the spec declares them, and a

@@ -5,7 +5,7 @@ checkpoint's tensors map onto it one to one (see ``vitmsn.export.fp32.checkpoint
 mapping of both the 4.x and 5.x naming schemes).
 
 Attention has two implementations, picked when the model is built (never patched during
-export, STYLE.md #6):
+export):
 
 * ``"math"``: explicit ``softmax(Q @ K^T * scale) @ V``. This is the export default. The dynamo
   exporter turns it into a plain MatMul -> Mul -> Softmax -> MatMul chain per layer, the pattern
@@ -163,7 +163,7 @@ class ViTMSNArch:
         """GFLOP (2 x multiply-accumulates) of one forward pass.
 
         By default the dense layers only (patch projection, Q/K/V/output projections, MLP), the
-        convention behind the 8.48 GFLOP quoted for ViT-S/16 at 224 in ENVIRONMENT.md; the two
+        convention behind the 8.48 GFLOP usually quoted for ViT-S/16 at 224; the two
         attention matmuls (Q @ K^T and P @ V, 0.72 GFLOP for ViT-S) are added on request.
         """
         t = self.num_patches + 1

@@ -1,8 +1,7 @@
 """The one definition of an exported ViTMSN's I/O: names, symbolic axes, dtypes and tolerances.
 
 Everything else (the dynamo export call, the staged ONNX checks, the manifest's ``inputs`` and
-``outputs``, the TensorRT optimization profile) is derived from an :class:`ExportSpec`
-(STYLE.md #4).
+``outputs``, the TensorRT optimization profile) is derived from an :class:`ExportSpec`.
 """
 
 from __future__ import annotations

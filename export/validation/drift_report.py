@@ -1,6 +1,6 @@
 """The drift report: report.json (stable schema), report.md (tables) and report.html (self-contained).
 
-report.json follows CONTRACT.md (``reference``, ``passed``, ``results[]`` with ``backend``,
+report.json follows the stable, documented schema (``reference``, ``passed``, ``results[]`` with ``backend``,
 ``precision``, ``passed``, ``metrics``); fields are only ever added. When the directory already
 holds an export report, its other keys (the export's ``stages`` in particular) are kept, and the
 top-level ``passed`` covers both the stages and the drift gates, so one report.json describes
@@ -72,7 +72,7 @@ def report_dict(result: ValidationResult, previous: dict[str, Any] | None = None
     merged = {k: v for k, v in (previous or {}).items() if k not in ours and k not in VALIDATION_KEYS}
     if previous and "stages" in previous and "export_results" not in merged and previous.get("results"):
         # the export's own per-graph comparison rows (fp32/fp16/int8/int8_cpu on its comparison inputs),
-        # kept under their own key: "results" is the validation's, as CONTRACT.md defines it
+        # kept under their own key: "results" is the validation's, as the documented report schema defines it
         merged["export_results"] = previous["results"]
     merged.update(ours)
     if any(s.get("stage") == VALIDATION_STAGE for s in merged.get("stages") or []):

@@ -1,4 +1,4 @@
-"""The export report: report.json (machine-readable, CONTRACT.md schema) and report.md (people)."""
+"""The export report: report.json (machine-readable, the documented schema) and report.md (people)."""
 
 from __future__ import annotations
 

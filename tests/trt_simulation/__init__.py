@@ -1,7 +1,7 @@
 """A SIMULATION of the CUDA and TensorRT runtimes, for tests only. It is never GPU evidence.
 
 No machine this project is tested on has a GPU or the TensorRT libraries, so the TensorRT half of
-vitmsn is exercised in CI against this simulation (ENVIRONMENT.md): the CUDA driver query, cuda-python's
+vitmsn is exercised in CI against this simulation: the CUDA driver query, cuda-python's
 runtime API (``cuda.bindings.runtime``) and the TensorRT / TensorRT-RTX runtime objects, implementing
 exactly the subset vitmsn uses, with the documented behaviour and failure modes (see ``cuda.py``,
 ``tensorrt.py`` and ``engine.py``). It is installed only by tests: ``install(monkeypatch)`` puts the

@@ -15,7 +15,7 @@ report row it produces says so (``"verified": false``).
   launched round-robin; throughput is images over wall time until every stream is synchronised.
   Contexts share optimization profile 0; where TensorRT refuses that, fewer streams are used.
 
-The API is feature-detected (``hasattr``), never chosen by version strings (STYLE.md #9).
+The API is feature-detected (``hasattr``), never chosen by version strings.
 """
 
 from __future__ import annotations

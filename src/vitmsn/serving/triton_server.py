@@ -3,7 +3,7 @@
 The wheel (0.7.0: Triton 2.51, Python backend only) ships the server binary, its shared libraries
 (``nvidia_pytriton.libs``) and one Python-backend stub per Python version. Its Python package pins
 numpy < 2, so install it without dependencies (``pip install --no-deps nvidia-pytriton``): only its
-files are used here, never its Python code. Setup, as ENVIRONMENT.md measured it:
+files are used here, never its Python code. Setup, as measured on these machines:
 
 1. a backend directory whose ``python/`` holds the wheel's Python backend plus the stub for this
    Python version (built under a temporary directory: the installed wheel is not modified);
