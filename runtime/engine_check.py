@@ -12,6 +12,7 @@ import re
 from typing import Any, Iterable
 
 from .device import Gpu
+from .manifest_entries import EngineEntry
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -43,23 +44,20 @@ def versions_compatible(built: str, running: str, target: str, version_compatibl
     return False
 
 
-def rebuild_hint(entry: dict[str, Any], root: Any = "ARTIFACTS", model: str | None = None) -> str:
-    precision = entry.get("precision", "fp16")
-    target = entry.get("target", "tensorrt")
+def rebuild_hint(entry: EngineEntry, root: Any = "ARTIFACTS", model: str | None = None) -> str:
+    precision, target = entry.precision, entry.target
     return (f"rebuild it on this machine: vitmsn-export --model {model or '<the model>'} --precision {precision} "
             f"--engine require --target {target} --out {root}; or run it with --backend onnxruntime")
 
 
-def engine_problems(entry: dict[str, Any], *, runtime_version: str | None, gpus: Iterable[Gpu],
+def engine_problems(entry: EngineEntry, *, runtime_version: str | None, gpus: Iterable[Gpu],
                     root: Any = "ARTIFACTS", model: str | None = None) -> list[str]:
     """Why the engine ``entry`` cannot run here (empty when it can).
 
     ``runtime_version`` is the installed module's ``__version__`` (None: not importable) and
     ``gpus`` what :func:`vitmsn.runtime.device.cuda_gpus` reports.
     """
-    name = entry.get("file", "engine")
-    target = entry.get("target", "tensorrt")
-    built = str(entry.get("tensorrt_version", "?"))
+    name, target, built = entry.file, entry.target, entry.tensorrt_version
     problems = []
     gpus = list(gpus)
     if not gpus:
@@ -69,11 +67,11 @@ def engine_problems(entry: dict[str, Any], *, runtime_version: str | None, gpus:
     elif runtime_version is None:
         module = "tensorrt_rtx" if target == "tensorrt-rtx" else "tensorrt"
         problems.append(f"{name}: built for {target} {built}, but the {module!r} module is not importable here")
-    elif not versions_compatible(built, runtime_version, target, bool(entry.get("version_compatible"))):
+    elif not versions_compatible(built, runtime_version, target, entry.version_compatible):
         problems.append(f"{name}: built with {target} {built}, but this machine has {target} {runtime_version} "
                         "(engines only run on the release that built them)")
-    wanted = [c for c in (normalize_cc(v) for v in entry.get("compute_capabilities") or []) if c]
-    if gpus and wanted and not entry.get("hardware_compatible"):
+    wanted = [c for c in (normalize_cc(v) for v in entry.compute_capabilities) if c]
+    if gpus and wanted and not entry.hardware_compatible:
         gpu = gpus[0]
         if gpu.compute_capability not in wanted:
             problems.append(f"{name}: built for compute capability {', '.join(wanted)}, but GPU {gpu.index} "

@@ -323,7 +323,8 @@ class Manifest:
         actual = sha256_file(path)
         if actual != expected_sha256:
             raise InputError(
-                f"{path}: SHA-256 {actual[:12]}... does not match {self.path} ({expected_sha256[:12]}...); "
+                f"{path}: SHA-256 {actual[:12]}... does not match the manifest {self.path} "
+                f"({expected_sha256[:12]}...); "
                 "the file was changed or is incomplete, re-run vitmsn-export"
             )
         return path

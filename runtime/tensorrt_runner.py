@@ -24,6 +24,8 @@ from vitmsn.errors import InputError
 
 from . import device
 from .engine_check import engine_problems
+from .manifest_entries import EngineEntry
+from .manifest_fields import Where
 from .runner import RunnerBase, TensorMeta
 
 if TYPE_CHECKING:  # checked statically against tensorrt-stubs; at run time the module is chosen by target
@@ -83,13 +85,14 @@ class _Buffer:
 
 
 class TensorRTRunner(RunnerBase):
-    def __init__(self, path: str | os.PathLike[str], entry: dict[str, Any], *, gpu_index: int = 0) -> None:
+    def __init__(self, path: str | os.PathLike[str], entry: EngineEntry | dict[str, Any], *, gpu_index: int = 0) -> None:
         super().__init__()
         self.path = Path(path)
-        self.entry = dict(entry)
-        self.target = str(entry.get("target", "tensorrt"))
+        # a dict is a hand-written manifest entry (tests, scripts): validated like a loaded one
+        self.entry = entry if isinstance(entry, EngineEntry) else EngineEntry.from_json(entry, Where(str(self.path), "engine"))
+        self.target = self.entry.target
         self.name = self.target
-        self.precision = str(entry.get("precision", "fp32"))
+        self.precision = self.entry.precision
         self.gpu_index = gpu_index
         self.min_batch = 1
         self._lock = threading.Lock()

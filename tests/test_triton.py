@@ -57,12 +57,12 @@ def test_default_repository_matches_onnx_graph(demo_artifacts: Path, tmp_path: P
 
     cfg = _config(repo, "vitmsn_onnx")
     assert cfg.platform == "onnxruntime_onnx" and cfg.name == "vitmsn_onnx"
-    assert cfg.max_batch_size == manifest.batch["max"] == 32
-    assert list(cfg.dynamic_batching.preferred_batch_size) == [manifest.batch["opt"], manifest.batch["max"]]
+    assert cfg.max_batch_size == manifest.batch.max == 32
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [manifest.batch.opt, manifest.batch.max]
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
     assert [(g.kind, g.count) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)]
     model_file = repo / "vitmsn_onnx" / "1" / "model.onnx"
-    assert sha256_file(model_file) == manifest.precisions["fp32"]["sha256"]
+    assert sha256_file(model_file) == manifest.precisions["fp32"].sha256
 
     graph = onnx.load(str(model_file)).graph  # the model's real I/O, read here independently of the writer
     for declared, actual in ((cfg.input, graph.input), (cfg.output, graph.output)):
@@ -79,7 +79,7 @@ def test_default_repository_matches_onnx_graph(demo_artifacts: Path, tmp_path: P
     pre, ens = _config(repo, "vitmsn_preprocess"), _config(repo, "vitmsn")
     assert pre.backend == "python" and _dtype(pre, pre.input[0].data_type) == "TYPE_STRING"
     assert (pre.output[0].name, list(pre.output[0].dims)) == ("pixel_values", manifest.input_shape[1:])
-    assert json.loads((repo / "vitmsn_preprocess" / "1" / "preprocess.json").read_text()) == manifest.preprocess
+    assert json.loads((repo / "vitmsn_preprocess" / "1" / "preprocess.json").read_text()) == manifest.preprocess.to_json()
     assert ens.platform == "ensemble" and (repo / "vitmsn" / "1").is_dir()
     assert [s.model_name for s in ens.ensemble_scheduling.step] == ["vitmsn_preprocess", "vitmsn_onnx"]
     assert [o.name for o in ens.output] == ["logits", "embedding"]
@@ -258,7 +258,7 @@ def test_fp16_and_int8_exports(precision: str, tmp_path: Path, tmp_path_factory:
     assert any("tensorrt-rtx" in note for note in result.notes), result.notes
     cfg = _config(repo, "vitmsn_onnx")
     graph = onnx.load(str(repo / "vitmsn_onnx" / "1" / "model.onnx"), load_external_data=False).graph
-    assert sha256_file(repo / "vitmsn_onnx" / "1" / "model.onnx") == Manifest.load(artifacts).precisions[precision]["sha256"]
+    assert sha256_file(repo / "vitmsn_onnx" / "1" / "model.onnx") == Manifest.load(artifacts).precisions[precision].sha256
     for declared, actual in ((cfg.input, graph.input), (cfg.output, graph.output)):
         assert [(t.name, _dtype(cfg, t.data_type)) for t in declared] == \
             [(v.name, TYPES[v.type.tensor_type.elem_type]) for v in actual]

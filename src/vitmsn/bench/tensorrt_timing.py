@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vitmsn.runtime.manifest_entries import EngineEntry
+
 from .timing import LatencyStats, TimingPlan
 
 if TYPE_CHECKING:  # mypy checks the TensorRT calls against tensorrt-stubs; at run time the module is chosen by target
@@ -145,11 +147,11 @@ class _Context:
         self.buffers, self.graph_exec, self.graph, self.stream, self.context = [], None, None, None, None
 
 
-def _deserialize(path: Path, entry: dict[str, Any]) -> tuple[Any, Any, tuple["trt.Runtime", "trt.ICudaEngine"]]:
+def _deserialize(path: Path, entry: EngineEntry) -> tuple[Any, Any, tuple["trt.Runtime", "trt.ICudaEngine"]]:
     from vitmsn.runtime import device
     from vitmsn.runtime.tensorrt_runner import import_cudart
 
-    trt_module = device.import_tensorrt(str(entry.get("target", "tensorrt")))
+    trt_module = device.import_tensorrt(entry.target)
     cudart = import_cudart()
     runtime = trt_module.Runtime(trt_module.Logger(trt_module.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(path.read_bytes())
@@ -178,7 +180,7 @@ def _event_latencies(ctx: _Context, n: int) -> list[float]:
     return out
 
 
-def time_engine(path: Path, entry: dict[str, Any], input_name: str, batch: int, plan: TimingPlan, *,
+def time_engine(path: Path, entry: EngineEntry, input_name: str, batch: int, plan: TimingPlan, *,
                 streams: int = 2, cuda_graphs: bool = True, seed: int = 0) -> EngineTiming:
     trt_module, cudart, (runtime, engine) = _deserialize(Path(path), entry)
     shape = [batch, *_dims(engine.get_tensor_shape(input_name))[1:]]

@@ -80,7 +80,11 @@ def command(artifacts: Path, images: Path | None, labels: Path | None, precision
         result.extra["sensitivity"] = sensitivity_for_artifacts(artifacts, calib_images or images, samples=calib_samples,
                                                                 progress=not quiet).to_dict()
     target = out or artifacts
-    write_drift_reports(target, result)
+    names = write_drift_reports(target, result)
+    if Path(target).resolve() == Path(artifacts).resolve():  # the reports are artifacts: record their SHA-256
+        from vitmsn.runtime.manifest import Manifest
+
+        Manifest.load(artifacts).with_reports(names).save()
     # The exit code is the written report's verdict: its top-level "passed" also covers the stages of an export
     # report it was merged into (a failed export check fails it even when every drift gate holds).
     report = read_previous(target) or {}

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vitmsn.errors import InputError
-from vitmsn.runtime.manifest import Manifest
+from vitmsn.runtime.manifest import EngineEntry, Manifest
 
 from .pbtxt import Enum, to_pbtxt
 
@@ -113,9 +113,9 @@ def _dims(shape: list[Any], where: str) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in shape[1:]]
 
 
-def _io_dtype(manifest: Manifest, precision: str, engine: dict[str, Any] | None = None) -> str:
-    entry = manifest.precisions.get(precision) or {}
-    return str((engine or {}).get("io_dtype") or entry.get("io_dtype") or manifest.data["inputs"][0]["dtype"])
+def _io_dtype(manifest: Manifest, precision: str, engine: EngineEntry | None = None) -> str:
+    entry = manifest.precisions.get(precision)
+    return (engine.io_dtype if engine else None) or (entry.io_dtype if entry else None) or manifest.input.dtype
 
 
 def _tensors(manifest: Manifest, key: str, dtype: str) -> list[dict[str, Any]]:
@@ -129,35 +129,35 @@ def _tensors(manifest: Manifest, key: str, dtype: str) -> list[dict[str, Any]]:
     return tensors
 
 
-def select_engine(manifest: Manifest, options: TritonOptions, notes: list[str]) -> dict[str, Any] | None:
+def select_engine(manifest: Manifest, options: TritonOptions, notes: list[str]) -> EngineEntry | None:
     """The TensorRT engine for ``options.precision`` that Triton can load, or None."""
-    engines = [e for e in manifest.engines if e.get("precision") == options.precision]
+    engines = [e for e in manifest.engines if e.precision == options.precision]
     if options.engine_file is not None:
-        chosen = [e for e in manifest.engines if e.get("file") == options.engine_file]
+        chosen = [e for e in manifest.engines if e.file == options.engine_file]
         if not chosen:
-            have = ", ".join(str(e.get("file")) for e in manifest.engines) or "none"
+            have = ", ".join(e.file for e in manifest.engines) or "none"
             raise InputError(f"--engine {options.engine_file}: not an engine in the manifest (it has: {have})")
         engines = chosen
-    loadable = [e for e in engines if e.get("target", "tensorrt") in TRITON_ENGINE_TARGETS]
+    loadable = [e for e in engines if e.target in TRITON_ENGINE_TARGETS]
     for e in engines:
         if e not in loadable:
-            notes.append(f"skipped {e.get('file')}: target {e.get('target')!r} is not loadable by Triton's "
+            notes.append(f"skipped {e.file}: target {e.target!r} is not loadable by Triton's "
                          "TensorRT backend (it needs the TensorRT runtime Triton ships)")
     if len(loadable) > 1:
-        files = ", ".join(str(e.get("file")) for e in loadable)
+        files = ", ".join(e.file for e in loadable)
         raise InputError(f"{manifest.root}: several {options.precision} engines ({files}); choose one with --engine FILE")
     return loadable[0] if loadable else None
 
 
-def profile_batch(manifest: Manifest, engine: dict[str, Any] | None) -> dict[str, int]:
+def profile_batch(manifest: Manifest, engine: EngineEntry | None) -> dict[str, int]:
     """Batch min/opt/max: the engine's optimization profile for the input, else the manifest's ``batch``."""
     if engine is not None:
-        profile = (engine.get("profile") or {}).get(manifest.input_name)
+        profile = engine.profile.get(manifest.input_name)
         if profile:
             def first(v: Any) -> int:
                 return int(v[0]) if isinstance(v, (list, tuple)) else int(v)
             return {k: first(profile[k]) for k in ("min", "opt", "max")}
-    return manifest.batch
+    return manifest.batch.to_json()
 
 
 # ---- configs -------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def _batching(max_batch: int, batch: dict[str, int], options: TritonOptions) -> 
 
 
 def inference_config(manifest: Manifest, fmt: str, name: str, max_batch: int, batch: dict[str, int],
-                     options: TritonOptions, engine: dict[str, Any] | None = None) -> dict[str, Any]:
+                     options: TritonOptions, engine: EngineEntry | None = None) -> dict[str, Any]:
     dtype = _io_dtype(manifest, options.precision, engine)
     outputs = _tensors(manifest, "outputs", dtype)
     if manifest.task == "image-classification" and manifest.labels:
@@ -192,7 +192,7 @@ def inference_config(manifest: Manifest, fmt: str, name: str, max_batch: int, ba
 
 def preprocess_config(manifest: Manifest, name: str, target: dict[str, Any], options: TritonOptions) -> dict[str, Any]:
     pixel = target["input"][0]
-    size = manifest.preprocess["size"]
+    size = manifest.preprocess.to_json()["size"]
     if list(pixel["dims"][-2:]) != [int(size["height"]), int(size["width"])]:
         raise InputError(f"{manifest.root / 'manifest.json'}: preprocess size {size} does not match input dims {pixel['dims']}")
     return {
@@ -295,7 +295,7 @@ def write_triton_repository(artifacts: str | Path, repo: str | Path,
         name = f"{options.name}_{MODEL_SUFFIXES[fmt]}"
         config = inference_config(manifest, fmt, name, max_batch, batch, options, engine if fmt == "plan" else None)
         files: dict[str, Path | str] = {
-            f"{VERSION}/{MODEL_FILES[fmt]}": manifest.verify_file(entry["file"], entry["sha256"])}
+            f"{VERSION}/{MODEL_FILES[fmt]}": manifest.verify(entry)}
         if any("label_filename" in o for o in config["output"]):
             logits = next(o for o in config["output"] if o["name"] == "logits")
             files[LABELS_FILE] = _labels_text(manifest, logits["dims"][0])
@@ -307,7 +307,7 @@ def write_triton_repository(artifacts: str | Path, repo: str | Path,
         pre = preprocess_config(manifest, f"{options.name}_preprocess", target.config, options)
         pre_files: dict[str, Path | str] = {
             f"{VERSION}/model.py": PREPROCESS_TEMPLATE,
-            f"{VERSION}/preprocess.json": json.dumps(manifest.preprocess, indent=2) + "\n",
+            f"{VERSION}/preprocess.json": json.dumps(manifest.preprocess.to_json(), indent=2) + "\n",
         }
         result.models.append(TritonModel(pre["name"], "python", _write_model(root, pre, pre_files, options.force), pre))
         ens = ensemble_config(options.name, pre, target.config)
