@@ -271,6 +271,11 @@ def run_export(opts: ExportOptions) -> ExportResult:
     started = time.perf_counter()
     ck = load_checkpoint(opts.model)
     spec = ExportSpec(ck.arch, ck.task, ck.num_labels)
+    try:  # before anything is written: e.g. a preprocess size the model input cannot take, std 0
+        manifest_skeleton(opts, ck, spec).check_consistency()
+    except InputError as exc:
+        raise InputError(f"{ck.directory}: the checkpoint does not make a valid manifest ({exc}); fix its config.json "
+                         f"or {ck.preprocess_source}") from None
     assert opts.engine_options is not None
     notes: list[str] = []
     build_engines = False

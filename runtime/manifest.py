@@ -198,12 +198,13 @@ class Manifest:
                 None if calib is None else CalibrationRecord.from_json(calib, where.at("calibration")),
                 reports_from_json(data, where), None if passed is None else read_bool(passed, where.at("passed")),
                 {k: v for k, v in data.items() if k not in cls.KNOWN}, version)
-        m._check_consistency(where)
+        m.check_consistency()
         return m
 
-    def _check_consistency(self, where: Where) -> None:
+    def check_consistency(self) -> None:
         """What no single entry can check: the input is an image batch the preprocess block fills, output
-        names are unique, labels match the logits axis."""
+        names are unique, labels match the logits axis. (The export calls it before writing anything.)"""
+        where = Where(str(self.path))
         if len(self.inputs) != 1:
             raise where.at("inputs").error(f"expected one image input, found {len(self.inputs)}")
         shape = self.inputs[0].shape

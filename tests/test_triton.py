@@ -11,6 +11,7 @@ Triton itself cannot run here (no tritonserver binary, no GPU); what is checked 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -29,7 +30,7 @@ from tritonclient.grpc import model_config_pb2
 
 from vitmsn.cli import group as main
 from vitmsn.runtime import Predictor
-from vitmsn.runtime.manifest import Manifest, sha256_file, write_json_atomic
+from vitmsn.runtime.manifest import EngineEntry, Manifest, sha256_file
 from vitmsn.runtime.preprocess import PreprocessConfig
 from vitmsn.serving.triton import TritonOptions, write_triton_repository
 from vitmsn.serving.triton_check import check_repository
@@ -138,18 +139,17 @@ def _with_engines(artifacts: Path, out: Path) -> Path:
     """A copy of ``artifacts`` whose manifest lists engines. The plan files are stand-in bytes (no
     TensorRT runtime here); Triton config generation reads only the manifest's entry and profile."""
     shutil.copytree(artifacts, out)
-    data = json.loads((out / "manifest.json").read_text())
-    chw = data["inputs"][0]["shape"][1:]
+    manifest = Manifest.load(out)
+    chw = manifest.input_shape[1:]
     engines = []
     for target, file, io_dtype in (("tensorrt", "engine.fp16.tensorrt.plan", "float16"),
                                    ("tensorrt-rtx", "engine.fp16.tensorrt-rtx.plan", "float16")):
         (out / file).write_bytes(f"stand-in {target} engine".encode())
-        engines.append({"file": file, "sha256": sha256_file(out / file), "precision": "fp16", "target": target,
-                        "io_dtype": io_dtype, "profile": {"pixel_values": {
-                            "min": [1, *chw], "opt": [4, *chw], "max": [16, *chw]}}})
-    data["engines"] = engines
-    data["precisions"]["fp16"] = dict(data["precisions"]["fp32"], io_dtype="float16")
-    write_json_atomic(out / "manifest.json", data)
+        engines.append(EngineEntry(file, sha256_file(out / file), precision="fp16", target=target,
+                                   tensorrt_version="10.13.0", io_dtype=io_dtype, profile={"pixel_values": {
+                                       "min": [1, *chw], "opt": [4, *chw], "max": [16, *chw]}}))
+    fp16 = dataclasses.replace(manifest.precisions["fp32"], io_dtype="float16")
+    dataclasses.replace(manifest, engines=tuple(engines), precisions={**manifest.precisions, "fp16": fp16}).save()
     return out
 
 
