@@ -120,10 +120,12 @@ def _install(monkeypatch: pytest.MonkeyPatch, engine: FakeEngine) -> None:
 def _time(tmp_path: Path, streams: int = 2):
     from vitmsn.bench.tensorrt_timing import time_engine
     from vitmsn.bench.timing import TimingPlan
+    from vitmsn.runtime.manifest import EngineEntry, sha256_file
 
     plan = tmp_path / "engine.plan"
     plan.write_bytes(b"fake")
-    return time_engine(plan, {"target": "tensorrt", "precision": "fp16"}, "pixel_values", 4,
+    entry = EngineEntry(plan.name, sha256_file(plan), precision="fp16", target="tensorrt", tensorrt_version="10.13.0")
+    return time_engine(plan, entry, "pixel_values", 4,
                        TimingPlan(warmup=2, iterations=5), streams=streams)
 
 
