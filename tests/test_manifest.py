@@ -242,3 +242,17 @@ def test_a_shard_index_naming_a_parent_path_is_refused(tmp_path: Path) -> None:
     index.write_text(json.dumps({"weight_map": {"classifier.weight": "../model.safetensors"}}))
     with pytest.raises(InputError, match=r"weight_map\['classifier.weight'\] names '../model.safetensors'"):
         load_checkpoint(str(ck))
+
+
+def test_an_export_whose_checkpoint_cannot_make_a_valid_manifest_writes_nothing(tmp_path: Path) -> None:
+    from checkpoints import TINY_CONFIG, save_transformers
+    from vitmsn.cli.export_cmd import command as export_command
+
+    ck = tmp_path / "ck"
+    size = int(TINY_CONFIG["image_size"])
+    save_transformers(ck, preprocessor={"size": {"height": size, "width": size}, "image_std": [0.5, 1e-45, 0.5]},
+                      **TINY_CONFIG)  # a denormal std turns every pixel into inf
+    result = CliRunner().invoke(export_command, ["--model", str(ck), "--out", str(tmp_path / "o"), "--engine", "skip"],
+                                catch_exceptions=False)
+    assert result.exit_code == 2 and "preprocess.image_std[1]" in result.output and "preprocessor_config.json" in result.output
+    assert not (tmp_path / "o").exists()
