@@ -11,6 +11,7 @@ A real tritonserver runs the repository in tests/test_triton_server.py; here, wi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -30,7 +31,7 @@ from tritonclient.grpc import model_config_pb2
 from vitmsn.cli import group as main
 from vitmsn.errors import InputError
 from vitmsn.runtime import Predictor
-from vitmsn.runtime.manifest import Manifest, sha256_file, write_json_atomic
+from vitmsn.runtime.manifest import EngineEntry, Manifest, sha256_file
 from vitmsn.runtime.preprocess import PreprocessConfig
 from vitmsn.serving.triton import TritonOptions, write_triton_repository
 from vitmsn.serving.triton_check import check_repository
@@ -58,13 +59,13 @@ def test_default_repository_matches_onnx_graph(demo_artifacts: Path, tmp_path: P
 
     cfg = _config(repo, "vitmsn_onnx")
     assert cfg.platform == "onnxruntime_onnx" and cfg.name == "vitmsn_onnx"
-    assert cfg.max_batch_size == manifest.batch["max"] == 32
-    assert list(cfg.dynamic_batching.preferred_batch_size) == [manifest.batch["opt"], manifest.batch["max"]]
+    assert cfg.max_batch_size == manifest.batch.max == 32
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [manifest.batch.opt, manifest.batch.max]
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
     assert [(g.kind, g.count) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)]
     model_file = repo / "vitmsn_onnx" / "1" / "model.onnx"
     # CPU instances (the default) get the CPU-placed graph: ONNX Runtime's fused FP32 flavour.
-    assert sha256_file(model_file) == manifest.precisions["fp32"]["onnxruntime_optimized"]["sha256"]
+    assert sha256_file(model_file) == manifest.precisions["fp32"].flavours["onnxruntime_optimized"].sha256
     assert "serving model.fp32.ort.onnx, the CPU-placed graph" in result.output
 
     graph = onnx.load(str(model_file)).graph  # the model's real I/O, read here independently of the writer
@@ -82,7 +83,7 @@ def test_default_repository_matches_onnx_graph(demo_artifacts: Path, tmp_path: P
     pre, ens = _config(repo, "vitmsn_preprocess"), _config(repo, "vitmsn")
     assert pre.backend == "python" and _dtype(pre, pre.input[0].data_type) == "TYPE_STRING"
     assert (pre.output[0].name, list(pre.output[0].dims)) == ("pixel_values", manifest.input_shape[1:])
-    assert json.loads((repo / "vitmsn_preprocess" / "1" / "preprocess.json").read_text()) == manifest.preprocess
+    assert json.loads((repo / "vitmsn_preprocess" / "1" / "preprocess.json").read_text()) == manifest.preprocess.to_json()
     assert ens.platform == "ensemble" and (repo / "vitmsn" / "1").is_dir()
     assert [s.model_name for s in ens.ensemble_scheduling.step] == ["vitmsn_preprocess", "vitmsn_onnx"]
     assert [o.name for o in ens.output] == ["logits", "embedding"]
@@ -146,18 +147,17 @@ def _with_engines(artifacts: Path, out: Path) -> Path:
     """A copy of ``artifacts`` whose manifest lists engines. The plan files are stand-in bytes (no
     TensorRT runtime here); Triton config generation reads only the manifest's entry and profile."""
     shutil.copytree(artifacts, out)
-    data = json.loads((out / "manifest.json").read_text())
-    chw = data["inputs"][0]["shape"][1:]
+    manifest = Manifest.load(out)
+    chw = manifest.input_shape[1:]
     engines = []
     for target, file, io_dtype in (("tensorrt", "engine.fp16.tensorrt.plan", "float16"),
                                    ("tensorrt-rtx", "engine.fp16.tensorrt-rtx.plan", "float16")):
         (out / file).write_bytes(f"stand-in {target} engine".encode())
-        engines.append({"file": file, "sha256": sha256_file(out / file), "precision": "fp16", "target": target,
-                        "io_dtype": io_dtype, "profile": {"pixel_values": {
-                            "min": [1, *chw], "opt": [4, *chw], "max": [16, *chw]}}})
-    data["engines"] = engines
-    data["precisions"]["fp16"] = dict(data["precisions"]["fp32"], io_dtype="float16")
-    write_json_atomic(out / "manifest.json", data)
+        engines.append(EngineEntry(file, sha256_file(out / file), precision="fp16", target=target,
+                                   tensorrt_version="10.13.0", io_dtype=io_dtype, profile={"pixel_values": {
+                                       "min": [1, *chw], "opt": [4, *chw], "max": [16, *chw]}}))
+    fp16 = dataclasses.replace(manifest.precisions["fp32"], io_dtype="float16")
+    dataclasses.replace(manifest, engines=tuple(engines), precisions={**manifest.precisions, "fp16": fp16}).save()
     return out
 
 
@@ -271,8 +271,8 @@ def test_fp16_and_int8_exports(precision: str, tmp_path: Path, tmp_path_factory:
     cfg = _config(repo, "vitmsn_onnx")
     graph = onnx.load(str(repo / "vitmsn_onnx" / "1" / "model.onnx"), load_external_data=False).graph
     entry = Manifest.load(artifacts).precisions[precision]
-    cpu_graph = entry.get("onnxruntime_cpu") or entry.get("onnxruntime_optimized") or entry  # CPU instances
-    assert sha256_file(repo / "vitmsn_onnx" / "1" / "model.onnx") == cpu_graph["sha256"]
+    cpu_graph = entry.cpu_flavour or entry  # CPU instances
+    assert sha256_file(repo / "vitmsn_onnx" / "1" / "model.onnx") == cpu_graph.sha256
     for declared, actual in ((cfg.input, graph.input), (cfg.output, graph.output)):
         assert [(t.name, _dtype(cfg, t.data_type)) for t in declared] == \
             [(v.name, TYPES[v.type.tensor_type.elem_type]) for v in actual]

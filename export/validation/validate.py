@@ -25,7 +25,7 @@ import numpy as np
 
 from vitmsn.errors import InputError
 from vitmsn.progress import Progress
-from vitmsn.runtime.manifest import Manifest
+from vitmsn.runtime.manifest import EngineEntry, Manifest
 from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
 
 from vitmsn.export.validation import metrics as dm
@@ -144,7 +144,7 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
     wanted = [p.lower() for p in precisions] if precisions else None
-    available = set(manifest.precisions) | {str(e.get("precision")) for e in manifest.engines}
+    available = set(manifest.precisions) | {e.precision for e in manifest.engines}
     for p in wanted or []:
         if p not in available:
             raise InputError(f"--precision {p}: {manifest.root} has no {p} artifact (it has: {', '.join(sorted(available))})")
@@ -156,24 +156,23 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
             if wanted and precision not in wanted:
                 continue
             # the graph itself, and any flavour recorded inside its entry (int8's "onnxruntime_cpu")
-            flavours = [("", entry)] + [(k, v) for k, v in entry.items() if isinstance(v, dict) and "file" in v and "sha256" in v]
+            flavours = [("", entry), *entry.flavours.items()]
             for variant, e in flavours:
-                path = manifest.verify_file(e["file"], e["sha256"])
-                targets.append(Target("onnxruntime", precision, e["file"], _ort_factory(path, precision), variant))
+                path = manifest.verify(e)
+                targets.append(Target("onnxruntime", precision, e.file, _ort_factory(path, precision), variant))
     if backend in ("all", "tensorrt"):
         from vitmsn.runtime.selection import engine_choices
 
         runnable, why_not = engine_choices(manifest, None)
         for entry in runnable:
-            if wanted and entry.get("precision") not in wanted:
+            if wanted and entry.precision not in wanted:
                 continue
-            path = manifest.verify_file(entry["file"], entry["sha256"])
-            targets.append(Target(str(entry.get("target", "tensorrt")), str(entry["precision"]), entry["file"],
-                                  _trt_factory(path, entry)))
+            path = manifest.verify(entry)
+            targets.append(Target(entry.target, entry.precision, entry.file, _trt_factory(path, entry)))
         from vitmsn.runtime import device
 
         if why_not and not device.cuda_gpus():  # one reason, not one per engine, and no rebuild that cannot help
-            files = ", ".join(str(e["file"]) for e in manifest.engines)
+            files = ", ".join(e.file for e in manifest.engines)
             why_not = [f"{files}: TensorRT engines need an NVIDIA GPU with a CUDA driver, and none was found here"]
         skipped += [{"backend": "tensorrt", "reason": reason} for reason in why_not]
     if not targets:
@@ -191,7 +190,7 @@ def _ort_factory(path: Path, precision: str) -> Callable[[], Any]:
     return lambda: OnnxRuntimeRunner(path, precision=precision, allow_spinning=False)
 
 
-def _trt_factory(path: Path, entry: dict[str, Any]) -> Callable[[], Any]:
+def _trt_factory(path: Path, entry: EngineEntry) -> Callable[[], Any]:
     from vitmsn.runtime.tensorrt_runner import TensorRTRunner
 
     return lambda: TensorRTRunner(path, entry)
@@ -278,7 +277,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
     classification = manifest.task == "image-classification"
     names = manifest.output_names
     primary = "logits" if classification else "embedding"
-    bs = batch_size or max(1, int(manifest.batch.get("opt", 8)))
+    bs = batch_size or manifest.batch.opt
     cache = reference_cache if reference_cache is not None else ReferenceCache()
 
     per: dict[int, dict[str, list[dict[str, np.ndarray]]]] = {i: {o: [] for o in names} for i in range(len(targets))}

@@ -94,12 +94,8 @@ def _load_checkpoint(manifest: Any) -> Any:
 def flavours(manifest: Any, precision: str) -> list[tuple[str, Path]]:
     """The graph of a precision and every flavour recorded inside its entry (a nested dict with a file
     and its SHA-256, e.g. int8's ``onnxruntime_cpu``), as ``(variant, verified path)``."""
-    entry = manifest.precisions[precision]
-    out = [("", manifest.verify_file(entry["file"], entry["sha256"]))]
-    for key, value in entry.items():
-        if isinstance(value, dict) and "file" in value and "sha256" in value:
-            out.append((key, manifest.verify_file(value["file"], value["sha256"])))
-    return out
+    entry = manifest.precision(precision)
+    return [("", manifest.verify(entry))] + [(key, manifest.verify(f)) for key, f in entry.flavours.items()]
 
 
 def _fused_graph(manifest: Any, ck: Any, tmp: Path, notes: list[str]) -> Path:
@@ -173,9 +169,8 @@ def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, t
     if not manifest.engines:
         skip("tensorrt", "*", "cuda", "the artifacts hold no TensorRT engine (vitmsn-export --engine require)")
     for entry in manifest.engines:
-        precision = str(entry.get("precision"))
-        if opts.wants("tensorrt", precision):
-            prep.backends.append(TensorRTBackend(manifest.path_of(entry["file"]), entry, name, streams=opts.trt_streams,
+        if opts.wants("tensorrt", entry.precision):
+            prep.backends.append(TensorRTBackend(manifest.verify(entry), entry, name, streams=opts.trt_streams,
                                                  cuda_graphs=opts.cuda_graphs))
     return prep
 
