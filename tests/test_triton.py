@@ -108,7 +108,7 @@ def test_options_and_refusals(demo_artifacts: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in repo.iterdir()) == ["shapes_onnx"]
     # GPU instances get the exported graph, not the CPU-placed flavour.
     assert sha256_file(repo / "shapes_onnx" / "1" / "model.onnx") == \
-        Manifest.load(demo_artifacts).precisions["fp32"]["sha256"]
+        Manifest.load(demo_artifacts).precisions["fp32"].sha256
 
     before = (repo / "shapes_onnx" / "config.pbtxt").read_bytes()
     for args, message in [
@@ -260,7 +260,7 @@ def test_fp16_and_int8_exports(precision: str, tmp_path: Path, tmp_path_factory:
     """The real FP16/INT8 graphs of the shared precision export (which also has TensorRT-RTX engines)."""
     run = demo_precision_run(tmp_path_factory.getbasetemp() / "demo-precisions")  # memoized, shared with test_fp16/int8
     artifacts, repo = run["out"], tmp_path / "repo"
-    recorded = Manifest.load(artifacts).precisions[precision]["validation"]
+    recorded = Manifest.load(artifacts).precisions[precision].validation
     failed = [stage for stage, s in recorded.items() if not s["passed"]]
     if failed:  # this export's gate failed (its report says so): refused unless explicitly allowed
         with pytest.raises(InputError, match=f"precision {precision} failed its export gate.*{failed[0]}"):
@@ -316,7 +316,7 @@ def test_cpu_flavour_that_failed_its_gate_is_not_served(demo_artifacts: Path, tm
     repo = tmp_path / "repo"
     result = runner_ok("triton", str(artifacts), "--repo", str(repo), "--format", "onnx", "--format", "python")
     assert "failed drift_fp32_ort; serving the exported model.fp32.onnx" in result.output
-    exported = Manifest.load(artifacts).precisions["fp32"]["sha256"]
+    exported = Manifest.load(artifacts).precisions["fp32"].sha256
     for model in ("vitmsn_onnx", "vitmsn_python"):
         assert sha256_file(repo / model / "1" / "model.onnx") == exported, model
 

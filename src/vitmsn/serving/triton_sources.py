@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vitmsn.errors import InputError
 from vitmsn.runtime.manifest import MANIFEST_NAME, FlavourEntry, Manifest, PrecisionEntry
