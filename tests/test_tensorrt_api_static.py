@@ -34,7 +34,7 @@ class Typo:
 BUILDER, RUNNER = check.CHECKED[:2]
 TYPOS = (
     Typo("misspelt_deserialize", RUNNER, "runtime.deserialize_cuda_engine(plan)", "runtime.deserialise_cuda_engine(plan)"),
-    Typo("misspelt_context_factory", RUNNER, "engine.create_execution_context()", "engine.create_execution_contxt()"),
+    Typo("misspelt_context_factory", RUNNER, "else engine.create_execution_context()", "else engine.create_execution_contxt()"),
     Typo("wrong_tensor_io_mode", RUNNER, "trt_module.TensorIOMode.INPUT", "trt_module.TensorIOMode.IN"),
     Typo("wrong_execute_method", RUNNER, "context.execute_async_v3(int(self._stream))",
          "context.execute_async_v2(int(self._stream))"),  # removed in TensorRT 10

@@ -250,7 +250,7 @@ def test_10_one_note_without_a_gpu_and_rebuild_commands_that_keep_every_precisio
     base = data["engines"][0]
     data["engines"] = [dict(base, precision=p, file=f"engine.{p}.tensorrt-rtx.plan") for p in ("fp32", "fp16", "int8")]
     data["precisions"]["fp16"] = dict(data["precisions"]["fp32"])
-    data["precisions"]["int8"] = dict(data["precisions"]["fp32"], calibration={"source": "/data/calib", "count": 64})
+    data["precisions"]["int8"] = dict(data["precisions"]["fp32"], calibration={"source": "/data/calib", "count": 64, "sha256": "0" * 64})
     state = _gpus(monkeypatch, tmp_path, )  # no GPU
     choice = choose(Manifest.from_json(art, data), "auto")
     notes = [n for n in choice.notes if "engine" in n]
