@@ -31,7 +31,7 @@ from tritonclient.grpc import model_config_pb2
 from vitmsn.cli import group as main
 from vitmsn.errors import InputError
 from vitmsn.runtime import Predictor
-from vitmsn.runtime.manifest import EngineEntry, Manifest, sha256_file
+from vitmsn.runtime.manifest import EngineEntry, Manifest, sha256_file, write_json_atomic
 from vitmsn.runtime.preprocess import PreprocessConfig
 from vitmsn.serving.triton import TritonOptions, write_triton_repository
 from vitmsn.serving.triton_check import check_repository
@@ -321,12 +321,18 @@ def test_cpu_flavour_that_failed_its_gate_is_not_served(demo_artifacts: Path, tm
         assert sha256_file(repo / model / "1" / "model.onnx") == exported, model
 
 
+def _nine_classes(d: dict[str, Any]) -> None:
+    d["outputs"][0].update(shape=["batch", 9])
+    d["labels"]["8"] = "extra"
+
+
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d["outputs"][0].update(shape=["batch", 10**9]),
-     "output logits is declared with shape ['batch', 1000000000], but model.fp32.ort.onnx produces ['batch', 8]"),
-    (lambda d: d["labels"].pop("7"), "do not name the model's 8 classes 0..7"),
-    (lambda d: d["labels"].update({"8": "extra"}), "do not name the model's 8 classes 0..7"),
-], ids=["logits-1e9", "label-missing", "label-extra"])
+    # refused by the manifest loader itself (any dimension above 2**24 is a typo, never allocated)
+    (lambda d: d["outputs"][0].update(shape=["batch", 10**9]), "outputs[0].shape[1]: 1000000000 is above the maximum"),
+    (lambda d: d["labels"].pop("7"), "labels: 7 labels for 8 logits"),
+    # a manifest consistent in itself that the graph contradicts: the writer reads the graph's real dims
+    (_nine_classes, "output logits is declared with shape ['batch', 9], but model.fp32.ort.onnx produces ['batch', 8]"),
+], ids=["logits-1e9", "label-missing", "declared-9-classes"])
 def test_label_count_comes_from_the_graph(demo_artifacts: Path, tmp_path: Path, edit: Any, message: str) -> None:
     """A manifest that declares 10^9 classes is refused at once (it used to allocate ~17 GB)."""
     artifacts = _edited(demo_artifacts, tmp_path / "artifacts", edit)
