@@ -76,15 +76,15 @@ def _load_checkpoint(manifest: Any) -> Any:
     """The checkpoint the artifacts were exported from (None when it is not on this machine)."""
     from vitmsn.export.fp32.checkpoint import load_checkpoint
 
-    model = manifest.data["model"]
-    for source in (model.get("directory"), model.get("source")):
+    model = manifest.model
+    for source in (model.extra.get("directory"), model.source):
         if not source:
             continue
         try:
             ck = load_checkpoint(str(source))
         except InputError:
             continue
-        if model.get("checkpoint_sha256") and ck.sha256 != model["checkpoint_sha256"]:
+        if ck.sha256 != model.checkpoint_sha256:
             raise InputError(f"{source}: the checkpoint changed since the export (its SHA-256 differs from "
                              f"{manifest.root / 'manifest.json'}); re-export, or restore the checkpoint the artifacts came from")
         return ck
@@ -103,7 +103,7 @@ def _fused_graph(manifest: Any, ck: Any, tmp: Path, notes: list[str]) -> Path:
     from vitmsn.export.fp32.model import ViTMSNArch
     from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
 
-    arch = ck.arch if ck is not None else ViTMSNArch.from_config(manifest.data["model"]["config"])
+    arch = ck.arch if ck is not None else ViTMSNArch.from_config(manifest.model.config)
     result = ort_optimized_onnx_from_fp32(manifest.onnx_path("fp32"), tmp / "model.fp32.ort.onnx", arch)
     notes.append(f"ORT-fused FP32 graph built at bench time (the manifest has none): {result.fused}")
     return result.path
@@ -286,7 +286,7 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
     ck = _load_checkpoint(manifest)
     from vitmsn.export.fp32.model import ViTMSNArch
 
-    arch = ViTMSNArch.from_config(manifest.data["model"]["config"])
+    arch = ViTMSNArch.from_config(manifest.model.config)
     gflops = arch.gflops_per_image()  # dense layers: the 8.48 GFLOP convention for ViT-S/16
     preprocess = PreprocessConfig.from_manifest(manifest.preprocess)
     rng_images = jpeg_images(max(opts.batch_sizes + (opts.check_batch,)), seed=opts.seed)
@@ -329,8 +329,8 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
     return {
         "machine": machine,
         "artifacts": str(Path(artifacts)),
-        "model": {"source": manifest.data["model"].get("source"), "task": manifest.task,
-                  "config": manifest.data["model"].get("config"), "gflops_per_image": gflops,
+        "model": {"source": manifest.model.source, "task": manifest.task,
+                  "config": dict(manifest.model.config), "gflops_per_image": gflops,
                   "gflops_per_image_with_attention": arch.gflops_per_image(include_attention=True)},
         "reference": ("pytorch-eager fp32 cpu" if ck is not None else "onnxruntime fp32 cpu (no checkpoint here)"),
         "options": {"batch_sizes": list(opts.batch_sizes), "threads": threads, "timing": plan, "e2e": opts.e2e,
