@@ -24,6 +24,7 @@ FLAVOURS = ("onnxruntime_cpu", "onnxruntime_optimized")
 RESAMPLE = (0, 1, 2, 3, 4, 5)  # Pillow: nearest, lanczos, bilinear, bicubic, box, hamming
 MAX_SIDE = 16384  # pixels; an input side beyond this is a typo, not a model
 MAX_DIM = 1 << 24  # any tensor dimension (a 10**9 logits axis would be allocated by consumers)
+ALPHA = ("drop", "composite")  # the preprocess block's transparency handling
 MIN_STD = 1e-6  # normalisation divides by std: smaller values turn pixels into inf/NaN
 
 
@@ -100,8 +101,13 @@ class PreprocessSpec:
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
     extra: dict[str, Any] = dc_field(default_factory=dict)
+    # transparency: "drop" (convert("RGB")) or "composite" onto alpha_background; None: a manifest written before
+    # the choice was recorded (composited onto white, as validated then; see vitmsn.runtime.preprocess)
+    alpha: str | None = None
+    alpha_background: tuple[int, int, int] | None = None
 
-    KNOWN = ("size", "resample", "do_resize", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")
+    KNOWN = ("size", "resample", "do_resize", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
+             "alpha", "alpha_background")
 
     @classmethod
     def from_json(cls, obj: Any, where: Where) -> "PreprocessSpec":
@@ -115,17 +121,32 @@ class PreprocessSpec:
             a, b, c = (read_float(v, where.at(key).at(i), minimum=minimum, maximum=1e6) for i, v in enumerate(values))
             return a, b, c
 
+        alpha, background = obj.get("alpha"), obj.get("alpha_background")
+        if alpha is not None:
+            alpha = read_str(alpha, where.at("alpha"), choices=ALPHA)
+        if alpha == "composite":
+            rgb = read_list(field(obj, "alpha_background", where), where.at("alpha_background"), length=3)
+            background = tuple(read_int(v, where.at("alpha_background").at(i), minimum=0, maximum=255)
+                               for i, v in enumerate(rgb))
+        elif background is not None:
+            raise where.at("alpha_background").error(f"given, but alpha is {alpha!r} (only 'composite' uses a background)")
         return cls(h, w, read_int(field(obj, "resample", where), where.at("resample"), minimum=0, maximum=max(RESAMPLE)),
                    read_bool(field(obj, "do_resize", where), where.at("do_resize")),
                    read_bool(field(obj, "do_rescale", where), where.at("do_rescale")),
                    read_float(field(obj, "rescale_factor", where), where.at("rescale_factor"), minimum=1e-12, maximum=1e6),
                    read_bool(field(obj, "do_normalize", where), where.at("do_normalize")),
-                   triple("image_mean", -1e6), triple("image_std", MIN_STD), extra(obj, cls.KNOWN))
+                   triple("image_mean", -1e6), triple("image_std", MIN_STD), extra(obj, cls.KNOWN), alpha,
+                   background)  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, Any]:
-        out = {"do_resize": self.do_resize, "size": {"height": self.height, "width": self.width},
-               "resample": self.resample, "do_rescale": self.do_rescale, "rescale_factor": self.rescale_factor,
-               "do_normalize": self.do_normalize, "image_mean": list(self.image_mean), "image_std": list(self.image_std)}
+        out: dict[str, Any] = {
+            "do_resize": self.do_resize, "size": {"height": self.height, "width": self.width},
+            "resample": self.resample, "do_rescale": self.do_rescale, "rescale_factor": self.rescale_factor,
+            "do_normalize": self.do_normalize, "image_mean": list(self.image_mean), "image_std": list(self.image_std)}
+        if self.alpha is not None:
+            out["alpha"] = self.alpha
+        if self.alpha_background is not None:
+            out["alpha_background"] = list(self.alpha_background)
         return {**out, **self.extra}
 
 

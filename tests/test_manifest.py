@@ -61,6 +61,9 @@ BAD_FIELDS: list[tuple[str, Tamper, str]] = [
     ("size-string", _set("preprocess.size.width", "48"), "preprocess.size.width"),
     ("size-does-not-fit-input", _set("preprocess.size", {"height": 32, "width": 32}), "preprocess.size"),
     ("resample-unknown", _set("preprocess.resample", 9), "preprocess.resample"),
+    ("alpha-unknown", _set("preprocess.alpha", "blend"), "preprocess.alpha"),
+    ("alpha-background-out-of-range", lambda d: d["preprocess"].update(alpha="composite", alpha_background=[255, 256, 0]),
+     "preprocess.alpha_background[1]"),
     ("batch-string", _set("batch", "abc"), "batch"),
     ("batch-min-string", _set("batch.min", "abc"), "batch.min"),
     ("batch-order", _set("batch", {"min": 8, "opt": 4, "max": 16}), "batch"),
@@ -154,7 +157,7 @@ def test_inspect_lists_and_verifies_every_named_file_including_cpu_flavours(demo
     m = Manifest.load(demo_int8_artifacts)
     named = {f.file for f in m.files()}
     assert {"model.fp32.onnx", "model.fp32.ort.onnx", "model.int8.onnx", "model.int8.cpu.onnx",
-            "report.json", "report.md"} <= named
+            "report.json", "report.md", "export.log"} <= named
     on_disk = {p.name for p in demo_int8_artifacts.iterdir()} - {MANIFEST_NAME}
     assert on_disk == named  # every file in the directory is named, every named file is there
     assert all(f.sha256 for f in m.files())
@@ -166,7 +169,7 @@ def test_inspect_lists_and_verifies_every_named_file_including_cpu_flavours(demo
 def test_verify_catches_each_missing_swapped_or_corrupt_file(demo_int8_artifacts: Path, tmp_path: Path) -> None:  # noqa: F811
     root = _copy(demo_int8_artifacts, tmp_path / "art")
     files = sorted(p.name for p in root.iterdir() if p.name != MANIFEST_NAME)  # what is there, not what the code lists
-    assert {"model.fp32.ort.onnx", "model.int8.cpu.onnx", "report.json"} <= set(files)
+    assert {"model.fp32.ort.onnx", "model.int8.cpu.onnx", "report.json", "export.log"} <= set(files)
     for name in files:
         path = root / name
         original = path.read_bytes()
