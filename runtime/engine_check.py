@@ -55,7 +55,7 @@ def rebuild_command(entry: EngineEntry, manifest: "Manifest | None", root: Any =
     precision the directory holds (int8 with its recorded calibration images), never just one.
     ``gpu``: the GPU it should run on (a TensorRT-RTX engine then also targets its architecture)."""
     target = entry.target
-    options = dict(entry.extra.get("options") or {})
+    options = entry.options
     precisions = list(manifest.precisions) if manifest is not None else []
     if not precisions:
         precisions = [entry.precision]

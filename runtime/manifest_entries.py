@@ -321,6 +321,18 @@ class EngineEntry(FileRef):
                    read_bool(obj.get("version_compatible", False), where.at("version_compatible")),
                    read_bool(obj.get("hardware_compatible", False), where.at("hardware_compatible")), extra(obj, cls.KNOWN))
 
+    @property
+    def int8_execution(self) -> dict[str, Any] | None:
+        """What the engine computes for an INT8 Q/DQ graph, as the builder recorded it (int8 engines only)."""
+        value = self.extra.get("int8_execution")
+        return dict(value) if isinstance(value, dict) else None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The builder options it was built with (what the rebuild command repeats)."""
+        value = self.extra.get("options")
+        return dict(value) if isinstance(value, dict) else {}
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {**super().to_json(), "precision": self.precision, "target": self.target}
         if self.onnx is not None:

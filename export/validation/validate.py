@@ -200,21 +200,21 @@ def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[
     """The PyTorch FP32 model the artifacts were exported from, its description, and its checks."""
     from vitmsn.export.fp32.checkpoint import load_checkpoint
 
-    model_block = manifest.data["model"]
-    recorded = Path(str(model_block.get("directory", "")))
+    model_block = manifest.model
+    recorded = Path(str(model_block.extra.get("directory", "")))
     if checkpoint:
         source, option = checkpoint, "--checkpoint"
     elif recorded.is_absolute() and recorded.is_dir():
         source, option = str(recorded), "manifest.json model.directory"
     else:
-        source, option = model_block.get("source"), "manifest.json model.source (pass the checkpoint with --checkpoint)"
+        source, option = model_block.source, "manifest.json model.source (pass the checkpoint with --checkpoint)"
     ck = load_checkpoint(str(source), option)
-    expected = model_block.get("checkpoint_sha256")
+    expected = model_block.checkpoint_sha256
     if ck.sha256 != expected:
         raise InputError(f"{ck.directory}: checkpoint SHA-256 {ck.sha256[:12]}... does not match the manifest's "
                          f"model.checkpoint_sha256 {str(expected)[:12]}...; this is not the checkpoint the artifacts "
                          "were exported from (pass the original one with --checkpoint, or re-export)")
-    attention = model_block.get("attention", "math")
+    attention = str(model_block.extra.get("attention", "math"))
     model = ck.build_model(attention)
     manifest_pre = PreprocessConfig.from_manifest(manifest.preprocess)
     same = manifest_pre == ck.preprocess
@@ -222,7 +222,7 @@ def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[
              "detail": ("manifest preprocess equals the checkpoint's " + ck.preprocess_source) if same else
              f"manifest preprocess {manifest_pre} differs from the checkpoint's ({ck.preprocess_source}: "
              f"{ck.preprocess}); images would be normalised differently from training: re-export"}
-    info = {"backend": "pytorch", "precision": "fp32", "attention": attention, "source": model_block.get("source"),
+    info = {"backend": "pytorch", "precision": "fp32", "attention": attention, "source": model_block.source,
             "checkpoint": str(ck.directory),
             "checkpoint_sha256": ck.sha256}
     return model, info, [check]

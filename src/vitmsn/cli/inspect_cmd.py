@@ -55,8 +55,8 @@ def describe_manifest(m: Manifest) -> str:
         for e in m.engines:
             where = list(e.compute_capabilities or e.aot_targets) or "?"
             lines.append(f"  {e.file} ({e.precision}, {e.target} {e.tensorrt_version}, targets {where}, {_size(e)})")
-            int8 = e.extra.get("int8_execution")
-            if isinstance(int8, dict):  # what the engine computes for the Q/DQ graph, as documented (see the builder)
+            int8 = e.int8_execution
+            if int8:  # what the engine computes for the Q/DQ graph, as documented (see the builder)
                 lines.append(f"    int8: {int8.get('graph')}; engine: {int8.get('engine')}"
                              f"{'' if int8.get('verified') else ' (unverified on a GPU)'}")
     else:
