@@ -37,10 +37,10 @@ from .manifest_entries import EngineEntry
 from .manifest_fields import Where
 from .runner import RunnerBase, TensorMeta
 
-if TYPE_CHECKING:
-    from .manifest import Manifest
 if TYPE_CHECKING:  # the static check (tests/tensorrt_static_check.py) supplies each API in turn as `tensorrt`
     import tensorrt as trt
+
+    from vitmsn.runtime.manifest import Manifest
 
 _NP_BY_TRT_NAME = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64,
                    "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
@@ -105,7 +105,7 @@ class _Buffer:
         errors = []
         for what, result in (("cudaFree", self.cudart.cudaFree(self.device)),
                              ("cudaFreeHost", self.cudart.cudaFreeHost(self.host_ptr))):
-            err = result[0] if isinstance(result, tuple) else result
+            err: Any = result[0] if isinstance(result, tuple) else result
             if int(getattr(err, "value", err)) != 0:
                 errors.append(f"{what}: {err}")
         return errors
@@ -156,7 +156,7 @@ class TensorRTRunner(RunnerBase):
             trt_module, version = None, None
         manifest = self.manifest
         if manifest is None and (self.path.parent / "manifest.json").is_file():
-            from .manifest import Manifest
+            from vitmsn.runtime.manifest import Manifest
 
             try:  # the directory's manifest gives the rebuild command its recorded options
                 manifest = Manifest.load(self.path.parent)
@@ -207,7 +207,7 @@ class TensorRTRunner(RunnerBase):
         self._save_runtime_cache()
 
     def _rebuild(self) -> str:
-        from .engine_check import rebuild_command
+        from vitmsn.runtime.engine_check import rebuild_command
 
         return rebuild_command(self.entry, self.manifest, self.path.parent, device.gpu(self.gpu_index))
 
@@ -217,7 +217,7 @@ class TensorRTRunner(RunnerBase):
         config = None
         if hasattr(engine, "create_runtime_config"):
             config = engine.create_runtime_config()
-        if config is not None and hasattr(config, "create_runtime_cache"):
+        if config is not None and hasattr(config, "create_runtime_cache") and hasattr(config, "set_runtime_cache"):
             cache = config.create_runtime_cache()
             path = runtime_cache_path(self.entry, device.gpu(self.gpu_index))
             if path.is_file() and not cache.deserialize(path.read_bytes()):
@@ -235,7 +235,7 @@ class TensorRTRunner(RunnerBase):
     def _save_runtime_cache(self) -> None:
         if self._runtime_cache is None:
             return
-        from .manifest import write_bytes_atomic
+        from vitmsn.runtime.manifest import write_bytes_atomic
 
         path = runtime_cache_path(self.entry, device.gpu(self.gpu_index))
         try:

@@ -44,8 +44,8 @@ TYPOS = (
     # further probes: of an enum member, with getattr, and of the module itself
     Typo("probe_of_no_such_enum_member", BUILDER, 'hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")',
          'hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPE")'),
-    Typo("getattr_probe_of_no_such_flag", BUILDER, 'getattr(trt.BuilderFlag, "VERSION_COMPATIBLE", None)',
-         'getattr(trt.BuilderFlag, "VERSION_COMPATIBILITY", None)'),
+    Typo("getattr_probe_of_no_such_flag", BUILDER, 'flag = getattr(trt.BuilderFlag, "VERSION_COMPATIBLE", None)',
+         'flag = getattr(trt.BuilderFlag, "VERSION_COMPATIBILITY", None)'),
     Typo("probe_of_no_such_class", BUILDER, 'hasattr(trt, "IProgressMonitor")', 'hasattr(trt, "IProgresMonitor")'),
 )
 CANARY = '''import tensorrt as trt
