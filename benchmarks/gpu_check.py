@@ -124,8 +124,8 @@ def engine_build_load(ck: Check, work: Path, target: str) -> tuple[str, str]:
     x = np.random.default_rng(0).uniform(-1, 1, (8, 3, 224, 224)).astype(np.float32)
     with Predictor.from_artifacts(art, backend="tensorrt") as t, Predictor.from_artifacts(art, backend="onnxruntime") as o:
         diff = float(np.abs(t.infer(x)["logits"] - o.infer(x)["logits"]).max())
-    return ("passed" if diff < 1e-2 else "FAILED"), (f"{e['file']} {target} {e['tensorrt_version']} targets "
-                                                     f"{e.get('compute_capabilities')}; max |engine - ORT| logits {diff:.2e}")
+    return ("passed" if diff < 1e-2 else "FAILED"), (f"{e.file} {target} {e.tensorrt_version} targets "
+                                                     f"{list(e.compute_capabilities)}; max |engine - ORT| logits {diff:.2e}")
 
 
 def conformance() -> tuple[str, str]:
@@ -146,7 +146,8 @@ def polygraphy_stage(ck: Check) -> tuple[str, str]:
     m = Manifest.load(art)
     e = m.engines[0]
     x = np.random.default_rng(0).uniform(-1, 1, (8, 3, 224, 224)).astype(np.float32)
-    c = engine_vs_onnxruntime(m.path_of(e["file"]), m.path_of(e["onnx"]), e["target"], e["precision"], [{m.input_name: x}])
+    c = engine_vs_onnxruntime(m.path_of(e.file), m.path_of(e.onnx or m.precision(e.precision).file), e.target, e.precision,
+                              [{m.input_name: x}])
     return ("passed" if c.ran and c.passed else "not run" if not c.ran else "FAILED"), c.detail
 
 

@@ -1,7 +1,7 @@
 """Calibration data: images -> a deterministic, stratified, preprocessed and cached sample.
 
     from vitmsn.calibration import CalibrationOptions, calibration_set_from_directory
-    cs = calibration_set_from_directory("images/", manifest.preprocess, CalibrationOptions(samples=64))
+    cs = calibration_set_from_directory("images/", manifest.preprocess.to_json(), CalibrationOptions(samples=64))
     for feed in cs.reader(batch_size=8): ...          # {"pixel_values": float32 [n, 3, H, W]}
 
 numpy + Pillow only (through the runtime's preprocessing); no torch, no onnx.

@@ -38,7 +38,8 @@ from vitmsn import chatter
 from vitmsn.calibration import CalibrationMethod, CalibrationOptions, CalibrationSet, calibration_set_from_directory
 from vitmsn.errors import InputError, ValidationFailed
 from vitmsn.interrupts import import_deferred
-from vitmsn.runtime.manifest import PRECISIONS, SCHEMA_VERSION, Manifest, sha256_file
+from vitmsn.runtime.manifest import (MANIFEST_NAME, PRECISIONS, BatchSpec, CalibrationRecord, EngineEntry, FlavourEntry,
+                                     LogEntry, Manifest, ModelInfo, PrecisionEntry, PreprocessSpec, TensorSpec, Where)
 
 from vitmsn.export.fp32 import checks
 from vitmsn.export.fp32.checkpoint import Checkpoint, load_checkpoint
@@ -50,8 +51,8 @@ from vitmsn.export.precision.fp16 import Fp16Options
 from vitmsn.export.precision.int8 import Int8Options
 from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention
 from vitmsn.export.fp32.onnx_export import onnx_from_model
-from vitmsn.export.staging import StagedOutput, files_named_in
-from vitmsn.export.precisions import StepContext, engine_step, fp16_step, int8_step
+from vitmsn.export.staging import StagedOutput
+from vitmsn.export.precisions import StepContext, engine_step, file_ref, fp16_step, int8_step, validation_record
 from vitmsn.export.validation.report import write_export_report
 from vitmsn.export.fp32.spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
 from vitmsn.export.validation.validate import ValidationResult, validate_artifacts
@@ -210,31 +211,23 @@ def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module,
     return stages
 
 
-def manifest_skeleton(opts: ExportOptions, ck: Checkpoint, spec: ExportSpec) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {
-            "source": opts.model,
-            "directory": str(ck.directory),
-            "task": spec.task,
-            "architecture": "ViTMSNForImageClassification" if spec.task == "image-classification" else "ViTMSNModel",
-            "config": ck.arch.to_dict(),
-            "num_labels": ck.num_labels,
-            "checkpoint_sha256": ck.sha256,
-            "weight_files": ck.weight_files,
-            "attention": opts.attention,
-            "gflops_per_image": round(ck.arch.gflops_per_image(), 4),
-        },
-        "preprocess": dict(ck.preprocess.to_manifest(), source=ck.preprocess_source),
-        "labels": {str(k): v for k, v in sorted(ck.labels.items())},
-        **spec.io_dict(),
-        "batch": opts.batch.to_dict(),
-        "opset": opts.opset,
-        "precisions": {},
-        "engines": [],
-        "versions": tool_versions(),
-    }
+def manifest_skeleton(opts: ExportOptions, ck: Checkpoint, spec: ExportSpec, root: Path | None = None) -> Manifest:
+    """The manifest before any graph is recorded (its ``precisions`` are filled in as the run goes); ``root``:
+    the directory it is written into (the staging directory; default ``--out``)."""
+    root = Path(opts.out) if root is None else Path(root)
+    where = Where(str(root / MANIFEST_NAME))
+    model = ModelInfo(opts.model, spec.task, ck.arch.to_dict(), ck.sha256,
+                      "ViTMSNForImageClassification" if spec.task == "image-classification" else "ViTMSNModel",
+                      {"directory": str(ck.directory), "num_labels": ck.num_labels, "weight_files": ck.weight_files,
+                       "attention": opts.attention, "gflops_per_image": round(ck.arch.gflops_per_image(), 4)})
+    io = spec.io_dict()
+    return Manifest(
+        root, model,
+        PreprocessSpec.from_json(dict(ck.preprocess.to_manifest(), source=ck.preprocess_source), where.at("preprocess")),
+        tuple(TensorSpec.from_json(t, where.at("inputs")) for t in io["inputs"]),
+        tuple(TensorSpec.from_json(t, where.at("outputs")) for t in io["outputs"]),
+        BatchSpec(opts.batch.min, opts.batch.opt, opts.batch.max), {}, (), dict(sorted(ck.labels.items())),
+        opts.opset, tool_versions(), extra={"created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
 
 
 def _calibration(opts: ExportOptions, preprocess_block: dict[str, Any]) -> CalibrationSet | None:
@@ -260,21 +253,22 @@ def drift_validation(manifest: Manifest, opts: ExportOptions, stages: list[check
     broken = [s.stage for s in stages if not s.passed and not s.stage.startswith(("drift_", "requantize_"))]
     if broken:
         return None, checks.skipped(VALIDATION_STAGE, f"{', '.join(broken)} failed")
-    int8 = manifest.precisions.get("int8", {})
+    int8 = manifest.precisions.get("int8")
+    requantization = int8.extra.get("requantization") if int8 is not None else None
     try:
         # OpenVINO is gated here for bf16, the precision only it runs; its fp32/int8 runs: `vitmsn validate`
         v = validate_artifacts(manifest, opts.validate_images, gates=opts.gates, openvino=("bf16",),
                                reference_cache=reference_cache)
     except InputError as exc:
         return None, checks.StageResult(VALIDATION_STAGE, False, f"--validate-images {opts.validate_images}: {exc}")
-    if int8.get("requantization"):  # shown in report.md/.html next to the figures of the graph kept
-        v.extra["requantization"] = {k: val for k, val in int8["requantization"].items() if k != "sensitivity"}
-        v.extra["sensitivity"] = int8["requantization"]["sensitivity"]
+    if requantization:  # shown in report.md/.html next to the figures of the graph kept
+        v.extra["requantization"] = {k: val for k, val in requantization.items() if k != "sensitivity"}
+        v.extra["sensitivity"] = requantization["sensitivity"]
     stage = validation_stage(v, opts.validate_images)
     return v, checks.StageResult(VALIDATION_STAGE, stage["passed"], stage["detail"], stage["metrics"])
 
 
-def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint, entry: dict[str, Any]) -> checks.StageResult:
+def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint) -> tuple[checks.StageResult, FlavourEntry | None]:
     """``model.fp32.ort.onnx``: ONNX Runtime's transformer fusions (Attention, SkipLayerNorm, BiasGelu) on the
     reference graph, checked against it (atol 1e-4, rtol 1e-3) before it is written; recorded as the fp32 entry's
     ``onnxruntime_optimized`` flavour, which the runtime loads on ONNX Runtime's CPU provider (about 1.1x the
@@ -285,12 +279,13 @@ def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint, entry: dict[str,
     try:
         result = ort_optimized_onnx_from_fp32(fp32_path, path, ck.arch)
     except Exception as exc:  # noqa: BLE001 - the optimizer is third-party code on a user's graph: report, go on
-        return checks.StageResult("ort_fused_fp32", False, f"{type(exc).__name__}: {exc}")
-    entry["onnxruntime_optimized"] = {"file": path.name, "sha256": sha256_file(path),
-                                      "size_bytes": path.stat().st_size, "io_dtype": "float32",
-                                      "runtime": "onnxruntime (com.microsoft fused operators)", **result.to_manifest()}
+        return checks.StageResult("ort_fused_fp32", False, f"{type(exc).__name__}: {exc}"), None
+    ref = file_ref(path)
+    flavour = FlavourEntry(ref.file, ref.sha256, ref.size_bytes, "float32",
+                           {"runtime": "onnxruntime (com.microsoft fused operators)", **result.to_manifest()})
     fused = ", ".join(f"{k} x{v}" for k, v in result.fused.items())
-    return checks.StageResult("ort_fused_fp32", True, f"{fused}; max abs diff vs model.fp32.onnx {result.max_abs_diff:.2e}")
+    return checks.StageResult("ort_fused_fp32", True,
+                              f"{fused}; max abs diff vs model.fp32.onnx {result.max_abs_diff:.2e}"), flavour
 
 
 def run_export(opts: ExportOptions) -> ExportResult:
@@ -309,9 +304,9 @@ def run_export(opts: ExportOptions) -> ExportResult:
             result, failed = _export_into(opts, staged.path, started)
         finally:
             chatter.stop()
-        staged.commit(files_named_in(result.manifest.data))
+        staged.commit({f.file for f in result.manifest.files()} | {MANIFEST_NAME})
     result.out = Path(opts.out)
-    result.manifest.root = result.out
+    result.manifest = replace(result.manifest, root=result.out)
     if failed is not None:
         raise ValidationFailed(failed)
     return result
@@ -337,6 +332,11 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     if opts.alpha_background is not None:
         ck.preprocess = replace(ck.preprocess, alpha_background=opts.alpha_background)
     spec = ExportSpec(ck.arch, ck.task, ck.num_labels)
+    try:  # before anything is written: e.g. a preprocess size the model input cannot take, std 0
+        manifest_skeleton(opts, ck, spec).check_consistency()
+    except InputError as exc:
+        raise InputError(f"{ck.directory}: the checkpoint does not make a valid manifest ({exc}); fix its config.json "
+                         f"or {ck.preprocess_source}") from None
     assert opts.engine_options is not None
     notes: list[str] = []
     build_engines = False
@@ -375,25 +375,26 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     activity(f"checking {fp32_path.name}: onnx.checker, I/O signature, ONNX Runtime parity at batch "
              f"{', '.join(map(str, checks.parity_batch_sizes(opts.batch.min, opts.batch.opt, opts.batch.max)))}")
     stages = StageLog(fp32_stages(fp32_path, spec, model, opts.batch))
-    data = manifest_skeleton(opts, ck, spec)
-    data["precisions"]["fp32"] = {
-        "file": fp32_path.name,
-        "sha256": sha256_file(fp32_path),
-        "size_bytes": fp32_path.stat().st_size,
-        "io_dtype": "float32",
-        "export_seconds": round(export_seconds, 2),
-        "validation": {s.stage: {"passed": s.passed, "detail": s.detail} for s in stages},
-    }
+    skeleton = manifest_skeleton(opts, ck, spec, root=out)
+    ref = file_ref(fp32_path)
+    flavours: dict[str, FlavourEntry] = {}
+    fp32_validation = validation_record(stages)
     if opts.fp32_cpu and all(s.passed for s in stages):
         activity(f"ONNX Runtime transformer fusions -> {FUSED_FP32_FILE}")
-        fused_stage = fused_fp32_step(out, fp32_path, ck, data["precisions"]["fp32"])
-        if fused_stage.passed:
+        fused_stage, fused = fused_fp32_step(out, fp32_path, ck)
+        if fused is not None:
             stages.append(fused_stage)
+            flavours["onnxruntime_optimized"] = fused
         else:  # an optional speed-up: said in the report's notes, never a failed run
             notes.append(f"no ONNX Runtime-fused FP32 graph: {fused_stage.detail}")
+    precisions: dict[str, PrecisionEntry] = {"fp32": PrecisionEntry(
+        ref.file, ref.sha256, ref.size_bytes, "float32", flavours=flavours,
+        extra={"export_seconds": round(export_seconds, 2), "validation": fp32_validation})}
+    engines: list[EngineEntry] = []
     if calibration is not None:
-        data["calibration"] = calibration.to_manifest()
-    result = ExportResult(out, Manifest(out, data), stages, notes)
+        skeleton = replace(skeleton, calibration=CalibrationRecord.from_json(
+            calibration.to_manifest(), Where(str(skeleton.path), "calibration")))
+    result = ExportResult(out, replace(skeleton, precisions=precisions), stages, notes)
     rows: list[dict[str, Any]] = []
     reference_cache = ReferenceCache()
     if inputs is not None and all(s.passed for s in stages):
@@ -405,14 +406,14 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
             activity("FP16: ModelOpt AutoCast, then checks and drift against PyTorch FP32")
             entry, new, r = fp16_step(ctx, Fp16Options(io_dtype="float16" if opts.fp16_io else "float32",
                                                        verbose=opts.verbose), calibration)
-            data["precisions"]["fp16"] = entry
+            precisions["fp16"] = entry
             stages += new
             rows += r
         if "bf16" in opts.precisions:  # OpenVINO's BF16 inference of model.fp32.onnx: no graph, no engine
             from vitmsn.export.precision.bf16 import bf16_step
 
             entry, new, r = bf16_step(ctx)
-            data["precisions"]["bf16"] = entry
+            precisions["bf16"] = PrecisionEntry.from_json(entry, Where(str(skeleton.path), "precisions.bf16"))
             stages += new
             rows += r
         if "int8" in opts.precisions:
@@ -424,7 +425,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
             activity(f"INT8: ModelOpt {opts.int8_method} calibration on {len(calibration)} images, then checks and drift")
             entry, new, r = int8_step(ctx, int8_options, calibration, cpu_flavour=opts.int8_cpu,
                                       max_tries=opts.int8_max_tries)
-            data["precisions"]["int8"] = entry
+            precisions["int8"] = entry
             stages += new
             rows += r
     elif converted:
@@ -434,36 +435,37 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     # run exits 1 naming the gate; a graph that failed its checks gets none.
     if build_engines and all(s.passed for s in stages if not s.stage.startswith(("drift_", "requantize_"))):
         engine_versions = {}
-        for precision in (p for p in opts.precisions if p != "bf16"):
-            entry = data["precisions"][precision]
-            onnx_file = entry["file"]
-            activity(f"building engine.{precision}.{opts.target}.plan from {onnx_file}")
-            built, stage = engine_step(out, precision, onnx_file, spec, entry["io_dtype"], opts.engine_options)
+        for precision in (p for p in opts.precisions if p != "bf16"):  # bf16 is OpenVINO's, no engine
+            entry = precisions[precision]
+            activity(f"building engine.{precision}.{opts.target}.plan from {entry.file}")
+            built, stage = engine_step(out, precision, entry.file, spec, entry.io_dtype, opts.engine_options)
             stages.append(stage)
             if built is not None:
-                data["engines"].append(built)
-                engine_versions[opts.target] = built["tensorrt_version"]
-        data["versions"].update(engine_versions)
+                engines.append(built)
+                engine_versions[opts.target] = built.tensorrt_version
+        skeleton = replace(skeleton, versions={**skeleton.versions, **engine_versions})
     elif build_engines:
         notes.append("no engine built: an earlier check failed")
 
+    result.manifest = replace(skeleton, precisions=precisions, engines=tuple(engines))
     validation = None
+    extra = dict(skeleton.extra)
     if opts.validate_images is not None:
         activity(f"drift validation on {opts.validate_images} (vitmsn validate)")
         validation, stage = drift_validation(result.manifest, opts, stages, reference_cache)
         stages.append(stage)
-        data["drift_validation"] = {"passed": stage.passed, "detail": stage.detail, **stage.metrics}
+        extra["drift_validation"] = {"passed": stage.passed, "detail": stage.detail, **stage.metrics}
 
-    data["notes"] = list(notes)
-    data["total_seconds"] = round(time.perf_counter() - started, 2)
-    data["reports"] = write_export_report(out, data, stages, rows, inputs.describe() if inputs else None)
+    extra.update(notes=list(notes), total_seconds=round(time.perf_counter() - started, 2))
+    result.manifest = replace(result.manifest, extra=extra)
+    reports = write_export_report(out, result.manifest.to_json(), stages, rows, inputs.describe() if inputs else None)
     if validation is not None:
         # report.json/.md/.html of `vitmsn validate`, merged over the export report (its stages are kept, and
         # the top-level "passed" covers both), so the directory holds one report of the whole run.
-        data["reports"].update(write_drift_reports(out, validation))
-    data["passed"] = result.passed
+        reports.update(write_drift_reports(out, validation))
     chatter.stop()  # the log is complete: its hash goes in the manifest
-    data["logs"] = chatter.manifest_entry(log_path)
+    logs = LogEntry.from_json(chatter.manifest_entry(log_path), Where(str(result.manifest.path), "logs"))
+    result.manifest = replace(result.manifest.with_reports(reports), passed=result.passed, logs=logs)
     result.manifest.save()
     if not result.passed:
         failed = "; ".join(f"{s.stage}: {s.detail}" for s in result.failures)

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from vitmsn.calibration import CalibrationMethod, CalibrationSet
-from vitmsn.runtime.manifest import sha256_file
+from vitmsn.runtime.manifest import CalibrationRecord, EngineEntry, FileRef, FlavourEntry, PrecisionEntry, sha256_file
 
 from vitmsn.export.fp32 import checks
 from vitmsn.export.validation.comparison import ComparisonInputs, compare_with_reference, onnxruntime_outputs
@@ -55,8 +55,12 @@ class StepContext:
     verbose: bool = False
 
 
-def file_entry(path: Path) -> dict[str, Any]:
-    return {"file": path.name, "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+def file_ref(path: Path) -> FileRef:
+    return FileRef(path.name, sha256_file(path), path.stat().st_size)
+
+
+def validation_record(stages: list[checks.StageResult]) -> dict[str, Any]:
+    return {s.stage: {"passed": s.passed, "detail": s.detail} for s in stages}
 
 
 def _graph_stages(path: Path, spec: ExportSpec, io_dtype: str) -> list[checks.StageResult]:
@@ -76,7 +80,7 @@ def _drift(ctx: StepContext, label: str, precision: str, path: Path) -> tuple[ch
 
 
 def fp16_step(ctx: StepContext, options: Fp16Options,
-              calibration: CalibrationSet | None) -> tuple[dict[str, Any], list[checks.StageResult], list[dict[str, Any]]]:
+              calibration: CalibrationSet | None) -> tuple[PrecisionEntry, list[checks.StageResult], list[dict[str, Any]]]:
     path = ctx.out / FILES["fp16"]
     reference = calibration.tensors if calibration is not None else (ctx.inputs.tensors if ctx.inputs.real else None)
     result = fp16_onnx_from_fp32(ctx.fp32_path, path, options=options, reference_inputs=reference,
@@ -87,8 +91,10 @@ def fp16_step(ctx: StepContext, options: Fp16Options,
         stage, row = _drift(ctx, "fp16", "fp16", path)
         stages.append(stage)
         rows.append(row)
-    entry = {**file_entry(path), **result.to_manifest(),
-             "validation": {s.stage: {"passed": s.passed, "detail": s.detail} for s in stages}}
+    ref, record = file_ref(path), result.to_manifest()
+    io_dtype = record.pop("io_dtype")
+    entry = PrecisionEntry(ref.file, ref.sha256, ref.size_bytes, io_dtype,
+                           extra={**record, "validation": validation_record(stages)})
     return entry, stages, rows
 
 
@@ -167,7 +173,7 @@ def _speed(value: float | None) -> str:
 
 def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, *,
               cpu_flavour: bool = True, max_tries: int = 0,
-              progress: bool = True) -> tuple[dict[str, Any], list[checks.StageResult], list[dict[str, Any]]]:
+              progress: bool = True) -> tuple[PrecisionEntry, list[checks.StageResult], list[dict[str, Any]]]:
     """Quantize, check, compare; with ``max_tries`` > 0, a graph that fails its drift gate is re-quantized
     with its most sensitive blocks in high precision (:func:`requantize_within_gate`), and the stages
     and figures reported are those of the file finally written."""
@@ -188,18 +194,14 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
         stages.insert(len(stages) - 1 if stages and stages[-1].stage == "drift_int8" else len(stages),
                       _requantization_stage(requantization))
     quant = result.to_manifest()
-    entry: dict[str, Any] = {
-        **file_entry(path), "io_dtype": "float32",
-        "method": quant["method"], "high_precision_dtype": quant["high_precision_dtype"],
-        "exclude": exclude,
-        "excluded_nodes": quant["excluded_nodes"],
-        "calibration": {"method": quant["method"], "count": len(calibration), "source": calibration.source,
-                        "sha256": calibration.sha256, "skipped_images": len(calibration.skipped),
-                        **{k: v for k, v in calibration.to_manifest().items() if k not in ("source", "count")}},
-        "quantization": quant,
-    }
+    extra: dict[str, Any] = {"method": quant["method"], "high_precision_dtype": quant["high_precision_dtype"],
+                             "exclude": exclude, "excluded_nodes": quant["excluded_nodes"], "quantization": quant}
+    calib_extra = {k: v for k, v in calibration.to_manifest().items() if k not in ("source", "count", "tensor_sha256")}
+    record = CalibrationRecord(calibration.source, len(calibration), calibration.sha256, quant["method"],
+                               {"skipped_images": len(calibration.skipped), **calib_extra})
     if requantization is not None:
-        entry["requantization"] = requantization
+        extra["requantization"] = requantization
+    flavours: dict[str, FlavourEntry] = {}
     if cpu_flavour:
         cpu_path = ctx.out / CPU_INT8_FILE
         activity(f"INT8 placed for ONNX Runtime on CPU -> {CPU_INT8_FILE}")
@@ -213,15 +215,17 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
             cpu_stages.append(stage)
             rows.append(row)
         stages += cpu_stages
-        entry["onnxruntime_cpu"] = {**file_entry(cpu_path), "io_dtype": "float32", **cpu.to_manifest(),
-                                    "calibration_sha256": calibration.sha256,
-                                    "validation": {s.stage: {"passed": s.passed, "detail": s.detail} for s in cpu_stages}}
-    entry["validation"] = {s.stage: {"passed": s.passed, "detail": s.detail} for s in stages}
+        ref = file_ref(cpu_path)
+        flavours["onnxruntime_cpu"] = FlavourEntry(ref.file, ref.sha256, ref.size_bytes, "float32", {
+            **cpu.to_manifest(), "calibration_sha256": calibration.sha256, "validation": validation_record(cpu_stages)})
+    ref = file_ref(path)
+    entry = PrecisionEntry(ref.file, ref.sha256, ref.size_bytes, "float32", record, flavours,
+                           {**extra, "validation": validation_record(stages)})
     return entry, stages, rows
 
 
 def engine_step(out: Path, precision: str, onnx_file: str, spec: ExportSpec, io_dtype: str,
-                options: EngineOptions) -> tuple[dict[str, Any] | None, checks.StageResult]:
+                options: EngineOptions) -> tuple[EngineEntry | None, checks.StageResult]:
     target = options.target
     plan = out / f"engine.{precision}.{target}.plan"
     try:
@@ -229,16 +233,14 @@ def engine_step(out: Path, precision: str, onnx_file: str, spec: ExportSpec, io_
                              input_chw=tuple(int(d) for d in spec.input.shape[1:]), options=options)
     except BUILD_ERRORS as exc:  # what TensorRT's bindings raise, not only RuntimeError
         return None, checks.StageResult(f"engine_{precision}", False, f"{type(exc).__name__}: {exc}")
-    entry = {
-        **file_entry(plan), "precision": precision, "target": target, "onnx": onnx_file,
-        "tensorrt_version": r.tensorrt_version, "io_dtype": io_dtype,
-        ("aot_targets" if r.aot else "compute_capabilities"): list(r.compute_capabilities),
-        "compute_capabilities": list(r.compute_capabilities),
-        "profile": r.profile, "build_seconds": round(r.build_seconds, 2), "strongly_typed": r.strongly_typed,
-        "version_compatible": options.version_compatible, "hardware_compatible": options.hardware_compatibility is not None,
-        "precision_flags": list(r.precision_flags), "options": r.options.to_manifest(), "notes": list(r.notes),
-        **r.manifest_fields(),
-    }
-    detail = (f"{plan.name}: {entry['size_bytes'] / 1e6:.1f} MB in {r.build_seconds:.1f}s, {target} {r.tensorrt_version}, "
+    ref, ccs = file_ref(plan), tuple(str(c) for c in r.compute_capabilities)
+    entry = EngineEntry(ref.file, ref.sha256, ref.size_bytes, precision, target, str(r.tensorrt_version), onnx_file,
+                        io_dtype, compute_capabilities=ccs, aot_targets=ccs if r.aot else (), profile=dict(r.profile),
+                        version_compatible=bool(options.version_compatible),
+                        hardware_compatible=options.hardware_compatibility is not None,
+                        extra={"build_seconds": round(r.build_seconds, 2), "strongly_typed": r.strongly_typed,
+                               "precision_flags": list(r.precision_flags), "options": r.options.to_manifest(),
+                               "notes": list(r.notes), **r.manifest_fields()})
+    detail = (f"{plan.name}: {(ref.size_bytes or 0) / 1e6:.1f} MB in {r.build_seconds:.1f}s, {target} {r.tensorrt_version}, "
               f"{'AOT ' if r.aot else ''}{','.join(r.compute_capabilities)}, profile {r.profile[spec.input.name]}")
     return entry, checks.StageResult(f"engine_{precision}", True, detail)

@@ -35,7 +35,6 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from vitmsn import interrupts
 from vitmsn.errors import InputError
@@ -250,26 +249,6 @@ class StagedOutput:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
         self.lock.release()
-
-
-def files_named_in(data: dict[str, Any]) -> set[str]:
-    """Every file a manifest dict names (each ``"file"`` value anywhere in it, the ``reports``), and itself."""
-    named = {MANIFEST_NAME}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "file" and isinstance(value, str):
-                    named.add(value)
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(data)
-    named.update(v for v in (data.get("reports") or {}).values() if isinstance(v, str))
-    return named
 
 
 def _umask() -> int:

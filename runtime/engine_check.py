@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .device import Gpu
+from .manifest_entries import EngineEntry
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -44,34 +48,36 @@ def versions_compatible(built: str, running: str, target: str, version_compatibl
     return False
 
 
-def rebuild_command(entry: Mapping[str, Any], manifest: Mapping[str, Any] | None, root: Any = "ARTIFACTS",
-                    gpu: Gpu | None = None) -> str:
+def rebuild_command(entry: EngineEntry, manifest: "Manifest | None", root: Any = "ARTIFACTS",
+                    gpu: Gpu | None = None, model: str | None = None) -> str:
     """The ``vitmsn-export`` command that rebuilds ``entry``'s engine with the options the manifest
     recorded. An export replaces its --out directory whole, so the command asks again for EVERY
     precision the directory holds (int8 with its recorded calibration images), never just one.
     ``gpu``: the GPU it should run on (a TensorRT-RTX engine then also targets its architecture)."""
-    m = manifest or {}
-    target = str(entry.get("target", "tensorrt"))
-    options = dict(entry.get("options") or {})
-    precisions = list((m.get("precisions") or {}).keys()) or [str(entry.get("precision", "fp32"))]
-    if str(entry.get("precision")) not in precisions:
-        precisions.append(str(entry.get("precision")))
-    model = str((m.get("model") or {}).get("source") or "<the model>")
-    args = ["vitmsn-export", "--model", model]
+    target = entry.target
+    options = entry.options
+    precisions = list(manifest.precisions) if manifest is not None else []
+    if not precisions:
+        precisions = [entry.precision]
+    if entry.precision not in precisions:
+        precisions.append(entry.precision)
+    source = manifest.model.source if manifest is not None else model
+    args = ["vitmsn-export", "--model", str(source or "<the model>")]
     for p in precisions:
         args += ["--precision", p]
     if "int8" in precisions:
-        calib = ((m.get("precisions") or {}).get("int8") or {}).get("calibration") or {}
-        args += ["--calib-images", str(calib.get("source") or "<the calibration images>")]
-        if calib.get("count"):
-            args += ["--calib-samples", str(calib["count"])]
-    batch = m.get("batch") or {}
-    if batch:
-        args += ["--batch", f"{batch.get('min')}:{batch.get('opt')}:{batch.get('max')}"]
-    if m.get("opset"):
-        args += ["--opset", str(m["opset"])]
+        int8 = manifest.precisions.get("int8") if manifest is not None else None
+        calib = int8.calibration if int8 is not None else None
+        args += ["--calib-images", str(calib.source if calib is not None else "<the calibration images>")]
+        if calib is not None and calib.count:
+            args += ["--calib-samples", str(calib.count)]
+    if manifest is not None:
+        b = manifest.batch
+        args += ["--batch", f"{b.min}:{b.opt}:{b.max}"]
+        if manifest.opset:
+            args += ["--opset", str(manifest.opset)]
     args += ["--engine", "require", "--target", target]
-    aot = [str(t).lower() for t in (options.get("aot_targets") or entry.get("aot_targets") or [])]
+    aot = [str(t).lower() for t in (options.get("aot_targets") or entry.aot_targets or [])]
     if target == "tensorrt-rtx" and gpu is not None:
         here = "sm" + gpu.compute_capability.replace(".", "")
         aot = aot + [here] if aot and here not in aot else aot
@@ -79,7 +85,7 @@ def rebuild_command(entry: Mapping[str, Any], manifest: Mapping[str, Any] | None
         args += ["--aot-targets", ",".join(aot)]
     if options.get("hardware_compatibility"):
         args += ["--hardware-compat", str(options["hardware_compatibility"])]
-    if options.get("version_compatible") or entry.get("version_compatible"):
+    if options.get("version_compatible") or entry.version_compatible:
         args.append("--version-compat")
     if options.get("workspace_bytes"):
         args += ["--workspace", f"{int(options['workspace_bytes']) // (1 << 20)}M"]
@@ -91,9 +97,9 @@ def rebuild_command(entry: Mapping[str, Any], manifest: Mapping[str, Any] | None
     return " ".join(shlex.quote(a) for a in args)
 
 
-def engine_problems(entry: dict[str, Any], *, runtime_version: str | None, gpus: Iterable[Gpu],
+def engine_problems(entry: EngineEntry, *, runtime_version: str | None, gpus: Iterable[Gpu],
                     root: Any = "ARTIFACTS", model: str | None = None, gpu_index: int = 0,
-                    manifest: Mapping[str, Any] | None = None, with_rebuild: bool = True) -> list[str]:
+                    manifest: "Manifest | None" = None, with_rebuild: bool = True) -> list[str]:
     """Why the engine ``entry`` cannot run on CUDA device ``gpu_index`` here (empty when it can).
 
     ``runtime_version`` is the installed module's ``__version__`` (None: not importable) and
@@ -101,9 +107,7 @@ def engine_problems(entry: dict[str, Any], *, runtime_version: str | None, gpus:
     command that rebuilds the engine (with the manifest's options), except where no GPU was found:
     no rebuild can make an engine run on a machine without one.
     """
-    name = entry.get("file", "engine")
-    target = entry.get("target", "tensorrt")
-    built = str(entry.get("tensorrt_version", "?"))
+    name, target, built = entry.file, entry.target, entry.tensorrt_version
     problems = []
     gpus = list(gpus)
     gpu = gpus[gpu_index] if 0 <= gpu_index < len(gpus) else None
@@ -115,14 +119,14 @@ def engine_problems(entry: dict[str, Any], *, runtime_version: str | None, gpus:
     if runtime_version is None:
         module = "tensorrt_rtx" if target == "tensorrt-rtx" else "tensorrt"
         problems.append(f"{name}: built for {target} {built}, but the {module!r} module is not importable here")
-    elif not versions_compatible(built, runtime_version, target, bool(entry.get("version_compatible"))):
+    elif not versions_compatible(built, runtime_version, target, entry.version_compatible):
         problems.append(f"{name}: built with {target} {built}, but this machine has {target} {runtime_version} "
                         "(engines only run on the release that built them)")
-    wanted = [c for c in (normalize_cc(v) for v in entry.get("compute_capabilities") or []) if c]
-    if wanted and not entry.get("hardware_compatible") and gpu.compute_capability not in wanted:
+    wanted = [c for c in (normalize_cc(v) for v in entry.compute_capabilities) if c]
+    if wanted and not entry.hardware_compatible and gpu.compute_capability not in wanted:
         problems.append(f"{name}: built for compute capability {', '.join(wanted)}, but GPU {gpu.index} "
                         f"({gpu.name}) is {gpu.compute_capability}")
     if problems and with_rebuild:
-        command = rebuild_command(entry, manifest or ({"model": {"source": model}} if model else None), root, gpu)
+        command = rebuild_command(entry, manifest, root, gpu, model)
         problems[-1] += f"; rebuild it for this machine: {command}; or run it with --backend onnxruntime"
     return problems

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from vitmsn.errors import InputError
 
 from . import device
-from .manifest import Manifest
+from .manifest import Manifest, PrecisionEntry
 from .openvino_runner import bf16_capable, inference_precision_for, openvino_available
 
 if TYPE_CHECKING:
@@ -33,8 +33,8 @@ def openvino_preferred() -> bool:
     return platform.machine().lower() in X86 and openvino_available() and not device.has_cuda_gpu()
 
 
-def _gates_passed(entry: dict[str, Any]) -> bool:
-    checks = entry.get("validation") or {}
+def _gates_passed(entry: PrecisionEntry) -> bool:
+    checks = entry.validation or {}
     return bool(checks) and all(bool(c.get("passed")) for c in checks.values())
 
 
@@ -42,7 +42,7 @@ def openvino_precision(manifest: Manifest, flags: frozenset[str] | None = None) 
     """The precision auto runs on OpenVINO: a gated bf16 entry on a BF16 CPU, else fp32."""
     bf16 = manifest.precisions.get("bf16")
     # Only an entry whose figures are BF16's (validated with bf16 inference precision) and passed its gates.
-    if bf16 is not None and bf16.get("inference_precision") == "bf16" and _gates_passed(bf16) and bf16_capable(flags):
+    if bf16 is not None and bf16.extra.get("inference_precision") == "bf16" and _gates_passed(bf16) and bf16_capable(flags):
         return "bf16"
     if "fp32" in manifest.precisions:
         return "fp32"
@@ -68,5 +68,5 @@ def choose_openvino(manifest: Manifest, precision: str | None, notes: tuple[str,
     extra = list(notes)
     if precision == "bf16" and inference != "bf16":
         extra.append("this CPU has no AVX512_BF16 or AMX: bf16 runs with f32 inference precision")
-    return Choice("openvino", precision, str(entry["file"]), str(entry["sha256"]), inference_precision=inference,
+    return Choice("openvino", precision, entry.file, entry.sha256, inference_precision=inference,
                   notes=tuple(extra))

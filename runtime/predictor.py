@@ -75,7 +75,7 @@ class Predictor:
         self.labels = manifest.labels
         self.task = manifest.task
         limit = runner.max_batch
-        size = int(batch_size or manifest.batch.get("opt", 8))
+        size = int(batch_size or manifest.batch.opt)
         self.batch_size = max(1, min(size, limit) if limit else size)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -100,7 +100,8 @@ class Predictor:
             if choice.backend == "tensorrt":
                 from .tensorrt_runner import TensorRTRunner
 
-                return TensorRTRunner(path, choice.engine or {}, manifest=manifest.data)
+                assert choice.engine is not None
+                return TensorRTRunner(path, choice.engine, manifest=manifest)
             if choice.backend == "openvino":
                 from .openvino_runner import OpenVINORunner
 
@@ -110,7 +111,7 @@ class Predictor:
 
             chw = tuple(int(d) for d in manifest.input_shape[1:])
             cache = Path(os.environ.get("VITMSN_CACHE", Path.home() / ".cache" / "vitmsn")) / "ort-tensorrt" / choice.sha256[:16]
-            options = {TENSORRT: tensorrt_provider_options(manifest.input_name, chw, manifest.batch, cache)}
+            options = {TENSORRT: tensorrt_provider_options(manifest.input_name, chw, manifest.batch.to_json(), cache)}
             return OnnxRuntimeRunner(path, precision=choice.precision, providers=providers, intra_op_threads=threads,
                                      graph_optimization=graph_optimization, provider_options=options)
 

@@ -154,9 +154,11 @@ class PreprocessConfig:
         )
 
     @classmethod
-    def from_manifest(cls, block: dict[str, Any], **runtime: Any) -> "PreprocessConfig":
-        """The manifest's ``preprocess`` block; ``runtime`` sets ``max_pixels``, ``max_decode_bytes``,
-        ``max_file_bytes`` or ``draft``."""
+    def from_manifest(cls, block: Any, **runtime: Any) -> "PreprocessConfig":
+        """The manifest's ``preprocess`` block (a :class:`~.manifest_entries.PreprocessSpec`, already validated,
+        or its JSON form); ``runtime`` sets ``max_pixels``, ``max_decode_bytes``, ``max_file_bytes`` or ``draft``."""
+        if hasattr(block, "to_json"):
+            block = block.to_json()
         try:
             return cls(
                 height=int(block["size"]["height"]),

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
 from vitmsn.errors import InputError
 
 from . import device
 from .cpu import vnni_capable
 from .engine_check import engine_problems, rebuild_command
-from .manifest import Manifest
+from .manifest import EngineEntry, FileRef, Manifest
 from .openvino_choice import OPENVINO_PRECISIONS, choose_openvino, openvino_preferred
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
@@ -44,10 +42,15 @@ class Choice:
     precision: str
     file: str  # relative to the artifacts directory
     sha256: str
-    engine: dict[str, Any] | None = None
+    engine: EngineEntry | None = None
     providers: tuple[str, ...] = ()
     inference_precision: str | None = None  # OpenVINO only: "f32" or "bf16", what the CPU runs
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ref(self) -> FileRef:
+        """The file to load, as the manifest names it (verify it with :meth:`Manifest.verify`)."""
+        return FileRef(self.file, self.sha256)
 
 
 def _tensorrt_version(target: str) -> str | None:
@@ -61,19 +64,19 @@ def _tensorrt_version(target: str) -> str | None:
 
 
 def engine_choices(manifest: Manifest, precision: str | None, *,
-                   with_rebuild: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
+                   with_rebuild: bool = True) -> tuple[list[EngineEntry], list[str]]:
     """Runnable engine entries (fastest first) and, for the others, why not."""
     gpus = device.cuda_gpus()
     runnable, why_not = [], []
     for entry in manifest.engines:
-        if precision and entry.get("precision") != precision:
+        if precision and entry.precision != precision:
             continue
-        version = _tensorrt_version(str(entry.get("target", "tensorrt"))) if gpus else None
+        version = _tensorrt_version(entry.target) if gpus else None
         problems = engine_problems(entry, runtime_version=version, gpus=gpus, root=manifest.root,
-                                   manifest=manifest.data, with_rebuild=with_rebuild)
+                                   manifest=manifest, with_rebuild=with_rebuild)
         (why_not.extend(problems) if problems else runnable.append(entry))
     order = {p: i for i, p in enumerate(ENGINE_ORDER)}
-    runnable.sort(key=lambda e: order.get(str(e.get("precision")), len(order)))
+    runnable.sort(key=lambda e: order.get(e.precision, len(order)))
     return runnable, why_not
 
 
@@ -100,8 +103,8 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
         raise InputError(f"backend {backend!r}: choose from {', '.join(BACKENDS)}")
     if precision in (None, "", "auto"):
         precision = None
-    elif precision not in manifest.precisions and not any(e.get("precision") == precision for e in manifest.engines):
-        have = sorted(set(manifest.precisions) | {str(e.get("precision")) for e in manifest.engines})
+    elif precision not in manifest.precisions and not any(e.precision == precision for e in manifest.engines):
+        have = sorted(set(manifest.precisions) | {e.precision for e in manifest.engines})
         raise InputError(f"{manifest.root}: precision {precision!r} was not exported (it has: {', '.join(have)}); "
                          f"re-run vitmsn-export with --precision {precision}")
     notes: list[str] = []
@@ -109,7 +112,7 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
         runnable, why_not = engine_choices(manifest, precision)
         if runnable:
             e = runnable[0]
-            return Choice("tensorrt", str(e["precision"]), str(e["file"]), str(e["sha256"]), engine=e)
+            return Choice("tensorrt", e.precision, e.file, e.sha256, engine=e)
         if backend == "tensorrt":
             if not manifest.engines or (precision and not why_not):
                 what = f"{precision} engine" if precision else "TensorRT engine"
@@ -136,28 +139,27 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
     elif precision not in manifest.precisions:
         raise InputError(f"{manifest.root}: precision {precision} exists only as a TensorRT engine, which cannot "
                          f"run here ({'; '.join(notes) or 'backend onnxruntime was asked for'})")
-    entry = manifest.precisions[precision]
-    cpu_flavour = entry.get("onnxruntime_cpu") or entry.get("onnxruntime_optimized")
-    if cpu_flavour and cpu_flavour.get("needs_vnni") and not vnni_capable():
+    entry: FileRef = manifest.precisions[precision]
+    cpu_flavour = manifest.precisions[precision].cpu_flavour
+    if cpu_flavour is not None and cpu_flavour.extra.get("needs_vnni") and not vnni_capable():
         # full-range INT8 weights saturate ONNX Runtime's int16 u8 x s8 path on CPUs without VNNI
-        notes.append(f"{cpu_flavour['file']} has 8-bit weights made for a CPU with VNNI, which this one lacks; "
-                     f"using {entry['file']} (re-export on this CPU for a faster CPU flavour)")
+        notes.append(f"{cpu_flavour.file} has 8-bit weights made for a CPU with VNNI, which this one lacks; "
+                     f"using {entry.file} (re-export on this CPU for a faster CPU flavour)")
         cpu_flavour = None
     if cpu_flavour and not set(providers) & {"CUDAExecutionProvider", "TensorrtExecutionProvider"}:
         # On the CPU provider: INT8 quantized for ONNX Runtime's CPU kernels (uint8 activations), not
         # the TensorRT-placed Q/DQ graph, which runs slower there; FP32 with ONNX Runtime's fusions.
-        notes.append(f"{precision} on CPU: using {cpu_flavour['file']}, the ONNX Runtime CPU flavour")
+        notes.append(f"{precision} on CPU: using {cpu_flavour.file}, the ONNX Runtime CPU flavour")
         entry = cpu_flavour
-    return Choice("onnxruntime", precision, str(entry["file"]), str(entry["sha256"]), providers=providers,
-                  notes=tuple(notes))
+    return Choice("onnxruntime", precision, entry.file, entry.sha256, providers=providers, notes=tuple(notes))
 
 
 def fallback_note(manifest: Manifest, precision: str | None, failure: str | None = None,
-                  entry: dict[str, Any] | None = None) -> str:
+                  entry: EngineEntry | None = None) -> str:
     """The ONE note printed when ``auto`` runs ONNX Runtime instead of the manifest's engines: why,
     and (where a rebuild can help: a GPU is here) the command that rebuilds them with the recorded options."""
-    entries = [e for e in manifest.engines if not precision or e.get("precision") == precision]
-    files = ", ".join(str(e.get("file")) for e in entries)
+    entries = [e for e in manifest.engines if not precision or e.precision == precision]
+    files = ", ".join(e.file for e in entries)
     gpus = device.cuda_gpus()
     if failure is not None:
         why = failure
@@ -167,10 +169,10 @@ def fallback_note(manifest: Manifest, precision: str | None, failure: str | None
     head = f"TensorRT engine{'s' if len(entries) > 1 else ''} {files} not used, running ONNX Runtime instead: "
     if not gpus:
         return head + "no NVIDIA GPU with a CUDA driver was found here (driver query; CUDA_VISIBLE_DEVICES applies)"
-    target = entry or (entries[0] if entries else {})
-    if "vitmsn-export" in why:  # the runner's message already ends with the rebuild command
+    target = entry or (entries[0] if entries else None)
+    if "vitmsn-export" in why or target is None:  # the runner's message already ends with the rebuild command
         return head + why
-    return head + f"{why}; rebuild for this GPU: {rebuild_command(target, manifest.data, manifest.root, gpus[0])}"
+    return head + f"{why}; rebuild for this GPU: {rebuild_command(target, manifest, manifest.root, gpus[0])}"
 
 
 def fallback_choice(manifest: Manifest, failed: Choice, backend: str, precision: str | None,

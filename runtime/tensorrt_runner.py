@@ -33,10 +33,14 @@ from vitmsn.errors import InputError
 
 from . import device
 from .engine_check import engine_problems
+from .manifest_entries import EngineEntry
+from .manifest_fields import Where
 from .runner import RunnerBase, TensorMeta
 
 if TYPE_CHECKING:  # the static check (tests/tensorrt_static_check.py) supplies each API in turn as `tensorrt`
     import tensorrt as trt
+
+    from vitmsn.runtime.manifest import Manifest
 
 _NP_BY_TRT_NAME = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64,
                    "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
@@ -101,30 +105,31 @@ class _Buffer:
         errors = []
         for what, result in (("cudaFree", self.cudart.cudaFree(self.device)),
                              ("cudaFreeHost", self.cudart.cudaFreeHost(self.host_ptr))):
-            err = result[0] if isinstance(result, tuple) else result
+            err: Any = result[0] if isinstance(result, tuple) else result
             if int(getattr(err, "value", err) or 0) != 0:
                 errors.append(f"{what}: {err}")
         return errors
 
 
-def runtime_cache_path(entry: dict[str, Any], gpu: device.Gpu | None) -> Path:
+def runtime_cache_path(entry: EngineEntry, gpu: device.Gpu | None) -> Path:
     """Where TensorRT-RTX's runtime cache (kernels compiled for this GPU) for ``entry`` is kept:
     ``$VITMSN_CACHE/tensorrt-rtx/<engine sha256[:16]>-sm<cc>.cache`` (default ~/.cache/vitmsn)."""
     base = Path(os.environ.get("VITMSN_CACHE", Path.home() / ".cache" / "vitmsn"))
     cc = gpu.compute_capability.replace(".", "") if gpu else "unknown"
-    return base / "tensorrt-rtx" / f"{str(entry.get('sha256', 'engine'))[:16]}-sm{cc}.cache"
+    return base / "tensorrt-rtx" / f"{entry.sha256[:16]}-sm{cc}.cache"
 
 
 class TensorRTRunner(RunnerBase):
-    def __init__(self, path: str | os.PathLike[str], entry: dict[str, Any], *, gpu_index: int = 0,
-                 manifest: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], entry: EngineEntry | dict[str, Any], *, gpu_index: int = 0,
+                 manifest: "Manifest | None" = None) -> None:
         super().__init__()
         self.path = Path(path)
-        self.entry = dict(entry)
+        # a dict is a hand-written manifest entry (tests, scripts): validated like a loaded one
+        self.entry = entry if isinstance(entry, EngineEntry) else EngineEntry.from_json(entry, Where(str(self.path), "engine"))
         self.manifest = manifest
-        self.target = str(entry.get("target", "tensorrt"))
+        self.target = self.entry.target
         self.name = self.target
-        self.precision = str(entry.get("precision", "fp32"))
+        self.precision = self.entry.precision
         self.gpu_index = gpu_index
         self.min_batch = 1
         self.notes: list[str] = []
@@ -151,9 +156,12 @@ class TensorRTRunner(RunnerBase):
             trt_module, version = None, None
         manifest = self.manifest
         if manifest is None and (self.path.parent / "manifest.json").is_file():
-            import json
+            from vitmsn.runtime.manifest import Manifest
 
-            manifest = json.loads((self.path.parent / "manifest.json").read_text())
+            try:  # the directory's manifest gives the rebuild command its recorded options
+                manifest = Manifest.load(self.path.parent)
+            except InputError:
+                manifest = None
         problems = engine_problems(self.entry, runtime_version=version, gpus=device.cuda_gpus(), root=self.path.parent,
                                    gpu_index=self.gpu_index, manifest=manifest)
         if problems or trt_module is None:
@@ -174,7 +182,7 @@ class TensorRTRunner(RunnerBase):
         check_cuda(cudart.cudaSetDevice(self.gpu_index), "cudaSetDevice")
         logger = api.Logger(api.Logger.WARNING)
         self._runtime = runtime = api.Runtime(logger)
-        if self.entry.get("version_compatible"):
+        if self.entry.version_compatible:
             # a version-compatible engine carries its own lean runtime (host code); TensorRT refuses to
             # deserialize it unless allowed (Polygraphy's EngineFromBytes does the same). The file was
             # verified against the manifest's SHA-256 before it got here.

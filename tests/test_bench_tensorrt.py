@@ -23,7 +23,7 @@ from vitmsn.runtime.tensorrt_runner import TensorRTRunner
 def runner(sim: SimState, rt_cls: Exported, tmp_path: Path):
     art = sim_artifacts(rt_cls.artifacts, tmp_path / "a")
     m = Manifest.load(art)
-    with TensorRTRunner(m.path_of(m.engines[0]["file"]), m.engines[0]) as r:
+    with TensorRTRunner(m.path_of(m.engines[0].file), m.engines[0]) as r:
         yield r
 
 

@@ -56,7 +56,7 @@ def _manifest_with_cpu_int8(artifacts: Path, needs_vnni: bool) -> Manifest:
     data["precisions"]["int8"] = {"file": fp32["file"], "sha256": fp32["sha256"],
                                   "onnxruntime_cpu": {"file": "model.int8.cpu.onnx", "sha256": "0" * 64,
                                                       "needs_vnni": needs_vnni, "weight_range": "8bit" if needs_vnni else "7bit"}}
-    return Manifest(artifacts, data)
+    return Manifest.from_json(artifacts, data)
 
 
 def test_runtime_never_loads_8bit_weights_without_vnni(bench_tiny_artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
@@ -86,7 +86,7 @@ def test_int8_warning_compares_the_graphs_the_runtime_loads(bench_tiny_artifacts
     data["precisions"]["int8"] = {"file": "model.int8.onnx", "sha256": "0" * 64,
                                   "onnxruntime_cpu": {"file": "model.int8.cpu.onnx", "sha256": "0" * 64}}
     assert "onnxruntime_optimized" in fp32
-    manifest = Manifest(bench_tiny_artifacts, data)
+    manifest = Manifest.from_json(bench_tiny_artifacts, data)
     # the TensorRT-placed Q/DQ graph is slow on the CPU provider, but the runtime never loads it there
     rows = [_row("onnxruntime", "fp32", "", 10.0), _row("onnxruntime", "fp32", "onnxruntime_optimized", 12.0),
             _row("onnxruntime", "int8", "", 9.0), _row("onnxruntime", "int8", "onnxruntime_cpu", 30.0),

@@ -55,10 +55,10 @@ def test_demo_engines_fp32_fp16_int8(tmp_path_factory: pytest.TempPathFactory) -
     # Every export and engine stage passed; drift gates are the drift tests' business (test_int8/test_fp16).
     failed = [s["stage"] for s in report["stages"] if not s["passed"]]
     assert all(stage.startswith("drift_") for stage in failed), failed
-    engines = {e["precision"]: e for e in m.engines}
+    engines = {e.precision: e.to_json() for e in m.engines}
     assert set(engines) == {"fp32", "fp16", "int8"}
     chw = tuple(m.input_shape[1:])
-    weights = m.precisions["fp32"]["size_bytes"]
+    weights = m.precisions["fp32"].size_bytes
     for precision, e in engines.items():
         plan = m.path_of(e["file"])
         assert e["file"] == f"engine.{precision}.tensorrt-rtx.plan" and sha256_file(plan) == e["sha256"]
@@ -67,7 +67,7 @@ def test_demo_engines_fp32_fp16_int8(tmp_path_factory: pytest.TempPathFactory) -
         assert e["aot_targets"] == [AOT_TARGET] and e["strongly_typed"] and e["precision_flags"] == []
         assert e["profile"] == {"pixel_values": {"min": [1, *chw], "opt": [4, *chw], "max": [16, *chw]}}
         assert plan_profile_batches(plan.read_bytes(), chw) == [1, 4, 16]
-        assert e["build_seconds"] > 0 and e["onnx"] == m.precisions[precision]["file"]
+        assert e["build_seconds"] > 0 and e["onnx"] == m.precisions[precision].file
     assert engines["fp32"]["size_bytes"] >= weights // 2
     # what an RTX engine computes for the W8A8 Q/DQ graph is recorded as NVIDIA documents it: not documented
     int8 = engines["int8"]["int8_execution"]
@@ -77,7 +77,7 @@ def test_demo_engines_fp32_fp16_int8(tmp_path_factory: pytest.TempPathFactory) -
     assert "int8: W8A8 explicit Q/DQ" in shown.stdout and "(unverified on a GPU)" in shown.stdout
     assert engines["fp16"]["size_bytes"] < engines["fp32"]["size_bytes"]
     assert engines["int8"]["size_bytes"] < engines["fp32"]["size_bytes"]
-    assert [e["file"] for e in report["engines"]] == [e["file"] for e in m.engines]
+    assert [e["file"] for e in report["engines"]] == [e.file for e in m.engines]
     # --validate-images: report.json is the validation report merged over the export's, which keeps its rows
     assert {r["variant"] for r in report["export_results"]} == {"fp32", "fp16", "int8", "int8_cpu"}
     assert {(r["backend"], r["precision"]) for r in report["results"]} >= {("onnxruntime", p) for p in ("fp32", "fp16", "int8")}
@@ -141,7 +141,7 @@ def test_one_run_converts_calibrates_builds_and_fails_on_a_gate(tiny: dict, tmp_
                  "engine.fp16.tensorrt-rtx.plan", "report.md"):
         assert (out / name).is_file(), name
     calib = data["precisions"]["int8"]["calibration"]
-    # 16 images: a stratified quarter is held out for the drift gates (never calibrated on), the rest calibrates
-    assert calib["count"] == 12 and data["calibration"]["heldout"]["count"] == 4, (calib, data["calibration"])
+    # the 16 images: a seeded held-out part for the drift gates (never in-sample), the rest calibrates
+    assert calib["heldout"]["count"] >= 1 and calib["count"] + calib["heldout"]["count"] == 16
     assert "min-cosine" in (out / "report.md").read_text() or "FAIL" in (out / "report.md").read_text()
     assert np.isclose(data["batch"]["max"], 4)

@@ -30,8 +30,8 @@ def _ort(path: Path) -> ort.InferenceSession:
 def test_demo_export_manifest_and_symbolic_batch(demo_artifacts: Path) -> None:
     m = Manifest.load(demo_artifacts)
     entry = m.precisions["fp32"]
-    path = demo_artifacts / entry["file"]
-    assert entry["sha256"] == sha256_file(path)
+    path = demo_artifacts / entry.file
+    assert entry.sha256 == sha256_file(path)
     assert m.task == "image-classification" and len(m.labels) >= 2
     assert m.data["preprocess"]["source"] == "preprocessor_config.json"
     assert m.data["model"]["checkpoint_sha256"] and m.data["versions"]["torch"]
@@ -52,9 +52,9 @@ def test_demo_fused_fp32_flavour_matches_and_is_what_the_cpu_runtime_loads(demo_
     from vitmsn.runtime.selection import choose
 
     m = Manifest.load(demo_artifacts)
-    flavour = m.precisions["fp32"]["onnxruntime_optimized"]
-    path = demo_artifacts / flavour["file"]
-    assert flavour["file"] == "model.fp32.ort.onnx" and flavour["sha256"] == sha256_file(path)
+    flavour = m.precisions["fp32"].flavours["onnxruntime_optimized"]
+    path = demo_artifacts / flavour.file
+    assert flavour.file == "model.fp32.ort.onnx" and flavour.sha256 == sha256_file(path)
     layers = m.data["model"]["config"]["num_hidden_layers"]
     ops = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     assert ops["Attention"] == layers and ops["SkipLayerNormalization"] >= layers and ops["BiasGelu"] == layers
@@ -64,7 +64,7 @@ def test_demo_fused_fp32_flavour_matches_and_is_what_the_cpu_runtime_loads(demo_
     for got, ref in zip(fused, plain):
         np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
     choice = choose(m, "onnxruntime", "fp32")  # CPU provider only on this machine
-    assert choice.file == "model.fp32.ort.onnx" and choice.sha256 == flavour["sha256"]
+    assert choice.file == "model.fp32.ort.onnx" and choice.sha256 == flavour.sha256
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])

@@ -76,7 +76,7 @@ def _with_bf16_entry(manifest: Manifest, **changes: object) -> Manifest:
     data["precisions"]["bf16"] = {"file": fp32["file"], "sha256": fp32["sha256"], "backend": "openvino",
                                   "inference_precision": "bf16",
                                   "validation": {"drift_bf16_openvino": {"passed": True, "detail": ""}}, **changes}
-    return Manifest(manifest.root, data)
+    return Manifest.from_json(manifest.root, data)
 
 
 def test_auto_takes_bf16_only_from_a_gated_bf16_entry_on_a_bf16_cpu(rt_cls: Exported) -> None:
@@ -129,9 +129,9 @@ def test_bf16_export_is_gated_against_pytorch_and_a_damaged_graph_fails(demo_bf1
 
     manifest = Manifest.load(demo_bf16)
     entry = manifest.precisions["bf16"]
-    assert entry["file"] == "model.fp32.onnx" and entry["sha256"] == manifest.precisions["fp32"]["sha256"]
-    assert entry["inference_precision"] == HERE_BF16 and entry["backend"] == "openvino"
-    stage = entry["validation"]["drift_bf16_openvino"]
+    assert entry.file == "model.fp32.onnx" and entry.sha256 == manifest.precisions["fp32"].sha256
+    assert entry.extra["inference_precision"] == HERE_BF16 and entry.extra["backend"] == "openvino"
+    stage = entry.validation["drift_bf16_openvino"]
     assert stage["passed"] and "vs PyTorch FP32 on validation images" in stage["detail"]
     report = json.loads((demo_bf16 / "report.json").read_text())
     rows = [r for r in report["results"] if r["backend"] == "openvino" and r["precision"] == "bf16"]

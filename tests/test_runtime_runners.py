@@ -36,7 +36,7 @@ def _tensorrt_runner(artifacts: Path):
 
     manifest = Manifest.load(artifacts)
     entry = manifest.engines[0]
-    return TensorRTRunner(manifest.path_of(entry["file"]), entry)
+    return TensorRTRunner(manifest.verify(entry), entry)
 
 
 def _ort_runner(artifacts: Path):
@@ -120,7 +120,7 @@ def test_onnxruntime_providers_and_session_options(rt_cls: Exported) -> None:
 # ---- engine checks (before deserializing) ----------------------------------------------------------
 def test_engine_checks_on_a_real_engine_entry(rt_engine: Path) -> None:
     entry = Manifest.load(rt_engine).engines[0]
-    built = entry["tensorrt_version"]
+    built = entry.tensorrt_version
     ampere = [Gpu(0, "NVIDIA RTX A4000", "8.6")]
     assert engine_problems(entry, runtime_version=built, gpus=ampere) == []
     no_gpu = engine_problems(entry, runtime_version=built, gpus=[])
@@ -193,7 +193,7 @@ def test_selection_rules(rt_cls: Exported, tmp_path: Path) -> None:
                         "target": "tensorrt", "tensorrt_version": "10.13.0", "compute_capabilities": ["8.6"]}]
     if not has_cuda_gpu():
         with pytest.raises(InputError, match="fp16 exists only as a TensorRT engine"):
-            choose(Manifest(rt_cls.artifacts, data), "auto", "fp16")
+            choose(Manifest.from_json(rt_cls.artifacts, data), "auto", "fp16")
 
 
 @pytest.mark.gpu

@@ -162,8 +162,8 @@ def test_reexport_of_another_model_leaves_none_of_the_old_files(art: Path, tmp_p
 
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["model"]["source"] == str(tmp_path / "tiny")
-    named = {"manifest.json", *manifest["reports"].values(), *(e["file"] for e in manifest["precisions"].values()),
-             manifest["logs"]["file"]}
+    named = {"manifest.json", manifest["logs"]["file"], *manifest["reports"].values(),
+             *(e["file"] for e in manifest["precisions"].values())}
     assert set(snapshot(art)) == named  # every file is the new run's, and named in its manifest
     assert "model.fp32.ort.onnx" not in named and leftovers(art) == []
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -186,9 +186,8 @@ def test_int8_run_leaves_only_named_files(tmp_path: Path) -> None:
                            "--max-accuracy-drop", "1", model=str(tmp_path / "tiny")), tmp_path / "tmp")
     assert proc.returncode == 0, proc.stderr
     m = Manifest.load(out).data
-    named = {"manifest.json", *m["reports"].values(), *(e["file"] for e in m["precisions"].values()),
-             m["precisions"]["int8"]["onnxruntime_cpu"]["file"], m["precisions"]["fp32"]["onnxruntime_optimized"]["file"],
-             m["logs"]["file"]}
+    named = {"manifest.json", m["logs"]["file"], *m["reports"].values(), *(e["file"] for e in m["precisions"].values()),
+             m["precisions"]["int8"]["onnxruntime_cpu"]["file"], m["precisions"]["fp32"]["onnxruntime_optimized"]["file"]}
     assert set(snapshot(out)) == named
     assert leftovers(out) == [] and list((tmp_path / "tmp").iterdir()) == []
 

@@ -32,7 +32,7 @@ ADA = SimGpu("Simulated NVIDIA RTX 4000 Ada", "8.9")
 
 def _runner(artifacts: Path, **kw) -> TensorRTRunner:
     m = Manifest.load(artifacts)
-    return TensorRTRunner(m.path_of(m.engines[0]["file"]), m.engines[0], **kw)  # reads manifest.json beside it
+    return TensorRTRunner(m.path_of(m.engines[0].file), m.engines[0], **kw)  # reads manifest.json beside it
 
 
 def _reference(rt_cls: Exported) -> dict:
@@ -178,7 +178,7 @@ def test_7_bench_deserializes_each_engine_once(sim: SimState, rt_cls: Exported, 
 
     art = sim_artifacts(rt_cls.artifacts, tmp_path / "a", target="tensorrt-rtx")
     m = Manifest.load(art)
-    backend = TensorRTBackend(m.path_of(m.engines[0]["file"]), m.engines[0], "pixel_values", streams=2)
+    backend = TensorRTBackend(m.path_of(m.engines[0].file), m.engines[0], "pixel_values", streams=2)
     backend.open()
     try:
         backend.infer(X)
@@ -250,20 +250,20 @@ def test_10_one_note_without_a_gpu_and_rebuild_commands_that_keep_every_precisio
     base = data["engines"][0]
     data["engines"] = [dict(base, precision=p, file=f"engine.{p}.tensorrt-rtx.plan") for p in ("fp32", "fp16", "int8")]
     data["precisions"]["fp16"] = dict(data["precisions"]["fp32"])
-    data["precisions"]["int8"] = dict(data["precisions"]["fp32"], calibration={"source": "/data/calib", "count": 64})
+    data["precisions"]["int8"] = dict(data["precisions"]["fp32"], calibration={"source": "/data/calib", "count": 64, "sha256": "0" * 64})
     state = _gpus(monkeypatch, tmp_path, )  # no GPU
-    choice = choose(Manifest(art, data), "auto")
+    choice = choose(Manifest.from_json(art, data), "auto")
     notes = [n for n in choice.notes if "engine" in n]
     assert len(notes) == 1 and "no NVIDIA GPU" in notes[0] and "vitmsn-export" not in notes[0]
     from vitmsn.export.validation.validate import targets_from_manifest
 
-    _, skipped = targets_from_manifest(Manifest(art, data), None, "all")  # vitmsn validate: one reason too
+    _, skipped = targets_from_manifest(Manifest.from_json(art, data), None, "all")  # vitmsn validate: one reason too
     assert len(skipped) == 1 and "need an NVIDIA GPU" in skipped[0]["reason"] and "vitmsn-export" not in skipped[0]["reason"]
     _clean(state)
     state = _gpus(monkeypatch, tmp_path, SimGpu("Simulated NVIDIA RTX 3060", "8.6"))
     data["engines"] = [dict(e, compute_capabilities=["8.9"], aot_targets=["sm89"], options={"aot_targets": ["sm89"]})
                        for e in data["engines"]]
-    notes = [n for n in choose(Manifest(art, data), "auto").notes if "engine" in n]
+    notes = [n for n in choose(Manifest.from_json(art, data), "auto").notes if "engine" in n]
     assert len(notes) == 1
     command = notes[0].split("rebuild for this GPU: ")[1]
     for part in ("--precision fp32 --precision fp16 --precision int8", "--calib-images /data/calib", "--calib-samples 64",

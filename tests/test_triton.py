@@ -11,6 +11,7 @@ A real tritonserver runs the repository in tests/test_triton_server.py; here, wi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -30,7 +31,7 @@ from tritonclient.grpc import model_config_pb2
 from vitmsn.cli import group as main
 from vitmsn.errors import InputError
 from vitmsn.runtime import Predictor
-from vitmsn.runtime.manifest import Manifest, sha256_file, write_json_atomic
+from vitmsn.runtime.manifest import EngineEntry, Manifest, sha256_file, write_json_atomic
 from vitmsn.runtime.preprocess import PreprocessConfig
 from vitmsn.serving.triton import TritonOptions, write_triton_repository
 from vitmsn.serving.triton_check import check_repository
@@ -58,13 +59,13 @@ def test_default_repository_matches_onnx_graph(demo_artifacts: Path, tmp_path: P
 
     cfg = _config(repo, "vitmsn_onnx")
     assert cfg.platform == "onnxruntime_onnx" and cfg.name == "vitmsn_onnx"
-    assert cfg.max_batch_size == manifest.batch["max"] == 32
-    assert list(cfg.dynamic_batching.preferred_batch_size) == [manifest.batch["opt"], manifest.batch["max"]]
+    assert cfg.max_batch_size == manifest.batch.max == 32
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [manifest.batch.opt, manifest.batch.max]
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
     assert [(g.kind, g.count) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)]
     model_file = repo / "vitmsn_onnx" / "1" / "model.onnx"
     # CPU instances (the default) get the CPU-placed graph: ONNX Runtime's fused FP32 flavour.
-    assert sha256_file(model_file) == manifest.precisions["fp32"]["onnxruntime_optimized"]["sha256"]
+    assert sha256_file(model_file) == manifest.precisions["fp32"].flavours["onnxruntime_optimized"].sha256
     assert "serving model.fp32.ort.onnx, the CPU-placed graph" in result.output
 
     graph = onnx.load(str(model_file)).graph  # the model's real I/O, read here independently of the writer
@@ -82,7 +83,7 @@ def test_default_repository_matches_onnx_graph(demo_artifacts: Path, tmp_path: P
     pre, ens = _config(repo, "vitmsn_preprocess"), _config(repo, "vitmsn")
     assert pre.backend == "python" and _dtype(pre, pre.input[0].data_type) == "TYPE_STRING"
     assert (pre.output[0].name, list(pre.output[0].dims)) == ("pixel_values", manifest.input_shape[1:])
-    assert json.loads((repo / "vitmsn_preprocess" / "1" / "preprocess.json").read_text()) == manifest.preprocess
+    assert json.loads((repo / "vitmsn_preprocess" / "1" / "preprocess.json").read_text()) == manifest.preprocess.to_json()
     assert ens.platform == "ensemble" and (repo / "vitmsn" / "1").is_dir()
     assert [s.model_name for s in ens.ensemble_scheduling.step] == ["vitmsn_preprocess", "vitmsn_onnx"]
     assert [o.name for o in ens.output] == ["logits", "embedding"]
@@ -107,7 +108,7 @@ def test_options_and_refusals(demo_artifacts: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in repo.iterdir()) == ["shapes_onnx"]
     # GPU instances get the exported graph, not the CPU-placed flavour.
     assert sha256_file(repo / "shapes_onnx" / "1" / "model.onnx") == \
-        Manifest.load(demo_artifacts).precisions["fp32"]["sha256"]
+        Manifest.load(demo_artifacts).precisions["fp32"].sha256
 
     before = (repo / "shapes_onnx" / "config.pbtxt").read_bytes()
     for args, message in [
@@ -157,18 +158,17 @@ def _with_engines(artifacts: Path, out: Path) -> Path:
     """A copy of ``artifacts`` whose manifest lists engines. The plan files are stand-in bytes (no
     TensorRT runtime here); Triton config generation reads only the manifest's entry and profile."""
     shutil.copytree(artifacts, out)
-    data = json.loads((out / "manifest.json").read_text())
-    chw = data["inputs"][0]["shape"][1:]
+    manifest = Manifest.load(out)
+    chw = manifest.input_shape[1:]
     engines = []
     for target, file, io_dtype in (("tensorrt", "engine.fp16.tensorrt.plan", "float16"),
                                    ("tensorrt-rtx", "engine.fp16.tensorrt-rtx.plan", "float16")):
         (out / file).write_bytes(f"stand-in {target} engine".encode())
-        engines.append({"file": file, "sha256": sha256_file(out / file), "precision": "fp16", "target": target,
-                        "io_dtype": io_dtype, "profile": {"pixel_values": {
-                            "min": [1, *chw], "opt": [4, *chw], "max": [16, *chw]}}})
-    data["engines"] = engines
-    data["precisions"]["fp16"] = dict(data["precisions"]["fp32"], io_dtype="float16")
-    write_json_atomic(out / "manifest.json", data)
+        engines.append(EngineEntry(file, sha256_file(out / file), precision="fp16", target=target,
+                                   tensorrt_version="10.13.0", io_dtype=io_dtype, profile={"pixel_values": {
+                                       "min": [1, *chw], "opt": [4, *chw], "max": [16, *chw]}}))
+    fp16 = dataclasses.replace(manifest.precisions["fp32"], io_dtype="float16")
+    dataclasses.replace(manifest, engines=tuple(engines), precisions={**manifest.precisions, "fp16": fp16}).save()
     return out
 
 
@@ -271,7 +271,7 @@ def test_fp16_and_int8_exports(precision: str, tmp_path: Path, tmp_path_factory:
     """The real FP16/INT8 graphs of the shared precision export (which also has TensorRT-RTX engines)."""
     run = demo_precision_run(tmp_path_factory.getbasetemp() / "demo-precisions")  # memoized, shared with test_fp16/int8
     artifacts, repo = run["out"], tmp_path / "repo"
-    recorded = Manifest.load(artifacts).precisions[precision]["validation"]
+    recorded = Manifest.load(artifacts).precisions[precision].validation
     failed = [stage for stage, s in recorded.items() if not s["passed"]]
     if failed:  # this export's gate failed (its report says so): refused unless explicitly allowed
         with pytest.raises(InputError, match=f"precision {precision} failed its export gate.*{failed[0]}"):
@@ -282,8 +282,8 @@ def test_fp16_and_int8_exports(precision: str, tmp_path: Path, tmp_path_factory:
     cfg = _config(repo, "vitmsn_onnx")
     graph = onnx.load(str(repo / "vitmsn_onnx" / "1" / "model.onnx"), load_external_data=False).graph
     entry = Manifest.load(artifacts).precisions[precision]
-    cpu_graph = entry.get("onnxruntime_cpu") or entry.get("onnxruntime_optimized") or entry  # CPU instances
-    assert sha256_file(repo / "vitmsn_onnx" / "1" / "model.onnx") == cpu_graph["sha256"]
+    cpu_graph = entry.cpu_flavour or entry  # CPU instances
+    assert sha256_file(repo / "vitmsn_onnx" / "1" / "model.onnx") == cpu_graph.sha256
     for declared, actual in ((cfg.input, graph.input), (cfg.output, graph.output)):
         assert [(t.name, _dtype(cfg, t.data_type)) for t in declared] == \
             [(v.name, TYPES[v.type.tensor_type.elem_type]) for v in actual]
@@ -327,17 +327,23 @@ def test_cpu_flavour_that_failed_its_gate_is_not_served(demo_artifacts: Path, tm
     repo = tmp_path / "repo"
     result = runner_ok("triton", str(artifacts), "--repo", str(repo), "--format", "onnx", "--format", "python")
     assert "failed drift_fp32_ort; serving the exported model.fp32.onnx" in result.output
-    exported = Manifest.load(artifacts).precisions["fp32"]["sha256"]
+    exported = Manifest.load(artifacts).precisions["fp32"].sha256
     for model in ("vitmsn_onnx", "vitmsn_python"):
         assert sha256_file(repo / model / "1" / "model.onnx") == exported, model
 
 
+def _nine_classes(d: dict[str, Any]) -> None:
+    d["outputs"][0].update(shape=["batch", 9])
+    d["labels"]["8"] = "extra"
+
+
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d["outputs"][0].update(shape=["batch", 10**9]),
-     "output logits is declared with shape ['batch', 1000000000], but model.fp32.ort.onnx produces ['batch', 8]"),
-    (lambda d: d["labels"].pop("7"), "do not name the model's 8 classes 0..7"),
-    (lambda d: d["labels"].update({"8": "extra"}), "do not name the model's 8 classes 0..7"),
-], ids=["logits-1e9", "label-missing", "label-extra"])
+    # refused by the manifest loader itself (any dimension above 2**24 is a typo, never allocated)
+    (lambda d: d["outputs"][0].update(shape=["batch", 10**9]), "outputs[0].shape[1]: 1000000000 is above the maximum"),
+    (lambda d: d["labels"].pop("7"), "labels: 7 labels for 8 logits"),
+    # a manifest consistent in itself that the graph contradicts: the writer reads the graph's real dims
+    (_nine_classes, "output logits is declared with shape ['batch', 9], but model.fp32.ort.onnx produces ['batch', 8]"),
+], ids=["logits-1e9", "label-missing", "declared-9-classes"])
 def test_label_count_comes_from_the_graph(demo_artifacts: Path, tmp_path: Path, edit: Any, message: str) -> None:
     """A manifest that declares 10^9 classes is refused at once (it used to allocate ~17 GB)."""
     artifacts = _edited(demo_artifacts, tmp_path / "artifacts", edit)

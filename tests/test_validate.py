@@ -123,6 +123,12 @@ def test_wrong_normalization_in_the_artifacts_fails(demo_artifacts, few_images, 
     result = run_cli(art, "--images", few_images, "--quiet")
     assert result.exit_code == 1
     assert "preprocess_matches_checkpoint" in result.stderr
+    # the reports written into the artifacts directory are recorded in its manifest: it still verifies
+    from vitmsn.runtime.manifest import Manifest
+
+    checks = Manifest.load(art).check_files()
+    assert [c.named.file for c in checks if c.status != "ok"] == []
+    assert {"report.json", "report.md", "report.html"} <= {c.named.file for c in checks}
 
 
 def test_checkpoint_that_is_not_the_exported_one_exits_2(demo_artifacts, few_images, tmp_path):

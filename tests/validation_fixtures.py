@@ -52,18 +52,20 @@ def add_int8(artifacts: Path, calib_dir: Path, exclude: tuple[str, ...] = ()) ->
     """Quantize the directory's FP32 graph and record model.int8.onnx in its manifest."""
     from vitmsn.calibration import CalibrationOptions, calibration_set_from_directory
     from vitmsn.export.precision.int8 import Int8Options, qdq_onnx_from_calibration
-    from vitmsn.runtime.manifest import Manifest, sha256_file
+    from dataclasses import replace
+
+    from vitmsn.runtime.manifest import CalibrationRecord, Manifest, PrecisionEntry, Where, sha256_file
 
     manifest = Manifest.load(artifacts)
-    cs = calibration_set_from_directory(calib_dir, manifest.preprocess,
+    cs = calibration_set_from_directory(calib_dir, manifest.preprocess.to_json(),
                                         CalibrationOptions(samples=32, use_cache=False, progress=False))
     path = artifacts / "model.int8.onnx"
     result = qdq_onnx_from_calibration(artifacts / "model.fp32.onnx", path, cs.tensors,
                                        options=Int8Options(high_precision="fp32", exclude=exclude))
-    manifest.data["precisions"]["int8"] = {"file": path.name, "sha256": sha256_file(path),
-                                           "size_bytes": path.stat().st_size, "io_dtype": "float32",
-                                           "calibration": cs.to_manifest(), **result.to_manifest()}
-    manifest.save()
+    record = CalibrationRecord.from_json(cs.to_manifest(), Where(str(manifest.path), "precisions.int8.calibration"))
+    entry = PrecisionEntry(path.name, sha256_file(path), path.stat().st_size, "float32", record,
+                           extra=result.to_manifest())
+    replace(manifest, precisions={**manifest.precisions, "int8": entry}).save()
 
 
 def perturb_block_scales(path: Path, block: int, factor: float) -> int:

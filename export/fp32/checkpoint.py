@@ -21,7 +21,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -221,6 +221,13 @@ def _weight_files(directory: Path) -> tuple[list[Path], str]:
             weight_map = _read_json(index).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise InputError(f"{index}: no weight_map")
+            for tensor, name in weight_map.items():
+                # a shard is a file beside the index: "../x" or "/etc/x" would read outside the checkpoint
+                # (the Hugging Face cache's own symbolic links to its blobs are files beside the index, and stay allowed)
+                parts = PurePosixPath(name).parts if isinstance(name, str) else ()
+                if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
+                    raise InputError(f"{index}: weight_map[{tensor!r}] names {name!r}; shard files must be plain "
+                                     "relative names inside the checkpoint directory")
             shards = sorted({directory / name for name in weight_map.values()})
             missing = [s.name for s in shards if not s.is_file()]
             if missing:

@@ -272,10 +272,9 @@ def sensitivity_for_artifacts(artifacts_dir: str | Path, images_dir: str | Path,
     if precision not in manifest.precisions:
         raise InputError(f"{manifest.root}: no {precision} graph to analyse (it has: {', '.join(manifest.precisions)}); "
                          f"export with --precision {precision}")
-    entry, ref = manifest.precisions[precision], manifest.precisions["fp32"]
-    int8_path = manifest.verify_file(entry["file"], entry["sha256"])
-    fp32_path = manifest.verify_file(ref["file"], ref["sha256"])
-    cs = calibration_set_from_directory(images_dir, manifest.preprocess,
+    int8_path = manifest.verify(manifest.precision(precision))
+    fp32_path = manifest.verify(manifest.precision("fp32"))
+    cs = calibration_set_from_directory(images_dir, manifest.preprocess.to_json(),
                                         CalibrationOptions(samples=samples, use_cache=False, progress=progress, min_images=1))
     return sensitivity_analysis(int8_path, fp32_path, cs.tensors, mode=mode, granularity=granularity,
                                 input_name=manifest.input_name, progress=progress)

@@ -94,14 +94,14 @@ def cross_check_engines(manifest: Any, targets: Sequence[Any], x: np.ndarray | N
     crosses: list[CrossCheck] = []
     if x is None:
         return crosses, []
-    engines = {e["file"]: e for e in manifest.engines}
+    engines = {e.file: e for e in manifest.engines}
     for t in targets:
         entry = engines.get(t.file)
         if entry is None:
             continue
-        onnx = manifest.path_of(str(entry.get("onnx") or manifest.precisions[str(entry["precision"])]["file"]))
-        crosses.append(engine_vs_onnxruntime(manifest.path_of(t.file), onnx, str(entry.get("target", "tensorrt")),
-                                             str(entry["precision"]), [{manifest.input_name: x}]))
+        onnx = manifest.path_of(entry.onnx or manifest.precision(entry.precision).file)
+        crosses.append(engine_vs_onnxruntime(manifest.path_of(t.file), onnx, entry.target,
+                                             entry.precision, [{manifest.input_name: x}]))
     checks = [{"check": "polygraphy_cross_check", "passed": c.passed, "detail": f"{c.file}: {c.detail}"}
               for c in crosses if c.ran]
     return crosses, checks

@@ -25,7 +25,7 @@ import numpy as np
 
 from vitmsn.errors import InputError
 from vitmsn.progress import Progress
-from vitmsn.runtime.manifest import Manifest
+from vitmsn.runtime.manifest import EngineEntry, Manifest
 from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
 
 from vitmsn.export.validation import metrics as dm
@@ -146,7 +146,7 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend}: choose from {', '.join(BACKENDS)}")
     wanted = [p.lower() for p in precisions] if precisions else None
-    available = set(manifest.precisions) | {str(e.get("precision")) for e in manifest.engines}
+    available = set(manifest.precisions) | {e.precision for e in manifest.engines}
     for p in wanted or []:
         if p not in available:
             raise InputError(f"--precision {p}: {manifest.root} has no {p} artifact (it has: {', '.join(sorted(available))})")
@@ -158,24 +158,23 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
             if wanted and precision not in wanted or entry.get("backend") == "openvino":
                 continue  # bf16 is OpenVINO's inference precision: ONNX Runtime would run FP32 under its name
             # the graph itself, and any flavour recorded inside its entry (int8's "onnxruntime_cpu")
-            flavours = [("", entry)] + [(k, v) for k, v in entry.items() if isinstance(v, dict) and "file" in v and "sha256" in v]
+            flavours = [("", entry), *entry.flavours.items()]
             for variant, e in flavours:
-                path = manifest.verify_file(e["file"], e["sha256"])
-                targets.append(Target("onnxruntime", precision, e["file"], _ort_factory(path, precision), variant))
+                path = manifest.verify(e)
+                targets.append(Target("onnxruntime", precision, e.file, _ort_factory(path, precision), variant))
     if backend in ("all", "tensorrt"):
         from vitmsn.runtime.selection import engine_choices
 
         runnable, why_not = engine_choices(manifest, None)
         for entry in runnable:
-            if wanted and entry.get("precision") not in wanted:
+            if wanted and entry.precision not in wanted:
                 continue
-            path = manifest.verify_file(entry["file"], entry["sha256"])
-            targets.append(Target(str(entry.get("target", "tensorrt")), str(entry["precision"]), entry["file"],
-                                  _trt_factory(path, entry)))
+            path = manifest.verify(entry)
+            targets.append(Target(entry.target, entry.precision, entry.file, _trt_factory(path, entry)))
         from vitmsn.runtime import device
 
         if why_not and not device.cuda_gpus():  # one reason, not one per engine, and no rebuild that cannot help
-            files = ", ".join(str(e["file"]) for e in manifest.engines)
+            files = ", ".join(e.file for e in manifest.engines)
             why_not = [f"{files}: TensorRT engines need an NVIDIA GPU with a CUDA driver, and none was found here"]
         skipped += [{"backend": "tensorrt", "reason": reason} for reason in why_not]
     if backend in ("all", "openvino"):
@@ -213,15 +212,15 @@ def _openvino_targets(manifest: Manifest, wanted: list[str] | None) -> tuple[lis
     for precision, entry in manifest.precisions.items():
         if precision == "fp16" or (wanted and precision not in wanted):
             continue
-        path = manifest.verify_file(entry["file"], entry["sha256"])
+        path = manifest.verify(entry)
         inference = inference_precision_for(precision)
         factory = (lambda path=path, precision=precision, inference=inference:
                    OpenVINORunner(path, precision=precision, inference_precision=inference))
-        targets.append(Target("openvino", precision, entry["file"], factory, f"inference {inference}"))
+        targets.append(Target("openvino", precision, entry.file, factory, f"inference {inference}"))
     return targets, ""
 
 
-def _trt_factory(path: Path, entry: dict[str, Any]) -> Callable[[], Any]:
+def _trt_factory(path: Path, entry: EngineEntry) -> Callable[[], Any]:
     from vitmsn.runtime.tensorrt_runner import TensorRTRunner
 
     return lambda: TensorRTRunner(path, entry)
@@ -231,21 +230,21 @@ def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[
     """The PyTorch FP32 model the artifacts were exported from, its description, and its checks."""
     from vitmsn.export.fp32.checkpoint import load_checkpoint
 
-    model_block = manifest.data["model"]
-    recorded = Path(str(model_block.get("directory", "")))
+    model_block = manifest.model
+    recorded = Path(str(model_block.extra.get("directory", "")))
     if checkpoint:
         source, option = checkpoint, "--checkpoint"
     elif recorded.is_absolute() and recorded.is_dir():
         source, option = str(recorded), "manifest.json model.directory"
     else:
-        source, option = model_block.get("source"), "manifest.json model.source (pass the checkpoint with --checkpoint)"
+        source, option = model_block.source, "manifest.json model.source (pass the checkpoint with --checkpoint)"
     ck = load_checkpoint(str(source), option)
-    expected = model_block.get("checkpoint_sha256")
+    expected = model_block.checkpoint_sha256
     if ck.sha256 != expected:
         raise InputError(f"{ck.directory}: checkpoint SHA-256 {ck.sha256[:12]}... does not match the manifest's "
                          f"model.checkpoint_sha256 {str(expected)[:12]}...; this is not the checkpoint the artifacts "
                          "were exported from (pass the original one with --checkpoint, or re-export)")
-    attention = model_block.get("attention", "math")
+    attention = str(model_block.extra.get("attention", "math"))
     model = ck.build_model(attention)
     manifest_pre = PreprocessConfig.from_manifest(manifest.preprocess)
     same = manifest_pre == ck.preprocess
@@ -253,7 +252,7 @@ def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[
              "detail": ("manifest preprocess equals the checkpoint's " + ck.preprocess_source) if same else
              f"manifest preprocess {manifest_pre} differs from the checkpoint's ({ck.preprocess_source}: "
              f"{ck.preprocess}); images would be normalised differently from training: re-export"}
-    info = {"backend": "pytorch", "precision": "fp32", "attention": attention, "source": model_block.get("source"),
+    info = {"backend": "pytorch", "precision": "fp32", "attention": attention, "source": model_block.source,
             "checkpoint": str(ck.directory),
             "checkpoint_sha256": ck.sha256}
     return model, info, [check]
@@ -309,7 +308,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
     classification = manifest.task == "image-classification"
     names = manifest.output_names
     primary = "logits" if classification else "embedding"
-    bs = batch_size or max(1, int(manifest.batch.get("opt", 8)))
+    bs = batch_size or manifest.batch.opt
     cache = reference_cache if reference_cache is not None else ReferenceCache()
 
     per: dict[int, dict[str, list[dict[str, np.ndarray]]]] = {i: {o: [] for o in names} for i in range(len(targets))}

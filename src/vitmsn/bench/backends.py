@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vitmsn.runtime.manifest_entries import EngineEntry
+
 Call = Callable[[], object]
 
 
@@ -199,11 +201,11 @@ class TensorRTBackend(BenchBackend):
     backend = "tensorrt"
     device = "cuda"
 
-    def __init__(self, path: Path, entry: dict[str, Any], input_name: str, *, streams: int = 2,
+    def __init__(self, path: Path, entry: EngineEntry, input_name: str, *, streams: int = 2,
                  cuda_graphs: bool = True) -> None:
-        self.path, self.entry, self.input_name = Path(path), dict(entry), input_name
-        self.precision = str(entry.get("precision", "fp32"))
-        self.variant = str(entry.get("target", "tensorrt"))
+        self.path, self.entry, self.input_name = Path(path), entry, input_name
+        self.precision = entry.precision
+        self.variant = entry.target
         self.streams, self.cuda_graphs = streams, cuda_graphs
         self.runner: Any = None
 
@@ -228,7 +230,7 @@ class TensorRTBackend(BenchBackend):
                            cuda_graphs=self.cuda_graphs)  # the runner opened above: one deserialization
 
     def info(self) -> dict[str, Any]:
-        return {"file": self.path.name, "target": self.variant, "tensorrt_version": self.entry.get("tensorrt_version"),
+        return {"file": self.path.name, "target": self.variant, "tensorrt_version": self.entry.tensorrt_version,
                 "verified": False}
 
     def close(self) -> None:

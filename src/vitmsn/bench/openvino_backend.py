@@ -102,7 +102,7 @@ def openvino_backends(manifest: Any, input_name: str, threads: int, wants: Any,
     if not openvino_available():
         return [], "OpenVINO is not installed (pip install 'vitmsn[openvino]')"
     rows: list[BenchBackend] = []
-    fp32 = manifest.verify_file(manifest.precisions["fp32"]["file"], manifest.precisions["fp32"]["sha256"])
+    fp32 = manifest.verify(manifest.precisions["fp32"])
     bf16 = bf16_capable()
     if wants("openvino", "fp32"):
         rows.append(OpenVINOBackend(fp32, input_name, precision="fp32", inference_precision="f32", threads=threads))
@@ -110,7 +110,7 @@ def openvino_backends(manifest: Any, input_name: str, threads: int, wants: Any,
         rows.append(OpenVINOBackend(fp32, input_name, precision="bf16", inference_precision="bf16", threads=threads))
     if "int8" in manifest.precisions and wants("openvino", "int8"):
         entry = manifest.precisions["int8"]
-        path = manifest.verify_file(entry["file"], entry["sha256"])
+        path = manifest.verify(entry)
         for inference in (("bf16", "f32") if bf16 else ("f32",)):
             rows.append(OpenVINOBackend(path, input_name, precision="int8", inference_precision=inference, threads=threads))
     if defaults:

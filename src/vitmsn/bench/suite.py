@@ -78,15 +78,15 @@ def _load_checkpoint(manifest: Any) -> Any:
     """The checkpoint the artifacts were exported from (None when it is not on this machine)."""
     from vitmsn.export.fp32.checkpoint import load_checkpoint
 
-    model = manifest.data["model"]
-    for source in (model.get("directory"), model.get("source")):
+    model = manifest.model
+    for source in (model.extra.get("directory"), model.source):
         if not source:
             continue
         try:
             ck = load_checkpoint(str(source))
         except InputError:
             continue
-        if model.get("checkpoint_sha256") and ck.sha256 != model["checkpoint_sha256"]:
+        if ck.sha256 != model.checkpoint_sha256:
             raise InputError(f"{source}: the checkpoint changed since the export (its SHA-256 differs from "
                              f"{manifest.root / 'manifest.json'}); re-export, or restore the checkpoint the artifacts came from")
         return ck
@@ -96,12 +96,8 @@ def _load_checkpoint(manifest: Any) -> Any:
 def flavours(manifest: Any, precision: str) -> list[tuple[str, Path]]:
     """The graph of a precision and every flavour recorded inside its entry (a nested dict with a file
     and its SHA-256, e.g. int8's ``onnxruntime_cpu``), as ``(variant, verified path)``."""
-    entry = manifest.precisions[precision]
-    out = [("", manifest.verify_file(entry["file"], entry["sha256"]))]
-    for key, value in entry.items():
-        if isinstance(value, dict) and "file" in value and "sha256" in value:
-            out.append((key, manifest.verify_file(value["file"], value["sha256"])))
-    return out
+    entry = manifest.precision(precision)
+    return [("", manifest.verify(entry))] + [(key, manifest.verify(f)) for key, f in entry.flavours.items()]
 
 
 def _fused_graph(manifest: Any, ck: Any, tmp: Path, notes: list[str]) -> Path:
@@ -109,7 +105,7 @@ def _fused_graph(manifest: Any, ck: Any, tmp: Path, notes: list[str]) -> Path:
     from vitmsn.export.fp32.model import ViTMSNArch
     from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
 
-    arch = ck.arch if ck is not None else ViTMSNArch.from_config(manifest.data["model"]["config"])
+    arch = ck.arch if ck is not None else ViTMSNArch.from_config(manifest.model.config)
     result = ort_optimized_onnx_from_fp32(manifest.onnx_path("fp32"), tmp / "model.fp32.ort.onnx", arch)
     notes.append(f"ORT-fused FP32 graph built at bench time (the manifest has none): {result.fused}")
     return result.path
@@ -183,9 +179,8 @@ def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, t
     if not manifest.engines:
         skip("tensorrt", "*", "cuda", "the artifacts hold no TensorRT engine (vitmsn-export --engine require)")
     for entry in manifest.engines:
-        precision = str(entry.get("precision"))
-        if opts.wants("tensorrt", precision):
-            prep.backends.append(TensorRTBackend(manifest.path_of(entry["file"]), entry, name, streams=opts.trt_streams,
+        if opts.wants("tensorrt", entry.precision):
+            prep.backends.append(TensorRTBackend(manifest.verify(entry), entry, name, streams=opts.trt_streams,
                                                  cuda_graphs=opts.cuda_graphs))
     return prep
 
@@ -274,11 +269,11 @@ def mark_runtime_choices(rows: list[dict[str, Any]], manifest: Any) -> None:
     from vitmsn.runtime.openvino_runner import inference_precision_for
 
     def ort_cpu_variant(precision: str) -> str:
-        entry = manifest.precisions.get(precision, {})
-        flavour = entry.get("onnxruntime_cpu") or entry.get("onnxruntime_optimized")
-        if not flavour or (flavour.get("needs_vnni") and not vnni_capable()):
+        entry = manifest.precisions.get(precision)
+        flavour = entry.cpu_flavour if entry is not None else None
+        if flavour is None or (flavour.extra.get("needs_vnni") and not vnni_capable()):
             return ""
-        return "onnxruntime_cpu" if "onnxruntime_cpu" in entry else ORT_FUSED
+        return "onnxruntime_cpu" if "onnxruntime_cpu" in entry.flavours else ORT_FUSED
 
     for r in rows:
         if r["backend"] == "onnxruntime" and r["device"] == "cpu":
@@ -331,7 +326,7 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
     ck = _load_checkpoint(manifest)
     from vitmsn.export.fp32.model import ViTMSNArch
 
-    arch = ViTMSNArch.from_config(manifest.data["model"]["config"])
+    arch = ViTMSNArch.from_config(manifest.model.config)
     gflops = arch.gflops_per_image()  # dense layers: the 8.48 GFLOP convention for ViT-S/16
     preprocess = PreprocessConfig.from_manifest(manifest.preprocess)
     rng_images = jpeg_images(max(opts.batch_sizes + (opts.check_batch,)), seed=opts.seed)
@@ -379,8 +374,8 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
     return {
         "machine": machine,
         "artifacts": str(Path(artifacts)),
-        "model": {"source": manifest.data["model"].get("source"), "task": manifest.task,
-                  "config": manifest.data["model"].get("config"), "gflops_per_image": gflops,
+        "model": {"source": manifest.model.source, "task": manifest.task,
+                  "config": dict(manifest.model.config), "gflops_per_image": gflops,
                   "gflops_per_image_with_attention": arch.gflops_per_image(include_attention=True)},
         "reference": ("pytorch-eager fp32 cpu" if ck is not None else "onnxruntime fp32 cpu (no checkpoint here)"),
         "options": {"batch_sizes": list(opts.batch_sizes), "threads": threads, "timing": plan, "e2e": opts.e2e,

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+
 from .timing import LatencyStats, TimingPlan
 
 if TYPE_CHECKING:  # mypy checks the TensorRT calls against tensorrt-stubs; at run time the module is chosen by target

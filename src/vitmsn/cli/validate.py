@@ -86,7 +86,11 @@ def command(artifacts: Path | None, images: Path | None, labels: Path | None, pr
                                                                 progress=not quiet).to_dict()
     target = out or artifacts
     with deferred():  # report.json, .md and .html are written together or not at all
-        write_drift_reports(target, result)
+        names = write_drift_reports(target, result)
+        if Path(target).resolve() == Path(artifacts).resolve():  # the reports are artifacts: record their SHA-256
+            from vitmsn.runtime.manifest import Manifest
+
+            Manifest.load(artifacts).with_reports(names).save()
     # The exit code is the written report's verdict: its top-level "passed" also covers the stages of an export
     # report it was merged into (a failed export check fails it even when every drift gate holds).
     report = read_previous(target) or {}

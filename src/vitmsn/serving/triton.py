@@ -33,7 +33,7 @@ from typing import Any
 
 from vitmsn.errors import InputError
 from vitmsn.interrupts import deferred
-from vitmsn.runtime.manifest import Manifest
+from vitmsn.runtime.manifest import EngineEntry, Manifest
 
 from .pbtxt import Enum, to_pbtxt
 from .triton_python import check_env, env_parameters, python_inference_config
@@ -132,51 +132,51 @@ def _dims(shape: list[Any], where: str) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in shape[1:]]
 
 
-def _io_dtype(manifest: Manifest, precision: str, engine: dict[str, Any] | None = None) -> str:
-    entry = manifest.precisions.get(precision) or {}
-    return str((engine or {}).get("io_dtype") or entry.get("io_dtype") or manifest.data["inputs"][0]["dtype"])
+def _io_dtype(manifest: Manifest, precision: str, engine: EngineEntry | None = None) -> str:
+    entry = manifest.precisions.get(precision)
+    return (engine.io_dtype if engine else None) or (entry.io_dtype if entry else None) or manifest.input.dtype
 
 
 def _tensors(manifest: Manifest, key: str, dtype: str) -> list[dict[str, Any]]:
     tensors = []
-    for t in manifest.data[key]:
-        where = f"{manifest.root / 'manifest.json'}: {key[:-1]} {t['name']}"
-        if not _NAME.match(str(t["name"])):
+    for t in (manifest.inputs if key == "inputs" else manifest.outputs):
+        where = f"{manifest.root / 'manifest.json'}: {key[:-1]} {t.name}"
+        if not _NAME.match(t.name):
             raise InputError(f"{where}: name is not usable in a Triton config")
-        tensors.append({"name": str(t["name"]), "data_type": Enum(triton_type(dtype, where)),
-                        "dims": _dims(list(t["shape"]), where)})
+        tensors.append({"name": t.name, "data_type": Enum(triton_type(dtype, where)),
+                        "dims": _dims(list(t.shape), where)})
     return tensors
 
 
-def select_engine(manifest: Manifest, options: TritonOptions, notes: list[str]) -> dict[str, Any] | None:
+def select_engine(manifest: Manifest, options: TritonOptions, notes: list[str]) -> EngineEntry | None:
     """The TensorRT engine for ``options.precision`` that Triton can load, or None."""
-    engines = [e for e in manifest.engines if e.get("precision") == options.precision]
+    engines = [e for e in manifest.engines if e.precision == options.precision]
     if options.engine_file is not None:
-        chosen = [e for e in manifest.engines if e.get("file") == options.engine_file]
+        chosen = [e for e in manifest.engines if e.file == options.engine_file]
         if not chosen:
-            have = ", ".join(str(e.get("file")) for e in manifest.engines) or "none"
+            have = ", ".join(e.file for e in manifest.engines) or "none"
             raise InputError(f"--engine {options.engine_file}: not an engine in the manifest (it has: {have})")
         engines = chosen
-    loadable = [e for e in engines if e.get("target", "tensorrt") in TRITON_ENGINE_TARGETS]
+    loadable = [e for e in engines if e.target in TRITON_ENGINE_TARGETS]
     for e in engines:
         if e not in loadable:
-            notes.append(f"skipped {e.get('file')}: target {e.get('target')!r} is not loadable by Triton's "
+            notes.append(f"skipped {e.file}: target {e.target!r} is not loadable by Triton's "
                          "TensorRT backend (it needs the TensorRT runtime Triton ships)")
     if len(loadable) > 1:
-        files = ", ".join(str(e.get("file")) for e in loadable)
+        files = ", ".join(e.file for e in loadable)
         raise InputError(f"{manifest.root}: several {options.precision} engines ({files}); choose one with --engine FILE")
     return loadable[0] if loadable else None
 
 
-def profile_batch(manifest: Manifest, engine: dict[str, Any] | None) -> dict[str, int]:
+def profile_batch(manifest: Manifest, engine: EngineEntry | None) -> dict[str, int]:
     """Batch min/opt/max: the engine's optimization profile for the input, else the manifest's ``batch``."""
     if engine is not None:
-        profile = (engine.get("profile") or {}).get(manifest.input_name)
+        profile = engine.profile.get(manifest.input_name)
         if profile:
             def first(v: Any) -> int:
                 return int(v[0]) if isinstance(v, (list, tuple)) else int(v)
             return {k: first(profile[k]) for k in ("min", "opt", "max")}
-    return manifest.batch
+    return manifest.batch.to_json()
 
 
 # ---- configs -------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def _batching(max_batch: int, batch: dict[str, int], options: TritonOptions) -> 
 
 
 def inference_config(manifest: Manifest, fmt: str, name: str, max_batch: int, batch: dict[str, int],
-                     options: TritonOptions, engine: dict[str, Any] | None = None,
+                     options: TritonOptions, engine: EngineEntry | None = None,
                      output_dims: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """``output_dims``: the outputs' real dims (from the graph); default: the manifest's."""
     dtype = _io_dtype(manifest, options.precision, engine)
@@ -216,7 +216,7 @@ def inference_config(manifest: Manifest, fmt: str, name: str, max_batch: int, ba
 
 def preprocess_config(manifest: Manifest, name: str, target: dict[str, Any], options: TritonOptions) -> dict[str, Any]:
     pixel = target["input"][0]
-    size = manifest.preprocess["size"]
+    size = manifest.preprocess.to_json()["size"]
     if list(pixel["dims"][-2:]) != [int(size["height"]), int(size["width"])]:
         raise InputError(f"{manifest.root / 'manifest.json'}: preprocess size {size} does not match input dims {pixel['dims']}")
     return {
@@ -317,7 +317,7 @@ def write_triton_repository(artifacts: str | Path, repo: str | Path,
                                 result.notes) for fmt in formats if fmt != "plan"}
     served = graphs[min(graphs)] if graphs else None
     if served is None and onnx_entry is not None and manifest.onnx_path(options.precision).is_file():
-        served = ServedGraph(str(onnx_entry["file"]), str(onnx_entry["sha256"]), False)  # a plan's source graph
+        served = ServedGraph(onnx_entry.file, onnx_entry.sha256, False)  # a plan's source graph
     reference = manifest.verify_file(served.file, served.sha256) if served else None  # read once it verifies
     dims = checked_output_dims(manifest, reference) if reference is not None else None
     root.mkdir(parents=True, exist_ok=True)
@@ -332,8 +332,7 @@ def write_triton_repository(artifacts: str | Path, repo: str | Path,
                                   engine if fmt == "plan" else None, dims)
         if fmt == "plan":
             assert engine is not None
-            files: dict[str, Path | str] = {
-                f"{VERSION}/{MODEL_FILES[fmt]}": manifest.verify_file(engine["file"], engine["sha256"])}
+            files: dict[str, Path | str] = {f"{VERSION}/{MODEL_FILES[fmt]}": manifest.verify(engine)}
         else:
             graph = graphs[fmt]
             files = {f"{VERSION}/{MODEL_FILES[fmt]}": manifest.verify_file(graph.file, graph.sha256)}
@@ -361,7 +360,7 @@ def write_triton_repository(artifacts: str | Path, repo: str | Path,
         pre = preprocess_config(manifest, f"{options.name}_preprocess", target.config, options)
         pre_files: dict[str, Path | str] = {
             f"{VERSION}/model.py": PREPROCESS_TEMPLATE,
-            f"{VERSION}/preprocess.json": json.dumps(manifest.preprocess, indent=2) + "\n",
+            f"{VERSION}/preprocess.json": json.dumps(manifest.preprocess.to_json(), indent=2) + "\n",
         }
         result.models.append(TritonModel(pre["name"], "preprocess", _write_model(root, pre, pre_files, options.force), pre))
         ens = ensemble_config(options.name, pre, target.config)

@@ -31,7 +31,6 @@ from typing import Any
 from vitmsn.runtime.manifest import Manifest, sha256_file
 
 from .triton import INFER_TEMPLATE, PREPROCESS_TEMPLATE, RUNTIME_FILE, TRITON_TYPES, VERSION, profile_batch
-from .triton_sources import CPU_FLAVOURS
 
 
 @dataclass
@@ -95,8 +94,8 @@ def graph_digests(manifest: Manifest) -> set[str]:
     """SHA-256 of every ONNX graph the manifest records: precisions and their CPU-placed flavours."""
     digests = set()
     for entry in manifest.precisions.values():
-        digests.add(entry.get("sha256"))
-        digests.update(entry[k].get("sha256") for k in CPU_FLAVOURS if isinstance(entry.get(k), dict))
+        digests.add(entry.sha256)
+        digests.update(f.sha256 for f in entry.flavours.values())
     return {d for d in digests if d}
 
 
@@ -163,8 +162,7 @@ class _Checker:
             self.problem(name, f"{path.name} (SHA-256 {digest[:12]}...) is none of the manifest's ONNX models")
         inputs, outputs = onnx_io(path)
         self.compare_io(name, config, inputs, outputs, "ONNX graph")
-        batch = self.manifest.batch
-        self.batching(name, config, 1, batch["max"], "the exported batch range")
+        self.batching(name, config, 1, self.manifest.batch.max, "the exported batch range")
         self.labels(name, config)
         return digest
 
@@ -173,24 +171,24 @@ class _Checker:
         if path is None:
             return
         digest = sha256_file(path)
-        engine = next((e for e in self.manifest.engines if e.get("sha256") == digest), None)
+        engine = next((e for e in self.manifest.engines if e.sha256 == digest), None)
         if engine is None:
             self.problem(name, f"{path.name} (SHA-256 {digest[:12]}...) is none of the manifest's engines")
             return
-        entry = self.manifest.precisions.get(str(engine.get("precision"))) or {}
-        dtype = TRITON_TYPES[str(engine.get("io_dtype") or entry.get("io_dtype") or "float32")]
-        inputs = [(t["name"], dtype, t["shape"]) for t in self.manifest.data["inputs"]]
-        outputs = [(t["name"], dtype, t["shape"]) for t in self.manifest.data["outputs"]]
+        entry = self.manifest.precisions.get(engine.precision)
+        dtype = TRITON_TYPES[engine.io_dtype or (entry.io_dtype if entry else None) or "float32"]
+        inputs = [(t.name, dtype, list(t.shape)) for t in self.manifest.inputs]
+        outputs = [(t.name, dtype, list(t.shape)) for t in self.manifest.outputs]
         self.compare_io(name, config, inputs, outputs, "engine I/O")
         batch = profile_batch(self.manifest, engine)
         self.batching(name, config, batch["min"], batch["max"], "the engine's optimization profile")
-        for key, shape in ((engine.get("profile") or {}).get(self.manifest.input_name) or {}).items():
+        for key, shape in (engine.profile.get(self.manifest.input_name) or {}).items():
             if isinstance(shape, (list, tuple)) and list(shape[1:]) != list(config.input[0].dims):
                 self.problem(name, f"engine profile {key} shape {list(shape)} does not match dims {list(config.input[0].dims)}")
         if any(g.kind != 1 for g in config.instance_group):  # KIND_GPU == 1
             self.problem(name, "a TensorRT plan runs on the GPU; instance_group kind must be KIND_GPU")
         self.labels(name, config)
-        self.report.checked.append(f"{name}: tensorrt_plan config matches engine {engine.get('file')} and its profile")
+        self.report.checked.append(f"{name}: tensorrt_plan config matches engine {engine.file} and its profile")
 
     def check_python(self, name: str, config: Any) -> None:
         path = self.model_file(name, config, "model.py")
@@ -200,7 +198,7 @@ class _Checker:
         block = self.repo / name / VERSION / "preprocess.json"
         if path is not None and path.read_bytes() != PREPROCESS_TEMPLATE.read_bytes():
             self.problem(name, f"{path} differs from vitmsn's preprocessing model")
-        if not block.is_file() or json.loads(block.read_text()) != self.manifest.preprocess:
+        if not block.is_file() or json.loads(block.read_text()) != self.manifest.preprocess.to_json():
             self.problem(name, f"{block} is missing or differs from the manifest's preprocess block")
         self.report.checked.append(f"{name}: python preprocessing model with the manifest's preprocess block")
 

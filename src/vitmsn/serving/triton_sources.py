@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vitmsn.errors import InputError
-from vitmsn.runtime.manifest import MANIFEST_NAME, Manifest
+from vitmsn.runtime.manifest import MANIFEST_NAME, FlavourEntry, Manifest, PrecisionEntry
 
 CPU_FLAVOURS = ("onnxruntime_cpu", "onnxruntime_optimized")
 
@@ -30,9 +29,9 @@ class ServedGraph:
     cpu_flavour: bool  # the CPU-placed graph rather than the exported one
 
 
-def failed_stages(entry: dict[str, Any]) -> list[str]:
+def failed_stages(entry: PrecisionEntry | FlavourEntry) -> list[str]:
     """Names of the entry's validation stages (drift gates included) recorded as failed."""
-    stages = entry.get("validation") or {}
+    stages = entry.extra.get("validation") or {}
     return [str(name) for name, s in stages.items() if isinstance(s, dict) and s.get("passed") is False]
 
 
@@ -52,16 +51,16 @@ def served_graph(manifest: Manifest, precision: str, on_cpu: bool, notes: list[s
     """The ONNX graph a model of ``precision`` serves: the CPU-placed flavour on CPU instances."""
     manifest.onnx_path(precision)  # raises, naming what the manifest has, when the precision is absent
     entry = manifest.precisions[precision]
-    flavour = next((entry[k] for k in CPU_FLAVOURS if isinstance(entry.get(k), dict)), None)
+    flavour = entry.cpu_flavour
     if on_cpu and flavour is not None:
         failed = failed_stages(flavour)
         if not failed:
-            notes.append(f"{precision} on CPU instances: serving {flavour['file']}, the CPU-placed graph "
-                         f"(GPU instances get {entry['file']})")
-            return ServedGraph(str(flavour["file"]), str(flavour["sha256"]), True)
-        notes.append(f"{precision}: CPU-placed graph {flavour['file']} failed {', '.join(failed)}; "
-                     f"serving the exported {entry['file']} instead")
-    return ServedGraph(str(entry["file"]), str(entry["sha256"]), False)
+            notes.append(f"{precision} on CPU instances: serving {flavour.file}, the CPU-placed graph "
+                         f"(GPU instances get {entry.file})")
+            return ServedGraph(flavour.file, flavour.sha256, True)
+        notes.append(f"{precision}: CPU-placed graph {flavour.file} failed {', '.join(failed)}; "
+                     f"serving the exported {entry.file} instead")
+    return ServedGraph(entry.file, entry.sha256, False)
 
 
 def graph_outputs(path: Path) -> dict[str, list[int | str]]:
@@ -86,8 +85,8 @@ def checked_output_dims(manifest: Manifest, graph: Path) -> dict[str, list[int]]
     """Per output, its dims without the batch axis, from ``graph``; each must equal the manifest's."""
     real = graph_outputs(graph)
     dims: dict[str, list[int]] = {}
-    for out in manifest.data["outputs"]:
-        name, declared = str(out["name"]), list(out["shape"])
+    for out in manifest.outputs:
+        name, declared = out.name, list(out.shape)
         if name not in real:
             raise InputError(f"{manifest.root / MANIFEST_NAME}: output {name!r} is not an output of {graph.name} "
                              f"(it has {sorted(real)}); re-run vitmsn-export")
