@@ -22,27 +22,22 @@ replaced whole at the end (:mod:`.staging`): an interrupted or failed run leaves
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 
-import vitmsn
 from vitmsn import chatter
 from vitmsn.calibration import CalibrationMethod, CalibrationOptions, CalibrationSet, calibration_set_from_directory
 from vitmsn.errors import InputError, ValidationFailed
 from vitmsn.interrupts import import_deferred
-from vitmsn.runtime.manifest import (MANIFEST_NAME, PRECISIONS, BatchSpec, CalibrationRecord, EngineEntry, FlavourEntry,
-                                     LogEntry, Manifest, ModelInfo, PrecisionEntry, PreprocessSpec, TensorSpec, Where)
+from vitmsn.runtime.manifest import (MANIFEST_NAME, PRECISIONS, CalibrationRecord, EngineEntry, FlavourEntry, LogEntry,
+                                     Manifest, PrecisionEntry, Where)
 
 from vitmsn.export.fp32 import checks
-from vitmsn.export.fp32.checkpoint import Checkpoint, load_checkpoint
+from vitmsn.export.fp32.checkpoint import load_checkpoint
 from vitmsn.export.validation.comparison import comparison_inputs, outputs_in_batches
 from vitmsn.export.validation.gates import Gates
 from vitmsn.export.validation.drift_report import VALIDATION_STAGE, validation_stage, write_drift_reports
@@ -58,10 +53,11 @@ from vitmsn.export.fp32.spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange,
 from vitmsn.export.validation.validate import ValidationResult, validate_artifacts
 from vitmsn.export.validation.verdict import ReferenceCache
 from vitmsn.export.validation.inputs import image_set
+from vitmsn.export.fp32.stages import FUSED_FP32_FILE, fp32_stages, fused_fp32_step, torch_runner
+from vitmsn.export.manifest_start import manifest_skeleton
 from vitmsn.progress import StageLog, activity
 
 log = logging.getLogger(__name__)
-FUSED_FP32_FILE = "model.fp32.ort.onnx"
 
 ENGINE_MODES = ("auto", "require", "skip")
 TARGETS = ("tensorrt", "tensorrt-rtx")
@@ -150,86 +146,6 @@ class ExportResult:
         return [s for s in self.stages if not s.passed]
 
 
-def tool_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
-    import importlib.metadata as md
-
-    import onnx
-    import onnxruntime
-
-    versions = {
-        "vitmsn": vitmsn.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
-    try:
-        versions["nvidia-modelopt"] = md.version("nvidia-modelopt")
-    except md.PackageNotFoundError:
-        pass
-    return {**versions, **(extra or {})}
-
-
-def _ort_runner(path: Path, input_name: str):
-    """The runtime's ONNX Runtime runner on the CPU provider: the staged parity check runs what users deploy."""
-    from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
-
-    runner = OnnxRuntimeRunner(path, providers="CPUExecutionProvider", allow_spinning=False)
-    runner.activate()  # released with the runner when the parity check drops it
-
-    def run(x: np.ndarray) -> dict[str, np.ndarray]:
-        return runner.infer({input_name: x})
-
-    return run
-
-
-def _torch_runner(model: torch.nn.Module, spec: ExportSpec):
-    def run(x: np.ndarray) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            outs = model(torch.from_numpy(x))
-        return {name: t.numpy() for name, t in zip(spec.output_names, outs)}
-
-    return run
-
-
-def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module,
-                batch: BatchRange | None = None) -> list[checks.StageResult]:
-    """The staged checks of the reference graph; a failed stage skips the ones after it. ONNX Runtime parity runs
-    at :func:`.checks.parity_batch_sizes` of ``batch`` (the checks' default sizes without one)."""
-    import onnx
-
-    stages = [checks.check_onnx_checker(path)]
-    if not stages[-1].passed:
-        return stages + [checks.skipped("io_signature", "onnx_checker failed"),
-                         checks.skipped("onnxruntime_parity", "onnx_checker failed")]
-    stages.append(checks.check_io_signature(onnx.load(str(path), load_external_data=False), spec))
-    if not stages[-1].passed:
-        return stages + [checks.skipped("onnxruntime_parity", "io_signature failed")]
-    sizes = {} if batch is None else {"batch_sizes": checks.parity_batch_sizes(batch.min, batch.opt, batch.max)}
-    stages.append(checks.check_runtime_parity(_ort_runner(path, spec.input.name), _torch_runner(model, spec), spec, **sizes))
-    return stages
-
-
-def manifest_skeleton(opts: ExportOptions, ck: Checkpoint, spec: ExportSpec, root: Path | None = None) -> Manifest:
-    """The manifest before any graph is recorded (its ``precisions`` are filled in as the run goes); ``root``:
-    the directory it is written into (the staging directory; default ``--out``)."""
-    root = Path(opts.out) if root is None else Path(root)
-    where = Where(str(root / MANIFEST_NAME))
-    model = ModelInfo(opts.model, spec.task, ck.arch.to_dict(), ck.sha256,
-                      "ViTMSNForImageClassification" if spec.task == "image-classification" else "ViTMSNModel",
-                      {"directory": str(ck.directory), "num_labels": ck.num_labels, "weight_files": ck.weight_files,
-                       "attention": opts.attention, "gflops_per_image": round(ck.arch.gflops_per_image(), 4)})
-    io = spec.io_dict()
-    return Manifest(
-        root, model,
-        PreprocessSpec.from_json(dict(ck.preprocess.to_manifest(), source=ck.preprocess_source), where.at("preprocess")),
-        tuple(TensorSpec.from_json(t, where.at("inputs")) for t in io["inputs"]),
-        tuple(TensorSpec.from_json(t, where.at("outputs")) for t in io["outputs"]),
-        BatchSpec(opts.batch.min, opts.batch.opt, opts.batch.max), {}, (), dict(sorted(ck.labels.items())),
-        opts.opset, tool_versions(), extra={"created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-
-
 def _calibration(opts: ExportOptions, preprocess_block: dict[str, Any]) -> CalibrationSet | None:
     if opts.calib_images is None or not {"fp16", "int8"} & set(opts.precisions):
         return None
@@ -266,26 +182,6 @@ def drift_validation(manifest: Manifest, opts: ExportOptions, stages: list[check
         v.extra["sensitivity"] = requantization["sensitivity"]
     stage = validation_stage(v, opts.validate_images)
     return v, checks.StageResult(VALIDATION_STAGE, stage["passed"], stage["detail"], stage["metrics"])
-
-
-def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint) -> tuple[checks.StageResult, FlavourEntry | None]:
-    """``model.fp32.ort.onnx``: ONNX Runtime's transformer fusions (Attention, SkipLayerNorm, BiasGelu) on the
-    reference graph, checked against it (atol 1e-4, rtol 1e-3) before it is written; recorded as the fp32 entry's
-    ``onnxruntime_optimized`` flavour, which the runtime loads on ONNX Runtime's CPU provider (about 1.1x the
-    plain graph's throughput on a ViT-S shape, ``benchmarks/``)."""
-    from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
-
-    path = out / FUSED_FP32_FILE
-    try:
-        result = ort_optimized_onnx_from_fp32(fp32_path, path, ck.arch)
-    except Exception as exc:  # noqa: BLE001 - the optimizer is third-party code on a user's graph: report, go on
-        return checks.StageResult("ort_fused_fp32", False, f"{type(exc).__name__}: {exc}"), None
-    ref = file_ref(path)
-    flavour = FlavourEntry(ref.file, ref.sha256, ref.size_bytes, "float32",
-                           {"runtime": "onnxruntime (com.microsoft fused operators)", **result.to_manifest()})
-    fused = ", ".join(f"{k} x{v}" for k, v in result.fused.items())
-    return checks.StageResult("ort_fused_fp32", True,
-                              f"{fused}; max abs diff vs model.fp32.onnx {result.max_abs_diff:.2e}"), flavour
 
 
 def run_export(opts: ExportOptions) -> ExportResult:
@@ -399,7 +295,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     reference_cache = ReferenceCache()
     if inputs is not None and all(s.passed for s in stages):
         activity(f"PyTorch FP32 reference outputs on {len(inputs.tensors)} comparison inputs")
-        reference = outputs_in_batches(_torch_runner(model, spec), inputs.tensors)
+        reference = outputs_in_batches(torch_runner(model, spec), inputs.tensors)
         reference_cache.add(inputs.tensors, reference)  # --validate-images reads these again at the end
         ctx = StepContext(out, fp32_path, spec, inputs, reference, opts.gates, opts.fail_on_drift, opts.verbose)
         if "fp16" in opts.precisions:

@@ -16,7 +16,8 @@ import torch
 from vitmsn.errors import ValidationFailed
 from vitmsn.export.fp32 import checks
 from vitmsn.export.fp32.checkpoint import load_checkpoint
-from vitmsn.export.pipeline import ExportOptions, fp32_stages, run_export
+from vitmsn.export.fp32.stages import fp32_stages
+from vitmsn.export.pipeline import ExportOptions, run_export
 from vitmsn.export.fp32.spec import ExportSpec
 from vitmsn.runtime.manifest import Manifest, sha256_file
 

@@ -108,7 +108,8 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
                                "vitmsn.toml, in this directory or one above it)")
     if isinstance(precision, str):  # a config-file string instead of a list
         precision = (precision,)
-    from vitmsn.export.fp32.spec import BatchRange
+    with interrupts.deferred():  # spec imports the model, so torch: a signal waits until it has loaded
+        from vitmsn.export.fp32.spec import BatchRange
 
     try:
         batch_range = BatchRange.parse(batch)
