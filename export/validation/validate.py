@@ -155,7 +155,7 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
     if backend in ("all", "onnxruntime"):
 
         for precision, entry in manifest.precisions.items():
-            if wanted and precision not in wanted or entry.get("backend") == "openvino":
+            if wanted and precision not in wanted or entry.extra.get("backend") == "openvino":
                 continue  # bf16 is OpenVINO's inference precision: ONNX Runtime would run FP32 under its name
             # the graph itself, and any flavour recorded inside its entry (int8's "onnxruntime_cpu")
             flavours = [("", entry), *entry.flavours.items()]

@@ -152,7 +152,7 @@ def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, t
     else:
         skip("onnxruntime", "*", "cuda", "onnxruntime-gpu (CUDA provider) is not installed")
     graphs = [(p, v, path) for p in manifest.precisions if opts.wants("onnxruntime", p)
-              and manifest.precisions[p].get("backend") != "openvino"  # bf16: OpenVINO's inference precision
+              and manifest.precisions[p].extra.get("backend") != "openvino"  # bf16: OpenVINO's inference precision
               for v, path in flavours(manifest, p)]
     if opts.ort_fused and opts.wants("onnxruntime", "fp32") and not any(v == ORT_FUSED for _, v, _ in graphs):
         try:
