@@ -18,7 +18,7 @@ import numpy as np
 from vitmsn.errors import InputError
 
 from . import device
-from .runner import RunnerBase, TensorMeta
+from .runner import RunnerBase, TensorMeta, cast_feed
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}
@@ -148,10 +148,6 @@ class OnnxRuntimeRunner(RunnerBase):
         return list(self._output_names)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cast = {}
-        for name, meta in self._inputs.items():
-            if name not in feed:
-                raise InputError(f"missing input {name!r}; the model takes {sorted(self._inputs)}")
-            cast[name] = np.ascontiguousarray(feed[name], dtype=meta.dtype)
+        cast = cast_feed(self._inputs, feed)
         outputs = self._session.run(self._output_names, cast)
         return dict(zip(self._output_names, outputs))

@@ -25,7 +25,7 @@ import numpy as np
 from vitmsn.errors import InputError
 
 from .cpu import bf16_capable, cpu_flags  # noqa: F401  (re-exported)
-from .runner import RunnerBase, TensorMeta
+from .runner import RunnerBase, TensorMeta, cast_feed
 
 _OV_PRECISION = {"f32": "f32", "bf16": "bf16"}
 
@@ -121,11 +121,7 @@ class OpenVINORunner(RunnerBase):
         return list(self._output_names)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cast = {}
-        for name, meta in self._inputs.items():
-            if name not in feed:
-                raise InputError(f"missing input {name!r}; the model takes {sorted(self._inputs)}")
-            cast[name] = np.ascontiguousarray(feed[name], dtype=meta.dtype)
+        cast = cast_feed(self._inputs, feed)
         try:
             request = self._requests.get_nowait()
         except queue.Empty:

@@ -99,3 +99,15 @@ class RunnerBase:
 
     def get_input_metadata(self) -> dict[str, TensorMeta]:
         raise NotImplementedError
+
+
+def cast_feed(inputs: dict[str, TensorMeta], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feed`` as the model's input dtypes, contiguous; InputError naming a missing input."""
+    from vitmsn.errors import InputError
+
+    cast = {}
+    for name, meta in inputs.items():
+        if name not in feed:
+            raise InputError(f"missing input {name!r}; the model takes {sorted(inputs)}")
+        cast[name] = np.ascontiguousarray(feed[name], dtype=meta.dtype)
+    return cast
