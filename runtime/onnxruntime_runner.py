@@ -84,8 +84,6 @@ class OnnxRuntimeRunner(RunnerBase):
         self.provider_options = dict(provider_options or {})
         self.providers: list[str] = []
         self._session: Any = None
-        self._inputs: dict[str, TensorMeta] = {}
-        self._output_names: list[str] = []
 
     def _resolve_providers(self, ort: Any) -> list[str]:
         available = ort.get_available_providers()
@@ -137,15 +135,6 @@ class OnnxRuntimeRunner(RunnerBase):
 
     def _deactivate(self) -> None:
         self._session = None  # the session frees its (host or device) memory when released
-
-    def get_input_metadata(self) -> dict[str, TensorMeta]:
-        if not self._inputs:
-            raise RuntimeError("activate the runner before asking for its input metadata")
-        return dict(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._output_names)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cast = cast_feed(self._inputs, feed)

@@ -78,8 +78,6 @@ class OpenVINORunner(RunnerBase):
         self.version = ""
         self._compiled: Any = None
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._inputs: dict[str, TensorMeta] = {}
-        self._output_names: list[str] = []
 
     def _activate(self) -> None:
         try:
@@ -110,15 +108,6 @@ class OpenVINORunner(RunnerBase):
     def _deactivate(self) -> None:
         self._requests = queue.SimpleQueue()
         self._compiled = None
-
-    def get_input_metadata(self) -> dict[str, TensorMeta]:
-        if not self._inputs:
-            raise RuntimeError("activate the runner before asking for its input metadata")
-        return dict(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._output_names)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cast = cast_feed(self._inputs, feed)

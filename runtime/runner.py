@@ -56,6 +56,17 @@ class RunnerBase:
 
     def __init__(self) -> None:
         self._active = False
+        self._inputs: dict[str, TensorMeta] = {}  # filled by _activate
+        self._output_names: list[str] = []
+
+    def get_input_metadata(self) -> dict[str, TensorMeta]:
+        if not self._inputs:
+            raise RuntimeError("activate the runner before asking for its input metadata")
+        return dict(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._output_names)
 
     @property
     def is_active(self) -> bool:
@@ -95,9 +106,6 @@ class RunnerBase:
         raise NotImplementedError
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def get_input_metadata(self) -> dict[str, TensorMeta]:
         raise NotImplementedError
 
 

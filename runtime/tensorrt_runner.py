@@ -318,11 +318,6 @@ class TensorRTRunner(RunnerBase):
             raise RuntimeError("activate the runner before asking for its engine")
         return self._trt, self._cudart, self._engine
 
-    def get_input_metadata(self) -> dict[str, TensorMeta]:
-        if not self._inputs:
-            raise RuntimeError("activate the runner before asking for its input metadata")
-        return dict(self._inputs)
-
     # ---- inference -----------------------------------------------------------------------
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [n for n in self._inputs if n not in feed]
