@@ -8,9 +8,10 @@ Three measurements, each in its own fresh process so that nothing else is loaded
 
 1. preprocessing of 640x480 JPEGs (decode included) pinned to one core: median ms per image for
    the exact path and for ``draft=True``, and how far draft's pixels are from exact ones;
-2. throughput (images/s) at the given batch size with ONNX Runtime on the CPU: ``infer`` on ready
-   tensors (raw) and ``predict`` on the JPEG files (decode + preprocess + infer + top-k), in
-   alternating rounds of the same run, with their ratio;
+2. throughput (images/s) at the given batch size with ``--backend`` (ONNX Runtime by default) on the
+   CPU: ``infer`` on ready tensors (raw) and ``predict`` on the JPEG files (decode + preprocess +
+   infer + top-k, the next batch decoding while this one runs), in alternating rounds of the same
+   run, with their ratio. ``--threads`` below the core count shows the overlap with a core to spare;
 3. that process's peak resident memory (``ru_maxrss``) against the model file's size.
 
 Without ``--artifacts`` a randomly initialised ViT-S-shaped classifier (hidden 384, 12 layers,
@@ -156,11 +157,13 @@ def draft_worker(artifacts: Path, count: int) -> dict:
     return result
 
 
-def e2e_worker(artifacts: Path, images: list[Path], batch: int, rounds: int, threads: int | None) -> dict:
+def e2e_worker(artifacts: Path, images: list[Path], batch: int, rounds: int, threads: int | None,
+               backend: str = "onnxruntime", precision: str | None = None) -> dict:
     from vitmsn.runtime import Predictor
 
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with Predictor.from_artifacts(artifacts, backend="onnxruntime", batch_size=batch, threads=threads) as p:
+    with Predictor.from_artifacts(artifacts, backend=backend, precision=precision, batch_size=batch,
+                                  threads=threads) as p:
         rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         ready = p.preprocess.batch(images[:batch])  # one ready batch, run len(images) / batch times
         p.infer(ready)
@@ -243,7 +246,7 @@ def main() -> None:
             print(json.dumps(preprocess_worker(images, payload["repeats"])))
         else:
             print(json.dumps(e2e_worker(Path(payload["artifacts"]), images, payload["batch"], payload["rounds"],
-                                        payload["threads"])))
+                                        payload["threads"], payload["backend"], payload["precision"])))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", type=Path, help="an artifacts directory (default: export a random ViT-S)")
@@ -251,7 +254,10 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="inference threads (default: all cores; one fewer than the cores leaves one for decoding)")
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "auto"])
+    parser.add_argument("--precision", default=None, choices=["fp32", "bf16", "int8"], help="default: the runtime's choice")
     parser.add_argument("--repeats", type=int, default=5, help="passes over the images in the preprocessing timing")
     parser.add_argument("--preprocess-only", action="store_true")
     parser.add_argument("--demo-artifacts", type=Path, default=Path("artifacts/bench/demo"),
@@ -277,7 +283,8 @@ def main() -> None:
             artifacts = args.artifacts or export_vits(Path(tmp) / "vits")
             e2e = _run_worker(["--e2e-worker", json.dumps({"artifacts": str(artifacts), "images": [str(p) for p in images],
                                                            "batch": args.batch, "rounds": args.rounds,
-                                                           "threads": args.threads})])
+                                                           "threads": args.threads, "backend": args.backend,
+                                                           "precision": args.precision})])
         print(report(pre, e2e, draft))
         if args.json:
             args.json.write_text(json.dumps({"preprocess": pre, "e2e": e2e, "draft": draft}, indent=2))

@@ -7,8 +7,9 @@
 
 Safe to call from many threads at once: preprocessing is stateless, ONNX Runtime sessions are
 re-entrant and the TensorRT runner serialises its execution context. Over more than one batch,
-``predict``/``embed`` preprocess the next batch in a worker thread while the current one runs
-(Pillow and ONNX Runtime both release the GIL), so decoding hides behind inference.
+``predict``/``embed`` preprocess the next batch on ``preprocess_workers`` threads, an image per task,
+while the current one runs (Pillow and the backends release the GIL), so decoding hides behind
+inference where a core is free for it (see :mod:`.prefetch` for the bound when none is).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, cast
@@ -27,7 +28,8 @@ from vitmsn.errors import InputError
 
 from .batching import MicroBatcher
 from .manifest import Manifest
-from .preprocess import ImageError, ImageInput, PreprocessConfig, describe
+from .prefetch import DEFAULT_PREPROCESS_WORKERS, preprocess_ahead
+from .preprocess import ImageError, ImageInput, PreprocessConfig
 from .runner import Runner
 from .selection import Choice, choose, describe_choice, fallback_choice
 
@@ -69,7 +71,7 @@ def _is_single(images: Any) -> bool:
 
 class Predictor:
     def __init__(self, manifest: Manifest, runner: Runner, choice: Choice, preprocess: PreprocessConfig,
-                 *, batch_size: int | None = None, preprocess_workers: int = 2) -> None:
+                 *, batch_size: int | None = None, preprocess_workers: int = DEFAULT_PREPROCESS_WORKERS) -> None:
         self.manifest, self.runner, self.choice, self.preprocess = manifest, runner, choice, preprocess
         self.input_name = manifest.input_name
         self.labels = manifest.labels
@@ -88,7 +90,7 @@ class Predictor:
     def from_artifacts(cls, artifacts: str | os.PathLike[str], backend: str = "auto", precision: str | None = None,
                        *, batch_size: int | None = None, threads: int | None = None, providers: Any = "auto",
                        graph_optimization: str = "all", draft: bool = False, verify: bool = True,
-                       preprocess_workers: int = 2) -> "Predictor":
+                       preprocess_workers: int = DEFAULT_PREPROCESS_WORKERS) -> "Predictor":
         """Load an artifacts directory. ``backend``: auto|tensorrt|onnxruntime|openvino; ``precision``:
         None (auto, see ``vitmsn.runtime.selection``) or fp32|fp16|bf16|int8; ``threads``: ONNX
         Runtime intra-op / OpenVINO inference threads; ``draft``: faster, inexact JPEG decoding (see preprocess)."""
@@ -200,16 +202,9 @@ class Predictor:
     # ---- images --------------------------------------------------------------------------
     def preprocess_images(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, list[ImageError | None]]:
         """Images -> (float32 [N, 3, H, W], per-image error or None). Failed rows are zeros."""
-        out = np.zeros((len(images), *self.input_shape), dtype=np.float32)
-        errors: list[ImageError | None] = [None] * len(images)
-        for i, image in enumerate(images):
-            try:
-                self.preprocess(image, out[i])
-            except ImageError as exc:
-                errors[i] = exc
-            except InputError as exc:  # anything else wrong with this one input
-                errors[i] = ImageError(f"{describe(image)}: {exc}")
-        return out, errors
+        if not images:
+            return np.zeros((0, *self.input_shape), dtype=np.float32), []
+        return next(preprocess_ahead([images], self.preprocess, self._executor(), self.input_shape))
 
     def _map_batches(self, images: Sequence[ImageInput], fn: Callable[[dict[str, np.ndarray]], list[Any]],
                      errors: str) -> list[Any]:
@@ -218,21 +213,20 @@ class Predictor:
             raise InputError(f"errors={errors!r}: choose from {', '.join(ERRORS)}")
         chunks = [images[i:i + self.batch_size] for i in range(0, len(images), self.batch_size)]
         results: list[Any] = []
-        pending: Future | None = None
-        for k, chunk in enumerate(chunks):
-            x, errs = pending.result() if pending is not None else self.preprocess_images(chunk)
-            pending = self._executor().submit(self.preprocess_images, chunks[k + 1]) if k + 1 < len(chunks) else None
-            if errors == "raise":
-                first = next((e for e in errs if e is not None), None)
-                if first is not None:
-                    if pending is not None:
-                        pending.cancel()
-                    raise first
-            good = [i for i, e in enumerate(errs) if e is None]
-            batch = x if len(good) == len(x) else x[good]
-            rows = fn(self._infer_checked(batch)) if good else []
-            it = iter(rows)
-            results.extend(errs[i] if errs[i] is not None else next(it) for i in range(len(chunk)))
+        batches = preprocess_ahead(chunks, self.preprocess, self._executor(), self.input_shape)
+        try:
+            for chunk, (x, errs) in zip(chunks, batches):
+                if errors == "raise":
+                    first = next((e for e in errs if e is not None), None)
+                    if first is not None:
+                        raise first
+                good = [i for i, e in enumerate(errs) if e is None]
+                batch = x if len(good) == len(x) else x[good]
+                rows = fn(self._infer_checked(batch)) if good else []
+                it = iter(rows)
+                results.extend(errs[i] if errs[i] is not None else next(it) for i in range(len(chunk)))
+        finally:
+            batches.close()  # an error above: the chunk decoding ahead is cancelled
         return results
 
     def predict(self, images: ImageInput | Sequence[ImageInput], top_k: int = 5, errors: str = "raise") -> Any:

@@ -79,6 +79,14 @@ def test_derived_figures_are_consistent(report: dict) -> None:
         assert r["gemm_ceiling_precision"] == {"bf16": "bf16", "int8": "int8"}.get(r["precision"], "fp32")
         assert r["gemm_ceiling_gflops_per_s"] == r["gemm_ceilings_gflops_per_s"][r["gemm_ceiling_precision"]]
     assert {"fp32", "bf16", "int8"} <= set(rows[0]["gemm_ceilings_gflops_per_s"])
+    threads = report["options"]["threads"]
+    for r in (r for r in rows if r["mode"] == "e2e"):  # end to end against the same configuration's model-only row
+        twin = [m for m in rows if m["mode"] == "model" and all(m[k] == r[k] for k in
+                ("backend", "precision", "device", "variant", "batch_size", "sessions"))]
+        assert len(twin) == 1 and r["stream_batches"] == 4 and r["preprocess_ms_per_image"] > 0
+        assert math.isclose(r["e2e_vs_model"], r["throughput"] / twin[0]["throughput"], rel_tol=5e-3, abs_tol=1e-3)
+        core_ms = threads * twin[0]["latency_ms"]["median"] / r["batch_size"]
+        assert math.isclose(r["cpu_time_bound"], core_ms / (core_ms + r["preprocess_ms_per_image"]), rel_tol=5e-3, abs_tol=1e-3)
     assert all(r["ratio_to_pytorch_eager"] == 1.0 for r in rows if r["backend"] == "pytorch-eager")
 
 
@@ -86,6 +94,7 @@ def test_markdown_lists_every_row_and_what_did_not_run(report: dict) -> None:
     md = report["_markdown"]
     assert md.count("| pytorch-eager | fp32 | cpu |") == 4  # 2 batch sizes x (model, e2e)
     assert "ORT-fused graph" in md and "## Not run here" in md and "GEMM ceiling" in md
+    assert "| e2e / model | CPU-time bound |" in md and "ms per image (batch 2)" in md
 
 
 class _Wrong:

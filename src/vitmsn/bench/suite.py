@@ -8,7 +8,8 @@ The run, in order:
    with the reason) and spot-check each against PyTorch FP32 on the same inputs;
 3. time all rows of one batch size together, interleaved in rounds (``timing.py``), first the
    model alone (pixel values in, outputs out), then end to end (JPEG bytes in: decode, resize,
-   normalise, infer);
+   normalise, infer, a stream of batches with decoding overlapped as ``Predictor.predict`` does it:
+   :mod:`.e2e`, which also times preprocessing alone for each CPU row's bound);
 4. derive each row's ratio to PyTorch eager (same device, mode and batch size), GFLOP/s and
    fraction of its own precision's GEMM ceiling (FP32, BF16, INT8: :mod:`.ceilings`), and warn
    where the INT8 graph the runtime would load is not faster than the FP32 one it would load.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,17 +28,19 @@ from typing import Any, Callable
 import numpy as np
 
 from vitmsn.errors import InputError
+from vitmsn.runtime.prefetch import DEFAULT_PREPROCESS_WORKERS
 
+from . import e2e
 from . import machine as machine_info
 from .backends import BenchBackend, OnnxRuntimeBackend, PyTorchBackend, TensorRTBackend
 from .ceilings import ceiling_precision, gemm_probes
 from .correctness import compare_outputs, tolerance_for
+from .derived import ORT_FUSED, derive, mark_runtime_choices
 from .inputs import jpeg_images
 from .timing import TimingPlan, time_interleaved
 
 log = logging.getLogger(__name__)
 MODES = ("model", "e2e")
-ORT_FUSED = "onnxruntime_optimized"  # the manifest key (inside precisions["fp32"]) of the ONNX Runtime-fused graph
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,15 @@ class BenchOptions:
     def wants(self, backend: str, precision: str) -> bool:
         ok_backend = not self.backends or any(backend.startswith(b) for b in self.backends)
         return ok_backend and (not self.precisions or precision in self.precisions)
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """The end-to-end rows' inputs: the JPEGs, the manifest's preprocessing and the threads that run it."""
+
+    jpegs: list[bytes]
+    preprocess: Any
+    pool: Executor
 
 
 @dataclass
@@ -216,9 +229,10 @@ def _row(b: BenchBackend, mode: str, batch: int, stats: Any, throughput: float, 
 
 
 def _time_batch(backends: list[BenchBackend], checks: dict[int, dict[str, Any]], mode: str, batch: int,
-                x: np.ndarray, jpegs: list[bytes], preprocess: Any, plan: TimingPlan, prep: _Prepared,
+                x: np.ndarray, stream: _Stream, plan: TimingPlan, prep: _Prepared,
                 say: Callable[[str], None], gemm: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     rows, timed, calls = [], [], []
+    jpegs = stream.jpegs[:batch * e2e.STREAM_BATCHES]
     for b in backends:
         if isinstance(b, TensorRTBackend) and not b.supports_batch(batch):
             prep.skipped.append({"backend": b.backend, "precision": b.precision, "device": b.device, "variant": b.variant,
@@ -234,7 +248,8 @@ def _time_batch(backends: list[BenchBackend], checks: dict[int, dict[str, Any]],
                 continue
             rows.append(_row(b, mode, batch, t.latency, t.throughput, checks[id(b)], t.info()))
             continue
-        call = b.call_for(x) if mode == "model" else (lambda b=b: b.infer(preprocess.batch(jpegs)))
+        call = b.call_for(x) if mode == "model" else e2e.stream_call(b.infer, jpegs, batch, stream.preprocess,
+                                                                     stream.pool, x.shape[1:])
         try:
             call()  # first call: compiles (torch.compile) or allocates; not timed
         except Exception as exc:
@@ -247,66 +262,24 @@ def _time_batch(backends: list[BenchBackend], checks: dict[int, dict[str, Any]],
         probes = dict(gemm or {}) if any(b.device == "cpu" for b in timed) else {}
         say(f"timing {len(calls)} rows{' and the GEMM ceilings (' + ', '.join(probes) + ')' if probes else ''}, "
             f"{mode}, batch {batch}")
-        stats = time_interleaved(calls + list(probes.values()), plan,
+        pre = [e2e.preprocess_call(jpegs[:batch], stream.preprocess)] if mode == "e2e" else []
+        stats = time_interleaved(calls + pre + list(probes.values()), plan,
                                  on_round=lambda r: say(f"  round {r}/{plan.rounds}"))
-        measured = {p: round(probe.gflops_per_s(st.median), 2) for (p, probe), st in zip(probes.items(), stats[len(calls):])}
+        measured = {p: round(probe.gflops_per_s(st.median), 2)
+                    for (p, probe), st in zip(probes.items(), stats[len(calls) + len(pre):])}
         for b, st in zip(timed, stats):
-            extra = None
+            extra: dict[str, Any] | None = None
+            if mode == "e2e":
+                st = e2e.per_batch(st)
+                extra = {"stream_batches": e2e.STREAM_BATCHES,
+                         "preprocess_ms_per_image": round(stats[len(calls)].median / batch, 4)}
             if b.device == "cpu" and measured:
                 own = ceiling_precision({"precision": b.precision})
                 gauge = own if own in measured else "fp32"
-                extra = {"gemm_ceiling_gflops_per_s": measured[gauge], "gemm_ceiling_precision": gauge,
+                extra = {**(extra or {}), "gemm_ceiling_gflops_per_s": measured[gauge], "gemm_ceiling_precision": gauge,
                          "gemm_ceilings_gflops_per_s": measured}
             rows.append(_row(b, mode, batch, st, st.throughput(batch), checks[id(b)], extra))
     return rows
-
-
-def mark_runtime_choices(rows: list[dict[str, Any]], manifest: Any) -> None:
-    """``runtime_choice``: the row runs the graph the runtime loads for its backend and precision on this
-    device (ONNX Runtime CPU: the fused FP32 graph and the CPU INT8 flavour, one session; OpenVINO: every row,
-    its inference precision being the one the runtime picks for that precision). The INT8 warning compares these."""
-    from vitmsn.runtime.cpu import vnni_capable
-    from vitmsn.runtime.openvino_runner import inference_precision_for
-
-    def ort_cpu_variant(precision: str) -> str:
-        entry = manifest.precisions.get(precision)
-        flavour = entry.cpu_flavour if entry is not None else None
-        if flavour is None or (flavour.extra.get("needs_vnni") and not vnni_capable()):
-            return ""
-        return "onnxruntime_cpu" if "onnxruntime_cpu" in entry.flavours else ORT_FUSED
-
-    for r in rows:
-        if r["backend"] == "onnxruntime" and r["device"] == "cpu":
-            r["runtime_choice"] = r.get("sessions", 1) == 1 and r["variant"] == ort_cpu_variant(r["precision"])
-        elif r["backend"] == "openvino":
-            r["runtime_choice"] = r["variant"] == f"inference {inference_precision_for(r['precision'])}"
-        else:
-            r["runtime_choice"] = r["backend"] in ("onnxruntime", "tensorrt")
-
-
-def derive(rows: list[dict[str, Any]], gflops_per_image: float, ceilings: dict[str, float]) -> list[str]:
-    """Add ratio_to_pytorch_eager, gflops_per_s, roofline_fraction to every row; return warnings."""
-    warnings = []
-    for r in rows:
-        key = (r["device"], r["mode"], r["batch_size"])
-        eager = next((e for e in rows if e["backend"] == "pytorch-eager" and e["precision"] == "fp32"
-                      and (e["device"], e["mode"], e["batch_size"]) == key), None)
-        r["ratio_to_pytorch_eager"] = round(r["throughput"] / eager["throughput"], 3) if eager else None
-        r["gflops_per_s"] = round(gflops_per_image * r["throughput"], 2)
-        own = "fp16" if r["precision"] == "fp16" and r["device"] != "cpu" else ceiling_precision(r)
-        ceiling = r.get("gemm_ceiling_gflops_per_s") or ceilings.get(f"{r['device']}-{own}") or ceilings.get(f"{r['device']}-fp32")
-        r["roofline_fraction"] = round(r["gflops_per_s"] / ceiling, 3) if ceiling else None
-    for r in rows:
-        if r["precision"] != "int8" or not r.get("runtime_choice"):
-            continue
-        same = [o for o in rows if o["backend"] == r["backend"] and o["device"] == r["device"] and o["mode"] == r["mode"]
-                and o["batch_size"] == r["batch_size"] and o["precision"] in ("fp16", "fp32") and o.get("runtime_choice")]
-        for o in same:
-            if r["throughput"] <= o["throughput"]:
-                warnings.append(f"INT8 is not faster than {o['precision'].upper()}{' [' + o['variant'] + ']' if o['variant'] else ''} "
-                                f"on this device: {r['backend']} {r['device']} {r['mode']} batch {r['batch_size']}: "
-                                f"{r['throughput']:.2f} vs {o['throughput']:.2f} img/s")
-    return warnings
 
 
 def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
@@ -329,7 +302,8 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
     arch = ViTMSNArch.from_config(manifest.model.config)
     gflops = arch.gflops_per_image()  # dense layers: the 8.48 GFLOP convention for ViT-S/16
     preprocess = PreprocessConfig.from_manifest(manifest.preprocess)
-    rng_images = jpeg_images(max(opts.batch_sizes + (opts.check_batch,)), seed=opts.seed)
+    rng_images = jpeg_images(max(max(opts.batch_sizes) * (e2e.STREAM_BATCHES if opts.e2e else 1), opts.check_batch),
+                             seed=opts.seed)
     check_x = preprocess.batch(rng_images[: opts.check_batch])
 
     with tempfile.TemporaryDirectory(prefix="vitmsn-bench-") as tmp:
@@ -348,18 +322,21 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
         backends, checks = _open_and_check(prep, check_x, reference_out, say)
         rows: list[dict[str, Any]] = []
         gemm = gemm_probes(opts.gemm_n, threads)
+        pool = ThreadPoolExecutor(DEFAULT_PREPROCESS_WORKERS, thread_name_prefix="vitmsn-bench-preprocess")
+        stream = _Stream(rng_images, preprocess, pool)
         try:
             for mode in MODES if opts.e2e else ("model",):
                 for batch in opts.batch_sizes:
-                    jpegs = rng_images[:batch]
-                    x = preprocess.batch(jpegs)
-                    rows += _time_batch(backends, checks, mode, batch, x, jpegs, preprocess, opts.plan, prep, say, gemm)
+                    x = preprocess.batch(rng_images[:batch])
+                    rows += _time_batch(backends, checks, mode, batch, x, stream, opts.plan, prep, say, gemm)
         finally:
+            pool.shutdown(wait=True)
             for b in backends:
                 b.close()
 
     flat = {k: v["gflops_per_s"] for k, v in ceilings.items()}
     mark_runtime_choices(rows, manifest)
+    e2e.add_bounds(rows, threads)
     warnings = derive(rows, gflops, flat)
     for precision in gemm:
         interleaved = sorted(r["gemm_ceilings_gflops_per_s"][precision] for r in rows

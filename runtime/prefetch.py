@@ -1,0 +1,82 @@
+"""Preprocessing that runs ahead of inference: batch k+1 is decoded while batch k is inferred.
+
+    for x, errors in preprocess_ahead(chunks, predictor.preprocess, pool, (3, 224, 224)):
+        outputs = runner.infer({"pixel_values": x})   # the next chunk decodes meanwhile
+
+Each image of a chunk is its own task on ``pool`` (a ``ThreadPoolExecutor``): Pillow's decode and
+resize and numpy's normalisation release the GIL, so with ``W`` workers up to ``W`` images decode at
+once on cores the inference is not using, and inference (ONNX Runtime, OpenVINO, TensorRT all release
+the GIL too) keeps running meanwhile. Only the next chunk is ever in flight, so memory stays at two
+batches of float32 pixels whatever the number of images.
+
+What the overlap can win is bounded by the cores: when inference already keeps every core busy
+(intra-op threads = cores), decoding takes core time from it, and end-to-end throughput over raw
+inference is at most ``t_infer / (t_infer + t_preprocess)`` in core-seconds per image. ``vitmsn bench``
+measures both terms in the same run and prints that bound beside the end-to-end rows.
+
+An image that cannot be read becomes its :class:`ImageError` in the chunk's error list (its row of
+pixels is zeros); the other images of the chunk are unaffected.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor, Future
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from vitmsn.errors import InputError
+
+from .preprocess import ImageError, describe
+
+# Threads that decode ahead of inference (Predictor, vitmsn bench's end-to-end rows). Two keep one
+# image decoding while another's pixels are normalised, and no more than that contend for the GIL-free
+# C code on the small CPUs this runs on; a server with spare cores can raise it.
+DEFAULT_PREPROCESS_WORKERS = 2
+
+
+def _one(preprocess: Callable[[Any, np.ndarray], Any], image: Any, out: np.ndarray) -> ImageError | None:
+    """Preprocess one image into ``out``; its error (never raised) if it cannot be read."""
+    try:
+        preprocess(image, out)
+    except ImageError as exc:
+        return exc
+    except InputError as exc:  # anything else wrong with this one input
+        return ImageError(f"{describe(image)}: {exc}")
+    return None
+
+
+class _Chunk:
+    def __init__(self, chunk: Sequence[Any], preprocess: Callable[[Any, np.ndarray], Any], pool: Executor,
+                 shape: tuple[int, ...]) -> None:
+        self.pixels = np.zeros((len(chunk), *shape), dtype=np.float32)
+        self.futures: list[Future] = [pool.submit(_one, preprocess, image, self.pixels[i]) for i, image in enumerate(chunk)]
+
+    def result(self) -> tuple[np.ndarray, list[ImageError | None]]:
+        return self.pixels, [f.result() for f in self.futures]
+
+    def cancel(self) -> None:
+        """Drop what has not started; wait for what has (it writes into ``pixels``)."""
+        for f in self.futures:
+            f.cancel()
+        for f in self.futures:
+            if not f.cancelled():
+                f.exception()
+
+
+def preprocess_ahead(chunks: Sequence[Sequence[Any]], preprocess: Callable[[Any, np.ndarray], Any], pool: Executor,
+                     shape: tuple[int, ...]) -> Iterator[tuple[np.ndarray, list[ImageError | None]]]:
+    """``(float32 [n, *shape] pixels, per-image error or None)`` for each chunk, in order, each chunk
+    decoding on ``pool`` while the caller works on the one before. Closing the generator early (an
+    exception in the caller) cancels the chunk still in flight."""
+    ahead = _Chunk(chunks[0], preprocess, pool, shape) if chunks else None
+    for k in range(len(chunks)):
+        assert ahead is not None
+        current = ahead.result()
+        ahead = _Chunk(chunks[k + 1], preprocess, pool, shape) if k + 1 < len(chunks) else None
+        try:
+            yield current
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()
+            raise
