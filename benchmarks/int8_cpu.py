@@ -156,8 +156,10 @@ def range_ratio(times: dict[str, list[float]]) -> dict[str, float] | None:
     a, b = times.get(_int8_name("8bit")), times.get(_int8_name("7bit"))
     if not a or not b:
         return None
-    return {"of_medians": statistics.median(b) / statistics.median(a),
-            "median_per_round": statistics.median(tb / ta for ta, tb in zip(a, b))}
+    per_round = [tb / ta for ta, tb in zip(a, b)]
+    q1, _, q3 = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else (per_round[0],) * 3
+    return {"of_medians": statistics.median(b) / statistics.median(a), "median_per_round": statistics.median(per_round),
+            "per_round_p25": q1, "per_round_p75": q3}
 
 
 def accuracy_per_range(artifacts: Path, heldout: Path, calib_images: Path | None, ranges: tuple[str, ...],
@@ -219,22 +221,31 @@ def reading(report: dict[str, Any]) -> list[str]:
                    "8-bit weights are faster" if r > 1 else "7-bit weights are faster")
         info = report["speed_quantized"]
         same_ops = len({json.dumps(i["op_counts"], sort_keys=True) for i in info.values()}) == 1
-        out.append(f"Speed: on this CPU ({', '.join(vnni) or 'no VNNI'}) the 8-bit-weight graph ran at {r:.2f}x the "
-                   f"7-bit one (median of per-round ratios; {ratio['of_medians']:.2f}x of the medians): {verdict}. "
+        out.append(f"Speed: on this CPU ({', '.join(vnni) or 'no VNNI'}) the 8-bit-weight graph ran at {r:.3f}x the "
+                   f"7-bit one (median of per-round ratios, middle half {ratio['per_round_p25']:.3f}-"
+                   f"{ratio['per_round_p75']:.3f}; {ratio['of_medians']:.3f}x of the medians): {verdict}. "
                    + ("Both graphs have the same operators; only the weight values differ, and ONNX Runtime's MLAS picks "
                       "its u8 x s8 kernel by data type and CPU feature, never by the values' range." if same_ops else
                       "The two graphs' operator counts differ (see the JSON)."))
+    load, threads = (report.get("load_average_end") or [0])[0], report["threads"]
+    if load > threads:
+        out.append(f"The load average at the end ({load:.1f} on {report['machine']['cpu'].get('available_cpus')} CPUs) says "
+                   f"other processes shared the cores: the absolute images/s are low; the ratios, timed in interleaved "
+                   f"rounds, are what to read.")
     acc = report.get("accuracy")
     if acc:
         rows = {r["graph"]: r for r in acc["rows"]}
         a, b = rows.get(_int8_name("8bit")), rows.get(_int8_name("7bit"))
         if a and b:
             closer = "8-bit" if a["cosine_mean"] > b["cosine_mean"] else "7-bit" if b["cosine_mean"] > a["cosine_mean"] else "neither"
+            same = a["accuracy"] == b["accuracy"] and a["top1_agreement"] == b["top1_agreement"]
             out.append(f"Accuracy on {acc['heldout']['count']} held-out images: 8-bit weights {_pct(a['accuracy'])} (top-1 "
                        f"agreement {_pct(a['top1_agreement'])}, minimum cosine {a['cosine_min']:.5f}), 7-bit "
                        f"{_pct(b['accuracy'])} ({_pct(b['top1_agreement'])}, {b['cosine_min']:.5f}), FP32 "
-                       f"{_pct(rows['fp32']['accuracy'])}; {closer} is closer to FP32 by mean cosine "
-                       f"({a['cosine_mean']:.6f} vs {b['cosine_mean']:.6f}).")
+                       f"{_pct(rows['fp32']['accuracy'])}"
+                       + ("; the same accuracy and agreement for both ranges" if same else "")
+                       + f"; {closer} is closer to FP32 by cosine (mean {a['cosine_mean']:.6f} vs {b['cosine_mean']:.6f}, "
+                       f"i.e. 1 - cosine {1 - a['cosine_mean']:.1e} vs {1 - b['cosine_mean']:.1e}).")
     return out
 
 
