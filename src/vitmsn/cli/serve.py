@@ -80,6 +80,8 @@ def command(artifacts: Path | None, host: str, port: int, backend: str, precisio
                            max_receiving_bytes=max_receiving_bytes, max_decode_bytes=int(max_decode_mb * 2**20))
     with Predictor.from_artifacts(artifacts, backend=backend, precision=precision and precision.lower(),
                                   threads=threads, draft=draft) as predictor:
+        for note in predictor.choice.notes:  # e.g. an engine that cannot start here, a CPU flavour chosen
+            click.echo(f"note: {note}", err=True)
         sock = bind_socket(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         url = f"http://{f'[{bound_host}]' if sock.family == socket.AF_INET6 else bound_host}:{bound_port}"
