@@ -4,9 +4,10 @@
     python -m vitmsn.runtime.openvino_slim --apply          # do it (moved aside, checked, then deleted)
     python -m vitmsn.runtime.openvino_slim --package-dir /venv/lib/python3.11/site-packages/openvino
 
-``pip install openvino`` installs 180 MB, most of it for devices, model formats and tools that a
-CPU-only ONNX server never loads. OpenVINO's own deployment guide, "Libraries for Local Distribution"
-(docs.openvino.ai/2025/openvino-workflow/deployment-locally/local-distribution-libraries.html), says
+``pip install openvino`` puts 188 MB on disk (2026.4.1, Linux x86_64), much of it for devices, model
+formats and tools that a CPU-only ONNX server never loads (84 MB of it goes; benchmarks/install-size.md).
+OpenVINO's own deployment guide, "Libraries for Local Distribution" (docs.openvino.ai/2025/
+openvino-workflow/deployment-locally/local-distribution-libraries.html), says
 which libraries each use needs: the ``openvino`` core with TBB always; one plugin per device used
 (``openvino_intel_cpu_plugin`` for the CPU; the GPU plugin's dependencies are libOpenCL and
 ``cache.json``, the CPU plugin has none); ``openvino_auto_plugin`` only for AUTO/MULTI (or
@@ -33,8 +34,9 @@ to remove is moved into ``.vitmsn-slim-staging`` inside the package and the chec
 when it passes are the files deleted. On a failed check, an error, SIGINT or SIGTERM everything is
 moved back (exit 1, or 130/143); a run killed outright leaves the staging folder, which the next
 ``--apply`` moves back first. What was removed is written to ``vitmsn-slim.json`` in the package
-directory, so a second run says "already slim". ``pip install --force-reinstall openvino==<version>``
-restores the full package.
+directory, so a second run says "already slim". ``pip install --force-reinstall --no-deps
+openvino==<version>`` (printed by the tool) restores the full package; the record file is listed in
+openvino's pip RECORD, so a reinstall or ``pip uninstall openvino`` removes it with the package.
 
 Exit codes: 0 done (or nothing to do), 1 the check failed (nothing changed), 2 bad usage (no such
 directory, not an OpenVINO package, not writable), 130/143 interrupted (nothing changed). Linux
@@ -48,9 +50,7 @@ import fnmatch
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,11 +59,11 @@ from typing import Callable, Iterator, Sequence
 from vitmsn import __version__, interrupts
 from vitmsn.errors import InputError
 
+from .openvino_slim_check import CheckFailed, CheckResult, run_check
+
 RECORD = "vitmsn-slim.json"
 STAGING = ".vitmsn-slim-staging"
 TRASH = ".vitmsn-slim-trash"  # a verified slim whose deletion was cut short: delete, never restore
-CHECK_SCRIPT = Path(__file__).with_name("openvino_slim_check.py")
-CHECK_TIMEOUT_S = 300
 KEEP_FRONTENDS = ("onnx", "ir")
 REQUIRED = ("__init__.py", "libs/libopenvino.so*", "libs/libopenvino_intel_cpu_plugin.so",
             "libs/libopenvino_onnx_frontend.so*", "libs/libopenvino_ir_frontend.so*")
@@ -113,21 +113,6 @@ class Removal:
 
 
 @dataclass(frozen=True)
-class CheckResult:
-    """What :mod:`openvino_slim_check` found: the version, devices, frontends and libraries it loaded."""
-
-    openvino: str
-    devices: tuple[str, ...]
-    frontends: tuple[str, ...]
-    libraries: tuple[str, ...]
-
-    @classmethod
-    def from_json(cls, line: str) -> "CheckResult":
-        data = json.loads(line)
-        return cls(str(data["openvino"]), *(tuple(map(str, data[k])) for k in ("devices", "frontends", "libraries")))
-
-
-@dataclass(frozen=True)
 class SlimRecord:
     """``vitmsn-slim.json`` in the package directory: what was removed, when, by whom, how to undo it."""
 
@@ -153,10 +138,6 @@ class SlimRecord:
         tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
         os.replace(tmp, path)
         return path
-
-
-class CheckFailed(Exception):
-    """OpenVINO did not pass :mod:`openvino_slim_check`; the message holds its reason."""
 
 
 class RestoreFailed(Exception):
@@ -219,12 +200,32 @@ def unwritable(package: Path, removals: Sequence[Removal]) -> Path | None:
     return None
 
 
+def dist_info(package: Path) -> Path | None:
+    """The ``openvino-*.dist-info`` beside the package, if pip installed it."""
+    return next(iter(sorted(package.parent.glob(f"{package.name}-*.dist-info"))), None)
+
+
 def openvino_version(package: Path) -> str:
-    for metadata in sorted(package.parent.glob("openvino-*.dist-info/METADATA")):
-        for line in metadata.read_text(errors="replace").splitlines():
-            if line.startswith("Version:"):
-                return line.split(":", 1)[1].strip()
+    info = dist_info(package)
+    metadata = info / "METADATA" if info else None
+    for line in metadata.read_text(errors="replace").splitlines() if metadata and metadata.exists() else []:
+        if line.startswith("Version:"):
+            return line.split(":", 1)[1].strip()
     return ""
+
+
+def register_record(package: Path) -> None:
+    """List the record file in openvino's RECORD, so ``pip uninstall`` (and a reinstall) removes it too."""
+    info = dist_info(package)
+    record_csv = info / "RECORD" if info else None
+    if record_csv is None or not record_csv.exists():
+        return
+    line = f"{package.name}/{RECORD},,"
+    text = record_csv.read_text()
+    if line not in text.splitlines():
+        tmp = record_csv.with_name("RECORD.vitmsn-tmp")  # a new file, renamed over: never half-written
+        tmp.write_text(text + ("" if text.endswith("\n") or not text else "\n") + line + "\n")
+        os.replace(tmp, record_csv)
 
 
 def restore_command(package: Path) -> str:
@@ -234,22 +235,6 @@ def restore_command(package: Path) -> str:
 
 def mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
-
-
-def run_check(package: Path) -> CheckResult:
-    """:mod:`openvino_slim_check` in a fresh interpreter that imports OpenVINO from ``package`` alone."""
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(package.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    with tempfile.TemporaryDirectory(prefix="vitmsn-openvino-slim-") as cwd:
-        try:
-            result = subprocess.run([sys.executable, "-P", str(CHECK_SCRIPT), str(package)], env=env, cwd=cwd,
-                                    capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise CheckFailed(f"the check did not finish in {CHECK_TIMEOUT_S} s") from None
-    if result.returncode != 0:
-        reason = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}").splitlines()
-        raise CheckFailed(" | ".join(reason[-6:]))
-    return CheckResult.from_json(result.stdout.strip().splitlines()[-1])
 
 
 def _merge_back(staged: Path, home: Path) -> int:
@@ -309,6 +294,7 @@ def apply(package: Path, removals: Sequence[Removal], say: Callable[[str], None]
     with interrupts.shielded():  # the check passed: finishing is safer than unwinding half a deletion
         record = SlimRecord(result.openvino, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             sum(r.bytes for r in removals), tuple(removals), restore_command(package)).write(package)
+        register_record(package)
         os.rename(staging, package / TRASH)
         shutil.rmtree(package / TRASH)
     say(f"check passed: OpenVINO {result.openvino}, devices {', '.join(result.devices)}, "
@@ -396,6 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except RestoreFailed as exc:
         print(f"openvino_slim: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `| head`: stdout is gone, stderr may not be
+        sys.stdout = open(os.devnull, "w")
+        print("openvino_slim: output closed (broken pipe); every file moved so far is back in place", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"openvino_slim: {exc}; every file moved so far is back in place", file=sys.stderr)

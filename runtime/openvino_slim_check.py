@@ -19,7 +19,7 @@ in that interpreter:
 
 Prints one JSON line (version, devices, frontends, libraries) and exits 0; on any failure prints the
 reason to stderr and exits 1. Imports only the standard library and numpy before OpenVINO, and is
-import-safe (nothing runs unless executed as a script).
+import-safe (nothing runs unless executed as a script). :func:`run_check` runs it and parses the result.
 """
 
 from __future__ import annotations
@@ -29,10 +29,14 @@ import importlib.machinery
 import json
 import os
 import struct
+import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+CHECK_TIMEOUT_S = 300
 
 # The check model: y = relu(x @ W + b), x of shape [batch, 4]. Small integers: every product and sum
 # is exact in float32, so the expected output is exact too.
@@ -176,6 +180,42 @@ def check(package_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return {"openvino": str(ov.get_version()), "devices": devices,
             "frontends": sorted(FrontEndManager().get_available_front_ends()),
             "libraries": mapped_openvino_libraries(root)}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What :mod:`openvino_slim_check` found: the version, devices, frontends and libraries it loaded."""
+
+    openvino: str
+    devices: tuple[str, ...]
+    frontends: tuple[str, ...]
+    libraries: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, line: str) -> "CheckResult":
+        data = json.loads(line)
+        return cls(str(data["openvino"]), *(tuple(map(str, data[k])) for k in ("devices", "frontends", "libraries")))
+
+
+class CheckFailed(Exception):
+    """OpenVINO did not pass :mod:`openvino_slim_check`; the message holds its reason."""
+
+
+def run_check(package: Path) -> CheckResult:
+    """This script in a fresh interpreter that imports OpenVINO from ``package`` alone (its parent first on
+    PYTHONPATH, ``-P`` so this folder is not on sys.path, no bytecode written into the package)."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(package.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    with tempfile.TemporaryDirectory(prefix="vitmsn-openvino-slim-") as cwd:
+        try:
+            result = subprocess.run([sys.executable, "-P", str(Path(__file__)), str(package)], env=env, cwd=cwd,
+                                    capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise CheckFailed(f"the check did not finish in {CHECK_TIMEOUT_S} s") from None
+    if result.returncode != 0:
+        reason = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}").splitlines()
+        raise CheckFailed(" | ".join(reason[-6:]))
+    return CheckResult.from_json(result.stdout.strip().splitlines()[-1])
 
 
 def main(argv: Sequence[str]) -> int:

@@ -60,16 +60,18 @@ def _installed_openvino() -> Path:
     return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
-def _copy(dst_site: Path) -> Path:
-    """The installed openvino package under ``dst_site``, hard-linked file by file (copied across filesystems)."""
-    src, dst = _installed_openvino(), dst_site / "openvino"
+def _copy(dst_site: Path, with_dist_info: bool = False) -> Path:
+    """The installed openvino package under ``dst_site`` (and its pip dist-info), hard-linked file by file
+    (copied across filesystems)."""
+    src = _installed_openvino()
     dst_site.mkdir(parents=True, exist_ok=True)
-    try:
-        shutil.copytree(src, dst, copy_function=os.link)
-    except (OSError, shutil.Error):
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)
-    return dst
+    for folder in [src] + (sorted(src.parent.glob("openvino-*.dist-info")) if with_dist_info else []):
+        try:
+            shutil.copytree(folder, dst_site / folder.name, copy_function=os.link)
+        except (OSError, shutil.Error):
+            shutil.rmtree(dst_site / folder.name, ignore_errors=True)
+            shutil.copytree(folder, dst_site / folder.name)
+    return dst_site / "openvino"
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -101,7 +103,7 @@ def _plant(package: Path, code: str) -> None:
 
 @pytest.fixture(scope="module")
 def slimmed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    package = _copy(tmp_path_factory.mktemp("ov_slim") / "site")
+    package = _copy(tmp_path_factory.mktemp("ov_slim") / "site", with_dist_info=True)
     return package, _tool("--apply", "--package-dir", str(package))
 
 
@@ -131,6 +133,11 @@ def test_slimmed_openvino_runs_the_runner_with_outputs_equal_to_the_full_install
     assert record["bytes_removed"] == lost and lost > 60e6
     assert {"libs/libopenvino_intel_gpu_plugin.so", "libs/cache.json", "tools"} <= {r["path"] for r in record["removed"]}
     assert "force-reinstall" in record["restore"]
+    # pip's RECORD lists the record file (uninstall removes it), in the copy only (rewritten, not edited in place)
+    pip_record = next(package.parent.glob("openvino-*.dist-info")) / "RECORD"
+    assert "openvino/vitmsn-slim.json,," in pip_record.read_text().splitlines()
+    original = next(_installed_openvino().parent.glob("openvino-*.dist-info")) / "RECORD"
+    assert "vitmsn-slim.json" not in original.read_text() and pip_record.stat().st_ino != original.stat().st_ino
     assert not (package / ".vitmsn-slim-staging").exists() and not (package / ".vitmsn-slim-trash").exists()
 
     onnx_path = Manifest.load(rt_cls.artifacts).onnx_path("fp32")
