@@ -70,13 +70,12 @@ def preprocess_ahead(chunks: Sequence[Sequence[Any]], preprocess: Callable[[Any,
     decoding on ``pool`` while the caller works on the one before. Closing the generator early (an
     exception in the caller) cancels the chunk still in flight."""
     ahead = _Chunk(chunks[0], preprocess, pool, shape) if chunks else None
-    for k in range(len(chunks)):
-        assert ahead is not None
-        current = ahead.result()
-        ahead = _Chunk(chunks[k + 1], preprocess, pool, shape) if k + 1 < len(chunks) else None
-        try:
+    try:
+        for k in range(len(chunks)):
+            assert ahead is not None
+            current = ahead.result()
+            ahead = _Chunk(chunks[k + 1], preprocess, pool, shape) if k + 1 < len(chunks) else None
             yield current
-        except BaseException:
-            if ahead is not None:
-                ahead.cancel()
-            raise
+    finally:  # the caller stopped early (an exception, close()) or an interrupt arrived while waiting
+        if ahead is not None:
+            ahead.cancel()

@@ -75,6 +75,30 @@ def test_stopping_early_stops_the_work(jpegs: list[bytes]) -> None:
     assert done <= 2 and len(calls) == done
 
 
+def test_closing_cancels_the_chunk_in_flight(jpegs: list[bytes]) -> None:
+    """close() while the next chunk decodes: what has not started is dropped, what has started is waited for
+    (it writes into that chunk's buffer), and nothing runs after close() returns."""
+    release, entered = threading.Event(), threading.Event()
+    calls = []
+
+    def gated(image: bytes, out: np.ndarray) -> np.ndarray:
+        if image in jpegs[3:6]:
+            entered.set()
+            release.wait(10)  # the next chunk's first image holds the pool's one worker
+        calls.append(image)
+        return PRE(image, out)
+
+    with ThreadPoolExecutor(1) as pool:
+        batches = preprocess_ahead([jpegs[0:3], jpegs[3:6], jpegs[6:9]], gated, pool, SHAPE)
+        next(batches)
+        assert entered.wait(10)
+        threading.Timer(0.2, release.set).start()
+        batches.close()
+        after_close = len(calls)
+        pool.submit(lambda: None).result()
+    assert after_close == 4 and len(calls) == 4  # chunk 0, plus the one image of chunk 1 that had started
+
+
 def test_the_cpu_time_bound_is_the_stated_formula() -> None:
     """2 threads x 80 ms per batch of 8 = 20 core-ms per image; 5 ms of preprocessing per image:
     end to end can reach at most 20 / 25 = 0.8 of model only."""
