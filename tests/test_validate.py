@@ -173,6 +173,13 @@ def test_labels_file_gives_the_same_accuracy_as_folders(demo_artifacts, few_imag
     (tmp_path / "bad.csv").write_text(f"{rows[1].split(',')[0]},not-a-label\n")
     bad = run_cli(demo_artifacts, "--images", flat, "--labels", tmp_path / "bad.csv", "--quiet")
     assert bad.exit_code == 2 and "line 1" in bad.stderr and "not-a-label" in bad.stderr
+    sparse = tmp_path / "huge.csv"  # 4 GB that takes no disk: read with a cap, refused
+    with open(sparse, "wb") as fh:
+        fh.truncate(4 << 30)
+    huge = run_cli(demo_artifacts, "--images", flat, "--labels", sparse, "--quiet")
+    assert huge.exit_code == 2 and f"--labels {sparse}: more than" in huge.stderr, huge.stderr
+    device = run_cli(demo_artifacts, "--images", flat, "--labels", "/dev/zero", "--quiet")
+    assert device.exit_code == 2 and "--labels /dev/zero: not a regular file" in device.stderr, device.stderr
 
 
 def test_folders_partly_named_as_labels_are_refused(demo_artifacts, few_images, tmp_path):

@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # the static check (tests/tensorrt_static_check.py) supplies 
 
 log = logging.getLogger(__name__)
 
-TARGET_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+TARGET_MODULES = device.TENSORRT_MODULES  # engine target -> Python module, one table for builder and runtime
 INSTALL_HINT = {"tensorrt": "pip install 'vitmsn[tensorrt]' (TensorRT needs an NVIDIA GPU and driver)",
                 "tensorrt-rtx": "pip install tensorrt-rtx-cu13 (builds ahead of time, no GPU needed)"}
 HARDWARE_COMPAT = {"ampere-plus": "AMPERE_PLUS", "same-compute-capability": "SAME_COMPUTE_CAPABILITY"}

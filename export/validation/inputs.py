@@ -66,9 +66,15 @@ def _from_csv(root: Path, files: list[Path], labels: dict[int, str], labels_file
     index = {name: i for i, name in labels.items()}
     position = {f.relative_to(root).as_posix(): i for i, f in enumerate(files)}
     out = -np.ones(len(files), dtype=np.int64)
+    limit = (1 << 20) + 4096 * len(files)  # a line per image, paths up to 4 KiB: /dev/zero or a stray dump is refused
     try:
-        rows = list(csv.reader(labels_file.read_text(encoding="utf-8-sig").splitlines()))
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(labels_file, "rb") as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise InputError(f"--labels {labels_file}: more than {limit} bytes for {len(files)} image(s); "
+                             "expected one 'path,label' line per image")
+        rows = list(csv.reader(data.decode("utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"--labels {labels_file}: cannot be read ({exc})") from exc
     for line, row in enumerate(rows, start=1):
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
@@ -109,7 +115,7 @@ def image_set(images_dir: str | Path, labels: dict[int, str], labels_file: str |
     if labels_file is not None:
         lf = Path(labels_file)
         if not lf.is_file():
-            raise InputError(f"--labels {lf}: no such file")
+            raise InputError(f"--labels {lf}: {'not a regular file' if lf.exists() else 'no such file'}")
         found, source, note = _from_csv(root, files, labels, lf)
     else:
         found, source, note = _from_folders(root, files, labels)
