@@ -106,6 +106,7 @@ def test_single_input_list_input_and_input_kinds(predictor: Predictor, formats: 
     assert (label, score) == (batch[0][0].label, batch[0][0].score)
     assert batch[0][0].to_dict() == {"label": label, "index": batch[0][0].index, "score": score}
     assert predictor.embed(path).shape == (32,)
+    assert predictor.predict([]) == [] and predictor.embed([]).shape == (0, 32)  # an empty list: empty results
 
 
 def test_batches_split_and_results_do_not_depend_on_batch_size(predictor: Predictor, formats: dict[str, Path]) -> None:
@@ -193,6 +194,8 @@ def test_context_manager_frees_the_session(rt_cls: Exported) -> None:
     assert not p.runner.is_active and p.runner._session is None
     with pytest.raises(RuntimeError, match="not active"):
         p.infer(np.zeros((1, 3, 48, 48), np.float32))
+    with pytest.raises(RuntimeError, match="this Predictor is closed"):  # said plainly; no new decode pool either
+        p.predict([np.zeros((60, 60, 3), np.uint8)])
     p.close()  # idempotent
 
 
