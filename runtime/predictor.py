@@ -218,7 +218,8 @@ class Predictor:
         results: list[Any] = []
         batches = preprocess_ahead(chunks, self.preprocess, self._executor(), self.input_shape)
         try:
-            for chunk, (x, errs) in zip(chunks, batches):
+            for chunk in chunks:
+                x, errs = next(batches)
                 if errors == "raise":
                     first = next((e for e in errs if e is not None), None)
                     if first is not None:
@@ -226,6 +227,7 @@ class Predictor:
                 good = [i for i, e in enumerate(errs) if e is None]
                 batch = x if len(good) == len(x) else x[good]
                 rows = fn(self._infer_checked(batch)) if good else []
+                del x, batch  # before the chunk after next is queued: two batches of pixels at a time, not three
                 it = iter(rows)
                 results.extend(errs[i] if errs[i] is not None else next(it) for i in range(len(chunk)))
         finally:

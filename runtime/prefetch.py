@@ -7,7 +7,9 @@ Each image of a chunk is its own task on ``pool`` (a ``ThreadPoolExecutor``): Pi
 resize and numpy's normalisation release the GIL, so with ``W`` workers up to ``W`` images decode at
 once on cores the inference is not using, and inference (ONNX Runtime, OpenVINO, TensorRT all release
 the GIL too) keeps running meanwhile. Only the next chunk is ever in flight, so memory stays at two
-batches of float32 pixels whatever the number of images.
+batches of float32 pixels whatever the number of images, provided the caller drops each chunk's pixels
+before asking for the next (a ``for`` loop's variables keep them alive while the chunk after is queued:
+three batches; ``Predictor`` deletes them).
 
 What the overlap can win is bounded by the cores: when inference already keeps every core busy
 (intra-op threads = cores), decoding takes core time from it, and end-to-end throughput over raw

@@ -187,6 +187,28 @@ def test_many_threads_get_exactly_the_sequential_results(predictor: Predictor, t
         assert np.array_equal(got_emb, emb)
 
 
+def test_memory_stays_at_two_batches_of_pixels_over_a_long_list(rt_cls: Exported) -> None:
+    """5 batches in: the batch being inferred and the one decoding ahead, never a third (the one just inferred,
+    still held while the next is queued). tracemalloc counts numpy's buffers exactly; the margin (half a batch:
+    the embedding rows, futures and decode temporaries of 2 workers take ~0.2) is not a timing."""
+    import tracemalloc
+
+    batch = 32
+    images = [np.full((48, 48, 3), i % 251, np.uint8) for i in range(5 * batch)]
+    with Predictor.from_artifacts(rt_cls.artifacts, "onnxruntime", threads=1, batch_size=batch) as p:
+        one_batch = batch * int(np.prod(p.input_shape)) * 4
+        p.predict(images[:batch])  # session and pool warm
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            results = p.embed(images)  # rows of 32 floats: the pixels dominate what is traced
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+    assert len(results) == len(images)
+    assert peak < 2.5 * one_batch, f"peak {peak / one_batch:.2f} batches of pixels"
+
+
 def test_context_manager_frees_the_session(rt_cls: Exported) -> None:
     with Predictor.from_artifacts(rt_cls.artifacts, "onnxruntime", threads=1, graph_optimization="basic") as p:
         assert p.runner.is_active and p.backend == "onnxruntime" and p.precision == "fp32"
