@@ -134,9 +134,13 @@ class SlimRecord:
     def load(cls, package: Path) -> "SlimRecord | None":
         try:
             data = json.loads((package / RECORD).read_text())
-            return cls(**{**data, "removed": tuple(Removal(**r) for r in data["removed"])})
+            record = cls(**{**data, "removed": tuple(Removal(**r) for r in data["removed"])})
         except (OSError, ValueError, TypeError, KeyError):
             return None  # absent or not ours: the plan alone decides what is left to do
+        texts = [record.openvino, record.when, record.restore, record.vitmsn] + [r.path for r in record.removed]
+        sizes = [record.bytes_removed] + [r.bytes for r in record.removed]
+        ok = all(isinstance(t, str) for t in texts) and all(type(n) is int for n in sizes)
+        return record if ok else None  # a field of the wrong type: not ours either
 
     def write(self, package: Path) -> Path:
         path, tmp = package / RECORD, package / (RECORD + ".tmp")

@@ -328,3 +328,21 @@ def test_a_signal_while_a_killed_runs_files_go_back_stops_the_run(tmp_path: Path
     assert result.returncode == 143, result.stdout + result.stderr
     assert "interrupted" in result.stderr and "checking OpenVINO" not in result.stdout, result.stdout + result.stderr
     assert (package / "libs" / "cache.json").exists() and not (package / ".vitmsn-slim-staging").exists()
+
+
+def test_a_record_with_fields_of_the_wrong_type_is_not_ours(tmp_path: Path) -> None:
+    """Valid JSON, our keys, a size that is a string: read as no record (as corrupt JSON is), not a traceback."""
+    import argparse
+
+    from vitmsn.runtime import openvino_slim
+
+    package = tmp_path / "openvino"
+    for name in ("__init__.py", "libs/libopenvino.so", "libs/libopenvino_intel_cpu_plugin.so",
+                 "libs/libopenvino_onnx_frontend.so", "libs/libopenvino_ir_frontend.so"):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text("")
+    (package / "vitmsn-slim.json").write_text(json.dumps({"openvino": "2026.4.1", "when": "2026-12-01T00:00:00Z",
+                                                          "bytes_removed": "83 MB", "removed": [], "restore": "pip"}))
+    said: list[str] = []
+    assert openvino_slim.run(argparse.Namespace(apply=False, package_dir=str(package)), say=said.append) == 0
+    assert said and said[0].startswith("nothing to remove"), said
