@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import stat
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class _Chunk:
 
 
 def preprocess_ahead(chunks: Sequence[Sequence[Any]], preprocess: Callable[[Any, np.ndarray], Any], pool: Executor,
-                     shape: tuple[int, ...]) -> Iterator[tuple[np.ndarray, list[ImageError | None]]]:
+                     shape: tuple[int, ...]) -> Generator[tuple[np.ndarray, list[ImageError | None]], None, None]:
     """``(float32 [n, *shape] pixels, per-image error or None)`` for each chunk, in order, each chunk
     decoding on ``pool`` while the caller works on the one before. Closing the generator early (an
     exception in the caller) cancels the chunk still in flight."""
