@@ -26,6 +26,7 @@ SIGTERM) stops a read that waits forever, while a worker blocked in it could nev
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from concurrent.futures import Executor, Future
@@ -55,14 +56,14 @@ def _one(preprocess: Callable[[Any, np.ndarray], Any], image: Any, out: np.ndarr
 
 
 def _may_block(image: Any) -> bool:
-    """A pipe, device or socket path, or a file object: reading it may wait forever."""
+    """A pipe, device or socket path, or a file object (other than BytesIO): reading it may wait forever."""
     if isinstance(image, (str, os.PathLike)):
         try:
             mode = os.stat(image).st_mode
         except (OSError, ValueError):  # missing, unreadable, NUL in the name: the worker reports it
             return False
         return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-    return hasattr(image, "read")
+    return hasattr(image, "read") and not isinstance(image, io.BytesIO)  # bytes in memory never wait
 
 
 class _Chunk:
