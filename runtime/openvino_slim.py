@@ -38,14 +38,19 @@ directory, so a second run says "already slim". ``pip install --force-reinstall 
 openvino==<version>`` (printed by the tool) restores the full package; the record file is listed in
 openvino's pip RECORD, so a reinstall or ``pip uninstall openvino`` removes it with the package.
 
+One ``--apply`` at a time per package (a lock on the directory): a second one exits 2 rather than take
+the first one's staging folder for an interrupted run's and move it back under the first one's check.
+
 Exit codes: 0 done (or nothing to do), 1 the check failed (nothing changed), 2 bad usage (no such
-directory, not an OpenVINO package, not writable), 130/143 interrupted (nothing changed). Linux
+directory, not an OpenVINO package, not writable, another --apply running), 130/143 interrupted (nothing changed). Linux
 wheels only (the rules name ``.so`` files). Standard library only in this process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import fnmatch
 import json
 import os
@@ -129,9 +134,13 @@ class SlimRecord:
     def load(cls, package: Path) -> "SlimRecord | None":
         try:
             data = json.loads((package / RECORD).read_text())
-            return cls(**{**data, "removed": tuple(Removal(**r) for r in data["removed"])})
+            record = cls(**{**data, "removed": tuple(Removal(**r) for r in data["removed"])})
         except (OSError, ValueError, TypeError, KeyError):
             return None  # absent or not ours: the plan alone decides what is left to do
+        texts = [record.openvino, record.when, record.restore, record.vitmsn] + [r.path for r in record.removed]
+        sizes = [record.bytes_removed] + [r.bytes for r in record.removed]
+        ok = all(isinstance(t, str) for t in texts) and all(type(n) is int for n in sizes)
+        return record if ok else None  # a field of the wrong type: not ours either
 
     def write(self, package: Path) -> Path:
         path, tmp = package / RECORD, package / (RECORD + ".tmp")
@@ -316,12 +325,34 @@ def describe(package: Path, removals: Sequence[Removal], total: int) -> list[str
     return lines
 
 
+@contextlib.contextmanager
+def exclusive(package: Path) -> Iterator[None]:
+    """Hold the package directory's lock (flock: released when the process ends, even killed)."""
+    fd = os.open(package, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"--package-dir {package}: another openvino_slim --apply is running on it; "
+                             "wait for it to end") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def run(args: argparse.Namespace, say: Callable[[str], None] = say) -> int:
     package = checked_package_dir(args.package_dir)
-    if args.apply:
+    if not args.apply:
+        return _run(package, args, say)
+    with exclusive(package):
         for note in recover_leftovers(package):
             say(note)
-    elif (package / STAGING).exists():
+        interrupts.raise_if_received()  # a signal held while putting files back still stops the run
+        return _run(package, args, say)
+
+
+def _run(package: Path, args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    if not args.apply and (package / STAGING).exists():
         say(f"warning: {package / STAGING} holds files of an interrupted run; --apply puts them back first")
     removals = plan_removals(package)
     record = SlimRecord.load(package)

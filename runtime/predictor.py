@@ -81,6 +81,7 @@ class Predictor:
         self.batch_size = max(1, min(size, limit) if limit else size)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._closed = False
         self._workers = max(1, preprocess_workers)
         shape = manifest.input_shape
         self.input_shape = tuple(int(d) for d in shape[1:])  # (3, H, W)
@@ -150,7 +151,7 @@ class Predictor:
     def close(self) -> None:
         """Free the session/engine and its (device) memory. Idempotent."""
         with self._pool_lock:
-            pool, self._pool = self._pool, None
+            pool, self._pool, self._closed = self._pool, None, True
         if pool is not None:
             pool.shutdown(wait=True)
         self.runner.deactivate()
@@ -163,6 +164,8 @@ class Predictor:
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
+            if self._closed:  # no new pool (its threads would outlive close()); the runner is gone anyway
+                raise RuntimeError(f"{self.manifest.root}: this Predictor is closed; load it again with Predictor.from_artifacts")
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="vitmsn-preprocess")
             return self._pool
@@ -215,7 +218,8 @@ class Predictor:
         results: list[Any] = []
         batches = preprocess_ahead(chunks, self.preprocess, self._executor(), self.input_shape)
         try:
-            for chunk, (x, errs) in zip(chunks, batches):
+            for chunk in chunks:
+                x, errs = next(batches)
                 if errors == "raise":
                     first = next((e for e in errs if e is not None), None)
                     if first is not None:
@@ -223,6 +227,7 @@ class Predictor:
                 good = [i for i, e in enumerate(errs) if e is None]
                 batch = x if len(good) == len(x) else x[good]
                 rows = fn(self._infer_checked(batch)) if good else []
+                del x, batch  # before the chunk after next is queued: two batches of pixels at a time, not three
                 it = iter(rows)
                 results.extend(errs[i] if errs[i] is not None else next(it) for i in range(len(chunk)))
         finally:
@@ -260,6 +265,9 @@ class Predictor:
         single = _is_single(images)
         batch: list[ImageInput] = [cast(ImageInput, images)] if single else list(cast(Sequence[ImageInput], images))
         rows = self._map_batches(batch, lambda out: list(out["embedding"]), "raise")
+        if not rows:  # an empty list in: [0, D] out, as for any other length
+            dims = next(o.shape for o in self.manifest.outputs if o.name == "embedding")[1:]
+            return np.zeros((0, *(d if isinstance(d, int) else 0 for d in dims)), dtype=np.float32)
         return rows[0] if single else np.stack(rows)
 
     # ---- serving -------------------------------------------------------------------------

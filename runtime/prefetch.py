@@ -7,7 +7,9 @@ Each image of a chunk is its own task on ``pool`` (a ``ThreadPoolExecutor``): Pi
 resize and numpy's normalisation release the GIL, so with ``W`` workers up to ``W`` images decode at
 once on cores the inference is not using, and inference (ONNX Runtime, OpenVINO, TensorRT all release
 the GIL too) keeps running meanwhile. Only the next chunk is ever in flight, so memory stays at two
-batches of float32 pixels whatever the number of images.
+batches of float32 pixels whatever the number of images, provided the caller drops each chunk's pixels
+before asking for the next (a ``for`` loop's variables keep them alive while the chunk after is queued:
+three batches; ``Predictor`` deletes them).
 
 What the overlap can win is bounded by the cores: when inference already keeps every core busy
 (intra-op threads = cores), decoding takes core time from it, and end-to-end throughput over raw
@@ -16,12 +18,19 @@ measures both terms in the same run and prints that bound beside the end-to-end 
 
 An image that cannot be read becomes its :class:`ImageError` in the chunk's error list (its row of
 pixels is zeros); the other images of the chunk are unaffected.
+
+A source whose read may never end (a pipe or device path such as a FIFO or ``/dev/stdin``, a file
+object) is read on the caller's thread instead, when its chunk is queued: there an interrupt (SIGINT,
+SIGTERM) stops a read that waits forever, while a worker blocked in it could never be stopped or joined.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
@@ -46,11 +55,32 @@ def _one(preprocess: Callable[[Any, np.ndarray], Any], image: Any, out: np.ndarr
     return None
 
 
+def _may_block(image: Any) -> bool:
+    """A pipe, device or socket path, or a file object (other than BytesIO): reading it may wait forever."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            mode = os.stat(image).st_mode
+        except (OSError, ValueError):  # missing, unreadable, NUL in the name: the worker reports it
+            return False
+        return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+    return hasattr(image, "read") and not isinstance(image, io.BytesIO)  # bytes in memory never wait
+
+
 class _Chunk:
     def __init__(self, chunk: Sequence[Any], preprocess: Callable[[Any, np.ndarray], Any], pool: Executor,
                  shape: tuple[int, ...]) -> None:
         self.pixels = np.zeros((len(chunk), *shape), dtype=np.float32)
-        self.futures: list[Future] = [pool.submit(_one, preprocess, image, self.pixels[i]) for i, image in enumerate(chunk)]
+        here = [_may_block(image) for image in chunk]
+        self.futures: list[Future] = []
+        try:
+            for i, image in enumerate(chunk):
+                self.futures.append(Future() if here[i] else pool.submit(_one, preprocess, image, self.pixels[i]))
+            for i, image in enumerate(chunk):  # on this thread, where an interrupt can stop a read that never ends
+                if here[i]:
+                    self.futures[i].set_result(_one(preprocess, image, self.pixels[i]))
+        except BaseException:  # an interrupt, a closed pool: nothing of this chunk keeps running
+            self.cancel()
+            raise
 
     def result(self) -> tuple[np.ndarray, list[ImageError | None]]:
         return self.pixels, [f.result() for f in self.futures]
@@ -65,7 +95,7 @@ class _Chunk:
 
 
 def preprocess_ahead(chunks: Sequence[Sequence[Any]], preprocess: Callable[[Any, np.ndarray], Any], pool: Executor,
-                     shape: tuple[int, ...]) -> Iterator[tuple[np.ndarray, list[ImageError | None]]]:
+                     shape: tuple[int, ...]) -> Generator[tuple[np.ndarray, list[ImageError | None]], None, None]:
     """``(float32 [n, *shape] pixels, per-image error or None)`` for each chunk, in order, each chunk
     decoding on ``pool`` while the caller works on the one before. Closing the generator early (an
     exception in the caller) cancels the chunk still in flight."""

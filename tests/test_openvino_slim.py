@@ -275,3 +275,74 @@ def test_bad_usage_exits_2_naming_the_path(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{package / 'libs'} is not writable" in result.stderr and "Traceback" not in result.stderr
     assert _snapshot(package) == before
+
+
+def test_a_second_apply_while_one_runs_exits_2_and_leaves_the_first_alone(tmp_path: Path) -> None:
+    """The first --apply is held in its check with the files set aside; a second one must not take that staging
+    folder for an interrupted run's and move it back under the first one's check (it did: the first then
+    'verified' the full package and failed on its own vanished staging folder)."""
+    package = _copy(tmp_path / "site")
+    marker = tmp_path / "held"
+    _plant(package, f"import os as _o, time as _t\nif _o.path.isdir(_o.path.join(_o.path.dirname(__file__), "
+                    f"'.vitmsn-slim-staging')) and not _o.path.exists({str(marker)!r}):\n"
+                    f"    open({str(marker)!r}, 'w').close(); _t.sleep(120)")
+    first = subprocess.Popen([*TOOL, "--apply", "--package-dir", str(package)], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.1)
+        assert marker.exists(), "the first run never reached the planted hold"
+        staged = _snapshot(package / ".vitmsn-slim-staging")
+        second = _tool("--apply", "--package-dir", str(package))
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert "another openvino_slim --apply is running" in second.stderr and "Traceback" not in second.stderr
+        assert _snapshot(package / ".vitmsn-slim-staging") == staged  # the first run's files are where it put them
+    finally:
+        _end_group(first)
+
+
+SIGNAL_WHILE_PUTTING_BACK = """
+import os, signal, sys
+from vitmsn.runtime import openvino_slim as slim
+merge_back = slim._merge_back
+def signalled(staged, home):
+    os.kill(os.getpid(), signal.SIGTERM)  # lands while a killed run's files are being put back (held there)
+    return merge_back(staged, home)
+slim._merge_back = signalled
+sys.exit(slim.main(["--apply", "--package-dir", sys.argv[1]]))
+"""
+
+
+def test_a_signal_while_a_killed_runs_files_go_back_stops_the_run(tmp_path: Path) -> None:
+    """SIGTERM during the put-back (shielded, so the files all go back) must still end the run with 143,
+    not be dropped and let the tool go on to slim the package."""
+    package = tmp_path / "openvino"
+    for name in ("__init__.py", "libs/libopenvino.so", "libs/libopenvino_intel_cpu_plugin.so",
+                 "libs/libopenvino_onnx_frontend.so", "libs/libopenvino_ir_frontend.so",
+                 ".vitmsn-slim-staging/libs/cache.json"):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text("")
+    result = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_PUTTING_BACK, str(package)], capture_output=True,
+                            text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 143, result.stdout + result.stderr
+    assert "interrupted" in result.stderr and "checking OpenVINO" not in result.stdout, result.stdout + result.stderr
+    assert (package / "libs" / "cache.json").exists() and not (package / ".vitmsn-slim-staging").exists()
+
+
+def test_a_record_with_fields_of_the_wrong_type_is_not_ours(tmp_path: Path) -> None:
+    """Valid JSON, our keys, a size that is a string: read as no record (as corrupt JSON is), not a traceback."""
+    import argparse
+
+    from vitmsn.runtime import openvino_slim
+
+    package = tmp_path / "openvino"
+    for name in ("__init__.py", "libs/libopenvino.so", "libs/libopenvino_intel_cpu_plugin.so",
+                 "libs/libopenvino_onnx_frontend.so", "libs/libopenvino_ir_frontend.so"):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text("")
+    (package / "vitmsn-slim.json").write_text(json.dumps({"openvino": "2026.4.1", "when": "2026-12-01T00:00:00Z",
+                                                          "bytes_removed": "83 MB", "removed": [], "restore": "pip"}))
+    said: list[str] = []
+    assert openvino_slim.run(argparse.Namespace(apply=False, package_dir=str(package)), say=said.append) == 0
+    assert said and said[0].startswith("nothing to remove"), said

@@ -112,3 +112,48 @@ def test_the_cpu_time_bound_is_the_stated_formula() -> None:
     assert e2e["e2e_vs_model"] == 0.75 and e2e["cpu_time_bound"] == 0.8
     assert gpu["e2e_vs_model"] == 0.5 and "cpu_time_bound" not in gpu  # a GPU row's inference takes no CPU core
     assert per_batch(LatencyStats([400.0, 200.0]), 4).samples_ms == [100.0, 50.0]
+
+
+def test_an_interrupt_stops_a_pipe_that_never_delivers(jpegs: list[bytes], tmp_path) -> None:
+    """A FIFO whose writer never writes: the interrupt (here SIGUSR1 raising, as SIGINT/SIGTERM do) must end the
+    wait. Read on a worker, nothing could stop it and the generator's clean-up would wait for it forever (the
+    writer is closed only after a 10 s guard, and the test then sees the exception came too late)."""
+    import os
+    import signal
+
+    class Stop(Exception):
+        pass
+
+    fifo = tmp_path / "never.jpg"
+    os.mkfifo(fifo)
+    raised, closed_writer = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        while True:  # succeeds once the FIFO has a reader (the decode opening it)
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                threading.Event().wait(0.01)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+        raised.wait(10)
+        closed_writer.set()
+        os.close(fd)  # EOF: unblocks a reader stuck on a worker
+
+    def stop(*_: object) -> None:
+        raise Stop
+
+    previous = signal.signal(signal.SIGUSR1, stop)
+    thread = threading.Thread(target=writer)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            thread.start()
+            with pytest.raises(Stop):
+                for _ in preprocess_ahead([[jpegs[0], str(fifo)], [jpegs[1]]], PRE, pool, SHAPE):
+                    pass
+            came_in_time = not closed_writer.is_set()
+            raised.set()
+    finally:
+        thread.join(20)
+        signal.signal(signal.SIGUSR1, previous)
+    assert came_in_time, "the interrupt ended the wait only once the pipe's writer went away"

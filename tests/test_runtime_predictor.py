@@ -106,6 +106,7 @@ def test_single_input_list_input_and_input_kinds(predictor: Predictor, formats: 
     assert (label, score) == (batch[0][0].label, batch[0][0].score)
     assert batch[0][0].to_dict() == {"label": label, "index": batch[0][0].index, "score": score}
     assert predictor.embed(path).shape == (32,)
+    assert predictor.predict([]) == [] and predictor.embed([]).shape == (0, 32)  # an empty list: empty results
 
 
 def test_batches_split_and_results_do_not_depend_on_batch_size(predictor: Predictor, formats: dict[str, Path]) -> None:
@@ -186,6 +187,28 @@ def test_many_threads_get_exactly_the_sequential_results(predictor: Predictor, t
         assert np.array_equal(got_emb, emb)
 
 
+def test_memory_stays_at_two_batches_of_pixels_over_a_long_list(rt_cls: Exported) -> None:
+    """5 batches in: the batch being inferred and the one decoding ahead, never a third (the one just inferred,
+    still held while the next is queued). tracemalloc counts numpy's buffers exactly; the margin (half a batch:
+    the embedding rows, futures and decode temporaries of 2 workers take ~0.2) is not a timing."""
+    import tracemalloc
+
+    batch = 32
+    images = [np.full((48, 48, 3), i % 251, np.uint8) for i in range(5 * batch)]
+    with Predictor.from_artifacts(rt_cls.artifacts, "onnxruntime", threads=1, batch_size=batch) as p:
+        one_batch = batch * int(np.prod(p.input_shape)) * 4
+        p.predict(images[:batch])  # session and pool warm
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            results = p.embed(images)  # rows of 32 floats: the pixels dominate what is traced
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+    assert len(results) == len(images)
+    assert peak < 2.5 * one_batch, f"peak {peak / one_batch:.2f} batches of pixels"
+
+
 def test_context_manager_frees_the_session(rt_cls: Exported) -> None:
     with Predictor.from_artifacts(rt_cls.artifacts, "onnxruntime", threads=1, graph_optimization="basic") as p:
         assert p.runner.is_active and p.backend == "onnxruntime" and p.precision == "fp32"
@@ -193,6 +216,8 @@ def test_context_manager_frees_the_session(rt_cls: Exported) -> None:
     assert not p.runner.is_active and p.runner._session is None
     with pytest.raises(RuntimeError, match="not active"):
         p.infer(np.zeros((1, 3, 48, 48), np.float32))
+    with pytest.raises(RuntimeError, match="this Predictor is closed"):  # said plainly; no new decode pool either
+        p.predict([np.zeros((60, 60, 3), np.uint8)])
     p.close()  # idempotent
 
 

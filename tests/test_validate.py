@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -180,6 +181,41 @@ def test_labels_file_gives_the_same_accuracy_as_folders(demo_artifacts, few_imag
     assert huge.exit_code == 2 and f"--labels {sparse}: more than" in huge.stderr, huge.stderr
     device = run_cli(demo_artifacts, "--images", flat, "--labels", "/dev/zero", "--quiet")
     assert device.exit_code == 2 and "--labels /dev/zero: not a regular file" in device.stderr, device.stderr
+
+
+def test_labels_file_edge_cases_read_as_csv_means_or_refused(tmp_path, monkeypatch):
+    """--labels as a CSV tool writes it (BOM, CRLF, quoted commas, any character in a name), paths as `find .`
+    or an absolute listing give them; refused, exit-2 style, when it would make the ground truth wrong or empty."""
+    from PIL import Image
+
+    from export.validation.inputs import image_set
+    from vitmsn.errors import InputError
+
+    names = ["cat/1.jpg", "cat/a,b.jpg", "dog/x\u2028y.jpg", "dog/2.jpg"]
+    for name in names:
+        (tmp_path / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "imgs" / name)
+    monkeypatch.chdir(tmp_path)  # --images given relative, as users type it
+    labels = {0: "cat", 1: "dog"}
+
+    def read(text: str, encoding: str = "utf-8") -> list[int]:
+        (tmp_path / "l.csv").write_bytes(text.encode(encoding))
+        return image_set("imgs", labels, "l.csv").labels.tolist()  # files sorted: cat/1, cat/a,b, dog/2, dog/x..y
+
+    good = ("\ufeffpath,label\r\n./cat/1.jpg,cat\r\n\"cat/a,b.jpg\",0\r\ndog/x\u2028y.jpg,dog\r\n"
+            f"{tmp_path / 'imgs' / 'dog' / '2.jpg'},1\r\n")
+    assert read(good) == [0, 0, 1, 1]
+    refused = {"cat/1.jpg,cat\ncat/1.jpg,dog\n": "labelled 'dog' here but 'cat' on line 1",
+               "cat/1.jpg,\u00b2\n": "label '²' is not one of",
+               "path,label\n": "no 'path,label' rows", "": "no 'path,label' rows",
+               "../imgs/cat/1.jpg,cat\n": "is not an image under --images",
+               f"{tmp_path / 'imgs'}/../l.csv,cat\n": "is not inside --images",
+               "cat/1.jpg,cat\x00\n": "line 1"}
+    for text, message in refused.items():
+        with pytest.raises(InputError, match=re.escape(message)):
+            read(text)
+    with pytest.raises(InputError, match="save it as UTF-8"):
+        read("cat/1.jpg,cat\n".replace("cat/1", "cat/\u00e9"), "latin-1")
 
 
 def test_folders_partly_named_as_labels_are_refused(demo_artifacts, few_images, tmp_path):

@@ -7,14 +7,18 @@
   are unlabelled (the report says so); when some are and some are not, that is almost surely a
   mistake and is refused (exit 2), naming the folders that are not labels.
 * Labels, from ``--labels FILE``: CSV rows ``path,label`` (an optional ``path,label`` header);
-  ``path`` relative to the images folder, ``label`` a label name or a class index. A listed file
-  that does not exist, or an unknown label, is refused with the line number. Images the file does
-  not list are compared with the reference but count for no accuracy.
+  ``path`` relative to the images folder (``./`` and ``//`` allowed) or absolute inside it, ``label``
+  a label name or a class index. A listed file that does not exist, an unknown label, a path listed
+  twice with different labels or a file that labels nothing is refused with the line number. Images
+  the file does not list are compared with the reference but count for no accuracy.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,32 +77,47 @@ def _from_csv(root: Path, files: list[Path], labels: dict[int, str], labels_file
         if len(data) > limit:
             raise InputError(f"--labels {labels_file}: more than {limit} bytes for {len(files)} image(s); "
                              "expected one 'path,label' line per image")
-        rows = list(csv.reader(data.decode("utf-8-sig").splitlines()))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"--labels {labels_file}: cannot be read ({exc})") from exc
-    for line, row in enumerate(rows, start=1):
+        text = data.decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"--labels {labels_file}: cannot be read ({exc}); save it as UTF-8 CSV") from exc
+    reader = csv.reader(io.StringIO(text, newline=""))  # CSV's own line ends: CRLF, newlines inside quotes
+    seen: dict[str, tuple[str, int]] = {}
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise InputError(f"--labels {labels_file}: line {reader.line_num}: {exc}") from exc
+        line = reader.line_num
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue
-        if line == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+        if not seen and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
             continue
         if len(row) != 2:
             raise InputError(f"--labels {labels_file}: line {line}: expected 'path,label', got {len(row)} field(s)")
-        path, label = row[0].strip(), row[1].strip()
-        p = Path(path)
-        if p.is_absolute():
-            try:
-                path = p.relative_to(root).as_posix()
-            except ValueError:
-                raise InputError(f"--labels {labels_file}: line {line}: {path} is not inside --images {root}") from None
+        given, label = row[0].strip(), row[1].strip()
+        path = (os.path.relpath(os.path.abspath(given), os.path.abspath(root)) if os.path.isabs(given)
+                else posixpath.normpath(given)).replace(os.sep, "/")
+        if os.path.isabs(given) and path.split("/")[0] == "..":
+            raise InputError(f"--labels {labels_file}: line {line}: {given} is not inside --images {root}")
         if path not in position:
-            raise InputError(f"--labels {labels_file}: line {line}: {path} is not an image under --images {root}")
+            raise InputError(f"--labels {labels_file}: line {line}: {given} is not an image under --images {root}")
         if label in index:
-            out[position[path]] = index[label]
-        elif label.isdigit() and int(label) in labels:
-            out[position[path]] = int(label)
+            found = index[label]
+        elif label.isascii() and label.isdigit() and int(label) in labels:
+            found = int(label)
         else:
             raise InputError(f"--labels {labels_file}: line {line}: label {label!r} is not one of the model's labels "
                              f"({', '.join(list(index)[:10])}{', ...' if len(index) > 10 else ''}) nor a class index")
+        if path in seen and out[position[path]] != found:
+            raise InputError(f"--labels {labels_file}: line {line}: {given} is labelled {label!r} here but "
+                             f"{seen[path][0]!r} on line {seen[path][1]}; list each image once")
+        seen.setdefault(path, (label, line))
+        out[position[path]] = found
+    if not seen:
+        raise InputError(f"--labels {labels_file}: no 'path,label' rows, so no image would count for accuracy; "
+                         "list the images, or drop --labels")
     missing = int((out < 0).sum())
     note = f"labels from {labels_file.name}" + (f"; {missing} image(s) not listed there count for no accuracy" if missing else "")
     return out, "labels-file", note
