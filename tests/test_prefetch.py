@@ -114,46 +114,58 @@ def test_the_cpu_time_bound_is_the_stated_formula() -> None:
     assert per_batch(LatencyStats([400.0, 200.0]), 4).samples_ms == [100.0, 50.0]
 
 
-def test_an_interrupt_stops_a_pipe_that_never_delivers(jpegs: list[bytes], tmp_path) -> None:
-    """A FIFO whose writer never writes: the interrupt (here SIGUSR1 raising, as SIGINT/SIGTERM do) must end the
-    wait. Read on a worker, nothing could stop it and the generator's clean-up would wait for it forever (the
-    writer is closed only after a 10 s guard, and the test then sees the exception came too late)."""
+_FIFO_CHILD = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from vitmsn.bench.inputs import jpeg_images
+from vitmsn.runtime.prefetch import preprocess_ahead
+from vitmsn.runtime.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
+
+pre = PreprocessConfig.from_preprocessor_config(DEFAULT_PREPROCESSOR_CONFIG)
+jpegs = jpeg_images(2, seed=3, size=(64, 48))
+try:
+    with ThreadPoolExecutor(2) as pool:
+        for _ in preprocess_ahead([[jpegs[0], sys.argv[1]], [jpegs[1]]], pre, pool, (3, pre.height, pre.width)):
+            pass
+except KeyboardInterrupt:
+    sys.exit(130)
+sys.exit(0)
+"""
+
+
+def test_an_interrupt_stops_a_pipe_that_never_delivers(tmp_path) -> None:
+    """A FIFO whose writer never writes: SIGINT must end the wait (exit 130). Read on a worker, nothing could stop
+    it and the pool's clean-up would wait for it forever. The reader runs in a child process: a signal is never
+    sent to the test process itself, whose native libraries may not expect one. The writer is closed only after
+    a 20 s guard, which lets a broken build finish, too late."""
     import os
     import signal
-
-    class Stop(Exception):
-        pass
+    import subprocess
+    import sys
+    import time
 
     fifo = tmp_path / "never.jpg"
     os.mkfifo(fifo)
-    raised, closed_writer = threading.Event(), threading.Event()
-
-    def writer() -> None:
-        while True:  # succeeds once the FIFO has a reader (the decode opening it)
+    child = subprocess.Popen([sys.executable, "-c", _FIFO_CHILD, str(fifo)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    fd = None
+    try:
+        deadline = time.monotonic() + 60
+        while fd is None:  # opening for writing succeeds once the child has the FIFO open for reading
             try:
                 fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-                break
             except OSError:
-                threading.Event().wait(0.01)
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
-        raised.wait(10)
-        closed_writer.set()
-        os.close(fd)  # EOF: unblocks a reader stuck on a worker
-
-    def stop(*_: object) -> None:
-        raise Stop
-
-    previous = signal.signal(signal.SIGUSR1, stop)
-    thread = threading.Thread(target=writer)
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            thread.start()
-            with pytest.raises(Stop):
-                for _ in preprocess_ahead([[jpegs[0], str(fifo)], [jpegs[1]]], PRE, pool, SHAPE):
-                    pass
-            came_in_time = not closed_writer.is_set()
-            raised.set()
+                assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+                time.sleep(0.01)
+        child.send_signal(signal.SIGINT)
+        try:
+            code = child.wait(20)
+        except subprocess.TimeoutExpired:
+            code = None
     finally:
-        thread.join(20)
-        signal.signal(signal.SIGUSR1, previous)
-    assert came_in_time, "the interrupt ended the wait only once the pipe's writer went away"
+        if fd is not None:
+            os.close(fd)  # EOF: unblocks a reader stuck on a worker
+        if child.poll() is None:
+            child.wait(30)
+        out, err = child.communicate()
+    assert code == 130, f"SIGINT did not end the wait (exit {code}); only the writer going away did: {err[-500:]}"
