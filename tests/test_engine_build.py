@@ -115,7 +115,7 @@ def test_profile_is_serialized_and_options_feature_detected(tiny: dict, tmp_path
 def test_engine_require_without_a_builder_exits_2_and_writes_nothing(tiny: dict, tmp_path: Path) -> None:
     status = builder_status("tensorrt")
     if status.available:
-        pytest.skip("a full TensorRT with a GPU is present here")
+        pytest.skip("[tensorrt] a full TensorRT with a GPU is present here: this case is for machines without one")
     proc = _cli("--model", str(tiny["ck"]), "--engine", "require", "--target", "tensorrt", "--out",
                 str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_gpu_check_without_a_gpu_reports_every_stage_as_not_run(tmp_path: Path) -> None:
     if has_cuda_gpu():
-        pytest.skip("this machine has a GPU: run benchmarks/gpu_check.py itself")
+        pytest.skip("[gpu] this machine has a GPU: run benchmarks/gpu_check.py itself")
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

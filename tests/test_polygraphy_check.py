@@ -46,7 +46,7 @@ def test_without_a_gpu_the_cross_check_says_why_it_did_not_run(rt_engine: Path) 
     from vitmsn.runtime.device import has_cuda_gpu
 
     if has_cuda_gpu():
-        pytest.skip("this machine has a GPU")
+        pytest.skip("[gpu] this machine has a GPU: the no-GPU report is for machines without one")
     c = engine_vs_onnxruntime(rt_engine / "engine.fp32.tensorrt-rtx.plan", rt_engine / "model.fp32.onnx", "tensorrt-rtx",
                               "fp32", X)
     assert not c.ran and c.detail == "not run: no CUDA GPU"
@@ -57,7 +57,7 @@ def test_without_a_gpu_the_cross_check_says_why_it_did_not_run(rt_engine: Path) 
 def test_engine_matches_onnxruntime_through_polygraphy(rt_engine: Path) -> None:
     reason = why_not_runnable("tensorrt-rtx")
     if reason is not None:
-        pytest.skip(f"Polygraphy cannot run the TensorRT-RTX engine here: {reason}")
+        pytest.skip(f"[tensorrt] Polygraphy cannot run the TensorRT-RTX engine here: {reason}")
     c = engine_vs_onnxruntime(rt_engine / "engine.fp32.tensorrt-rtx.plan", rt_engine / "model.fp32.onnx", "tensorrt-rtx",
                               "fp32", X)
     assert c.ran and c.passed, c.detail

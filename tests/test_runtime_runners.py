@@ -152,7 +152,7 @@ def test_version_and_compute_capability_rules() -> None:
 
 def test_auto_falls_back_to_onnxruntime_with_the_reason_and_forced_tensorrt_fails_clearly(rt_engine: Path) -> None:
     if has_cuda_gpu():
-        pytest.skip("this machine has a GPU; the fallback is for machines without one")
+        pytest.skip("[gpu] this machine has a GPU; the fallback is for machines without one")
     manifest = Manifest.load(rt_engine)
     choice = choose(manifest, "auto")
     assert choice.backend == "openvino" and choice.precision == "fp32"  # OpenVINO is preferred on an x86 CPU
@@ -169,7 +169,7 @@ def test_auto_falls_back_to_onnxruntime_with_the_reason_and_forced_tensorrt_fail
 def test_tensorrt_runner_checks_before_deserializing(rt_engine: Path) -> None:
     """The runner itself refuses up front, naming the cause and the rebuild command."""
     if has_cuda_gpu():
-        pytest.skip("this machine has a GPU")
+        pytest.skip("[gpu] this machine has a GPU: the refusal is for machines without one")
     runner = _tensorrt_runner(rt_engine)
     with pytest.raises(InputError, match="needs an NVIDIA GPU"):
         runner.activate()
@@ -200,9 +200,9 @@ def test_selection_rules(rt_cls: Exported, tmp_path: Path) -> None:
 @pytest.mark.tensorrt
 def test_tensorrt_engine_matches_onnxruntime_and_splits_large_batches(rt_cls: Exported, rt_engine: Path) -> None:
     if not cuda_gpus():
-        pytest.skip(f"needs a GPU: {NO_GPU}")
+        pytest.skip(f"[gpu] needs a GPU: {NO_GPU}")
     if not module_available("tensorrt_rtx") or not module_available("cuda"):
-        pytest.skip("needs tensorrt_rtx and cuda-python")
+        pytest.skip("[tensorrt] needs tensorrt_rtx and cuda-python")
     x = np.random.default_rng(2).standard_normal((19, 3, 48, 48)).astype(np.float32)  # > profile max 8
     with Predictor.from_artifacts(rt_engine, backend="tensorrt") as trt_p, Predictor.from_artifacts(rt_cls.artifacts) as ort_p:
         got, expected = trt_p.infer(x), ort_p.infer(x)
