@@ -97,6 +97,23 @@ def _rows(report: dict, backend: str, precision: str, batch: int = 8) -> list[di
             and r["batch_size"] == batch and r["mode"] == "model" and r["device"] == "cpu"]
 
 
+class GoalTable:
+    """A Markdown table of goals: each line says target, measured value, met, and how far short."""
+
+    def __init__(self, heading: str) -> None:
+        self.lines = [f"| {heading} | target | measured | met | distance |", "|---|---:|---:|---|---|"]
+        self.summary: dict = {}
+
+    def line(self, name: str, target: float, value: float | None, unit: str = "x") -> None:
+        if value is None:
+            self.lines.append(f"| {name} | {target:g}{unit} | not measured | - | - |")
+            return
+        met = value >= target
+        gap = "" if met else f"{(target / value - 1) * 100:.0f}% short ({value:.2f}{unit} of {target:g}{unit})"
+        self.lines.append(f"| {name} | >= {target:g}{unit} | {value:.2f}{unit} | {'yes' if met else '**no**'} | {gap} |")
+        self.summary[name] = {"target": target, "measured": round(value, 3), "met": met}
+
+
 def goals(report: dict) -> tuple[list[str], dict]:
     from vitmsn.bench.report import row_name as _name
 
@@ -108,17 +125,8 @@ def goals(report: dict) -> tuple[list[str], dict]:
     int8 = _rows(report, "onnxruntime", "int8")
     best = max(fp32, key=lambda r: r["throughput"])
     best8 = max(int8, key=lambda r: r["throughput"]) if int8 else None
-    lines = ["| goal (ViT-S shape, batch 8, CPU) | target | measured | met | distance |", "|---|---:|---:|---|---|"]
-    summary = {}
-
-    def line(name: str, target: float, value: float | None, unit: str = "x") -> None:
-        if value is None:
-            lines.append(f"| {name} | {target:g}{unit} | not measured | - | - |")
-            return
-        met = value >= target
-        gap = "" if met else f"{(target / value - 1) * 100:.0f}% short ({value:.2f}{unit} of {target:g}{unit})"
-        lines.append(f"| {name} | >= {target:g}{unit} | {value:.2f}{unit} | {'yes' if met else '**no**'} | {gap} |")
-        summary[name] = {"target": target, "measured": round(value, 3), "met": met}
+    table = GoalTable("goal (ViT-S shape, batch 8, CPU)")
+    lines, summary, line = table.lines, table.summary, table.line
 
     line(f"ONNX Runtime FP32 / PyTorch SDPA: {row_name(best)}", GOAL_ORT_VS_SDPA, best["throughput"] / sdpa["throughput"])
     for r in fp32:
@@ -151,17 +159,8 @@ def cpu_goals(report: dict, demo_manifest: dict | None) -> tuple[list[str], dict
     alone = [r for r in model if r["variant"].startswith("OpenVINO defaults")]
     best = lambda rows: max(rows, key=lambda r: r["throughput"]) if rows else None  # noqa: E731
     int8, bf16 = best([r for r in ours if r["precision"] == "int8"]), best([r for r in ours if r["precision"] == "bf16"])
-    lines = ["| goal (ViT-S shape, batch 8, CPU, one run) | target | measured | met | distance |", "|---|---:|---:|---|---|"]
-    summary: dict = {}
-
-    def line(name: str, target: float, value: float | None, unit: str = "x") -> None:
-        if value is None:
-            lines.append(f"| {name} | {target:g}{unit} | not measured | - | - |")
-            return
-        met = value >= target
-        gap = "" if met else f"{(target / value - 1) * 100:.0f}% short ({value:.2f}{unit} of {target:g}{unit})"
-        lines.append(f"| {name} | >= {target:g}{unit} | {value:.2f}{unit} | {'yes' if met else '**no**'} | {gap} |")
-        summary[name] = {"target": target, "measured": round(value, 3), "met": met}
+    table = GoalTable("goal (ViT-S shape, batch 8, CPU, one run)")
+    lines, summary, line = table.lines, table.summary, table.line
 
     line(f"best CPU INT8 / ONNX Runtime FP32 (ORT-fused graph): {row_name(int8) if int8 else '-'} {int8 and int8['precision']}",
          GOAL_INT8_VS_ORT_FUSED, int8["throughput"] / fused["throughput"] if int8 else None)

@@ -52,21 +52,20 @@ import argparse
 import contextlib
 import fcntl
 import fnmatch
-import json
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from vitmsn import __version__, interrupts
+from vitmsn import interrupts
 from vitmsn.errors import InputError
 
 from .openvino_slim_check import CheckFailed, CheckResult, run_check
+from .openvino_slim_record import RECORD, Removal, SlimRecord, openvino_version, register_record, restore_command
 
-RECORD = "vitmsn-slim.json"
 STAGING = ".vitmsn-slim-staging"
 TRASH = ".vitmsn-slim-trash"  # a verified slim whose deletion was cut short: delete, never restore
 KEEP_FRONTENDS = ("onnx", "ir")
@@ -108,45 +107,6 @@ RULES = (
     Rule("include", "C++ headers (building against OpenVINO, not running it)"),
     Rule("cmake", "CMake package files (building against OpenVINO)"),
 )
-
-
-@dataclass(frozen=True)
-class Removal:
-    path: str  # relative to the package dir, POSIX
-    bytes: int
-    why: str
-
-
-@dataclass(frozen=True)
-class SlimRecord:
-    """``vitmsn-slim.json`` in the package directory: what was removed, when, by whom, how to undo it."""
-
-    openvino: str
-    when: str
-    bytes_removed: int
-    removed: tuple[Removal, ...]
-    restore: str
-    vitmsn: str = __version__
-    tool: str = "python -m vitmsn.runtime.openvino_slim"
-    kept_for: str = "vitmsn's CPU runner: core, TBB/hwloc, CPU plugin, ONNX and IR frontends, Python bindings"
-
-    @classmethod
-    def load(cls, package: Path) -> "SlimRecord | None":
-        try:
-            data = json.loads((package / RECORD).read_text())
-            record = cls(**{**data, "removed": tuple(Removal(**r) for r in data["removed"])})
-        except (OSError, ValueError, TypeError, KeyError):
-            return None  # absent or not ours: the plan alone decides what is left to do
-        texts = [record.openvino, record.when, record.restore, record.vitmsn] + [r.path for r in record.removed]
-        sizes = [record.bytes_removed] + [r.bytes for r in record.removed]
-        ok = all(isinstance(t, str) for t in texts) and all(type(n) is int for n in sizes)
-        return record if ok else None  # a field of the wrong type: not ours either
-
-    def write(self, package: Path) -> Path:
-        path, tmp = package / RECORD, package / (RECORD + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
 
 
 class RestoreFailed(Exception):
@@ -207,39 +167,6 @@ def unwritable(package: Path, removals: Sequence[Removal]) -> Path | None:
         if not os.access(directory, os.W_OK | os.X_OK):
             return directory
     return None
-
-
-def dist_info(package: Path) -> Path | None:
-    """The ``openvino-*.dist-info`` beside the package, if pip installed it."""
-    return next(iter(sorted(package.parent.glob(f"{package.name}-*.dist-info"))), None)
-
-
-def openvino_version(package: Path) -> str:
-    info = dist_info(package)
-    metadata = info / "METADATA" if info else None
-    for line in metadata.read_text(errors="replace").splitlines() if metadata and metadata.exists() else []:
-        if line.startswith("Version:"):
-            return line.split(":", 1)[1].strip()
-    return ""
-
-
-def register_record(package: Path) -> None:
-    """List the record file in openvino's RECORD, so ``pip uninstall`` (and a reinstall) removes it too."""
-    info = dist_info(package)
-    record_csv = info / "RECORD" if info else None
-    if record_csv is None or not record_csv.exists():
-        return
-    line = f"{package.name}/{RECORD},,"
-    text = record_csv.read_text()
-    if line not in text.splitlines():
-        tmp = record_csv.with_name("RECORD.vitmsn-tmp")  # a new file, renamed over: never half-written
-        tmp.write_text(text + ("" if text.endswith("\n") or not text else "\n") + line + "\n")
-        os.replace(tmp, record_csv)
-
-
-def restore_command(package: Path) -> str:
-    version = openvino_version(package)
-    return f"pip install --force-reinstall --no-deps openvino{'==' + version if version else ''}"
 
 
 def mb(n: int) -> str:
