@@ -14,7 +14,7 @@ which libraries each use needs: the ``openvino`` core with TBB always; one plugi
 ``compile_model`` without a device), ``openvino_hetero_plugin`` and the batch plugin only for HETERO/
 BATCH or performance hints on a GPU; one frontend per model format given to ``read_model``
 (``openvino_onnx_frontend`` for ONNX, ``openvino_ir_frontend`` for IR); ``openvino_c`` only for C
-applications. vitmsn's runner (:mod:`vitmsn.runtime.openvino_runner`) reads ONNX graphs with
+applications. vitmsn's runner (:mod:`vitmsn.runtime.backends.openvino`) reads ONNX graphs with
 ``Core.read_model`` and compiles them on ``"CPU"`` by name, so this keeps the core, TBB and hwloc, the
 CPU plugin, the ONNX and IR frontends and the Python bindings, and removes (:data:`RULES`):
 
@@ -60,8 +60,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from vitmsn import interrupts
-from vitmsn.errors import InputError
+from vitmsn.core import interrupts
+from vitmsn.core.errors import InputError
 
 from .openvino_slim_check import CheckFailed, CheckResult, run_check
 from .openvino_slim_record import RECORD, Removal, SlimRecord, openvino_version, register_record, restore_command

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
-from . import device
-from .cpu import vnni_capable
-from .engine_check import engine_problems, rebuild_command
+from .backends import device
+from .backends.cpu import vnni_capable
+from .backends.engine_check import engine_problems, rebuild_command
 from .manifest import EngineEntry, FileRef, Manifest
-from .openvino_choice import OPENVINO_PRECISIONS, choose_openvino, openvino_preferred
+from .backends.openvino_candidates import OPENVINO_PRECISIONS, choose_openvino, openvino_preferred
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
 ENGINE_ORDER = ("int8", "fp16", "fp32")
@@ -93,7 +93,7 @@ def _ort_providers() -> tuple[str, ...]:
         import onnxruntime as ort
     except ImportError:
         return ()
-    from .onnxruntime_runner import auto_providers
+    from .backends.onnxruntime import auto_providers
 
     return tuple(auto_providers(ort.get_available_providers()))
 

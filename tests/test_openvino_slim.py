@@ -44,7 +44,7 @@ package, onnx_path, out = sys.argv[1:4]
 if package != "-":
     from vitmsn.runtime.openvino_slim_check import import_only_from
     import_only_from(package)
-from vitmsn.runtime.openvino_runner import OpenVINORunner
+from vitmsn.runtime.backends.openvino import OpenVINORunner
 x = np.random.default_rng(7).standard_normal((3, 3, 48, 48)).astype(np.float32)
 with OpenVINORunner(onnx_path, precision="fp32", threads=1) as runner:
     np.savez(out, **runner.infer({"pixel_values": x}))

@@ -19,12 +19,12 @@ import pytest
 from runtime_fixtures import Exported, rt_cls  # noqa: F401
 from sim_fixtures import sim, sim_artifacts  # noqa: F401
 from trt_simulation import DEFAULT_GPU, SimGpu, SimState, install
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.export.engines.builder import EngineOptions, builder_status, engine_from_onnx
 from vitmsn.export.fp32.spec import BatchRange
 from vitmsn.runtime import Predictor
 from vitmsn.runtime.manifest import Manifest
-from vitmsn.runtime.tensorrt_runner import TensorRTRunner
+from vitmsn.runtime.backends.tensorrt import TensorRTRunner
 
 X = np.random.default_rng(3).standard_normal((3, 3, 48, 48)).astype(np.float32)
 ADA = SimGpu("Simulated NVIDIA RTX 4000 Ada", "8.9")
@@ -50,7 +50,7 @@ def _gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *gpus: SimGpu) -> Sim
 
 def _clean(state: SimState) -> None:
     gc.collect()
-    from vitmsn.runtime import device
+    from vitmsn.runtime.backends import device
 
     device.cuda_gpus.cache_clear()
     assert state.violations == [] and state.leaks() == [], (state.violations, state.leaks())
@@ -147,7 +147,7 @@ def test_5_the_engine_step_fails_its_stage_on_what_the_bindings_raise(rt_cls: Ex
 
     from vitmsn.export.fp32.checkpoint import load_checkpoint
     from vitmsn.export.fp32.spec import ExportSpec
-    from vitmsn.export.precisions import engine_step
+    from vitmsn.export.steps import engine_step
 
     shutil.copy(rt_cls.artifacts / "model.fp32.onnx", tmp_path / "model.fp32.onnx")
     ck = load_checkpoint(str(rt_cls.checkpoint))

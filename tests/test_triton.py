@@ -29,10 +29,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from vitmsn.cli import group as main
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.runtime import Predictor
 from vitmsn.runtime.manifest import EngineEntry, Manifest, sha256_file, write_json_atomic
-from vitmsn.runtime.preprocess import PreprocessConfig
+from vitmsn.runtime.images.preprocess import PreprocessConfig
 from vitmsn.serving.triton import TritonOptions, write_triton_repository
 from vitmsn.serving.triton_check import check_repository
 

@@ -245,7 +245,7 @@ def sensitivity_png(s: dict[str, Any]) -> bytes:
 
 
 def thumbnail_jpeg(path: Path, size: int = 112) -> bytes | None:
-    from vitmsn.runtime.preprocess import to_rgb
+    from vitmsn.runtime.images.preprocess import to_rgb
 
     try:
         im = to_rgb(path)

@@ -4,10 +4,10 @@
   ``pytorch-eager`` (explicit "math" attention, the exported graph's twin), ``pytorch-sdpa``
   (``scaled_dot_product_attention``), ``pytorch-compile`` (``torch.compile`` of the SDPA model);
   on CPU in FP32, on a CUDA GPU also in FP16.
-* ONNX Runtime: the runtime's :class:`~vitmsn.runtime.onnxruntime_runner.OnnxRuntimeRunner`, the
+* ONNX Runtime: the runtime's :class:`~vitmsn.runtime.backends.onnxruntime.OnnxRuntimeRunner`, the
   code users deploy, on every ONNX graph the manifest names (plus the ONNX Runtime-fused FP32
   graph), on the CPU provider and, where a GPU and onnxruntime-gpu are present, the CUDA one.
-* TensorRT: the runtime's :class:`~vitmsn.runtime.tensorrt_runner.TensorRTRunner` for the
+* TensorRT: the runtime's :class:`~vitmsn.runtime.backends.tensorrt.TensorRTRunner` for the
   correctness check; timing by :mod:`vitmsn.bench.tensorrt_timing` (CUDA events and graphs).
 
 ``call_for(x)`` returns the zero-argument call that is timed: one batch, start to finish
@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vitmsn.runtime.manifest_entries import EngineEntry
+from vitmsn.runtime.manifest.entries import EngineEntry
 
 Call = Callable[[], object]
 
@@ -151,7 +151,7 @@ class OnnxRuntimeBackend(BenchBackend):
         return super().label + split
 
     def open(self) -> None:
-        from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+        from vitmsn.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
         providers = ["cuda", "cpu"] if self.device.startswith("cuda") else ["cpu"]
         for _ in range(self.sessions):
@@ -210,7 +210,7 @@ class TensorRTBackend(BenchBackend):
         self.runner: Any = None
 
     def open(self) -> None:
-        from vitmsn.runtime.tensorrt_runner import TensorRTRunner
+        from vitmsn.runtime.backends.tensorrt import TensorRTRunner
 
         self.runner = TensorRTRunner(self.path, self.entry)
         self.runner.activate()

@@ -15,8 +15,8 @@ def mark_runtime_choices(rows: list[dict[str, Any]], manifest: Any) -> None:
     """``runtime_choice``: the row runs the graph the runtime loads for its backend and precision on this
     device (ONNX Runtime CPU: the fused FP32 graph and the CPU INT8 flavour, one session; OpenVINO: every row,
     its inference precision being the one the runtime picks for that precision). The INT8 warning compares these."""
-    from vitmsn.runtime.cpu import vnni_capable
-    from vitmsn.runtime.openvino_runner import inference_precision_for
+    from vitmsn.runtime.backends.cpu import vnni_capable
+    from vitmsn.runtime.backends.openvino import inference_precision_for
 
     def ort_cpu_variant(precision: str) -> str:
         entry = manifest.precisions.get(precision)

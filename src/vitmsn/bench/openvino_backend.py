@@ -1,4 +1,4 @@
-"""OpenVINO rows of ``vitmsn bench``: the runtime's :class:`~vitmsn.runtime.openvino_runner.OpenVINORunner`
+"""OpenVINO rows of ``vitmsn bench``: the runtime's :class:`~vitmsn.runtime.backends.openvino.OpenVINORunner`
 on the artifacts' graphs, at each inference precision that differs on this CPU.
 
 Rows (``variant`` says the inference precision the compiled model really ran):
@@ -34,7 +34,7 @@ class OpenVINOBackend(BenchBackend):
         self.runner: Any = None
 
     def open(self) -> None:
-        from vitmsn.runtime.openvino_runner import OpenVINORunner
+        from vitmsn.runtime.backends.openvino import OpenVINORunner
 
         self.runner = OpenVINORunner(self.path, precision=self.precision, inference_precision=self.requested,
                                      threads=self.threads)
@@ -96,8 +96,8 @@ class OpenVINODefaultBackend(BenchBackend):
 def openvino_backends(manifest: Any, input_name: str, threads: int, wants: Any,
                       defaults: bool = True) -> tuple[list[BenchBackend], str]:
     """The OpenVINO rows for these artifacts on this CPU, or none and the reason."""
-    from vitmsn.runtime.cpu import bf16_capable
-    from vitmsn.runtime.openvino_runner import openvino_available
+    from vitmsn.runtime.backends.cpu import bf16_capable
+    from vitmsn.runtime.backends.openvino import openvino_available
 
     if not openvino_available():
         return [], "OpenVINO is not installed (pip install 'vitmsn[openvino]')"

@@ -27,8 +27,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vitmsn.errors import InputError
-from vitmsn.runtime.prefetch import DEFAULT_PREPROCESS_WORKERS
+from vitmsn.core.errors import InputError
+from vitmsn.runtime.images.prefetch import DEFAULT_PREPROCESS_WORKERS
 
 from . import e2e
 from . import machine as machine_info
@@ -156,7 +156,7 @@ def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, t
 
     ort_devices = ["cpu"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        from vitmsn.runtime import device as rt_device
+        from vitmsn.runtime.backends import device as rt_device
 
         if rt_device.has_cuda_gpu() and opts.cuda:
             ort_devices.append("cuda")
@@ -288,7 +288,7 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
     import torch
 
     from vitmsn.runtime.manifest import Manifest
-    from vitmsn.runtime.preprocess import PreprocessConfig
+    from vitmsn.runtime.images.preprocess import PreprocessConfig
 
     manifest = Manifest.load(artifacts)
     threads = opts.threads or machine_info.available_cpus()

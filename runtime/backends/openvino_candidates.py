@@ -15,14 +15,14 @@ from __future__ import annotations
 import platform
 from typing import TYPE_CHECKING, Any
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 from . import device
-from .manifest import Manifest, PrecisionEntry
-from .openvino_runner import bf16_capable, inference_precision_for, openvino_available
+from ..manifest import Manifest, PrecisionEntry
+from .openvino import bf16_capable, inference_precision_for, openvino_available
 
 if TYPE_CHECKING:
-    from .selection import Choice
+    from ..selection import Choice
 
 X86 = ("x86_64", "amd64", "i686", "x86")
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")  # fp16 graphs are for GPUs: auto leaves them to ONNX Runtime
@@ -52,7 +52,7 @@ def openvino_precision(manifest: Manifest, flags: frozenset[str] | None = None) 
 
 def choose_openvino(manifest: Manifest, precision: str | None, notes: tuple[str, ...],
                     flags: frozenset[str] | None = None) -> "Choice":
-    from .selection import Choice
+    from ..selection import Choice
 
     if not openvino_available():
         raise InputError("the openvino backend is not installed: pip install 'vitmsn[openvino]'")

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 from .cpu import bf16_capable, cpu_flags  # noqa: F401  (re-exported)
-from .runner import RunnerBase, TensorMeta, cast_feed
+from .base import RunnerBase, TensorMeta, cast_feed
 
 _OV_PRECISION = {"f32": "f32", "bf16": "bf16"}
 

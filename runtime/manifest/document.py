@@ -23,12 +23,12 @@ from dataclasses import dataclass, field as dc_field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
-from .manifest_entries import (FLAVOURS, PRECISIONS, BatchSpec, CalibrationRecord, EngineEntry, FileRef, FlavourEntry,
+from .entries import (FLAVOURS, PRECISIONS, BatchSpec, CalibrationRecord, EngineEntry, FileRef, FlavourEntry,
                                LogEntry, ModelInfo, PrecisionEntry, PreprocessSpec, ReportFile, TensorSpec, reports_from_json,
                                reports_to_json)
-from .manifest_fields import Where, field, inside, read_bool, read_int, read_list, read_object, read_str
+from .fields import Where, field, inside, read_bool, read_int, read_list, read_object, read_str
 
 __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "PRECISIONS", "FLAVOURS", "Manifest", "NamedFile", "FileCheck",
            "BatchSpec", "CalibrationRecord", "EngineEntry", "FileRef", "FlavourEntry", "LogEntry", "ModelInfo", "PrecisionEntry",

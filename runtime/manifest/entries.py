@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Mapping
 
-from .manifest_fields import (Where, extra, field, read_bool, read_float, read_int, read_list, read_object,
+from .fields import (Where, extra, field, read_bool, read_float, read_int, read_list, read_object,
                               read_relpath, read_sha256, read_str)
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # bf16: OpenVINO BF16 inference of model.fp32.onnx (no graph of its own)
@@ -102,7 +102,7 @@ class PreprocessSpec:
     image_std: tuple[float, float, float]
     extra: dict[str, Any] = dc_field(default_factory=dict)
     # transparency: "drop" (convert("RGB")) or "composite" onto alpha_background; None: a manifest written before
-    # the choice was recorded (composited onto white, as validated then; see vitmsn.runtime.preprocess)
+    # the choice was recorded (composited onto white, as validated then; see vitmsn.runtime.images.preprocess)
     alpha: str | None = None
     alpha_background: tuple[int, int, int] | None = None
 

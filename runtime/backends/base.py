@@ -111,7 +111,7 @@ class RunnerBase:
 
 def cast_feed(inputs: dict[str, TensorMeta], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``feed`` as the model's input dtypes, contiguous; InputError naming a missing input."""
-    from vitmsn.errors import InputError
+    from vitmsn.core.errors import InputError
 
     cast = {}
     for name, meta in inputs.items():

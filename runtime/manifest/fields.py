@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 FIX = "fix or restore the file, or re-run vitmsn-export to rewrite the artifacts"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
