@@ -1,18 +1,21 @@
-"""Checked reads of manifest.json values: each names the manifest file and the JSON path it read.
+"""manifest.json's schema machinery: checked reads, and one loader and writer for every entry type.
 
 A :class:`Where` is the position of a value (``/a/manifest.json`` and ``precisions.int8.file``);
 every ``read_*`` helper returns the value in its Python type or raises :class:`InputError` naming
-that position, what was found and what to do. The entry types in :mod:`.manifest_entries` are built
-from these helpers only, so no malformed value reaches the runtime as a ``KeyError`` or a NaN.
+that position, what was found and what to do. Each entry type (:mod:`.entries`) is a frozen dataclass
+whose fields say, with :func:`json_field`, which JSON key they hold and how to read it; :func:`load`
+and :func:`dump` read and write every type from that one description. Unknown keys stay in the
+type's ``extra`` field and are written back, so the JSON can grow without a reader losing anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 from vitmsn.core.errors import InputError
 
@@ -134,6 +137,141 @@ def inside(root: Path, relative: str, where: Where) -> Path:
     return path
 
 
-def extra(obj: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
-    """The fields a type does not model, kept as they are so that writing round-trips the JSON."""
-    return {k: v for k, v in obj.items() if k not in known}
+# ---- the declarative part ------------------------------------------------------------------------
+Reader = Callable[[Any, Where], Any]
+E = TypeVar("E", bound="Entry")
+
+
+def is_none(value: Any) -> bool:
+    return value is None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a dataclass field maps to JSON: its key (``size.height`` reaches into an object), the reader
+    that checks and converts the value, whether it must be present, and when the writer leaves it out."""
+
+    read: Reader
+    key: str | None = None  # None: the field's name
+    aliases: tuple[str, ...] = ()  # older keys read when ``key`` is absent
+    required: bool = False
+    omit: Callable[[Any], bool] = is_none  # the writer leaves the key out when this says so
+    write: Callable[[Any], Any] | None = None  # the value as JSON; None: :func:`plain`
+
+
+def json_field(read: Reader, *, key: str | None = None, aliases: tuple[str, ...] = (), required: bool | None = None,
+               omit: Callable[[Any], bool] = is_none, write: Callable[[Any], Any] | None = None, **default: Any) -> Any:
+    """A dataclass field read and written through ``read``; required unless a default is given (or ``required``)."""
+    rule = Rule(read, key, aliases, not default if required is None else required, omit, write)
+    return dataclasses.field(metadata={"json": rule}, **default)
+
+
+def _key(f: dataclasses.Field[Any]) -> str:
+    return f.metadata["json"].key or f.name
+
+
+def _lookup(obj: Mapping[str, Any], rule: Rule, key: str, where: Where) -> tuple[Any, Where]:
+    *parents, last = key.split(".")
+    for part in parents:
+        obj = read_object(field(obj, part, where), where.at(part))
+        where = where.at(part)
+    for name in (last, *rule.aliases):
+        if obj.get(name) is not None:
+            return obj[name], where.at(name)
+    if rule.required:
+        field(obj, last, where)  # raises, naming the field
+    return _MISSING, where.at(last)
+
+
+def load(cls: type[E], obj: Any, where: Where, *, known: tuple[str, ...] = (), **given: Any) -> E:
+    """``cls`` read from the JSON object ``obj``; ``given`` fields are not read, ``known`` keys are
+    consumed elsewhere (neither is kept in ``extra``)."""
+    obj = read_object(obj, where)
+    values = dict(given)
+    keys = set(known)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        rule = f.metadata.get("json")
+        if rule is None or f.name in given:
+            continue
+        key = _key(f)
+        keys.update((key.split(".")[0], *rule.aliases))
+        value, at = _lookup(obj, rule, key, where)
+        if value is not _MISSING:
+            values[f.name] = rule.read(value, at)
+    if "extra" in {f.name for f in dataclasses.fields(cls)} and "extra" not in given:  # type: ignore[arg-type]
+        values["extra"] = {k: v for k, v in obj.items() if k not in keys}
+    entry = cls(**values)
+    entry.check(where)
+    return entry
+
+
+def plain(value: Any) -> Any:
+    """A field's value as JSON: entries through their ``to_json``, tuples as lists."""
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def dump(entry: "Entry") -> dict[str, Any]:
+    """The JSON object of ``entry``, keys in its ``JSON_ORDER`` (``*``: everything not named there)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(entry):  # type: ignore[arg-type]
+        rule = f.metadata.get("json")
+        value = getattr(entry, f.name)
+        if rule is None or rule.omit(value):
+            continue
+        *parents, last = _key(f).split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = (rule.write or plain)(value)
+    out.update(getattr(entry, "extra", {}))
+    order = entry.JSON_ORDER or tuple(out)
+    rest = [k for k in out if k not in order]
+    keys = [k for slot in order for k in (rest if slot == "*" else [slot]) if k in out]
+    return {k: out[k] for k in keys + [k for k in rest if "*" not in order]}
+
+
+class Entry:
+    """Base of every manifest entry type: ``from_json``/``to_json`` from its fields' :func:`json_field`."""
+
+    JSON_ORDER: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_json(cls: type[E], obj: Any, where: Where = Where()) -> E:
+        return load(cls, obj, where)
+
+    def to_json(self) -> dict[str, Any]:
+        return dump(self)
+
+    def check(self, where: Where) -> None:
+        """What no single field can check (e.g. ``min <= opt <= max``); raises ``where.error(...)``."""
+
+
+# ---- readers, for json_field ----------------------------------------------------------------------
+def text(choices: tuple[str, ...] | None = None) -> Reader:
+    return lambda v, w: read_str(v, w, choices=choices)
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Reader:
+    return lambda v, w: read_int(v, w, minimum=minimum, maximum=maximum)
+
+
+def number(minimum: float | None = None, maximum: float | None = None) -> Reader:
+    return lambda v, w: read_float(v, w, minimum=minimum, maximum=maximum)
+
+
+def listing(item: Reader, *, length: int | None = None, nonempty: bool = False) -> Reader:
+    return lambda v, w: tuple(item(x, w.at(i)) for i, x in enumerate(read_list(v, w, length=length, nonempty=nonempty)))
+
+
+def entry(cls: type[Entry]) -> Reader:
+    return cls.from_json
+
+
+def obj(v: Any, w: Where) -> dict[str, Any]:
+    return dict(read_object(v, w))
