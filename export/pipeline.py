@@ -33,7 +33,7 @@ from vitmsn.core import third_party_output
 from vitmsn.calibration import CalibrationMethod, CalibrationOptions, CalibrationSet, calibration_set_from_directory
 from vitmsn.core.errors import InputError, ValidationFailed
 from vitmsn.core.interrupts import import_deferred
-from vitmsn.runtime.manifest import (MANIFEST_NAME, PRECISIONS, CalibrationRecord, EngineEntry, FlavourEntry, LogEntry,
+from vitmsn.runtime.manifest import (MANIFEST_NAME, PRECISIONS, TARGETS, CalibrationRecord, EngineEntry, FlavourEntry, LogEntry,
                                      Manifest, PrecisionEntry, Where)
 
 from vitmsn.export.fp32 import checks
@@ -60,7 +60,6 @@ from vitmsn.core.progress import StageLog, activity
 log = logging.getLogger(__name__)
 
 ENGINE_MODES = ("auto", "require", "skip")
-TARGETS = ("tensorrt", "tensorrt-rtx")
 
 
 @dataclass(frozen=True)

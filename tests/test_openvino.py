@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from runtime_fixtures import Exported, rt_cls  # noqa: F401
 from vitmsn.runtime.manifest import Manifest, sha256_file
-from vitmsn.runtime.backends.openvino_candidates import openvino_precision
+from vitmsn.runtime.backends.registry import openvino_precision
 from vitmsn.runtime.backends.openvino import OpenVINORunner, cpu_flags, inference_precision_for
 from vitmsn.runtime.selection import choose, describe_choice
 

@@ -26,7 +26,8 @@ from vitmsn.runtime.backends.device import Gpu, cuda_gpus, has_cuda_gpu, module_
 from vitmsn.runtime.backends.engine_check import engine_problems, normalize_cc, version_tuple, versions_compatible
 from vitmsn.runtime.manifest import Manifest
 from vitmsn.runtime.backends.onnxruntime import OnnxRuntimeRunner, auto_providers
-from vitmsn.runtime.selection import choose, onnxruntime_precision_order
+from vitmsn.runtime.backends.registry import onnxruntime_precision_order
+from vitmsn.runtime.selection import choose
 
 NO_GPU = "no CUDA GPU on this machine (the CI machines have none)"
 

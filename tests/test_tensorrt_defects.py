@@ -173,17 +173,18 @@ def test_6_gpu_presence_is_the_drivers_answer(monkeypatch: pytest.MonkeyPatch, t
 
 # 7 ---------------------------------------------------------------------------------------------
 def test_7_bench_deserializes_each_engine_once(sim: SimState, rt_cls: Exported, tmp_path: Path) -> None:
-    from vitmsn.bench.backends import TensorRTBackend
+    from vitmsn.bench.backends import tensorrt_row
+    from vitmsn.bench.tensorrt_timing import time_engine
     from vitmsn.bench.timing import TimingPlan
 
     art = sim_artifacts(rt_cls.artifacts, tmp_path / "a", target="tensorrt-rtx")
     m = Manifest.load(art)
-    backend = TensorRTBackend(m.path_of(m.engines[0].file), m.engines[0], "pixel_values", streams=2)
+    backend = tensorrt_row(m.path_of(m.engines[0].file), m.engines[0], "pixel_values")
     backend.open()
     try:
         backend.infer(X)
         for batch in (1, 4, 8):
-            backend.measure(batch, TimingPlan(warmup=1, iterations=2))
+            time_engine(backend.runner, "pixel_values", batch, TimingPlan(warmup=1, iterations=2), streams=2)
     finally:
         backend.close()
     assert sim.deserializations == 1

@@ -163,7 +163,7 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
                 path = manifest.verify(e)
                 targets.append(Target("onnxruntime", precision, e.file, _ort_factory(path, precision), variant))
     if backend in ("all", "tensorrt"):
-        from vitmsn.runtime.selection import engine_choices
+        from vitmsn.runtime.backends.registry import engine_choices
 
         runnable, why_not = engine_choices(manifest, None)
         for entry in runnable:

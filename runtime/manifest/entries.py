@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from .fields import (Entry, Where, dump, entry, field, integer, json_field, listing, load, number, obj, read_bool, read_int,
                      read_list, read_object, read_relpath, read_sha256, read_str, text)
 
+# The one list of precisions, engine targets and CPU flavours: the export, selection, bench and Triton read these.
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # bf16: OpenVINO BF16 inference of model.fp32.onnx (no graph of its own)
 TASKS = ("image-classification", "feature-extraction")
 TARGETS = ("tensorrt", "tensorrt-rtx")
