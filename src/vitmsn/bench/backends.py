@@ -229,9 +229,9 @@ def openvino_rows(manifest: Any, input_name: str, threads: int, wants: Callable[
     The "OpenVINO defaults" rows compile the same files with no property set: on a BF16 CPU OpenVINO's
     default inference precision is bf16, so the FP32 graph's default row is labelled bf16."""
     from vitmsn.runtime.backends.cpu import bf16_capable
-    from vitmsn.runtime.backends.openvino import openvino_available
+    from vitmsn.runtime.backends.registry import BACKENDS
 
-    if not openvino_available():
+    if not BACKENDS["openvino"].available():
         return [], "OpenVINO is not installed (pip install 'vitmsn[openvino]')"
     bf16 = bf16_capable()
     graphs = [("fp32", manifest.verify(manifest.precisions["fp32"]), ["f32"])]
