@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from vitmsn.bench import machine as machine_info
-    from vitmsn.bench.backends import PyTorchBackend
+    from vitmsn.bench.backends import torch_row
     from vitmsn.bench.correctness import compare_outputs, tolerance_for
     from vitmsn.bench.report import markdown
     from vitmsn.bench.suite import derive
@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         rows_spec = [("pytorch-eager", "fp32"), ("pytorch-sdpa", "fp32"), ("pytorch-sdpa", "fp16")]
         if args.compile:
             rows_spec.append(("pytorch-compile", "fp16"))
-        backends = [PyTorchBackend(b, build, outputs, precision=p, device=dev) for b, p in rows_spec]
+        backends = [torch_row(b, build, outputs, "pixel_values", precision=p, device=dev) for b, p in rows_spec]
         x_check = np.random.default_rng(1).uniform(-1, 1, (4, 3, 224, 224)).astype(np.float32)
-        reference = PyTorchBackend("pytorch-eager", build, outputs)
+        reference = torch_row("pytorch-eager", build, outputs, "pixel_values")
         reference.open()
         ref = reference.infer(x_check)
         skipped, rows = [], []

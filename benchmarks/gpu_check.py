@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu_bench.bootstrap()
     from vitmsn.export.engines.builder import builder_status
-    from vitmsn.runtime import device
+    from vitmsn.runtime.backends import device
 
     gpus = device.cuda_gpus()
     name = f"{gpus[0].name} (compute capability {gpus[0].compute_capability})" if gpus else "none"

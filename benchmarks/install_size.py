@@ -1,4 +1,5 @@
-"""Installed size of the runtime's install profiles, each in a fresh venv, before and after slimming OpenVINO.
+"""Installed size of the runtime's install profiles, each in a fresh venv, before and after deleting what of OpenVINO
+the CPU runner never loads (benchmarks/openvino-cpu-files.md: the measured list and its Dockerfile step).
 
     python benchmarks/install_size.py                                   # cpu and openvino profiles
     python benchmarks/install_size.py --write benchmarks/install-size.md
@@ -8,10 +9,11 @@ For each profile: ``python -m venv``, then ``pip install "<repo>[<profile>]"`` (
 install, from the indexes pip is configured for), then the disk use of the venv's site-packages
 (``du``: allocated blocks, each inode once) without pip and setuptools, which every fresh venv brings
 and the runtime does not need (its own files, as their RECORD lists them). For the ``openvino`` profile
-it then runs ``python -m vitmsn.runtime.openvino_slim --apply`` in that venv and measures again, and
-reinstalls OpenVINO with the command the tool prints to show that it restores the full size. With
-``--artifacts`` each venv also runs ``Predictor.predict`` on an image (the installed runtime works, and
-the slimmed OpenVINO serves it). Prints a Markdown table; MB are 10^6 bytes.
+it then deletes :data:`OPENVINO_UNUSED` from the installed package and measures again, and reinstalls
+OpenVINO (``pip install --force-reinstall --no-deps openvino==<version>``) to show that this restores the
+full size. With ``--artifacts`` each venv also runs ``Predictor.predict`` on an image (the installed runtime
+works, and the slimmed OpenVINO serves it) and lists the OpenVINO shared libraries that predict loaded.
+Prints a Markdown table; MB are 10^6 bytes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import csv
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 NOT_COUNTED = ("pip", "setuptools")  # in every fresh venv; not part of any profile
 GOAL_BYTES = 200 * 10**6  # issue 17: "Runtime-only CPU install at most 200 MB"
 PROFILE_BACKEND = {"cpu": "onnxruntime", "openvino": "openvino"}
+# What of the openvino package the CPU runner never loads (measured: benchmarks/openvino-cpu-files.md).
+OPENVINO_UNUSED = (
+    "libs/libopenvino_intel_gpu_plugin.so", "libs/cache.json", "libs/libopenvino_intel_npu_plugin.so",
+    "libs/libopenvino_auto_plugin.so", "libs/libopenvino_auto_batch_plugin.so", "libs/libopenvino_hetero_plugin.so",
+    "libs/libopenvino_c.so*", *(f"libs/libopenvino_{f}_frontend.so*" for f in ("gguf", "jax", "paddle", "pytorch",
+                                                                              "tensorflow", "tensorflow_lite")),
+    *(f"frontend/{f}" for f in ("jax", "paddle", "pytorch", "tensorflow", "tensorflow_lite")),
+    "torch", "tools", "include", "cmake",
+)
 
 
 @dataclass(frozen=True)
@@ -102,8 +114,19 @@ def predict_line(python: Path, artifacts: Path, image: Path, backend: str) -> st
     code = ("import sys; from vitmsn.runtime import Predictor\n"
             "with Predictor.from_artifacts(sys.argv[1], backend=sys.argv[3]) as p:\n"
             "    top = p.predict([sys.argv[2]], top_k=1)[0][0]\n"
-            "    print(f'{p.describe()}: top-1 {top.label} {top.score:.3f}')")
-    return run([str(python), "-c", code, str(artifacts), str(image), backend], cwd=tempfile.gettempdir()).strip()
+            "    print(f'{p.describe()}: top-1 {top.label} {top.score:.3f}')\n"
+            "libs = sorted({l.split('/')[-1] for l in open('/proc/self/maps') if '/openvino/' in l and '.so' in l})\n"
+            "print(f' (OpenVINO libraries loaded: {\", \".join(libs)})' if libs else '')")
+    return " ".join(run([str(python), "-c", code, str(artifacts), str(image), backend], cwd=tempfile.gettempdir()).split("\n"))
+
+
+def delete_unused_openvino(site: Path) -> str:
+    """Delete :data:`OPENVINO_UNUSED` from the installed package; returns its version."""
+    package = site / "openvino"
+    for pattern in OPENVINO_UNUSED:
+        for path in package.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    return distributions(site)["openvino"][0]
 
 
 def measure(profile: str, no_compile: bool, root: Path, artifacts: Path | None, image: Path | None) -> Measured:
@@ -120,14 +143,13 @@ def measure(profile: str, no_compile: bool, root: Path, artifacts: Path | None, 
     packages, installed = counted(site)
     if profile != "openvino":
         return Measured(profile, no_compile, packages, installed, predict=predict, largest=largest(site))
-    out = run([str(python), "-m", "vitmsn.runtime.openvino_slim", "--apply"], cwd=tempfile.gettempdir())
+    version = delete_unused_openvino(site)
     if artifacts and image:
         predict = predict_line(python, artifacts, image, backend)
     slim, biggest = counted(site)[1], largest(site)
     restored = None
     if not no_compile:
-        restore = next(line.split("Restore: ", 1)[1] for line in out.splitlines() if "Restore: " in line)
-        run([str(python), "-m", *shlex.split(restore)])  # "pip install --force-reinstall --no-deps openvino==..."
+        run([str(python), "-m", "pip", "install", "--quiet", "--force-reinstall", "--no-deps", f"openvino=={version}"])
         restored = counted(site)[1]
     return Measured(profile, no_compile, packages, installed, slim, restored, predict, biggest)
 
@@ -137,7 +159,7 @@ def size(n: int | None) -> str:
 
 
 def table(rows: list[Measured]) -> str:
-    lines = ["| profile | pip | packages (pip and setuptools not counted) | MB installed | MB after `openvino_slim --apply` |",
+    lines = ["| profile | pip | packages (pip and setuptools not counted) | MB installed | MB after deleting what OpenVINO's CPU runner never loads |",
              "|---|---|---|---|---|"]
     for r in rows:
         how = "`--no-compile`, measured after one predict" if r.no_compile else "default (bytecode compiled)"
@@ -167,7 +189,7 @@ def main() -> None:
                      f"({final / 2**20:.0f} MiB), {verdict} the {GOAL_BYTES / 1e6:.0f} MB goal; largest: "
                      + ", ".join(f"{name} {b / 1e6:.1f}" for name, b in r.largest) + ".")
         if r.restored_bytes is not None:
-            notes.append(f"- `{r.profile}`: the reinstall command the tool prints brought site-packages back to "
+            notes.append(f"- `{r.profile}`: `pip install --force-reinstall --no-deps openvino==<version>` brought site-packages back to "
                          f"{r.restored_bytes / 1e6:.0f} MB (installed: {r.installed_bytes / 1e6:.0f} MB).")
         if r.predict:
             notes.append(f"- `{r.profile}`{' (--no-compile)' if r.no_compile else ''}: `Predictor.predict` in that venv"
@@ -183,9 +205,8 @@ def main() -> None:
             "`pip install \"<repo>[<profile>]\"`, then the disk use (`du`: allocated blocks) of site-packages, "
             "without pip and setuptools (every fresh venv has them; the runtime does not need them). "
             "MB = 10^6 bytes. `--no-compile` rows: pip writes no bytecode; the one predict run writes it for the "
-            "modules it imports, as a server would. What the slim removes and why: "
-            "`python -m vitmsn.runtime.openvino_slim` (a dry run) lists it file by file, and its docstring cites "
-            "OpenVINO's \"Libraries for Local Distribution\" for each kind.\n\n" + text + "\n\n" + "\n".join(notes) + "\n")
+            "modules it imports, as a server would. What the slim deletes and why (measured): "
+            "benchmarks/openvino-cpu-files.md.\n\n" + text + "\n\n" + "\n".join(notes) + "\n")
 
 
 if __name__ == "__main__":

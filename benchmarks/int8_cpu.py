@@ -64,7 +64,7 @@ def _export_vits(out: Path) -> Path:
 def _calibration(samples: int, tmp: Path) -> np.ndarray:
     from vitmsn.calibration import CalibrationOptions, calibration_set_from_directory
     from vitmsn.export.demo.shapes import write_dataset
-    from vitmsn.runtime.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
+    from vitmsn.runtime.images.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
 
     write_dataset(tmp / "images", per_class=max(1, -(-samples // 8)), split="train")
     block = PreprocessConfig.from_preprocessor_config(DEFAULT_PREPROCESSOR_CONFIG).to_manifest()
@@ -168,7 +168,7 @@ def accuracy_per_range(artifacts: Path, heldout: Path, calib_images: Path | None
     from vitmsn.calibration import CalibrationOptions, calibration_set_from_directory
     from vitmsn.export.validation.comparison import comparison_inputs, onnxruntime_outputs
     from vitmsn.export.validation.gates import Gates
-    from vitmsn.errors import InputError
+    from vitmsn.core.errors import InputError
     from vitmsn.export.validation.verdict import compare_outputs
     from vitmsn.runtime.manifest import Manifest
 
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     _check_paths(p, a)
     command = shlex.join(["python", "benchmarks/int8_cpu.py", *(sys.argv[1:] if argv is None else argv)])
-    from vitmsn.errors import InputError
+    from vitmsn.core.errors import InputError
 
     try:
         return _run(a, command)

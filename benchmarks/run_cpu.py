@@ -62,7 +62,7 @@ def export(model: str, out: Path, calib: Path, fresh: bool, heldout: Path | None
         return True, [f"{model}: reused {out} (pass --fresh to re-export)"]
     base = [sys.executable, "-c", "from vitmsn.cli.export_cmd import main; main()", "--model", model, "--out", str(out),
             "--engine", "skip"]
-    from vitmsn.runtime.openvino_runner import openvino_available
+    from vitmsn.runtime.backends.openvino import openvino_available
 
     bf16 = ["--precision", "bf16"] if openvino_available() else []
     if heldout is not None:  # the demo: its drift gates on held-out images are goals too

@@ -79,7 +79,7 @@ def export_vits(out: Path) -> Path:
 
 # ---- worker processes -------------------------------------------------------------------------
 def preprocess_worker(images: list[Path], repeats: int) -> dict:
-    from vitmsn.runtime.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
+    from vitmsn.runtime.images.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})  # one core

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vitmsn.runtime.manifest import atomic_path
-from vitmsn.runtime.preprocess import PreprocessConfig
+from vitmsn.runtime.images.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A calibration set: N preprocessed images as one float32 tensor, built once and cached.
 
-The images are preprocessed by :class:`vitmsn.runtime.preprocess.PreprocessConfig` built from
+The images are preprocessed by :class:`vitmsn.runtime.images.preprocess.PreprocessConfig` built from
 the manifest's ``preprocess`` block, the same code the runtime serves with, so
 INT8 scales are calibrated on exactly the inputs the deployed model will see.
 
@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitmsn.errors import InputError
-from vitmsn.progress import Progress
-from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
+from vitmsn.core.errors import InputError
+from vitmsn.core.progress import Progress
+from vitmsn.runtime.images.preprocess import ImageError, PreprocessConfig
 
 from . import cache
 from .cache import tensor_sha256, tensor_stats

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 
-from vitmsn import chatter
+from vitmsn.core import third_party_output
 from vitmsn.calibration import CalibrationMethod, CalibrationOptions, CalibrationSet, calibration_set_from_directory
-from vitmsn.errors import InputError, ValidationFailed
-from vitmsn.interrupts import import_deferred
-from vitmsn.runtime.manifest import (MANIFEST_NAME, PRECISIONS, CalibrationRecord, EngineEntry, FlavourEntry, LogEntry,
+from vitmsn.core.errors import InputError, ValidationFailed
+from vitmsn.core.interrupts import import_deferred
+from vitmsn.runtime.manifest import (MANIFEST_NAME, PRECISIONS, TARGETS, CalibrationRecord, EngineEntry, FlavourEntry, LogEntry,
                                      Manifest, PrecisionEntry, Where)
 
 from vitmsn.export.fp32 import checks
@@ -47,20 +47,19 @@ from vitmsn.export.precision.int8 import Int8Options
 from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention
 from vitmsn.export.fp32.onnx_export import onnx_from_model
 from vitmsn.export.staging import StagedOutput
-from vitmsn.export.precisions import StepContext, engine_step, file_ref, fp16_step, int8_step, validation_record
+from vitmsn.export.steps import StepContext, engine_step, file_ref, fp16_step, int8_step, validation_record
 from vitmsn.export.validation.report import write_export_report
 from vitmsn.export.fp32.spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
 from vitmsn.export.validation.validate import ValidationResult, validate_artifacts
 from vitmsn.export.validation.verdict import ReferenceCache
 from vitmsn.export.validation.inputs import image_set
 from vitmsn.export.fp32.stages import FUSED_FP32_FILE, fp32_stages, fused_fp32_step, torch_runner
-from vitmsn.export.manifest_start import manifest_skeleton
-from vitmsn.progress import StageLog, activity
+from vitmsn.export.manifest_skeleton import manifest_skeleton
+from vitmsn.core.progress import StageLog, activity
 
 log = logging.getLogger(__name__)
 
 ENGINE_MODES = ("auto", "require", "skip")
-TARGETS = ("tensorrt", "tensorrt-rtx")
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
     (:class:`.staging.StagedOutput`); ``--out`` is replaced whole once the artifacts are written
     (also when a check failed: exit 1 leaves the failing artifacts for inspection). Bad input,
     an error or an interrupt (SIGINT/SIGTERM) leave ``--out`` as it was. Third-party output goes to
-    ``export.log`` in the artifacts directory while it runs (:mod:`vitmsn.chatter`); the capture ends
+    ``export.log`` in the artifacts directory while it runs (:mod:`vitmsn.core.third_party_output`); the capture ends
     however the run ends.
     """
     started = time.perf_counter()
@@ -199,7 +198,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
         try:
             result, failed = _export_into(opts, staged.path, started)
         finally:
-            chatter.stop()
+            third_party_output.stop()
         staged.commit({f.file for f in result.manifest.files()} | {MANIFEST_NAME})
     result.out = Path(opts.out)
     result.manifest = replace(result.manifest, root=result.out)
@@ -258,7 +257,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     elif opts.validate_images is not None:  # the drift validation reads it at the end: refuse a bad folder now
         image_set(opts.validate_images, ck.labels if spec.task == "image-classification" else {})
 
-    log_path = chatter.start(out / chatter.LOG_FILE)  # third-party output from here on, imports included
+    log_path = third_party_output.start(out / third_party_output.LOG_FILE)  # third-party output from here on, imports included
     _preload(opts, build_engines)
     model = ck.build_model(opts.attention)
     fp32_path = out / "model.fp32.onnx"
@@ -359,8 +358,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
         # report.json/.md/.html of `vitmsn validate`, merged over the export report (its stages are kept, and
         # the top-level "passed" covers both), so the directory holds one report of the whole run.
         reports.update(write_drift_reports(out, validation))
-    chatter.stop()  # the log is complete: its hash goes in the manifest
-    logs = LogEntry.from_json(chatter.manifest_entry(log_path), Where(str(result.manifest.path), "logs"))
+    third_party_output.stop()  # the log is complete: its hash goes in the manifest
+    logs = LogEntry.from_json(third_party_output.manifest_entry(log_path), Where(str(result.manifest.path), "logs"))
     result.manifest = replace(result.manifest.with_reports(reports), passed=result.passed, logs=logs)
     result.manifest.save()
     if not result.passed:

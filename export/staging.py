@@ -36,8 +36,8 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from vitmsn import interrupts
-from vitmsn.errors import InputError
+from vitmsn.core import interrupts
+from vitmsn.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

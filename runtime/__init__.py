@@ -20,11 +20,11 @@ _EXPORTS = {
     "MicroBatcher": "batching",
     "QueueFull": "batching",
     "BatcherClosed": "batching",
-    "PreprocessConfig": "preprocess",
-    "ImageError": "preprocess",
+    "PreprocessConfig": "images.preprocess",
+    "ImageError": "images.preprocess",
     "Manifest": "manifest",
-    "Runner": "runner",
-    "TensorMeta": "runner",
+    "Runner": "backends.base",
+    "TensorMeta": "backends.base",
     "choose": "selection",
 }
 
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from .batching import BatcherClosed, MicroBatcher, QueueFull
     from .manifest import Manifest
     from .predictor import Prediction, Predictor
-    from .preprocess import ImageError, PreprocessConfig
-    from .runner import Runner, TensorMeta
+    from .images.preprocess import ImageError, PreprocessConfig
+    from .backends.base import Runner, TensorMeta
     from .selection import choose
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 
 import numpy as np
 
-from vitmsn.errors import VitmsnError
+from vitmsn.core.errors import VitmsnError
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -18,19 +18,19 @@ import dataclasses
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, cast
 
 import numpy as np
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 from .batching import MicroBatcher
 from .manifest import Manifest
-from .prefetch import DEFAULT_PREPROCESS_WORKERS, preprocess_ahead
-from .preprocess import ImageError, ImageInput, PreprocessConfig
-from .runner import Runner
+from .images.prefetch import DEFAULT_PREPROCESS_WORKERS, preprocess_ahead
+from .images.preprocess import ImageError, ImageInput, PreprocessConfig
+from .backends.base import Runner
+from .backends.registry import BACKENDS, LoadOptions
 from .selection import Choice, choose, describe_choice, fallback_choice
 
 ERRORS = ("raise", "return")
@@ -98,25 +98,11 @@ class Predictor:
         manifest = Manifest.load(artifacts)
         choice = choose(manifest, backend, precision)
 
+        options = LoadOptions(threads=threads, providers=providers, graph_optimization=graph_optimization)
+
         def make_runner(choice: Choice) -> Runner:
             path = manifest.verify_file(choice.file, choice.sha256) if verify else manifest.path_of(choice.file)
-            if choice.backend == "tensorrt":
-                from .tensorrt_runner import TensorRTRunner
-
-                assert choice.engine is not None
-                return TensorRTRunner(path, choice.engine, manifest=manifest)
-            if choice.backend == "openvino":
-                from .openvino_runner import OpenVINORunner
-
-                return OpenVINORunner(path, precision=choice.precision,
-                                      inference_precision=choice.inference_precision or "auto", threads=threads)
-            from .onnxruntime_runner import TENSORRT, OnnxRuntimeRunner, tensorrt_provider_options
-
-            chw = tuple(int(d) for d in manifest.input_shape[1:])
-            cache = Path(os.environ.get("VITMSN_CACHE", Path.home() / ".cache" / "vitmsn")) / "ort-tensorrt" / choice.sha256[:16]
-            options = {TENSORRT: tensorrt_provider_options(manifest.input_name, chw, manifest.batch.to_json(), cache)}
-            return OnnxRuntimeRunner(path, precision=choice.precision, providers=providers, intra_op_threads=threads,
-                                     graph_optimization=graph_optimization, provider_options=options)
+            return BACKENDS[choice.backend].load(manifest, choice, path, options)
 
         runner = make_runner(choice)
         try:

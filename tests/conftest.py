@@ -83,7 +83,7 @@ def _tensorrt_runtime_missing() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from vitmsn.runtime.device import has_cuda_gpu
+    from vitmsn.runtime.backends.device import has_cuda_gpu
 
     need_gpu = any(item.get_closest_marker("gpu") for item in items)
     need_trt = any(item.get_closest_marker("tensorrt") for item in items)

@@ -38,7 +38,7 @@ def demo_precision_run(base: Path) -> dict[str, Any]:
     write_dataset(calib, per_class=CALIB_PER_CLASS, split="train")  # calibration never sees held-out images
     write_dataset(heldout, per_class=HELDOUT_PER_CLASS, split="heldout")
     out = base / "artifacts"
-    from vitmsn.errors import ValidationFailed
+    from vitmsn.core.errors import ValidationFailed
 
     try:
         result = run_export(ExportOptions(
@@ -56,7 +56,7 @@ def demo_precision_run(base: Path) -> dict[str, Any]:
 def heldout_tensors(heldout: Path, manifest_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Held-out images preprocessed by the runtime's code as the manifest says, and their class indices."""
     from vitmsn.runtime.manifest import Manifest
-    from vitmsn.runtime.preprocess import PreprocessConfig
+    from vitmsn.runtime.images.preprocess import PreprocessConfig
 
     m = Manifest.load(manifest_dir)
     index = {name: i for i, name in m.labels.items()}

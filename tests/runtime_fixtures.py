@@ -78,7 +78,7 @@ def rt_engine(rt_cls: Exported, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
     import tensorrt_rtx
 
-    from vitmsn.runtime import device
+    from vitmsn.runtime.backends import device
 
     # this machine's GPU when TensorRT-RTX supports it (so the gpu tests can run the engine), else SM 8.6
     gpu = device.gpu(0)

@@ -22,7 +22,7 @@ def sim(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SimState:
     state = install(monkeypatch, gpus=(DEFAULT_GPU,))
     yield state
     gc.collect()
-    from vitmsn.runtime import device
+    from vitmsn.runtime.backends import device
 
     device.cuda_gpus.cache_clear()
     assert state.violations == [], state.violations

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = (ROOT / "export" / "engines" / "builder.py", ROOT / "runtime" / "tensorrt_runner.py",
+CHECKED = (ROOT / "export" / "engines" / "builder.py", ROOT / "runtime" / "backends" / "tensorrt.py",
            ROOT / "src" / "vitmsn" / "bench" / "tensorrt_timing.py")
 STUBS10 = ROOT / ".stubs" / "tensorrt-10.13"
 STUBS10_INSTALL = 'python -m pip install --no-deps --upgrade --target .stubs/tensorrt-10.13 "tensorrt-stubs==10.13.0.35.1"'
@@ -265,12 +265,15 @@ def problems(findings: dict[str, list[Finding]]) -> list[str]:
 
 
 def checkable_copy(src: Path, dest: Path) -> Path:
-    """``src`` copied to ``dest`` with relative imports made absolute (``from .x`` -> ``from
+    """``src`` copied to ``dest`` with relative imports made absolute (``from ..x`` -> ``from
     vitmsn.runtime.x``), so copies under unique module names check like the original. Line numbers
     are kept."""
     parts = src.resolve().relative_to(ROOT).parent.parts
     package = ".".join(("vitmsn", *(parts[2:] if parts[:2] == ("src", "vitmsn") else parts)))
-    text = re.sub(r"^from \.(\w*) import", lambda m: f"from {package}{'.' + m[1] if m[1] else ''} import",
-                  src.read_text(), flags=re.M)
+    def absolute(m: re.Match[str]) -> str:
+        base = package.split(".")[:len(package.split(".")) - (len(m[1]) - 1)]
+        return f"from {'.'.join(base + ([m[2]] if m[2] else []))} import"
+
+    text = re.sub(r"^from (\.+)([\w.]*) import", absolute, src.read_text(), flags=re.M)
     dest.write_text(text)
     return dest

@@ -102,7 +102,8 @@ class _Wrong:
 
     def __init__(self, inner) -> None:
         self.inner = inner
-        for attr in ("backend", "precision", "device", "variant", "label", "open", "close", "info"):
+        for attr in ("backend", "precision", "device", "variant", "label", "open", "close", "info", "sessions",
+                     "supports_batch"):
             setattr(self, attr, getattr(inner, attr))
         self.variant = "deliberately-wrong"
 
@@ -118,13 +119,14 @@ class _Wrong:
 def test_a_wrong_backend_fails_the_check_and_the_command(bench_tiny_artifacts: Path, tmp_path: Path,  # noqa: F811
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from vitmsn.bench import suite
+    from vitmsn.bench.backends import onnxruntime_row
 
     real = suite.prepare_backends
 
     def with_a_wrong_one(*args, **kwargs):
         prep = real(*args, **kwargs)
         ort_plain = next(b for b in prep.backends if b.backend == "onnxruntime" and not b.variant)
-        prep.backends.append(_Wrong(type(ort_plain)(ort_plain.path, ort_plain.input_name, threads=1)))
+        prep.backends.append(_Wrong(onnxruntime_row(ort_plain.runner.path, ort_plain.input_name, threads=1)))
         return prep
 
     monkeypatch.setattr(suite, "prepare_backends", with_a_wrong_one)

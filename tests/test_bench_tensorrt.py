@@ -16,7 +16,7 @@ from trt_simulation import SimState
 from vitmsn.bench.tensorrt_timing import time_engine
 from vitmsn.bench.timing import TimingPlan
 from vitmsn.runtime.manifest import Manifest
-from vitmsn.runtime.tensorrt_runner import TensorRTRunner
+from vitmsn.runtime.backends.tensorrt import TensorRTRunner
 
 
 @pytest.fixture

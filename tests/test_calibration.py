@@ -18,8 +18,8 @@ from PIL import Image
 
 from vitmsn.calibration import (CalibrationOptions, CalibrationReader, as_ort_reader, calibration_set_from_directory,
                                 discover_images, even_batch_size, sample_order, strata_of)
-from vitmsn.errors import InputError
-from vitmsn.runtime.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
+from vitmsn.core.errors import InputError
+from vitmsn.runtime.images.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
 
 BLOCK = PreprocessConfig.from_preprocessor_config({**DEFAULT_PREPROCESSOR_CONFIG, "size": {"height": 32, "width": 32}}).to_manifest()
 

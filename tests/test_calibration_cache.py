@@ -27,7 +27,7 @@ from PIL import Image
 
 from vitmsn.calibration import CalibrationOptions, calibration_set_from_directory
 from vitmsn.calibration import cache as calib_cache
-from vitmsn.runtime.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
+from vitmsn.runtime.images.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
 
 BLOCK = PreprocessConfig.from_preprocessor_config({**DEFAULT_PREPROCESSOR_CONFIG, "size": {"height": 32, "width": 32}}).to_manifest()
 BIN = Path(sys.executable).parent

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.export.fp32.checkpoint import canonical_key, load_checkpoint
 
 from checkpoints import TINY_CONFIG, save_transformers, transformers_outputs

@@ -15,7 +15,7 @@ from PIL import Image
 
 from vitmsn.cli.export_cmd import command as export_command
 from vitmsn.runtime import Predictor
-from vitmsn.runtime.preprocess import PreprocessConfig
+from vitmsn.runtime.images.preprocess import PreprocessConfig
 
 from checkpoints import TINY_CONFIG, save_transformers
 from runtime_fixtures import photo

@@ -17,9 +17,9 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from vitmsn import chatter
+from vitmsn.core import third_party_output
 from vitmsn.cli.export_cmd import command as export_command
-from vitmsn.progress import Heartbeat, Progress, StageLog, activity, console, stage_table
+from vitmsn.core.progress import Heartbeat, Progress, StageLog, activity, console, stage_table
 from vitmsn.runtime.manifest import sha256_file
 
 from checkpoints import TINY_CONFIG, save_transformers
@@ -90,20 +90,20 @@ def test_chatter_goes_to_the_log_ours_to_the_console(tmp_path: Path) -> None:
     con.pinned = buf
     log_path = tmp_path / "export.log"
     try:
-        chatter.start(log_path)
+        third_party_output.start(log_path)
         print("Collecting tensor data and making histogram ...")
         sys.stderr.write("  0%|          | 0/42 [00:00<?, ?it/s]\n")
         os.write(2, b"[W:onnxruntime:, graph.cc] a C++ warning\n")  # below Python: the file descriptor itself
         logging.getLogger("onnx_ir.passes").info("Removed 121 unused nodes")
         activity("our own line")
     finally:
-        chatter.stop()
+        third_party_output.stop()
         con.pinned = saved
     log = log_path.read_text()
     for needle in ("Collecting tensor data", "0/42", "a C++ warning", "Removed 121 unused nodes"):
         assert needle in log and needle not in buf.getvalue()
     assert "our own line" in buf.getvalue() and "our own line" not in log
-    assert sys.stdout is not None and not chatter.active()
+    assert sys.stdout is not None and not third_party_output.active()
 
 
 def test_export_prints_live_then_the_table_and_logs_chatter(tiny_ck: Path, tmp_path: Path) -> None:
@@ -152,8 +152,8 @@ def test_failed_run_prints_the_whole_table(tmp_path: Path) -> None:
 
 def test_calibration_minimum_message_agrees_in_number(tmp_path: Path) -> None:
     from vitmsn.calibration import CalibrationOptions, calibration_set_from_directory
-    from vitmsn.errors import InputError
-    from vitmsn.runtime.preprocess import PreprocessConfig
+    from vitmsn.core.errors import InputError
+    from vitmsn.runtime.images.preprocess import PreprocessConfig
 
     from PIL import Image
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vitmsn.config import find_config, load_defaults
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 EXPORT = {"": {"model", "out", "precision", "calib_images", "batch"}}
 VALIDATE = {"validate": {"artifacts", "images", "quiet"}}

@@ -61,12 +61,13 @@ def _manifest_with_cpu_int8(artifacts: Path, needs_vnni: bool) -> Manifest:
 
 def test_runtime_never_loads_8bit_weights_without_vnni(bench_tiny_artifacts: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     from vitmsn.runtime import selection
+    from vitmsn.runtime.backends import registry
 
     full, reduced = _manifest_with_cpu_int8(bench_tiny_artifacts, True), _manifest_with_cpu_int8(bench_tiny_artifacts, False)
     if _vnni_here():
         assert selection.choose(full, "onnxruntime", "int8").file == "model.int8.cpu.onnx"
     # Simulation of a CPU without VNNI (AVX2 only), which this machine cannot be when it has VNNI.
-    monkeypatch.setattr(selection, "vnni_capable", lambda flags=None: False)
+    monkeypatch.setattr(registry, "vnni_capable", lambda flags=None: False)
     choice = selection.choose(full, "onnxruntime", "int8")
     assert choice.file == "model.fp32.onnx"  # the entry's own Q/DQ graph (stood in by the FP32 file here)
     assert any("8-bit weights made for a CPU with VNNI" in n for n in choice.notes)

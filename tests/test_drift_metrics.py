@@ -121,7 +121,7 @@ def test_shape_mismatch_is_an_error():
 
 # ---- gates (vitmsn.export.validation.gates) ----------------------------------------------------------
 def test_threshold_forms():
-    from vitmsn.errors import InputError
+    from vitmsn.core.errors import InputError
     from vitmsn.export.validation.gates import parse_threshold
 
     assert parse_threshold(0.9, "--x") == {"*": 0.9}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.export.engines.builder import EngineOptions, builder_status, engine_from_onnx
 from vitmsn.export.fp32.spec import BatchRange
 

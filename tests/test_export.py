@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from vitmsn.errors import ValidationFailed
+from vitmsn.core.errors import ValidationFailed
 from vitmsn.export.fp32 import checks
 from vitmsn.export.fp32.checkpoint import load_checkpoint
 from vitmsn.export.fp32.stages import fp32_stages

@@ -273,7 +273,7 @@ def test_validate_images_run_pytorch_once_per_image(data, tmp_path, monkeypatch)
     """With --validate-images the drift stages and the final validation compare the same images: the PyTorch
     reference of each image is computed once and reused (counted at the model's forward, by tensor content)."""
     from vitmsn.export.fp32.model import ViTMSNClassifier
-    from vitmsn.runtime.preprocess import PreprocessConfig
+    from vitmsn.runtime.images.preprocess import PreprocessConfig
 
     seen: dict[bytes, int] = {}
     forward = ViTMSNClassifier.forward

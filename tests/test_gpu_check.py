@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vitmsn.runtime.device import has_cuda_gpu
+from vitmsn.runtime.backends.device import has_cuda_gpu
 
 ROOT = Path(__file__).resolve().parent.parent
 

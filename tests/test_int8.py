@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 from vitmsn.calibration import CalibrationMethod, tensor_sha256
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.export.precision.int8 import Int8Options, qdq_onnx_from_calibration, resolve_exclusions
 from vitmsn.export.precision.int8_cpu import cpu_int8_onnx_from_calibration
 from vitmsn.runtime.manifest import Manifest

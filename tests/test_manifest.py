@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from runtime_fixtures import Exported, photo, rt_cls  # noqa: F401
 from validation_fixtures import calib_images, demo_int8_artifacts  # noqa: F401
 from vitmsn.cli import group
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.runtime.manifest import MANIFEST_NAME, Manifest
 
 Tamper = Callable[[dict[str, Any]], None]

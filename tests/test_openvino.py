@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from runtime_fixtures import Exported, rt_cls  # noqa: F401
 from vitmsn.runtime.manifest import Manifest, sha256_file
-from vitmsn.runtime.openvino_choice import openvino_precision
-from vitmsn.runtime.openvino_runner import OpenVINORunner, cpu_flags, inference_precision_for
+from vitmsn.runtime.backends.registry import openvino_precision
+from vitmsn.runtime.backends.openvino import OpenVINORunner, cpu_flags, inference_precision_for
 from vitmsn.runtime.selection import choose, describe_choice
 
 
@@ -123,7 +123,7 @@ def _negate_classifier(src: Path, dst: Path) -> None:
 @pytest.mark.slow
 def test_bf16_export_is_gated_against_pytorch_and_a_damaged_graph_fails(demo_bf16: Path, tmp_path: Path) -> None:
     from vitmsn.export.precision.bf16 import bf16_step
-    from vitmsn.export.precisions import StepContext
+    from vitmsn.export.steps import StepContext
     from vitmsn.export.validation.comparison import ComparisonInputs
     from vitmsn.export.validation.gates import Gates
 

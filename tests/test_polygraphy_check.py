@@ -43,7 +43,7 @@ def test_polygraphy_comparator_passes_the_same_graph_and_fails_planted_damage(rt
 
 
 def test_without_a_gpu_the_cross_check_says_why_it_did_not_run(rt_engine: Path) -> None:
-    from vitmsn.runtime.device import has_cuda_gpu
+    from vitmsn.runtime.backends.device import has_cuda_gpu
 
     if has_cuda_gpu():
         pytest.skip("[gpu] this machine has a GPU: the no-GPU report is for machines without one")

@@ -14,8 +14,8 @@ import pytest
 from vitmsn.bench.e2e import add_bounds, per_batch
 from vitmsn.bench.inputs import jpeg_images
 from vitmsn.bench.timing import LatencyStats
-from vitmsn.runtime.prefetch import preprocess_ahead
-from vitmsn.runtime.preprocess import DEFAULT_PREPROCESSOR_CONFIG, ImageError, PreprocessConfig
+from vitmsn.runtime.images.prefetch import preprocess_ahead
+from vitmsn.runtime.images.preprocess import DEFAULT_PREPROCESSOR_CONFIG, ImageError, PreprocessConfig
 
 PRE = PreprocessConfig.from_preprocessor_config(DEFAULT_PREPROCESSOR_CONFIG)
 SHAPE = (3, PRE.height, PRE.width)
@@ -118,8 +118,8 @@ _FIFO_CHILD = """
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from vitmsn.bench.inputs import jpeg_images
-from vitmsn.runtime.prefetch import preprocess_ahead
-from vitmsn.runtime.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
+from vitmsn.runtime.images.prefetch import preprocess_ahead
+from vitmsn.runtime.images.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
 
 pre = PreprocessConfig.from_preprocessor_config(DEFAULT_PREPROCESSOR_CONFIG)
 jpegs = jpeg_images(2, seed=3, size=(64, 48))

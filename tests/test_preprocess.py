@@ -17,8 +17,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from runtime_fixtures import photo, png_claiming_size, write_bad_files, write_photo_formats
-from vitmsn.errors import InputError
-from vitmsn.runtime.preprocess import DEFAULT_PREPROCESSOR_CONFIG, ImageError, PreprocessConfig, to_rgb
+from vitmsn.core.errors import InputError
+from vitmsn.runtime.images.preprocess import DEFAULT_PREPROCESSOR_CONFIG, ImageError, PreprocessConfig, to_rgb
 
 ATOL = 1e-5
 CONFIG = {"do_resize": True, "size": {"height": 224, "width": 224}, "resample": 2, "do_rescale": True,

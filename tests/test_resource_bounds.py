@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 from checkpoints import save_transformers
 
@@ -150,7 +150,7 @@ def test_config_is_checked_against_the_weights_before_allocating(tiny_checkpoint
     # would allocate ~2.7 GB (24 layers of hidden 1536); the shapes are compared first.
     bad = _with_config(tiny_checkpoint, tmp_path / "big", hidden_size=1536, num_hidden_layers=24,
                        num_attention_heads=12, intermediate_size=6144)
-    script = ("import sys\nfrom vitmsn.export.fp32.checkpoint import load_checkpoint\nfrom vitmsn.errors import InputError\n"
+    script = ("import sys\nfrom vitmsn.export.fp32.checkpoint import load_checkpoint\nfrom vitmsn.core.errors import InputError\n"
               f"try:\n    load_checkpoint({str(bad)!r})\nexcept InputError as exc:\n    print(exc)\n    sys.exit(2)\n")
     code, out, err, peak_mib = _run_measured(["-c", script])
     assert code == 2, err

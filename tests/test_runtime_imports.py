@@ -21,9 +21,9 @@ import numpy as np
 import vitmsn.runtime as runtime
 after_import = sorted(sys.modules)
 for info in pkgutil.walk_packages(runtime.__path__, "vitmsn.runtime."):
-    if info.name != "vitmsn.runtime.tensorrt_runner":  # imports nothing heavy either, checked below
+    if info.name != "vitmsn.runtime.backends.tensorrt":  # imports nothing heavy either, checked below
         importlib.import_module(info.name)
-import vitmsn.runtime.tensorrt_runner
+import vitmsn.runtime.backends.tensorrt
 from vitmsn.runtime import Predictor
 for backend in ("onnxruntime", "openvino"):
     with Predictor.from_artifacts(sys.argv[1], backend=backend) as p:

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from runtime_fixtures import Exported, photo, rt_cls, rt_feat, write_bad_files, write_photo_formats  # noqa: F401
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.runtime import ImageError, Prediction, Predictor
 
 SCORE_ATOL = 1e-5

@@ -20,19 +20,20 @@ import pytest
 
 from runtime_fixtures import Exported, rt_cls, rt_engine  # noqa: F401
 from sim_fixtures import sim, sim_artifacts  # noqa: F401
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.runtime import Predictor, Runner, TensorMeta
-from vitmsn.runtime.device import Gpu, cuda_gpus, has_cuda_gpu, module_available
-from vitmsn.runtime.engine_check import engine_problems, normalize_cc, version_tuple, versions_compatible
+from vitmsn.runtime.backends.device import Gpu, cuda_gpus, has_cuda_gpu, module_available
+from vitmsn.runtime.backends.engine_check import engine_problems, normalize_cc, version_tuple, versions_compatible
 from vitmsn.runtime.manifest import Manifest
-from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner, auto_providers
-from vitmsn.runtime.selection import choose, onnxruntime_precision_order
+from vitmsn.runtime.backends.onnxruntime import OnnxRuntimeRunner, auto_providers
+from vitmsn.runtime.backends.registry import onnxruntime_precision_order
+from vitmsn.runtime.selection import choose
 
 NO_GPU = "no CUDA GPU on this machine (the CI machines have none)"
 
 
 def _tensorrt_runner(artifacts: Path):
-    from vitmsn.runtime.tensorrt_runner import TensorRTRunner
+    from vitmsn.runtime.backends.tensorrt import TensorRTRunner
 
     manifest = Manifest.load(artifacts)
     entry = manifest.engines[0]
@@ -44,7 +45,7 @@ def _ort_runner(artifacts: Path):
 
 
 def _openvino_runner(artifacts: Path):
-    from vitmsn.runtime.openvino_runner import OpenVINORunner
+    from vitmsn.runtime.backends.openvino import OpenVINORunner
 
     return OpenVINORunner(Manifest.load(artifacts).onnx_path("fp32"), precision="fp32")
 
@@ -212,7 +213,7 @@ def test_tensorrt_engine_matches_onnxruntime_and_splits_large_batches(rt_cls: Ex
 
 
 def test_tensorrt_execution_provider_options_follow_the_manifest_profile(tmp_path: Path) -> None:
-    from vitmsn.runtime.onnxruntime_runner import tensorrt_provider_options
+    from vitmsn.runtime.backends.onnxruntime import tensorrt_provider_options
 
     options = tensorrt_provider_options("pixel_values", (3, 224, 224), {"min": 1, "opt": 8, "max": 32}, tmp_path)
     assert options["trt_profile_min_shapes"] == "pixel_values:1x3x224x224"

@@ -15,7 +15,7 @@ from validation_fixtures import (PLANTED_BLOCK, calib_images, demo_int8_artifact
 from vitmsn.export.validation.gates import Gates
 from vitmsn.export.demo import CHECKPOINT_DIR
 from vitmsn.export.precision.requantize import GateCheck, bypass_builder, modelopt_builder, requantize_until
-from vitmsn.runtime.preprocess import PreprocessConfig
+from vitmsn.runtime.images.preprocess import PreprocessConfig
 
 from onnx_oracles import block_linear_nodes, linear_split
 from vitmsn.export.precision.sensitivity import qdq_groups, run_model, sensitivity_analysis, without_qdq

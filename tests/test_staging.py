@@ -232,7 +232,7 @@ def test_unwritable_out_exits_2_with_a_message(tmp_path: Path) -> None:
 
 IMPORT_UNDER_SIGNAL = """
 import os, signal, sys, threading
-from vitmsn import interrupts
+from vitmsn.core import interrupts
 interrupts.install()
 threading.Timer({delay}, os.kill, (os.getpid(), signal.SIGINT)).start()
 try:

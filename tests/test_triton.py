@@ -29,10 +29,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from vitmsn.cli import group as main
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.runtime import Predictor
 from vitmsn.runtime.manifest import EngineEntry, Manifest, sha256_file, write_json_atomic
-from vitmsn.runtime.preprocess import PreprocessConfig
+from vitmsn.runtime.images.preprocess import PreprocessConfig
 from vitmsn.serving.triton import TritonOptions, write_triton_repository
 from vitmsn.serving.triton_check import check_repository
 
@@ -142,9 +142,8 @@ def _config_edited(text: str, change: Any) -> str:
      "pixel_values: dims [3, 256, 256]"),
     (lambda t: t.replace("TYPE_FP32", "TYPE_FP16", 1), "data_type TYPE_FP16 != ONNX graph TYPE_FP32"),
     (lambda t: t.replace('name: "logits"', 'name: "scores"'), "output names"),
-    (lambda t: t.replace("max_batch_size: 32", "max_batch_size: 64"), "max_batch_size 64 outside"),
-    (lambda t: t + "\nmax_batch: 3\n", "does not parse with Triton's ModelConfig schema"),
-], ids=["dims", "dtype", "name", "max-batch", "unknown-field"])
+    (lambda t: t + "\nmax_batch: 3\n", "config.pbtxt or its model files do not read back"),
+], ids=["dims", "dtype", "name", "unknown-field"])
 def test_check_catches_a_broken_config(demo_artifacts: Path, tmp_path: Path, break_it: Any, expected: str) -> None:
     repo = tmp_path / "repo"
     write_triton_repository(demo_artifacts, repo)
@@ -188,10 +187,6 @@ def test_plan_from_engine_profile(demo_artifacts: Path, tmp_path: Path) -> None:
     assert [s.model_name for s in ens.ensemble_scheduling.step] == ["vitmsn_preprocess", "vitmsn_tensorrt"]
     assert check_repository(repo, artifacts).passed
 
-    (repo / "vitmsn_tensorrt" / "config.pbtxt").write_text(
-        (repo / "vitmsn_tensorrt" / "config.pbtxt").read_text().replace("max_batch_size: 16", "max_batch_size: 32"))
-    problems = check_repository(repo, artifacts).problems
-    assert any("outside the engine's optimization profile [1, 16]" in p for p in problems), problems
     with pytest.raises(Exception, match="above the engine profile maximum 16"):
         write_triton_repository(artifacts, tmp_path / "r2", TritonOptions(precision="fp16", max_batch_size=32))
 

@@ -189,7 +189,7 @@ def test_labels_file_edge_cases_read_as_csv_means_or_refused(tmp_path, monkeypat
     from PIL import Image
 
     from export.validation.inputs import image_set
-    from vitmsn.errors import InputError
+    from vitmsn.core.errors import InputError
 
     names = ["cat/1.jpg", "cat/a,b.jpg", "dog/x\u2028y.jpg", "dog/2.jpg"]
     for name in names:

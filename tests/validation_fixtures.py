@@ -108,7 +108,7 @@ def calib_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_int8_artifacts(calib_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What ``vitmsn-export --model demo --precision int8 --calib-images ...`` writes (both INT8 flavours)."""
-    from vitmsn.errors import ValidationFailed
+    from vitmsn.core.errors import ValidationFailed
     from vitmsn.export.pipeline import ExportOptions, run_export
 
     def build() -> Path:

@@ -4,7 +4,7 @@
 
 Data: a pool of training images rendered by :mod:`vitmsn.export.demo.shapes` (split ``train``),
 a fraction of them JPEG-encoded and decoded so training sees the compression artefacts the
-held-out files have, decoded and resized by :class:`vitmsn.runtime.preprocess.PreprocessConfig`
+held-out files have, decoded and resized by :class:`vitmsn.runtime.images.preprocess.PreprocessConfig`
 (the runtime's one implementation) built from the very preprocessor_config.json that is saved.
 Augmentation: random horizontal flips.
 
@@ -42,7 +42,7 @@ from PIL import Image
 from torch import nn
 
 from vitmsn.export.fp32.model import ViTMSNArch, ViTMSNClassifier
-from vitmsn.runtime.preprocess import PreprocessConfig, to_rgb
+from vitmsn.runtime.images.preprocess import PreprocessConfig, to_rgb
 
 from . import CHECKPOINT_DIR
 from .shapes import DEFAULT_HELDOUT_SEED, LABELS, image_rng, jpeg_roundtrip, render, write_dataset

@@ -17,7 +17,7 @@ differ the code feature-detects with ``hasattr``/``getattr`` and never compares 
 * every option is checked by :func:`check_engine_options` before anything is written (the export
   pipeline calls it first), so a bad ``--aot-targets`` is exit 2 with nothing on disk;
 * the compute capabilities recorded are real: TensorRT's the build GPU's (from the CUDA driver,
-  :mod:`vitmsn.runtime.device`), TensorRT-RTX's the architectures it compiled for (this GPU's when
+  :mod:`vitmsn.runtime.backends.device`), TensorRT-RTX's the architectures it compiled for (this GPU's when
   one is present and no ``--aot-targets`` were given), never a placeholder.
 
 ``tests/test_tensorrt_api_static.py`` type-checks this module against the TensorRT 10.13 stubs,
@@ -35,8 +35,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, SupportsInt
 
-from vitmsn.errors import InputError
-from vitmsn.runtime import device
+from vitmsn.core.errors import InputError
+from vitmsn.runtime.backends import device
 from vitmsn.runtime.manifest import atomic_path
 
 from .timing_cache import attach_timing_cache, save_timing_cache
@@ -145,7 +145,7 @@ class BuilderStatus:
 
 def gpu_present() -> bool:
     """A CUDA GPU is usable here, as the CUDA driver reports it (honours ``CUDA_VISIBLE_DEVICES`` and a
-    container's devices): the runtime's one detection path, :func:`vitmsn.runtime.device.cuda_gpus`."""
+    container's devices): the runtime's one detection path, :func:`vitmsn.runtime.backends.device.cuda_gpus`."""
     return device.has_cuda_gpu()
 
 

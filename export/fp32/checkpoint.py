@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from vitmsn.errors import InputError
-from vitmsn.runtime.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
+from vitmsn.core.errors import InputError
+from vitmsn.runtime.images.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
 
 from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention, ViTMSNArch, ViTMSNBackbone, ViTMSNClassifier
 from vitmsn.export.fp32.spec import Task

@@ -18,7 +18,7 @@ FUSED_FP32_FILE = "model.fp32.ort.onnx"
 
 def ort_runner(path: Path, input_name: str):
     """The runtime's ONNX Runtime runner on the CPU provider: the staged parity check runs what users deploy."""
-    from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from vitmsn.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
     runner = OnnxRuntimeRunner(path, providers="CPUExecutionProvider", allow_spinning=False)
     runner.activate()  # released with the runner when the parity check drops it
@@ -68,7 +68,7 @@ def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint) -> tuple[checks.
         result = ort_optimized_onnx_from_fp32(fp32_path, path, ck.arch)
     except Exception as exc:  # noqa: BLE001 - the optimizer is third-party code on a user's graph: report, go on
         return checks.StageResult("ort_fused_fp32", False, f"{type(exc).__name__}: {exc}"), None
-    from vitmsn.export.precisions import file_ref
+    from vitmsn.export.steps import file_ref
 
     ref = file_ref(path)
     flavour = FlavourEntry(ref.file, ref.sha256, ref.size_bytes, "float32",

@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.runtime.manifest import sha256_file
-from vitmsn.runtime.openvino_runner import OpenVINORunner, bf16_capable, openvino_available
+from vitmsn.runtime.backends.openvino import OpenVINORunner, bf16_capable, openvino_available
 
 from vitmsn.export.fp32 import checks
 from vitmsn.export.validation.comparison import compare_with_reference, outputs_in_batches

@@ -45,7 +45,7 @@ import numpy as np
 import onnx
 
 from vitmsn.calibration import CalibrationMethod, even_batch_size
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.runtime.manifest import atomic_path
 
 from vitmsn.export.precision.modelopt_quirks import captured_modelopt_logs

@@ -152,7 +152,7 @@ def cpu_int8_onnx_from_calibration(fp32_path: str | Path, out_path: str | Path, 
 
 def weight_range_for_cpu(weight_range: str = "auto", flags: frozenset[str] | None = None) -> str:
     """``auto`` -> "8bit" where this CPU has VNNI (no int16 saturation), else "7bit"."""
-    from vitmsn.runtime.cpu import vnni_capable
+    from vitmsn.runtime.backends.cpu import vnni_capable
 
     if weight_range == "auto":
         return "8bit" if vnni_capable(flags) else "7bit"

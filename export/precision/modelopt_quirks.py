@@ -35,11 +35,11 @@ def captured_modelopt_logs(verbose: bool = False) -> Iterator[list[str]]:
     collect = _Collect()
     saved: list[tuple[logging.Handler, int, object]] = []
     saved_levels: list[tuple[logging.Logger, int]] = []
-    from vitmsn import chatter
+    from vitmsn.core import third_party_output
 
     # While an export captures third-party output into export.log, ModelOpt's INFO lines belong there in full;
     # otherwise they are kept off the terminal unless verbose.
-    quiet = not verbose and not chatter.active()
+    quiet = not verbose and not third_party_output.active()
     for name in MODELOPT_LOGGERS:
         lg = logging.getLogger(name)
         saved_levels.append((lg, lg.level))

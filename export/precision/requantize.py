@@ -25,8 +25,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 
-from vitmsn.errors import InputError
-from vitmsn.progress import Progress
+from vitmsn.core.errors import InputError
+from vitmsn.core.progress import Progress
 
 from vitmsn.export.validation.gates import Gates, GateResult
 from vitmsn.export.validation.verdict import compare_outputs
@@ -53,7 +53,7 @@ class GateCheck:
 def throughput(path: str | Path, inputs: np.ndarray, batch: int = 8, repeats: int = 3,
                input_name: str = "pixel_values") -> float:
     """Images per second of ONNX Runtime on ``path`` (best of ``repeats`` passes over one batch)."""
-    from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from vitmsn.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
     x = np.ascontiguousarray(np.resize(inputs, (batch,) + inputs.shape[1:]), dtype=np.float32)
     with OnnxRuntimeRunner(path) as runner:

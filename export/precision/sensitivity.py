@@ -36,8 +36,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import onnx
 
-from vitmsn.errors import InputError
-from vitmsn.progress import Progress
+from vitmsn.core.errors import InputError
+from vitmsn.core.progress import Progress
 
 from vitmsn.export.validation import metrics as dm
 from vitmsn.export.precision.int8 import name_scopes
@@ -180,7 +180,7 @@ def _dequantized(dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> onnx
 def run_model(model: onnx.ModelProto | str | Path, inputs: np.ndarray, input_name: str = "pixel_values",
               batch: int = 16) -> dict[str, np.ndarray]:
     """Outputs of ``model`` on ``inputs`` through the runtime's ONNX Runtime runner."""
-    from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from vitmsn.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
     with tempfile.TemporaryDirectory(prefix="vitmsn-sens-") as tmp:
         path = Path(model) if isinstance(model, (str, Path)) else Path(tmp) / "candidate.onnx"

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vitmsn.calibration import CalibrationSet
-from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
+from vitmsn.runtime.images.preprocess import ImageError, PreprocessConfig
 
 from vitmsn.export.fp32.checks import StageResult
 from vitmsn.export.validation.gates import Gates
@@ -103,7 +103,7 @@ def outputs_in_batches(run: Callable[[np.ndarray], dict[str, np.ndarray]], x: np
 def onnxruntime_outputs(path: Path, x: np.ndarray, input_name: str, batch: int = 8) -> dict[str, np.ndarray]:
     """Outputs of ``path`` through the runtime's ONNX Runtime runner on the CPU provider (the code users
     deploy); an FP16-I/O graph is fed FP16 and its outputs widened."""
-    from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from vitmsn.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(path, providers="CPUExecutionProvider", allow_spinning=False) as runner:
         return outputs_in_batches(lambda b: runner.infer({input_name: b}), x, batch)

@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 GATE_METRICS = {  # gate name -> (metric in the report, comparison)
     "min_top1_agreement": ("top1_agreement", ">="),

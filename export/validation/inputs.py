@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from vitmsn.calibration.images import IMAGE_EXTENSIONS, discover_images
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 
 @dataclass

@@ -96,6 +96,13 @@ def per_image(got: np.ndarray, ref: np.ndarray, classification: bool = False) ->
     return out
 
 
+def allclose_violations(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> np.ndarray:
+    """Per sample, how many elements lie outside ``atol + rtol * |ref|`` (numpy.allclose's rule) or are
+    not finite: the elementwise parity rule of the FP32 export check and the bench's FP32 CPU rows."""
+    g, r = _flat(got), _flat(ref)
+    return ((np.abs(g - r) > atol + rtol * np.abs(r)) | ~np.isfinite(g)).sum(axis=1)
+
+
 def concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Join per-image dicts of consecutive batches."""
     if not parts:

@@ -1,6 +1,6 @@
 """Polygraphy as the independent cross-check of vitmsn's TensorRT runner (issue 15).
 
-``vitmsn validate`` measures every engine through :class:`~vitmsn.runtime.tensorrt_runner.TensorRTRunner`,
+``vitmsn validate`` measures every engine through :class:`~vitmsn.runtime.backends.tensorrt.TensorRTRunner`,
 code we wrote. Where TensorRT really runs (a GPU, the real ``tensorrt``/``tensorrt_rtx`` libraries),
 it also compares the engine with ONNX Runtime through Polygraphy's own runners (``TrtRunner``,
 ``OnnxrtRunner``) and comparator (``Comparator.compare_accuracy`` with ``CompareFunc.simple``), on
@@ -39,7 +39,7 @@ class CrossCheck:
 
 def why_not_runnable(target: str) -> str | None:
     """Why Polygraphy cannot run an engine of ``target`` here (None: it can)."""
-    from vitmsn.runtime import device
+    from vitmsn.runtime.backends import device
 
     if importlib.util.find_spec("polygraphy") is None:
         return "polygraphy is not installed (pip install 'vitmsn[export]')"

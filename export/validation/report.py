@@ -18,7 +18,7 @@ def _parity_metrics(stage: StageResult) -> dict[str, Any]:
     return {
         "max_abs": max(m["max_abs"] for m in figures),
         "mean_abs": max(m["mean_abs"] for m in figures),
-        "max_rel": max(m["max_rel"] for m in figures),
+        "rel_l2_max": max(m["rel_l2_max"] for m in figures),
         "atol": stage.metrics["atol"],
         "rtol": stage.metrics["rtol"],
         "batch_sizes": stage.metrics["batch_sizes"],
@@ -81,10 +81,10 @@ def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
     parity = next((s for s in report["stages"] if s["stage"] == "onnxruntime_parity"), None)
     if parity and parity["metrics"].get("per_batch"):
         lines += ["", f"## ONNX Runtime vs PyTorch (atol {parity['metrics']['atol']:g}, rtol {parity['metrics']['rtol']:g})", "",
-                  "| batch | output | max abs | mean abs | max rel | violations |", "|---:|---|---:|---:|---:|---:|"]
+                  "| batch | output | max abs | mean abs | max rel L2 | violations |", "|---:|---|---:|---:|---:|---:|"]
         for batch, outputs in parity["metrics"]["per_batch"].items():
             for name, f in outputs.items():
-                lines.append(f"| {batch} | {name} | {f['max_abs']:.2e} | {f['mean_abs']:.2e} | {f['max_rel']:.2e} | "
+                lines.append(f"| {batch} | {name} | {f['max_abs']:.2e} | {f['mean_abs']:.2e} | {f['rel_l2_max']:.2e} | "
                              f"{f['violations']}/{f['elements']} |")
     converted = [r for r in report["results"] if r.get("variant") != "fp32"]
     if converted:

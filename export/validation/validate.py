@@ -23,10 +23,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vitmsn.errors import InputError
-from vitmsn.progress import Progress
+from vitmsn.core.errors import InputError
+from vitmsn.core.progress import Progress
 from vitmsn.runtime.manifest import EngineEntry, Manifest
-from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
+from vitmsn.runtime.images.preprocess import ImageError, PreprocessConfig
 
 from vitmsn.export.validation import metrics as dm
 from vitmsn.export.validation.gates import Gates, GateResult
@@ -163,7 +163,7 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
                 path = manifest.verify(e)
                 targets.append(Target("onnxruntime", precision, e.file, _ort_factory(path, precision), variant))
     if backend in ("all", "tensorrt"):
-        from vitmsn.runtime.selection import engine_choices
+        from vitmsn.runtime.backends.registry import engine_choices
 
         runnable, why_not = engine_choices(manifest, None)
         for entry in runnable:
@@ -171,7 +171,7 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
                 continue
             path = manifest.verify(entry)
             targets.append(Target(entry.target, entry.precision, entry.file, _trt_factory(path, entry)))
-        from vitmsn.runtime import device
+        from vitmsn.runtime.backends import device
 
         if why_not and not device.cuda_gpus():  # one reason, not one per engine, and no rebuild that cannot help
             files = ", ".join(e.file for e in manifest.engines)
@@ -194,7 +194,7 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
 
 
 def _ort_factory(path: Path, precision: str) -> Callable[[], Any]:
-    from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+    from vitmsn.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
     # No spin-waiting: backends take turns on each batch, and a spinning idle session steals the
     # cores the next one (or PyTorch) needs.
@@ -204,7 +204,7 @@ def _ort_factory(path: Path, precision: str) -> Callable[[], Any]:
 def _openvino_targets(manifest: Manifest, wanted: list[str] | None) -> tuple[list[Target], str]:
     """OpenVINO on the CPU: fp32 (f32), bf16 (BF16 inference where the CPU has it) and int8 (the Q/DQ graph),
     each with the inference precision the runtime would use here."""
-    from vitmsn.runtime.openvino_runner import OpenVINORunner, inference_precision_for, openvino_available
+    from vitmsn.runtime.backends.openvino import OpenVINORunner, inference_precision_for, openvino_available
 
     if not openvino_available():
         return [], "OpenVINO is not installed (pip install 'vitmsn[openvino]')"
@@ -221,7 +221,7 @@ def _openvino_targets(manifest: Manifest, wanted: list[str] | None) -> tuple[lis
 
 
 def _trt_factory(path: Path, entry: EngineEntry) -> Callable[[], Any]:
-    from vitmsn.runtime.tensorrt_runner import TensorRTRunner
+    from vitmsn.runtime.backends.tensorrt import TensorRTRunner
 
     return lambda: TensorRTRunner(path, entry)
 

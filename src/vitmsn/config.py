@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 SUBCOMMANDS = ("predict", "validate", "bench", "inspect", "triton", "serve")
 # Keys whose values are paths: resolved against the config file's directory.

@@ -1,6 +1,6 @@
 """Console-script entry points: install the SIGINT/SIGTERM handlers before anything else is imported.
 
-Standard library only up to :func:`vitmsn.interrupts.install`, so an interrupt that lands while
+Standard library only up to :func:`vitmsn.core.interrupts.install`, so an interrupt that lands while
 the command's modules load (click, torch, ...) ends in exit 130/143 rather than a traceback.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from vitmsn import interrupts
+from vitmsn.core import interrupts
 
 
 def _run(name: str) -> None:

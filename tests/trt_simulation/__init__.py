@@ -89,7 +89,7 @@ def install(monkeypatch: Any = None, gpus: tuple[SimGpu, ...] | list[SimGpu] = (
         p.setitem(sys.modules, name, module)
     p.setitem(sys.modules, "tensorrt", tensorrt_module(state, real, "tensorrt"))
     p.setitem(sys.modules, "tensorrt_rtx", tensorrt_module(state, real, "tensorrt-rtx"))
-    from vitmsn.runtime import device
+    from vitmsn.runtime.backends import device
 
     driver = SimDriver(state)
     p.setattr(device, "_libcuda", lambda: driver)

@@ -62,7 +62,7 @@ class cudaStreamCaptureMode(enum.IntEnum):
 
 
 class SimDriver:
-    """The CUDA driver as ``vitmsn.runtime.device`` calls it through ctypes (``cuInit``,
+    """The CUDA driver as ``vitmsn.runtime.backends.device`` calls it through ctypes (``cuInit``,
     ``cuDeviceGetCount``, ...). Like the real driver it honours ``CUDA_VISIBLE_DEVICES``."""
 
     def __init__(self, state: SimState) -> None:

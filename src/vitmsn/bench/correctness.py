@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from vitmsn.export.fp32.tolerances import ATOL_FP32, RTOL_FP32  # the export's own parity rule
-from vitmsn.export.validation.metrics import cosine_similarity
+from vitmsn.export.validation import metrics as drift
 
 
 
@@ -90,19 +90,18 @@ def compare_outputs(outputs: dict[str, np.ndarray], reference: dict[str, np.ndar
         if not np.isfinite(got).all():
             problems.append(f"{name}: non-finite values")
             continue
-        diff = np.abs(got - ref)
-        cos = cosine_similarity(got, ref)  # the drift metrics' own definition, shared by every comparison
-        m = {"max_abs": float(diff.max()), "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
-        if ref.ndim == 2 and name == "logits":
-            m["top1_agreement"] = float((got.argmax(-1) == ref.argmax(-1)).mean())
+        per = drift.per_image(got, ref, classification=ref.ndim == 2 and name == "logits")  # the verdict's figures
+        cos = per["cosine"]
+        m = {"max_abs": float(per["max_abs"].max()), "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())}
+        if "top1_agree" in per:
+            m["top1_agreement"] = float(per["top1_agree"].mean())
         metrics[name] = m
         if tol.outputs is not None and name not in tol.outputs:
             continue
         if tol.atol is not None:
-            limit = tol.atol + (tol.rtol or 0.0) * np.abs(ref)
-            bad = diff > limit
-            if bad.any():
-                problems.append(f"{name}: {int(bad.sum())} elements outside {tol.describe()} (max abs {diff.max():.3g})")
+            bad = int(drift.allclose_violations(got, ref, tol.atol, tol.rtol or 0.0).sum())
+            if bad:
+                problems.append(f"{name}: {bad} elements outside {tol.describe()} (max abs {m['max_abs']:.3g})")
         if tol.min_cosine is not None and cos.min() < tol.min_cosine:
             problems.append(f"{name}: cosine {cos.min():.6f} < {tol.min_cosine:g}")
         if tol.nearest_own and len(ref) > 1:

@@ -13,21 +13,15 @@ ORT_FUSED = "onnxruntime_optimized"  # the manifest key (inside precisions["fp32
 
 def mark_runtime_choices(rows: list[dict[str, Any]], manifest: Any) -> None:
     """``runtime_choice``: the row runs the graph the runtime loads for its backend and precision on this
-    device (ONNX Runtime CPU: the fused FP32 graph and the CPU INT8 flavour, one session; OpenVINO: every row,
-    its inference precision being the one the runtime picks for that precision). The INT8 warning compares these."""
-    from vitmsn.runtime.cpu import vnni_capable
-    from vitmsn.runtime.openvino_runner import inference_precision_for
-
-    def ort_cpu_variant(precision: str) -> str:
-        entry = manifest.precisions.get(precision)
-        flavour = entry.cpu_flavour if entry is not None else None
-        if flavour is None or (flavour.extra.get("needs_vnni") and not vnni_capable()):
-            return ""
-        return "onnxruntime_cpu" if "onnxruntime_cpu" in entry.flavours else ORT_FUSED
+    device (the registry's rule: ONNX Runtime CPU: the precision's CPU flavour, one session; OpenVINO: the
+    inference precision the runtime picks for that precision). The INT8 warning compares these rows."""
+    from vitmsn.runtime.backends.registry import cpu_flavour, inference_precision_for
 
     for r in rows:
         if r["backend"] == "onnxruntime" and r["device"] == "cpu":
-            r["runtime_choice"] = r.get("sessions", 1) == 1 and r["variant"] == ort_cpu_variant(r["precision"])
+            entry = manifest.precisions.get(r["precision"])
+            flavour = (cpu_flavour(entry) if entry is not None else None) or ""
+            r["runtime_choice"] = r.get("sessions", 1) == 1 and r["variant"] == flavour
         elif r["backend"] == "openvino":
             r["runtime_choice"] = r["variant"] == f"inference {inference_precision_for(r['precision'])}"
         else:

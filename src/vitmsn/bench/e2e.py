@@ -1,7 +1,7 @@
 """The end-to-end rows: JPEG bytes in, through the runtime's own overlapped preprocessing.
 
 One end-to-end call runs a stream of ``STREAM_BATCHES`` batches of distinct JPEGs the way
-``Predictor.predict`` does (:func:`vitmsn.runtime.prefetch.preprocess_ahead`): batch k+1 is decoded,
+``Predictor.predict`` does (:func:`vitmsn.runtime.images.prefetch.preprocess_ahead`): batch k+1 is decoded,
 resized and normalised on the preprocessing threads while batch k is inferred. Its latency
 figures are per batch, amortised over the stream (call time / ``STREAM_BATCHES``), so an end-to-end
 row reads against the model-only row of the same backend and batch size.
@@ -18,7 +18,7 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from typing import Any, Callable, Sequence
 
-from vitmsn.runtime.prefetch import preprocess_ahead
+from vitmsn.runtime.images.prefetch import preprocess_ahead
 
 from .timing import LatencyStats
 

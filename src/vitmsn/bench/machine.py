@@ -61,7 +61,7 @@ def cpu_info(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
 
 
 def gpu_info() -> list[dict[str, str]]:
-    from vitmsn.runtime import device
+    from vitmsn.runtime.backends import device
 
     return [{"index": str(g.index), "name": g.name, "compute_capability": g.compute_capability}
             for g in device.cuda_gpus()]

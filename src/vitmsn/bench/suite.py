@@ -27,16 +27,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vitmsn.errors import InputError
-from vitmsn.runtime.prefetch import DEFAULT_PREPROCESS_WORKERS
+from vitmsn.core.errors import InputError
+from vitmsn.runtime.images.prefetch import DEFAULT_PREPROCESS_WORKERS
 
 from . import e2e
 from . import machine as machine_info
-from .backends import BenchBackend, OnnxRuntimeBackend, PyTorchBackend, TensorRTBackend
+from .backends import BenchRow, onnxruntime_row, openvino_rows, tensorrt_row, torch_row
 from .ceilings import ceiling_precision, gemm_probes
 from .correctness import compare_outputs, tolerance_for
 from .derived import ORT_FUSED, derive, mark_runtime_choices
 from .inputs import jpeg_images
+from .tensorrt_timing import time_engine
 from .timing import TimingPlan, time_interleaved
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class _Stream:
 
 @dataclass
 class _Prepared:
-    backends: list[BenchBackend] = field(default_factory=list)
+    backends: list[BenchRow] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -147,8 +148,8 @@ def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, t
             if ck is None:
                 skip(backend, precision, device, "the checkpoint named in the manifest is not on this machine")
             elif backend == "pytorch-eager" or opts.wants(backend, precision):  # eager: the baseline of every ratio
-                prep.backends.append(PyTorchBackend(backend, ck.build_model, outputs, precision=precision, device=device,
-                                                    compile_mode=opts.compile_mode))
+                prep.backends.append(torch_row(backend, ck.build_model, outputs, name, precision=precision, device=device,
+                                               compile_mode=opts.compile_mode))
     if not opts.compile:
         skip("pytorch-compile", "fp32", "cpu", "not requested (--compile; compiling takes minutes on small CPUs)")
 
@@ -156,7 +157,7 @@ def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, t
 
     ort_devices = ["cpu"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        from vitmsn.runtime import device as rt_device
+        from vitmsn.runtime.backends import device as rt_device
 
         if rt_device.has_cuda_gpu() and opts.cuda:
             ort_devices.append("cuda")
@@ -178,14 +179,12 @@ def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, t
         for precision, variant, path in graphs:
             if device != "cpu" and variant.endswith("_cpu"):  # a flavour placed for the CPU provider only
                 continue
-            prep.backends.append(OnnxRuntimeBackend(path, name, precision=precision, device=device, threads=threads,
-                                                    variant=variant))
+            prep.backends.append(onnxruntime_row(path, name, precision=precision, device=device, threads=threads,
+                                                 variant=variant))
             if device == "cpu" and opts.data_parallel and threads > 1 and variant in (ORT_FUSED, "onnxruntime_cpu"):
-                prep.backends.append(OnnxRuntimeBackend(path, name, precision=precision, device=device, threads=threads,
-                                                        variant=variant, sessions=threads))
-    from .openvino_backend import openvino_backends
-
-    ov_rows, ov_reason = openvino_backends(manifest, name, threads, opts.wants)
+                prep.backends.append(onnxruntime_row(path, name, precision=precision, device=device, threads=threads,
+                                                     variant=variant, sessions=threads))
+    ov_rows, ov_reason = openvino_rows(manifest, name, threads, opts.wants)
     prep.backends += ov_rows
     if ov_reason:
         skip("openvino", "*", "cpu", ov_reason)
@@ -193,13 +192,12 @@ def prepare_backends(manifest: Any, ck: Any, opts: BenchOptions, threads: int, t
         skip("tensorrt", "*", "cuda", "the artifacts hold no TensorRT engine (vitmsn-export --engine require)")
     for entry in manifest.engines:
         if opts.wants("tensorrt", entry.precision):
-            prep.backends.append(TensorRTBackend(manifest.verify(entry), entry, name, streams=opts.trt_streams,
-                                                 cuda_graphs=opts.cuda_graphs))
+            prep.backends.append(tensorrt_row(manifest.verify(entry), entry, name))
     return prep
 
 
 def _open_and_check(prep: _Prepared, x: np.ndarray, reference: dict[str, np.ndarray] | None,
-                    say: Callable[[str], None]) -> tuple[list[BenchBackend], dict[int, dict[str, Any]]]:
+                    say: Callable[[str], None]) -> tuple[list[BenchRow], dict[int, dict[str, Any]]]:
     """Open every backend and run the spot check; failures to open become skipped rows."""
     opened, checks = [], {}
     for b in prep.backends:
@@ -220,28 +218,29 @@ def _open_and_check(prep: _Prepared, x: np.ndarray, reference: dict[str, np.ndar
     return opened, checks
 
 
-def _row(b: BenchBackend, mode: str, batch: int, stats: Any, throughput: float, check: dict[str, Any],
+def _row(b: BenchRow, mode: str, batch: int, stats: Any, throughput: float, check: dict[str, Any],
          extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"backend": b.backend, "precision": b.precision, "batch_size": batch, "throughput": round(throughput, 3),
             "latency_ms": stats.to_dict(), "device": b.device, "variant": b.variant, "mode": mode,
-            "sessions": getattr(b, "sessions", 1),
+            "sessions": b.sessions,
             "correctness": check, **b.info(), **(extra or {})}
 
 
-def _time_batch(backends: list[BenchBackend], checks: dict[int, dict[str, Any]], mode: str, batch: int,
+def _time_batch(backends: list[BenchRow], checks: dict[int, dict[str, Any]], mode: str, batch: int,
                 x: np.ndarray, stream: _Stream, plan: TimingPlan, prep: _Prepared,
-                say: Callable[[str], None], gemm: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                say: Callable[[str], None], gemm: dict[str, Any] | None = None, trt_streams: int = 2,
+                cuda_graphs: bool = True) -> list[dict[str, Any]]:
     rows, timed, calls = [], [], []
     jpegs = stream.jpegs[:batch * e2e.STREAM_BATCHES]
     for b in backends:
-        if isinstance(b, TensorRTBackend) and not b.supports_batch(batch):
+        if not b.supports_batch(batch):
             prep.skipped.append({"backend": b.backend, "precision": b.precision, "device": b.device, "variant": b.variant,
                                  "reason": f"batch {batch} is outside the engine's profile", "batch_size": batch})
             continue
-        if isinstance(b, TensorRTBackend) and mode == "model":
+        if b.backend == "tensorrt" and mode == "model":
             say(f"timing {b.label} batch {batch} (CUDA events)")
-            try:
-                t = b.measure(batch, plan)
+            try:  # the runner opened above: one deserialization
+                t = time_engine(b.runner, b.input_name, batch, plan, streams=trt_streams, cuda_graphs=cuda_graphs)
             except Exception as exc:  # the unverified TensorRT timing path must not sink the other rows
                 prep.skipped.append({"backend": b.backend, "precision": b.precision, "device": b.device, "variant": b.variant,
                                      "reason": f"timing failed: {type(exc).__name__}: {exc}"[:500], "batch_size": batch})
@@ -288,7 +287,7 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
     import torch
 
     from vitmsn.runtime.manifest import Manifest
-    from vitmsn.runtime.preprocess import PreprocessConfig
+    from vitmsn.runtime.images.preprocess import PreprocessConfig
 
     manifest = Manifest.load(artifacts)
     threads = opts.threads or machine_info.available_cpus()
@@ -315,7 +314,7 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
                     ceilings[f"cuda-{'fp32' if dtype == 'float32' else 'fp16'}"] = c
         reference_out = None
         if ck is not None:
-            reference = PyTorchBackend("pytorch-eager", ck.build_model, manifest.output_names)
+            reference = torch_row("pytorch-eager", ck.build_model, manifest.output_names, manifest.input_name)
             reference.open()
             reference_out = reference.infer(check_x)
             reference.close()
@@ -328,7 +327,8 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
             for mode in MODES if opts.e2e else ("model",):
                 for batch in opts.batch_sizes:
                     x = preprocess.batch(rng_images[:batch])
-                    rows += _time_batch(backends, checks, mode, batch, x, stream, opts.plan, prep, say, gemm)
+                    rows += _time_batch(backends, checks, mode, batch, x, stream, opts.plan, prep, say, gemm,
+                                        opts.trt_streams, opts.cuda_graphs)
         finally:
             pool.shutdown(wait=True)
             for b in backends:

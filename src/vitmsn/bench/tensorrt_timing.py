@@ -55,7 +55,7 @@ class _Context:
     """One execution context with its stream, device buffers and (optionally) a captured graph."""
 
     def __init__(self, trt_module: Any, cudart: Any, engine: "trt.ICudaEngine", x: np.ndarray, context: Any) -> None:
-        from vitmsn.runtime.tensorrt_runner import check_cuda
+        from vitmsn.runtime.backends.tensorrt import check_cuda
 
         self.cudart, self.check = cudart, check_cuda
         self.buffers: list[Any] = []
@@ -73,7 +73,7 @@ class _Context:
 
     def _bind(self, trt_module: Any, engine: "trt.ICudaEngine", x: np.ndarray) -> None:
         """Profile 0, the input shape, and a device buffer for every I/O tensor (input filled with ``x``)."""
-        from vitmsn.runtime.tensorrt_runner import np_dtype
+        from vitmsn.runtime.backends.tensorrt import np_dtype
 
         cudart, context = self.cudart, self.context
         assert context is not None
@@ -144,7 +144,7 @@ class _Context:
 
 
 def _event_latencies(ctx: _Context, n: int) -> list[float]:
-    from vitmsn.runtime.tensorrt_runner import check_cuda
+    from vitmsn.runtime.backends.tensorrt import check_cuda
 
     cudart = ctx.cudart
     start = check_cuda(cudart.cudaEventCreate(), "cudaEventCreate")
@@ -165,10 +165,10 @@ def _event_latencies(ctx: _Context, n: int) -> list[float]:
 
 def time_engine(runner: Any, input_name: str, batch: int, plan: TimingPlan, *,
                 streams: int = 2, cuda_graphs: bool = True, seed: int = 0) -> EngineTiming:
-    """Time the engine of an ACTIVE :class:`~vitmsn.runtime.tensorrt_runner.TensorRTRunner`: its
+    """Time the engine of an ACTIVE :class:`~vitmsn.runtime.backends.tensorrt.TensorRTRunner`: its
     deserialized engine is reused (checked once against this machine, deserialized once, and for
     TensorRT-RTX compiled once), with timing contexts of its own on the runner's device."""
-    from vitmsn.runtime.tensorrt_runner import check_cuda
+    from vitmsn.runtime.backends.tensorrt import check_cuda
 
     trt_module, cudart, engine = runner.engine_handles()
     check_cuda(cudart.cudaSetDevice(runner.gpu_index), "cudaSetDevice")

@@ -25,9 +25,9 @@ def export_main() -> None:
     from .extras import require
 
     require("'vitmsn-export'", "click")
-    from vitmsn.interrupts import deferred
+    from vitmsn.core.interrupts import deferred
 
-    with deferred():  # click, torch and ONNX tooling load here: a signal waits until they have (vitmsn.interrupts)
+    with deferred():  # click, torch and ONNX tooling load here: a signal waits until they have (vitmsn.core.interrupts)
         from .export_cmd import main as export_cmd_main
 
     export_cmd_main()

@@ -69,7 +69,7 @@ def command(artifacts: Path | None, backends: tuple[str, ...], precisions: tuple
     from vitmsn.bench.report import markdown, write_reports
     from vitmsn.bench.suite import BenchOptions, run_bench
     from vitmsn.bench.timing import TimingPlan
-    from vitmsn.errors import ValidationFailed
+    from vitmsn.core.errors import ValidationFailed
 
     if "all" in backends:
         backends = ()

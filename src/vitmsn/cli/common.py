@@ -9,8 +9,8 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from vitmsn.errors import InputError, ValidationFailed
-from vitmsn.interrupts import exit_code_of, received
+from vitmsn.core.errors import InputError, ValidationFailed
+from vitmsn.core.interrupts import exit_code_of, received
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,7 +22,7 @@ NO_ARTIFACTS = ("ARTIFACTS is required: pass the artifacts directory, or set out
 def handle_errors(func: F) -> F:
     """Map vitmsn's errors to the contract's exit codes, each with a one-line message and no traceback:
     InputError -> 2, ValidationFailed -> 1, a missing optional package -> 2 with the one-line install hint,
-    SIGINT -> 130 and SIGTERM -> 143 (:mod:`vitmsn.interrupts`; every ``finally`` has run by then, so what
+    SIGINT -> 130 and SIGTERM -> 143 (:mod:`vitmsn.core.interrupts`; every ``finally`` has run by then, so what
     the command was writing is removed)."""
 
     @functools.wraps(func)
@@ -35,7 +35,7 @@ def handle_errors(func: F) -> F:
         except ValidationFailed as exc:
             click.echo(f"FAILED: {exc}", err=True)
             sys.exit(EXIT_FAILED_GATE)
-        except KeyboardInterrupt as exc:  # vitmsn.interrupts.Interrupted, or Python's own SIGINT handler
+        except KeyboardInterrupt as exc:  # vitmsn.core.interrupts.Interrupted, or Python's own SIGINT handler
             exit_interrupted(exc)
         except ModuleNotFoundError as exc:
             from .extras import EXTRA_OF, install_hint

@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 
 import vitmsn
-from vitmsn import interrupts
+from vitmsn.core import interrupts
 from vitmsn.config import Defaults, load_defaults
-from vitmsn.errors import InputError, ValidationFailed
+from vitmsn.core.errors import InputError, ValidationFailed
 
 from .common import EXIT_USAGE, exit_interrupted, handle_errors
 
@@ -96,7 +96,7 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
 
     Exit codes: 0 success; 1 artifacts written but a check or drift gate failed; 2 bad usage or input.
     """
-    from vitmsn.progress import console, say
+    from vitmsn.core.progress import console, say
 
     say(f"vitmsn-export {vitmsn.__version__}: starting (loading PyTorch and ONNX tooling)")
     _our_log_lines(verbose)
@@ -117,7 +117,7 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
         raise click.BadParameter(str(exc), param_hint="--batch") from None
     background = None
     if alpha_background is not None:
-        from vitmsn.runtime.preprocess import parse_background
+        from vitmsn.runtime.images.preprocess import parse_background
 
         try:
             background = parse_background(alpha_background)
@@ -125,8 +125,8 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
             raise click.BadParameter(str(exc), param_hint="--alpha-background") from None
 
     try:
-        with interrupts.deferred():  # torch and the other C++ extensions: see vitmsn.interrupts
-            from vitmsn.progress import Heartbeat
+        with interrupts.deferred():  # torch and the other C++ extensions: see vitmsn.core.interrupts
+            from vitmsn.core.progress import Heartbeat
             from vitmsn.export.validation.gates import Gates
             from vitmsn.export.engines.builder import EngineOptions
             from vitmsn.export.pipeline import ExportOptions, run_export
@@ -168,7 +168,7 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
 
 def _summary(stages: list, notes: list[str]) -> None:
     """The whole stage table, passed or failed, then the notes."""
-    from vitmsn.progress import say, stage_table
+    from vitmsn.core.progress import say, stage_table
 
     if stages:
         say(stage_table(stages))
@@ -178,7 +178,7 @@ def _summary(stages: list, notes: list[str]) -> None:
 
 class _ConsoleHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        from vitmsn.progress import say
+        from vitmsn.core.progress import say
 
         say(f"{record.levelname.lower()}: {record.name}: {record.getMessage()}")
 

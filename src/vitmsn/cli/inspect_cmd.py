@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.runtime.manifest import FileRef, Manifest, TensorSpec
 
 from .common import artifacts_argument, handle_errors, need_artifacts

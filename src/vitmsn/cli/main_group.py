@@ -10,7 +10,7 @@ import importlib
 import click
 
 import vitmsn
-from vitmsn.interrupts import deferred
+from vitmsn.core.interrupts import deferred
 
 # command name -> module under vitmsn.cli that defines `command`
 COMMANDS = {
@@ -40,7 +40,7 @@ class LazyGroup(click.Group):
         if module is None:
             return None
         try:
-            with deferred():  # a command module may load C++ extensions: see vitmsn.interrupts
+            with deferred():  # a command module may load C++ extensions: see vitmsn.core.interrupts
                 mod = importlib.import_module(f"vitmsn.cli.{module}")
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("vitmsn.cli"):
@@ -89,7 +89,7 @@ def main() -> None:
     from pathlib import Path
 
     from vitmsn.config import Defaults, load_defaults
-    from vitmsn.errors import InputError
+    from vitmsn.core.errors import InputError
 
     # Only the command being run reads its config table, so a broken optional command never
     # stops the others.

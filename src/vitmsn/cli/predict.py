@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from vitmsn.cli.common import EXIT_USAGE, handle_errors, need_artifacts
-from vitmsn.runtime.image_read import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_FILE_BYTES
+from vitmsn.runtime.images.read import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_FILE_BYTES
 
 
 def _entries(inputs: tuple[str, ...], results: list[Any]) -> list[dict[str, Any]]:
@@ -55,7 +55,7 @@ def format_table(entries: list[dict[str, Any]]) -> str:
 def _read_stdin_if_dash(images: tuple[str, ...], limit: int) -> list[Any]:
     """The inputs with ``-`` replaced by stdin's bytes (read once, at most ``limit``), or by the
     ImageError saying why stdin could not be used."""
-    from vitmsn.runtime.image_read import ImageError, read_capped
+    from vitmsn.runtime.images.read import ImageError, read_capped
 
     data: Any = None
     out: list[Any] = []
@@ -93,7 +93,7 @@ def split_arguments(paths: tuple[str, ...], artifacts: str | None) -> tuple[Path
 def expand_directories(images: tuple[str, ...]) -> tuple[str, ...]:
     """Each directory replaced by its image files (recursive, sorted); an empty one is an error."""
     from vitmsn.calibration.images import IMAGE_EXTENSIONS, discover_images
-    from vitmsn.errors import InputError
+    from vitmsn.core.errors import InputError
 
     out: list[str] = []
     for image in images:
@@ -130,7 +130,7 @@ def command(paths: tuple[str, ...], artifacts: str | None, backend: str, precisi
             batch_size: int | None, threads: int | None, draft: bool, max_image_bytes: int, max_decode_mb: float) -> None:
     """Top-k labels for IMAGE... (files, directories of images; '-' reads one image from stdin) from the exported
     ARTIFACTS."""
-    from vitmsn.errors import InputError
+    from vitmsn.core.errors import InputError
     from vitmsn.runtime import Predictor
 
     artifacts_dir, given = split_arguments(paths, artifacts)

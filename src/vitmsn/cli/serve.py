@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from vitmsn.runtime.image_read import DEFAULT_MAX_DECODE_BYTES
+from vitmsn.runtime.images.read import DEFAULT_MAX_DECODE_BYTES
 
 from .common import artifacts_argument, handle_errors, need_artifacts
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from vitmsn.errors import ValidationFailed
+from vitmsn.core.errors import ValidationFailed
 
 from .common import artifacts_argument, handle_errors, need_artifacts
 
@@ -66,9 +66,9 @@ def command(artifacts: Path | None, repo: Path, name: str, precision: str, forma
     --allow-failed-gates).
     """
     artifacts = need_artifacts(artifacts)
-    from vitmsn.interrupts import deferred
+    from vitmsn.core.interrupts import deferred
 
-    with deferred():  # see vitmsn.interrupts
+    with deferred():  # see vitmsn.core.interrupts
         from vitmsn.serving.triton import TritonOptions, write_triton_repository
         from vitmsn.serving.triton_check import check_repository, missing_packages
 

@@ -63,10 +63,10 @@ def command(artifacts: Path | None, images: Path | None, labels: Path | None, pr
     {defaults}
     """
     artifacts = need_artifacts(artifacts)
-    from vitmsn.errors import InputError, ValidationFailed
-    from vitmsn.interrupts import deferred, import_deferred
+    from vitmsn.core.errors import InputError, ValidationFailed
+    from vitmsn.core.interrupts import deferred, import_deferred
 
-    with deferred():  # torch and the other C++ extensions: see vitmsn.interrupts
+    with deferred():  # torch and the other C++ extensions: see vitmsn.core.interrupts
         from vitmsn.export.validation.gates import Gates
         from vitmsn.export.validation.drift_report import VALIDATION_STAGE, read_previous, write_drift_reports
         from vitmsn.export.validation.validate import validate_artifacts

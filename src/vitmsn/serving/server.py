@@ -57,9 +57,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.runtime.batching import BatcherClosed, QueueFull
-from vitmsn.runtime.image_read import DEFAULT_MAX_DECODE_BYTES
+from vitmsn.runtime.images.read import DEFAULT_MAX_DECODE_BYTES
 
 from .http_timeouts import header_timeout_protocol
 from .metrics import MetricsMiddleware, ServerMetrics

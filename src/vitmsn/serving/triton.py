@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitmsn.errors import InputError
-from vitmsn.interrupts import deferred
+from vitmsn.core.errors import InputError
+from vitmsn.core.interrupts import deferred
 from vitmsn.runtime.manifest import EngineEntry, Manifest
 
 from .pbtxt import Enum, to_pbtxt

@@ -83,7 +83,7 @@ def _runner(spec: dict[str, Any], path: str) -> Any:
     """vitmsn's runner for ``spec["runtime"]``."""
     runtime = spec.get("runtime", "onnxruntime")
     if runtime == "onnxruntime":
-        from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
+        from vitmsn.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(path, precision=spec.get("precision", "fp32"), providers="auto",
                                  intra_op_threads=spec.get("threads"))

@@ -2,7 +2,7 @@
 
 ``vitmsn triton`` copies this file to ``<name>_preprocess/1/model.py`` beside ``preprocess.json``
 (the artifacts manifest's ``preprocess`` block). It runs vitmsn's own preprocessing
-(:class:`vitmsn.runtime.preprocess.PreprocessConfig`: EXIF orientation, RGB conversion, resize,
+(:class:`vitmsn.runtime.images.preprocess.PreprocessConfig`: EXIF orientation, RGB conversion, resize,
 rescale, normalize), the one definition used by calibration, validation and ``vitmsn serve``,
 so the Python backend's environment needs ``pip install vitmsn`` (numpy and Pillow only).
 
@@ -26,7 +26,7 @@ class TritonPythonModel:
         global pb_utils
         import triton_python_backend_utils as _pb_utils
 
-        from vitmsn.runtime.preprocess import PreprocessConfig
+        from vitmsn.runtime.images.preprocess import PreprocessConfig
 
         pb_utils = _pb_utils
         config = json.loads(args["model_config"])
@@ -39,7 +39,7 @@ class TritonPythonModel:
         self.output_dtype = pb_utils.triton_string_to_numpy(output["data_type"])
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        from vitmsn.errors import InputError
+        from vitmsn.core.errors import InputError
 
         responses = []
         for request in requests:

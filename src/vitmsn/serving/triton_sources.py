@@ -4,8 +4,8 @@
   allows it (``--allow-failed-gates``): a repository is something users deploy as is.
 * CPU instances get the CPU-placed graph where the artifacts have one (``onnxruntime_cpu``: INT8
   quantized for ONNX Runtime's CPU kernels; ``onnxruntime_optimized``: FP32 with ONNX Runtime's
-  fusions), the same choice as ``vitmsn.runtime.selection`` makes on a CPU; GPU instances the
-  exported graph.
+  fusions), the runtime's choice on this CPU (``vitmsn.runtime.backends.registry.cpu_flavour``); GPU
+  instances the exported graph.
 * Dims (and so the number of labels) come from the graph itself, and the manifest's declared
   shapes are checked against it: an edited manifest cannot make the writer allocate or declare
   what the model does not produce.
@@ -16,10 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
+from vitmsn.runtime.backends.registry import cpu_flavour
 from vitmsn.runtime.manifest import MANIFEST_NAME, FlavourEntry, Manifest, PrecisionEntry
-
-CPU_FLAVOURS = ("onnxruntime_cpu", "onnxruntime_optimized")
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,9 @@ def served_graph(manifest: Manifest, precision: str, on_cpu: bool, notes: list[s
     """The ONNX graph a model of ``precision`` serves: the CPU-placed flavour on CPU instances."""
     manifest.onnx_path(precision)  # raises, naming what the manifest has, when the precision is absent
     entry = manifest.precisions[precision]
-    flavour = entry.cpu_flavour
-    if on_cpu and flavour is not None:
+    key = cpu_flavour(entry) if on_cpu else None  # the graph the runtime loads on this CPU
+    if key is not None:
+        flavour = entry.flavours[key]
         failed = failed_stages(flavour)
         if not failed:
             notes.append(f"{precision} on CPU instances: serving {flavour.file}, the CPU-placed graph "

@@ -1,7 +1,8 @@
-"""The ten TensorRT-side defects of issue 15, one test each, against the SIMULATED CUDA/TensorRT
-runtimes (tests/trt_simulation) where a GPU would be needed, and the real TensorRT-RTX builder
-where one builds. Simulation tests are not GPU evidence: they check what vitmsn asks of TensorRT
-and CUDA against their documented contracts. Each test failed on the code before the fix."""
+"""TensorRT engines from build to run: which GPU and release may load an engine, freeing on failure,
+refused options, driver-reported GPUs, one deserialization per bench, timing and runtime caches, and
+auto's fallback to ONNX Runtime. Against the SIMULATED CUDA/TensorRT runtimes (tests/trt_simulation)
+where a GPU would be needed, and the real TensorRT-RTX builder where one builds. Simulation tests are
+not GPU evidence: they check what vitmsn asks of TensorRT and CUDA against their documented contracts."""
 
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ import pytest
 from runtime_fixtures import Exported, rt_cls  # noqa: F401
 from sim_fixtures import sim, sim_artifacts  # noqa: F401
 from trt_simulation import DEFAULT_GPU, SimGpu, SimState, install
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 from vitmsn.export.engines.builder import EngineOptions, builder_status, engine_from_onnx
 from vitmsn.export.fp32.spec import BatchRange
 from vitmsn.runtime import Predictor
 from vitmsn.runtime.manifest import Manifest
-from vitmsn.runtime.tensorrt_runner import TensorRTRunner
+from vitmsn.runtime.backends.tensorrt import TensorRTRunner
 
 X = np.random.default_rng(3).standard_normal((3, 3, 48, 48)).astype(np.float32)
 ADA = SimGpu("Simulated NVIDIA RTX 4000 Ada", "8.9")
@@ -50,7 +51,7 @@ def _gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *gpus: SimGpu) -> Sim
 
 def _clean(state: SimState) -> None:
     gc.collect()
-    from vitmsn.runtime import device
+    from vitmsn.runtime.backends import device
 
     device.cuda_gpus.cache_clear()
     assert state.violations == [] and state.leaks() == [], (state.violations, state.leaks())
@@ -61,16 +62,16 @@ def _build(onnx: Path, out: Path, **kw) -> object:
                             options=EngineOptions(batch=BatchRange(1, 4, 8), progress=False, **kw))
 
 
-# 1 ---------------------------------------------------------------------------------------------
-def test_1_version_compatible_engine_loads_with_host_code_allowed(sim: SimState, rt_cls: Exported, tmp_path: Path) -> None:
+# ------------------------------------------------------------------------------------------------
+def test_version_compatible_engine_loads_with_host_code_allowed(sim: SimState, rt_cls: Exported, tmp_path: Path) -> None:
     art = sim_artifacts(rt_cls.artifacts, tmp_path / "a", version="11.3.0", version_compatible=True)
     with _runner(art) as runner:  # built by 11.3, run by 11.4: only as a version-compatible engine
         out = runner.infer({"pixel_values": X})
     assert np.allclose(out["logits"], _reference(rt_cls)["logits"], atol=1e-4)
 
 
-# 2 ---------------------------------------------------------------------------------------------
-def test_2_compute_capability_comes_from_the_driver_and_rtx_records_real_targets(
+# ------------------------------------------------------------------------------------------------
+def test_compute_capability_comes_from_the_driver_and_rtx_records_real_targets(
         monkeypatch: pytest.MonkeyPatch, rt_cls: Exported, tmp_path: Path) -> None:
     state = _gpus(monkeypatch, tmp_path, ADA)
     from vitmsn.export.engines import builder
@@ -85,8 +86,8 @@ def test_2_compute_capability_comes_from_the_driver_and_rtx_records_real_targets
     _clean(state)
 
 
-# 3 ---------------------------------------------------------------------------------------------
-def test_3_the_check_looks_at_the_runners_own_gpu(monkeypatch: pytest.MonkeyPatch, rt_cls: Exported, tmp_path: Path) -> None:
+# ------------------------------------------------------------------------------------------------
+def test_the_check_looks_at_the_runners_own_gpu(monkeypatch: pytest.MonkeyPatch, rt_cls: Exported, tmp_path: Path) -> None:
     state = _gpus(monkeypatch, tmp_path, DEFAULT_GPU, ADA)  # GPU 0 is 8.6, GPU 1 is 8.9
     art = sim_artifacts(rt_cls.artifacts, tmp_path / "a", compute_capabilities=("8.9",))
     with _runner(art, gpu_index=1) as runner:
@@ -96,9 +97,9 @@ def test_3_the_check_looks_at_the_runners_own_gpu(monkeypatch: pytest.MonkeyPatc
     _clean(state)
 
 
-# 4 ---------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fault", ["third_malloc", "data_dependent_output"])
-def test_4_failed_activation_frees_everything(monkeypatch: pytest.MonkeyPatch, rt_cls: Exported, tmp_path: Path,
+def test_failed_activation_frees_everything(monkeypatch: pytest.MonkeyPatch, rt_cls: Exported, tmp_path: Path,
                                               fault: str) -> None:
     state = _gpus(monkeypatch, tmp_path, DEFAULT_GPU)
     extra = {"data_dependent_outputs": ("embedding",)} if fault == "data_dependent_output" else {}
@@ -113,7 +114,7 @@ def test_4_failed_activation_frees_everything(monkeypatch: pytest.MonkeyPatch, r
     _clean(state)  # the stream, the device and the pinned buffers were all released
 
 
-def test_4_deactivation_selects_the_runners_device_first(monkeypatch: pytest.MonkeyPatch, rt_cls: Exported,
+def test_deactivation_selects_the_runners_device_first(monkeypatch: pytest.MonkeyPatch, rt_cls: Exported,
                                                           tmp_path: Path) -> None:
     state = _gpus(monkeypatch, tmp_path, DEFAULT_GPU, SimGpu("Simulated NVIDIA RTX A4000 #2", "8.6"))
     art = sim_artifacts(rt_cls.artifacts, tmp_path / "a")
@@ -127,8 +128,8 @@ def test_4_deactivation_selects_the_runners_device_first(monkeypatch: pytest.Mon
     _clean(state)  # TensorRT objects destroyed with their own device current, buffers freed there
 
 
-# 5 ---------------------------------------------------------------------------------------------
-def test_5_bad_engine_options_exit_2_before_anything_is_written(tmp_path: Path) -> None:
+# ------------------------------------------------------------------------------------------------
+def test_bad_engine_options_exit_2_before_anything_is_written(tmp_path: Path) -> None:
     from checkpoints import TINY_CONFIG, save_transformers
 
     save_transformers(tmp_path / "ck", **TINY_CONFIG)
@@ -142,12 +143,12 @@ def test_5_bad_engine_options_exit_2_before_anything_is_written(tmp_path: Path) 
     assert set(tmp_path.iterdir()) == before  # no --out, no staging directory, no ONNX
 
 
-def test_5_the_engine_step_fails_its_stage_on_what_the_bindings_raise(rt_cls: Exported, tmp_path: Path) -> None:
+def test_the_engine_step_fails_its_stage_on_what_the_bindings_raise(rt_cls: Exported, tmp_path: Path) -> None:
     import shutil
 
     from vitmsn.export.fp32.checkpoint import load_checkpoint
     from vitmsn.export.fp32.spec import ExportSpec
-    from vitmsn.export.precisions import engine_step
+    from vitmsn.export.steps import engine_step
 
     shutil.copy(rt_cls.artifacts / "model.fp32.onnx", tmp_path / "model.fp32.onnx")
     ck = load_checkpoint(str(rt_cls.checkpoint))
@@ -159,8 +160,8 @@ def test_5_the_engine_step_fails_its_stage_on_what_the_bindings_raise(rt_cls: Ex
     assert entry is None and not stage.passed and "TypeError" in stage.detail
 
 
-# 6 ---------------------------------------------------------------------------------------------
-def test_6_gpu_presence_is_the_drivers_answer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+# ------------------------------------------------------------------------------------------------
+def test_gpu_presence_is_the_drivers_answer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     state = _gpus(monkeypatch, tmp_path, DEFAULT_GPU)
     assert builder_status("tensorrt").available  # no /dev/nvidiactl here: the driver is what counts
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a container or scheduler that hides every GPU
@@ -171,27 +172,28 @@ def test_6_gpu_presence_is_the_drivers_answer(monkeypatch: pytest.MonkeyPatch, t
     _clean(state)
 
 
-# 7 ---------------------------------------------------------------------------------------------
-def test_7_bench_deserializes_each_engine_once(sim: SimState, rt_cls: Exported, tmp_path: Path) -> None:
-    from vitmsn.bench.backends import TensorRTBackend
+# ------------------------------------------------------------------------------------------------
+def test_bench_deserializes_each_engine_once(sim: SimState, rt_cls: Exported, tmp_path: Path) -> None:
+    from vitmsn.bench.backends import tensorrt_row
+    from vitmsn.bench.tensorrt_timing import time_engine
     from vitmsn.bench.timing import TimingPlan
 
     art = sim_artifacts(rt_cls.artifacts, tmp_path / "a", target="tensorrt-rtx")
     m = Manifest.load(art)
-    backend = TensorRTBackend(m.path_of(m.engines[0].file), m.engines[0], "pixel_values", streams=2)
+    backend = tensorrt_row(m.path_of(m.engines[0].file), m.engines[0], "pixel_values")
     backend.open()
     try:
         backend.infer(X)
         for batch in (1, 4, 8):
-            backend.measure(batch, TimingPlan(warmup=1, iterations=2))
+            time_engine(backend.runner, "pixel_values", batch, TimingPlan(warmup=1, iterations=2), streams=2)
     finally:
         backend.close()
     assert sim.deserializations == 1
     assert sim.jit_compilations == 1  # kernels compiled once, shared by the timing contexts (runtime cache)
 
 
-# 8 ---------------------------------------------------------------------------------------------
-def test_8_timing_cache_refusal_is_handled_and_concurrent_writes_are_merged(
+# ------------------------------------------------------------------------------------------------
+def test_timing_cache_refusal_is_handled_and_concurrent_writes_are_merged(
         monkeypatch: pytest.MonkeyPatch, rt_cls: Exported, tmp_path: Path) -> None:
     state = _gpus(monkeypatch, tmp_path, DEFAULT_GPU)
     from vitmsn.export.engines import builder
@@ -208,8 +210,8 @@ def test_8_timing_cache_refusal_is_handled_and_concurrent_writes_are_merged(
     _clean(state)
 
 
-# 9 ---------------------------------------------------------------------------------------------
-def test_9_rtx_runtime_cache_spares_recompiling(sim: SimState, rt_cls: Exported, tmp_path: Path) -> None:
+# ------------------------------------------------------------------------------------------------
+def test_rtx_runtime_cache_spares_recompiling(sim: SimState, rt_cls: Exported, tmp_path: Path) -> None:
     art = sim_artifacts(rt_cls.artifacts, tmp_path / "a", target="tensorrt-rtx")
     for _ in range(2):  # two process starts, one after the other
         with _runner(art) as runner:
@@ -217,7 +219,7 @@ def test_9_rtx_runtime_cache_spares_recompiling(sim: SimState, rt_cls: Exported,
     assert sim.jit_compilations == 1
 
 
-def test_9_a_refused_rtx_compute_capability_fails_the_build(monkeypatch: pytest.MonkeyPatch, rt_cls: Exported,
+def test_a_refused_rtx_compute_capability_fails_the_build(monkeypatch: pytest.MonkeyPatch, rt_cls: Exported,
                                                             tmp_path: Path) -> None:
     state = _gpus(monkeypatch, tmp_path, DEFAULT_GPU)
     state.faults.refuse_compute_capability = True
@@ -227,8 +229,8 @@ def test_9_a_refused_rtx_compute_capability_fails_the_build(monkeypatch: pytest.
     _clean(state)
 
 
-# 10 --------------------------------------------------------------------------------------------
-def test_10_auto_falls_back_when_the_engine_cannot_start(sim: SimState, rt_cls: Exported, tmp_path: Path) -> None:
+# ------------------------------------------------------------------------------------------------
+def test_auto_falls_back_when_the_engine_cannot_start(sim: SimState, rt_cls: Exported, tmp_path: Path) -> None:
     art = sim_artifacts(rt_cls.artifacts, tmp_path / "a")
     sim.faults.malloc_fails_at = 2  # device memory runs out while the engine starts
     with Predictor.from_artifacts(art) as p:
@@ -241,7 +243,7 @@ def test_10_auto_falls_back_when_the_engine_cannot_start(sim: SimState, rt_cls: 
         Predictor.from_artifacts(art, backend="tensorrt")
 
 
-def test_10_one_note_without_a_gpu_and_rebuild_commands_that_keep_every_precision(
+def test_one_note_without_a_gpu_and_rebuild_commands_that_keep_every_precision(
         monkeypatch: pytest.MonkeyPatch, rt_cls: Exported, tmp_path: Path) -> None:
     from vitmsn.runtime.selection import choose
 

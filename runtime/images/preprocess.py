@@ -35,10 +35,10 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 from .decode import DEFAULT_MAX_PIXELS, ImageInput, describe, to_rgb  # noqa: F401  (this module's API too)
-from .image_read import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_FILE_BYTES, ImageError, ReadLimits  # noqa: F401
+from .read import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_FILE_BYTES, ImageError, ReadLimits  # noqa: F401
 
 # transformers' ViTImageProcessor defaults, used (with a warning at export) when a checkpoint has
 # no preprocessor_config.json.

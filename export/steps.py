@@ -35,7 +35,7 @@ from vitmsn.export.precision.fp16 import Fp16Options, fp16_onnx_from_fp32
 from vitmsn.export.precision.int8 import Int8Options, Int8Result, qdq_onnx_from_calibration
 from vitmsn.export.precision.int8_cpu import cpu_int8_onnx_from_calibration
 from vitmsn.export.fp32.spec import ExportSpec
-from vitmsn.progress import activity
+from vitmsn.core.progress import activity
 
 log = logging.getLogger(__name__)
 

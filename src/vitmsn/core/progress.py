@@ -1,6 +1,6 @@
 """Progress for long steps, readable both on a terminal and in CI logs.
 
-* :class:`Console`: where our own lines go (stderr, or the terminal saved by :mod:`vitmsn.chatter`
+* :class:`Console`: where our own lines go (stderr, or the terminal saved by :mod:`vitmsn.core.third_party_output`
   while third-party output is captured into a log file); it remembers when it last wrote.
 * :class:`Progress`: a counter. On a terminal the line is redrawn in place; otherwise (CI, pipes)
   a plain line is printed at most every ``interval`` seconds and once at the end.

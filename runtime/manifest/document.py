@@ -1,7 +1,7 @@
 """manifest.json: the single source of truth of an artifacts directory.
 
 One typed definition, on the runtime side because the runtime must load a manifest without torch:
-:class:`Manifest` holds the entries of :mod:`.manifest_entries`, and the export writes it through
+:class:`Manifest` holds the entries of :mod:`.entries` (declared once, read and written by :mod:`.fields`), and the export writes it through
 the same types. Loading validates every field (type, range, finiteness, and that the preprocess
 block fits the model's input) and refuses an unknown ``schema_version``; a bad field is an
 :class:`InputError` naming the manifest file and the JSON path (exit 2, never a traceback).
@@ -9,28 +9,25 @@ block fits the model's input) and refuses an unknown ``schema_version``; a bad f
 Every file the manifest names, anywhere, is listed by :meth:`Manifest.files` with its SHA-256;
 ``vitmsn inspect --verify`` checks them all (:meth:`Manifest.check_files`) and the loaders check
 what they load (:meth:`Manifest.verify_file`). Paths are relative and stay inside the directory,
-symbolic links included. Writes are atomic (temp file in the same directory, fsync, rename).
+symbolic links included. Writes are atomic (:mod:`.atomic`: temp file in the same directory, fsync, rename).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field as dc_field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
-from .manifest_entries import (FLAVOURS, PRECISIONS, BatchSpec, CalibrationRecord, EngineEntry, FileRef, FlavourEntry,
-                               LogEntry, ModelInfo, PrecisionEntry, PreprocessSpec, ReportFile, TensorSpec, reports_from_json,
-                               reports_to_json)
-from .manifest_fields import Where, field, inside, read_bool, read_int, read_list, read_object, read_str
+from .atomic import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
+from .entries import (FLAVOURS, PRECISIONS, TARGETS, BatchSpec, CalibrationRecord, EngineEntry, FileRef, FlavourEntry, LogEntry,
+                      ModelInfo, PrecisionEntry, PreprocessSpec, ReportFile, TensorSpec, reports_from_json, reports_to_json)
+from .fields import Entry, Where, dump, entry, inside, integer, json_field, listing, load, read_bool, read_object, read_str
 
-__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "PRECISIONS", "FLAVOURS", "Manifest", "NamedFile", "FileCheck",
+__all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "PRECISIONS", "TARGETS", "FLAVOURS", "Manifest", "NamedFile", "FileCheck",
            "BatchSpec", "CalibrationRecord", "EngineEntry", "FileRef", "FlavourEntry", "LogEntry", "ModelInfo", "PrecisionEntry",
            "PreprocessSpec", "ReportFile", "TensorSpec", "Where", "sha256_file", "atomic_path", "write_bytes_atomic",
            "write_json_atomic", "resolve_inside"]
@@ -38,49 +35,6 @@ __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "PRECISIONS", "FLAVOURS", "Manifes
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest is kilobytes; refuse to read a huge file into memory
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 16) -> str:
-    # 64 KiB reads stay below glibc's mmap threshold (128 KiB). 1 MiB reads are mmapped and freed,
-    # which raises that threshold for the rest of the process and cost the runtime +30..76 MB of
-    # peak RSS when ONNX Runtime loaded a ViT-S right after verifying it (measured, 85 MB model).
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success it is fsynced and renamed onto ``final``.
-
-    On any exception the temporary file is removed and ``final`` is left untouched.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; artifacts are ordinary files
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def resolve_inside(root: Path, relative: str) -> Path:
@@ -120,30 +74,42 @@ def _labels(obj: Any, where: Where) -> dict[int, str]:
     return out
 
 
+def _precisions(obj: Any, where: Where) -> dict[str, PrecisionEntry]:
+    if not read_object(obj, where):
+        raise where.error("no exported graph is recorded")
+    return {read_str(name, where, choices=PRECISIONS): PrecisionEntry.from_json(e, where.at(name)) for name, e in obj.items()}
+
+
+def _tensors() -> Any:
+    return json_field(listing(entry(TensorSpec), nonempty=True))
+
+
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(Entry):
     """A validated manifest.json bound to its artifacts directory."""
 
     root: Path
-    model: ModelInfo
-    preprocess: PreprocessSpec
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    batch: BatchSpec
-    precisions: dict[str, PrecisionEntry]
-    engines: tuple[EngineEntry, ...] = ()
-    labels: dict[int, str] = dc_field(default_factory=dict)
-    opset: int | None = None
-    versions: dict[str, str] = dc_field(default_factory=dict)
-    calibration: CalibrationRecord | None = None
-    reports: tuple[ReportFile, ...] = ()
-    passed: bool | None = None
-    logs: LogEntry | None = None  # export.log
+    model: ModelInfo = json_field(entry(ModelInfo))
+    preprocess: PreprocessSpec = json_field(entry(PreprocessSpec))
+    inputs: tuple[TensorSpec, ...] = _tensors()
+    outputs: tuple[TensorSpec, ...] = _tensors()
+    batch: BatchSpec = json_field(entry(BatchSpec))
+    precisions: dict[str, PrecisionEntry] = json_field(_precisions)
+    engines: tuple[EngineEntry, ...] = json_field(listing(entry(EngineEntry)), default=())
+    labels: dict[int, str] = json_field(_labels, default_factory=dict,
+                                        write=lambda labels: {str(k): v for k, v in sorted(labels.items())})
+    opset: int | None = json_field(integer(1), default=None)
+    versions: dict[str, str] = json_field(lambda v, w: {str(k): str(x) for k, x in read_object(v, w).items()},
+                                          default_factory=dict)
+    calibration: CalibrationRecord | None = json_field(entry(CalibrationRecord), default=None)
+    reports: tuple[ReportFile, ...] = ()  # "reports" and "report_sha256" (reports_from_json)
+    passed: bool | None = json_field(read_bool, default=None)
+    logs: LogEntry | None = json_field(entry(LogEntry), default=None)  # export.log
     extra: dict[str, Any] = dc_field(default_factory=dict)  # created_utc, notes, total_seconds, drift_validation, ...
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = json_field(integer(), default=SCHEMA_VERSION)
 
-    KNOWN = ("schema_version", "model", "preprocess", "labels", "inputs", "outputs", "batch", "opset", "precisions",
-             "engines", "versions", "calibration", "reports", "report_sha256", "passed", "logs")
+    JSON_ORDER = ("schema_version", "created_utc", "model", "preprocess", "labels", "inputs", "outputs", "batch", "opset",
+                  "precisions", "engines", "versions", "calibration", "*", "reports", "report_sha256", "passed", "logs")
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -165,7 +131,7 @@ class Manifest:
         return cls.from_json(root, data)
 
     @classmethod
-    def from_json(cls, root: str | os.PathLike[str], data: Any) -> "Manifest":
+    def from_json(cls, root: str | os.PathLike[str], data: Any) -> "Manifest":  # type: ignore[override]
         root = Path(root)
         where = Where(str(root / MANIFEST_NAME))
         if not isinstance(data, dict):
@@ -175,33 +141,10 @@ class Manifest:
             raise where.at("schema_version").error(
                 f"schema_version {version!r} is not supported by this vitmsn (it reads {SCHEMA_VERSION})",
                 "use the vitmsn release that wrote it, or re-export with this one")
-        inputs = tuple(TensorSpec.from_json(t, where.at("inputs").at(i)) for i, t in
-                       enumerate(read_list(field(data, "inputs", where), where.at("inputs"), nonempty=True)))
-        outputs = tuple(TensorSpec.from_json(t, where.at("outputs").at(i)) for i, t in
-                        enumerate(read_list(field(data, "outputs", where), where.at("outputs"), nonempty=True)))
-        precisions_obj = read_object(field(data, "precisions", where), where.at("precisions"))
-        if not precisions_obj:
-            raise where.at("precisions").error("no exported graph is recorded")
-        precisions = {}
-        for name, entry in precisions_obj.items():
-            read_str(name, where.at("precisions"), choices=PRECISIONS)
-            precisions[name] = PrecisionEntry.from_json(entry, where.at("precisions").at(name))
-        engines = tuple(EngineEntry.from_json(e, where.at("engines").at(i))
-                        for i, e in enumerate(read_list(data.get("engines") or [], where.at("engines"))))
-        versions = read_object(data.get("versions") or {}, where.at("versions"))
-        calib, opset, passed, logs = data.get("calibration"), data.get("opset"), data.get("passed"), data.get("logs")
-        m = cls(root, ModelInfo.from_json(field(data, "model", where), where.at("model")),
-                PreprocessSpec.from_json(field(data, "preprocess", where), where.at("preprocess")),
-                inputs, outputs, BatchSpec.from_json(field(data, "batch", where), where.at("batch")),
-                precisions, engines, _labels(data.get("labels") or {}, where.at("labels")),
-                None if opset is None else read_int(opset, where.at("opset"), minimum=1),
-                {str(k): str(v) for k, v in versions.items()},
-                None if calib is None else CalibrationRecord.from_json(calib, where.at("calibration")),
-                reports_from_json(data, where), None if passed is None else read_bool(passed, where.at("passed")),
-                None if logs is None else LogEntry.from_json(logs, where.at("logs")),
-                {k: v for k, v in data.items() if k not in cls.KNOWN}, version)
-        m.check_consistency()
-        return m
+        return load(cls, data, where, known=("report_sha256", "reports"), root=root, reports=reports_from_json(data, where))
+
+    def check(self, where: Where) -> None:
+        self.check_consistency()
 
     def check_consistency(self) -> None:
         """What no single entry can check: the input is an image batch the preprocess block fills, output
@@ -345,28 +288,7 @@ class Manifest:
         return replace(self, reports=tuple(kept + new))
 
     def to_json(self) -> dict[str, Any]:
-        extra = dict(self.extra)
-        head = {"schema_version": self.schema_version}
-        if "created_utc" in extra:
-            head["created_utc"] = extra.pop("created_utc")
-        out: dict[str, Any] = {**head, "model": self.model.to_json(), "preprocess": self.preprocess.to_json(),
-                               "labels": {str(k): v for k, v in sorted(self.labels.items())},
-                               "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs],
-                               "batch": self.batch.to_json()}
-        if self.opset is not None:
-            out["opset"] = self.opset
-        out["precisions"] = {k: v.to_json() for k, v in self.precisions.items()}
-        out["engines"] = [e.to_json() for e in self.engines]
-        out["versions"] = dict(self.versions)
-        if self.calibration is not None:
-            out["calibration"] = self.calibration.to_json()
-        out.update(extra)
-        out.update(reports_to_json(self.reports))
-        if self.passed is not None:
-            out["passed"] = self.passed
-        if self.logs is not None:
-            out["logs"] = self.logs.to_json()
-        return out
+        return dump(replace(self, extra={**self.extra, **reports_to_json(self.reports)}))
 
     def save(self) -> None:
         """Write manifest.json atomically, after checking the JSON reads back as this manifest."""

@@ -1,4 +1,4 @@
-"""The one protocol every inference backend implements.
+"""The one protocol every inference backend implements, and the choice that names what a runner loads.
 
 A runner turns a feed ``{input name: array}`` into ``{output name: array}``. It owns whatever the
 backend needs (an ONNX Runtime session, a TensorRT engine with its device buffers) between
@@ -9,10 +9,12 @@ The conformance test (tests/test_runtime_runners.py) runs every available backen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from ..manifest.entries import EngineEntry, FileRef
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,25 @@ class TensorMeta:
     name: str
     dtype: np.dtype
     shape: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What to run: a backend, a precision and the file it loads (selection makes one; the registry loads it)."""
+
+    backend: str  # "onnxruntime", "openvino" or "tensorrt"
+    precision: str
+    file: str  # relative to the artifacts directory
+    sha256: str
+    engine: EngineEntry | None = None
+    providers: tuple[str, ...] = ()
+    inference_precision: str | None = None  # OpenVINO only: "f32" or "bf16", what the CPU runs
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ref(self) -> FileRef:
+        """The file to load, as the manifest names it (verify it with :meth:`Manifest.verify`)."""
+        return FileRef(self.file, self.sha256)
 
 
 @runtime_checkable
@@ -111,7 +132,7 @@ class RunnerBase:
 
 def cast_feed(inputs: dict[str, TensorMeta], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``feed`` as the model's input dtypes, contiguous; InputError naming a missing input."""
-    from vitmsn.errors import InputError
+    from vitmsn.core.errors import InputError
 
     cast = {}
     for name, meta in inputs.items():

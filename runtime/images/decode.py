@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .image_read import ImageError, ReadLimits, decoded_bytes, read_capped, read_path
+from .read import ImageError, ReadLimits, decoded_bytes, read_capped, read_path
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
 

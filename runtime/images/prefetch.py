@@ -34,7 +34,7 @@ from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 from .preprocess import ImageError, describe
 

@@ -13,10 +13,10 @@ import shlex
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .device import Gpu
-from .manifest_entries import EngineEntry
+from ..manifest.entries import EngineEntry
 
 if TYPE_CHECKING:
-    from .manifest import Manifest
+    from ..manifest import Manifest
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -103,7 +103,7 @@ def engine_problems(entry: EngineEntry, *, runtime_version: str | None, gpus: It
     """Why the engine ``entry`` cannot run on CUDA device ``gpu_index`` here (empty when it can).
 
     ``runtime_version`` is the installed module's ``__version__`` (None: not importable) and
-    ``gpus`` what :func:`vitmsn.runtime.device.cuda_gpus` reports. The last problem ends with the
+    ``gpus`` what :func:`vitmsn.runtime.backends.device.cuda_gpus` reports. The last problem ends with the
     command that rebuilds the engine (with the manifest's options), except where no GPU was found:
     no rebuild can make an engine run on a machine without one.
     """

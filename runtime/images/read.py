@@ -4,7 +4,7 @@ Every source (a path, a pipe or device such as ``/dev/stdin``, a file object, by
 a cap, so ``/dev/zero`` or a sparse 5 GB file given as an image ends in an :class:`ImageError`
 in bounded memory; a regular file over the cap is refused from its size without reading it.
 The decode budget is checked from the image header before any pixel is decoded
-(see :func:`vitmsn.runtime.preprocess.to_rgb`).
+(see :func:`vitmsn.runtime.images.preprocess.to_rgb`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 if TYPE_CHECKING:  # Pillow is imported by the decoder, not here (the CLI reads the defaults at --help)
     from PIL import Image

@@ -3,7 +3,7 @@
 ModelOpt's tqdm bars and INFO lines, ONNX Runtime's C++ warnings and calibration prints
 ("Collecting tensor data"), onnx_ir's INFO logging and Python warnings all go to ``export.log``
 in the artifacts directory (named in the manifest's ``logs`` entry with its SHA-256). Our own
-lines go to the terminal through :func:`vitmsn.progress.console`, which is pinned to a copy of
+lines go to the terminal through :func:`vitmsn.core.progress.console`, which is pinned to a copy of
 the original stderr for the duration.
 
 The capture works at the file-descriptor level (``os.dup2`` of fds 1 and 2), so output written by
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from vitmsn.progress import console
+from vitmsn.core.progress import console
 
 LOG_FILE = "export.log"
 

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 from . import device
 from .engine_check import engine_problems
-from .manifest_entries import EngineEntry
-from .manifest_fields import Where
-from .runner import RunnerBase, TensorMeta
+from ..manifest.entries import EngineEntry
+from ..manifest.fields import Where
+from .base import RunnerBase, TensorMeta
 
 if TYPE_CHECKING:  # the static check (tests/tensorrt_static_check.py) supplies each API in turn as `tensorrt`
     import tensorrt as trt
@@ -207,7 +207,7 @@ class TensorRTRunner(RunnerBase):
         self._save_runtime_cache()
 
     def _rebuild(self) -> str:
-        from vitmsn.runtime.engine_check import rebuild_command
+        from vitmsn.runtime.backends.engine_check import rebuild_command
 
         return rebuild_command(self.entry, self.manifest, self.path.parent, device.gpu(self.gpu_index))
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 from .cpu import bf16_capable, cpu_flags  # noqa: F401  (re-exported)
-from .runner import RunnerBase, TensorMeta, cast_feed
+from .base import RunnerBase, TensorMeta, cast_feed
 
 _OV_PRECISION = {"f32": "f32", "bf16": "bf16"}
 
@@ -85,13 +85,9 @@ class OpenVINORunner(RunnerBase):
         except ImportError as exc:
             raise InputError(f"the openvino backend needs OpenVINO ({exc}); pip install 'vitmsn[openvino]'") from exc
         core = ov.Core()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[self.requested_inference_precision],
-                                  "PERFORMANCE_HINT": self.performance_mode}
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = int(self.threads)
         try:
             model = core.read_model(str(self.path))
-            self._compiled = core.compile_model(model, "CPU", config)
+            self._compiled = core.compile_model(model, "CPU", self.config())
         except Exception as exc:  # OpenVINO raises RuntimeError/its own types for unreadable graphs
             raise InputError(f"{self.path}: OpenVINO cannot load it ({type(exc).__name__}: {exc}); "
                              "re-run vitmsn-export") from exc
@@ -104,6 +100,14 @@ class OpenVINORunner(RunnerBase):
             self._inputs[port.get_any_name()] = TensorMeta(port.get_any_name(),
                                                            np.dtype(port.get_element_type().to_dtype()), dims)
         self._output_names = [port.get_any_name() for port in self._compiled.outputs]
+
+    def config(self) -> dict[str, Any]:
+        """The properties the model is compiled with."""
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[self.requested_inference_precision],
+                                  "PERFORMANCE_HINT": self.performance_mode}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        return config
 
     def _deactivate(self) -> None:
         self._requests = queue.SimpleQueue()

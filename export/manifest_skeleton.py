@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,9 +16,6 @@ from vitmsn.export.fp32.checkpoint import Checkpoint
 from vitmsn.export.fp32.spec import ExportSpec
 from vitmsn.runtime.manifest import (MANIFEST_NAME, BatchSpec, Manifest, ModelInfo, PreprocessSpec, TensorSpec,
                                      Where)
-
-if TYPE_CHECKING:
-    from vitmsn.export.pipeline import ExportOptions
 
 
 def tool_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -42,9 +39,9 @@ def tool_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**versions, **(extra or {})}
 
 
-def manifest_skeleton(opts: ExportOptions, ck: Checkpoint, spec: ExportSpec, root: Path | None = None) -> Manifest:
-    """The manifest before any graph is recorded (its ``precisions`` are filled in as the run goes); ``root``:
-    the directory it is written into (the staging directory; default ``--out``)."""
+def manifest_skeleton(opts: Any, ck: Checkpoint, spec: ExportSpec, root: Path | None = None) -> Manifest:
+    """The manifest before any graph is recorded (its ``precisions`` are filled in as the run goes); ``opts``:
+    the run's ``ExportOptions`` (not imported: the pipeline imports this module); ``root``: the directory it is written into (the staging directory; default ``--out``)."""
     root = Path(opts.out) if root is None else Path(root)
     where = Where(str(root / MANIFEST_NAME))
     model = ModelInfo(opts.model, spec.task, ck.arch.to_dict(), ck.sha256,

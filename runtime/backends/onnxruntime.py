@@ -15,10 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vitmsn.errors import InputError
+from vitmsn.core.errors import InputError
 
 from . import device
-from .runner import RunnerBase, TensorMeta, cast_feed
+from .base import RunnerBase, TensorMeta, cast_feed
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}

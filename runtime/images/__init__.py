@@ -1,0 +1,1 @@
+"""Images in: read with size caps, decode, preprocess as the manifest says, prefetch ahead of inference."""
