@@ -29,6 +29,7 @@ from .manifest_entries import (FLAVOURS, PRECISIONS, BatchSpec, CalibrationRecor
                                LogEntry, ModelInfo, PrecisionEntry, PreprocessSpec, ReportFile, TensorSpec, reports_from_json,
                                reports_to_json)
 from .manifest_fields import Where, field, inside, read_bool, read_int, read_list, read_object, read_str
+from .verdicts import VERDICTS, VerdictRecord, verdicts_from_json
 
 __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "PRECISIONS", "FLAVOURS", "Manifest", "NamedFile", "FileCheck",
            "BatchSpec", "CalibrationRecord", "EngineEntry", "FileRef", "FlavourEntry", "LogEntry", "ModelInfo", "PrecisionEntry",
@@ -139,11 +140,14 @@ class Manifest:
     reports: tuple[ReportFile, ...] = ()
     passed: bool | None = None
     logs: LogEntry | None = None  # export.log
+    verdicts: tuple[VerdictRecord, ...] = ()  # the latest verdict per precision/backend/flavour (runtime.verdicts)
+    verdict: str | None = None  # the word over everything that ships ("passed" exactly when `passed` is true)
     extra: dict[str, Any] = dc_field(default_factory=dict)  # created_utc, notes, total_seconds, drift_validation, ...
     schema_version: int = SCHEMA_VERSION
 
     KNOWN = ("schema_version", "model", "preprocess", "labels", "inputs", "outputs", "batch", "opset", "precisions",
-             "engines", "versions", "calibration", "reports", "report_sha256", "passed", "logs")
+             "engines", "versions", "calibration", "reports", "report_sha256", "passed", "logs",
+             "verdicts", "verdict")
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -199,6 +203,8 @@ class Manifest:
                 None if calib is None else CalibrationRecord.from_json(calib, where.at("calibration")),
                 reports_from_json(data, where), None if passed is None else read_bool(passed, where.at("passed")),
                 None if logs is None else LogEntry.from_json(logs, where.at("logs")),
+                verdicts_from_json(data.get("verdicts"), where.at("verdicts")),
+                None if data.get("verdict") is None else read_str(data["verdict"], where.at("verdict"), choices=VERDICTS),
                 {k: v for k, v in data.items() if k not in cls.KNOWN}, version)
         m.check_consistency()
         return m
@@ -364,6 +370,10 @@ class Manifest:
         out.update(reports_to_json(self.reports))
         if self.passed is not None:
             out["passed"] = self.passed
+        if self.verdict is not None:
+            out["verdict"] = self.verdict
+        if self.verdicts:
+            out["verdicts"] = [v.to_json() for v in self.verdicts]
         if self.logs is not None:
             out["logs"] = self.logs.to_json()
         return out

@@ -13,7 +13,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from vitmsn.export.validation.drift_report import (SUMMARY_COLUMNS, fmt, prediction_text, result_label, histogram_png,
+from vitmsn.export.validation.drift_report import (SUMMARY_COLUMNS, fmt, gate_verdict_text, prediction_text, result_label, histogram_png,
                                                    requantization_markdown, sensitivity_png, thumbnail_jpeg)
 from vitmsn.export.validation.validate import ValidationResult
 
@@ -56,7 +56,9 @@ def render_html(report: dict[str, Any], result: ValidationResult) -> str:
         results.append({
             "backend": r["backend"], "label": result_label(r), "file": r["file"], "passed": r["passed"], "precision": r["precision"],
             "gates": [{"gate": g["gate"], "metric": g["metric"], "value": fmt(g["value"], "exact"),
-                       "threshold": f"{g['op']} {g['threshold']:g}", "source": g["source"], "passed": g["passed"]}
+                       "bound": fmt(g.get("bound"), "exact"), "n": g.get("n", ""),
+                       "threshold": f"{g['op']} {g['threshold']:g}", "source": g["source"], "passed": g["passed"],
+                       "verdict": gate_verdict_text(g).replace("**", "")}
                       for g in r["gates"]],
             "outputs": [[o, fmt(s.get("max_abs"), "sci"), fmt(s.get("mean_abs"), "sci"), fmt(s.get("rel_l2_mean"), "sci"),
                          fmt(s.get("cosine_min"), "cos"), fmt(s.get("cosine_p1"), "cos"), fmt(s.get("cosine_mean"), "cos"),
@@ -73,7 +75,8 @@ def render_html(report: dict[str, Any], result: ValidationResult) -> str:
                                  fmt(g.get("cosine_mean"), "cos")] for i, g in enumerate(s["ranking"])]}
     ref, images = report["reference"], report["images"]
     return _template().render(
-        css=CSS, passed=report["passed"], reference=ref, images=images,
+        css=CSS, passed=report["passed"], verdict=report.get("verdict") or ("passed" if report["passed"] else "failed"),
+        reference=ref, images=images,
         reference_accuracy=fmt(ref["accuracy"], "pct") if ref.get("accuracy") is not None else None,
         failures=result.failures(),
         summary={"headers": ["backend", "precision", "gates"] + [h for _, h, _ in SUMMARY_COLUMNS] + ["img/s"],
