@@ -20,6 +20,7 @@ from vitmsn.errors import InputError
 from . import device
 from .manifest import Manifest, PrecisionEntry
 from .openvino_runner import bf16_capable, inference_precision_for, openvino_available
+from .verdicts import failed_precisions
 
 if TYPE_CHECKING:
     from .selection import Choice
@@ -42,7 +43,8 @@ def openvino_precision(manifest: Manifest, flags: frozenset[str] | None = None) 
     """The precision auto runs on OpenVINO: a gated bf16 entry on a BF16 CPU, else fp32."""
     bf16 = manifest.precisions.get("bf16")
     # Only an entry whose figures are BF16's (validated with bf16 inference precision) and passed its gates.
-    if bf16 is not None and bf16.extra.get("inference_precision") == "bf16" and _gates_passed(bf16) and bf16_capable(flags):
+    if bf16 is not None and bf16.extra.get("inference_precision") == "bf16" and _gates_passed(bf16) and bf16_capable(flags) \
+            and "bf16" not in failed_precisions(manifest):
         return "bf16"
     if "fp32" in manifest.precisions:
         return "fp32"

@@ -18,11 +18,15 @@ The rule (``backend="auto"``, ``precision=None``):
 
 A forced ``backend`` or ``precision`` is honoured or refused with a message that says why and
 what to do; it is never silently replaced.
+
+Verdicts (``manifest.json["verdicts"]``, :mod:`.verdicts`): automatic precision choice never picks a
+precision whose latest verdict is failed; an explicit one still runs, with a note naming the failure.
+An inconclusive precision stays eligible (nothing showed harm), with a note saying it is unproven.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from vitmsn.errors import InputError
 
@@ -31,6 +35,7 @@ from .cpu import vnni_capable
 from .engine_check import engine_problems, rebuild_command
 from .manifest import EngineEntry, FileRef, Manifest
 from .openvino_choice import OPENVINO_PRECISIONS, choose_openvino, openvino_preferred
+from .verdicts import failed_precisions, verdict_note
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
 ENGINE_ORDER = ("int8", "fp16", "fp32")
@@ -99,6 +104,13 @@ def _ort_providers() -> tuple[str, ...]:
 
 
 def choose(manifest: Manifest, backend: str = "auto", precision: str | None = None) -> Choice:
+    """The backend and precision to run (the rule in the module docstring), with the verdict's note."""
+    choice = _choose(manifest, backend, precision)
+    note = verdict_note(manifest, choice.precision)
+    return replace(choice, notes=(*choice.notes, note)) if note else choice
+
+
+def _choose(manifest: Manifest, backend: str, precision: str | None) -> Choice:
     if backend not in BACKENDS:
         raise InputError(f"backend {backend!r}: choose from {', '.join(BACKENDS)}")
     if precision in (None, "", "auto"):
@@ -108,8 +120,10 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
         raise InputError(f"{manifest.root}: precision {precision!r} was not exported (it has: {', '.join(have)}); "
                          f"re-run vitmsn-export with --precision {precision}")
     notes: list[str] = []
+    failed = failed_precisions(manifest) if precision is None else {}
     if backend in ("auto", "tensorrt"):
         runnable, why_not = engine_choices(manifest, precision)
+        runnable = [e for e in runnable if e.precision not in failed]
         if runnable:
             e = runnable[0]
             return Choice("tensorrt", e.precision, e.file, e.sha256, engine=e)
@@ -132,7 +146,11 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
         raise InputError("no inference backend is installed: pip install 'vitmsn[onnxruntime]' (or 'vitmsn[tensorrt]' on a GPU)")
     if precision is None:
         order = onnxruntime_precision_order(providers)
-        precision = next((p for p in order if p in manifest.precisions), None)
+        precision = next((p for p in order if p in manifest.precisions and p not in failed), None)
+        if precision is None and failed:
+            raise InputError(f"{manifest.root}: every precision ONNX Runtime would run here failed its latest verdict "
+                             f"({'; '.join(failed[p].name for p in order if p in failed)}); pass --precision to run one "
+                             "anyway, or re-export")
         if precision is None:
             raise InputError(f"{manifest.root}: no ONNX model to run with ONNX Runtime (manifest precisions: "
                              f"{', '.join(manifest.precisions) or 'none'}); re-run vitmsn-export")

@@ -187,5 +187,19 @@ def failed_precisions(manifest: "Manifest") -> dict[str, VerdictRecord]:
 
 def failure_line(record: VerdictRecord) -> str:
     """One line for start-up output: which precision failed, where and why."""
-    return (f"warning: {record.precision} failed its latest verdict ({record.name}, by {record.by}"
+    return (f"{record.precision} FAILED its latest verdict ({record.name}, by {record.by}"
             f"{', ' + record.report if record.report else ''}): {record.reason()}")
+
+
+def verdict_note(manifest: "Manifest", precision: str) -> str | None:
+    """The start-up line for a precision that is not plainly passed: its failure, or that its latest verdict
+    is inconclusive (automatic selection still picks an inconclusive precision: no gate showed harm, but none
+    proved it either, and the export or validate that judged it exited 1 saying so)."""
+    failed = failed_precisions(manifest).get(precision)
+    if failed is not None:
+        return failure_line(failed)
+    for r in manifest.verdicts:
+        if r.precision == precision and r.verdict == "inconclusive" and void_reason(r, manifest) is None:
+            return (f"{precision}'s latest verdict is inconclusive ({r.name}, by {r.by}): {r.reason()}; "
+                    "run vitmsn validate with more images")
+    return None
