@@ -154,26 +154,39 @@ def test_swapping_two_labels_voids_every_verdict(scenario: Path, tmp_path: Path)
     assert "VOID" in cli("inspect", swapped).output
 
 
-def test_a_failed_verdict_is_not_chosen_automatically(scenario: Path, tmp_path: Path) -> None:
-    """On a machine whose ONNX Runtime has the TensorRT provider, auto picks int8 first: not when it failed."""
+def test_automatic_selection_never_runs_a_failed_precision(scenario: Path, few_images: Path,  # noqa: F811
+                                                           sixty_four: Path) -> None:
+    from vitmsn.runtime import Predictor
+
+    failing = cli("validate", scenario, "--images", few_images, "--precision", "fp32", "--backend", "onnxruntime",
+                  "--min-top1-agreement", "fp32=1.01", "--quiet")
+    assert failing.exit_code == 1 and verdict_of(scenario, "fp32")["verdict"] == "failed", failing.output
+    # on this CPU fp32 is what auto would run (ONNX Runtime or OpenVINO): it refuses instead of running a failure
+    for backend in ("auto", "onnxruntime"):
+        with pytest.raises(InputError, match="failed its latest verdict.*pass --precision fp32 to run it anyway"):
+            Predictor.from_artifacts(scenario, backend=backend)
+    with Predictor.from_artifacts(scenario, backend="onnxruntime", precision="fp32") as p:  # asked for: it runs
+        assert any("fp32 FAILED its latest verdict" in n for n in p.choice.notes)
+    # a later passing validate restores automatic selection
+    assert cli("validate", scenario, "--images", sixty_four, "--precision", "fp32", "--backend", "onnxruntime", *LAX,
+               "--quiet").exit_code in (0, 1)
+    assert verdict_of(scenario, "fp32")["verdict"] == "passed"
+    with Predictor.from_artifacts(scenario, backend="onnxruntime") as p:
+        assert p.choice.precision == "fp32" and not any("FAILED" in n for n in p.choice.notes)
+
+
+def test_another_file_under_the_judged_name_voids_the_verdict(scenario: Path) -> None:
     from dataclasses import replace
 
-    from vitmsn.runtime import selection
     from vitmsn.runtime.verdicts import GateRecord, VerdictRecord, manifest_content_sha256
 
     manifest = Manifest.load(scenario)
-    order = selection.onnxruntime_precision_order(("TensorrtExecutionProvider", "CPUExecutionProvider"))
     entry = manifest.precisions["int8"]
     failed = VerdictRecord("int8", "onnxruntime", "", "failed", entry.file, entry.sha256,
                            manifest_content_sha256(manifest.to_json()), {"count": 300},
                            (GateRecord("min_cosine", "cosine_p5", ">=", 0.95, 0.9, 0.89, 300, "failed"),), "export")
-    passed = replace(failed, verdict="passed", gates=())
-    assert order[0] == "int8"
-    pick = lambda m: next(p for p in order if p in m.precisions and p not in failed_precisions(m))  # noqa: E731
-    assert pick(replace(manifest, verdicts=(passed,))) == "int8"
-    assert pick(replace(manifest, verdicts=(failed,))) == "fp32"
-    # another file under the same name (a re-export): the failure no longer applies to it
-    other = replace(failed, sha256="0" * 64)
+    assert set(failed_precisions(replace(manifest, verdicts=(failed,)))) == {"int8"}
+    other = replace(failed, sha256="0" * 64)  # a re-export wrote another model.int8.onnx: the failure was not its
     assert "changed since it was judged" in void_reason(other, manifest)
     assert failed_precisions(replace(manifest, verdicts=(other,))) == {}
 
