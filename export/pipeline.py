@@ -52,6 +52,7 @@ from vitmsn.export.validation.report import write_export_report
 from vitmsn.export.fp32.spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
 from vitmsn.export.validation.validate import ValidationResult, validate_artifacts
 from vitmsn.export.validation.verdict import ReferenceCache
+from vitmsn.export.validation.recording import records_from_export, records_from_validation, with_verdicts
 from vitmsn.export.validation.inputs import image_set
 from vitmsn.export.fp32.stages import FUSED_FP32_FILE, fp32_stages, fused_fp32_step, torch_runner
 from vitmsn.export.manifest_skeleton import manifest_skeleton
@@ -203,7 +204,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
     result.out = Path(opts.out)
     result.manifest = replace(result.manifest, root=result.out)
     if failed is not None:
-        raise ValidationFailed(failed)
+        raise ValidationFailed(failed, result.manifest.verdict or "failed")
     return result
 
 
@@ -353,16 +354,24 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
 
     extra.update(notes=list(notes), total_seconds=round(time.perf_counter() - started, 2))
     result.manifest = replace(result.manifest, extra=extra)
+    # the one verdict (manifest.json "verdicts"): the drift rows on held-out images, then --validate-images' run
+    records = records_from_export(rows, result.manifest, inputs.describe() if inputs else None, opts.fail_on_drift)
+    records += records_from_validation(validation, by="export") if validation is not None else []
+    checks_passed = all(s.passed for s in stages if not s.stage.startswith(("drift_", "requantize_")))
+    result.manifest = with_verdicts(result.manifest, records, checks_passed)
     reports = write_export_report(out, result.manifest.to_json(), stages, rows, inputs.describe() if inputs else None)
     if validation is not None:
         # report.json/.md/.html of `vitmsn validate`, merged over the export report (its stages are kept, and
         # the top-level "passed" covers both), so the directory holds one report of the whole run.
-        reports.update(write_drift_reports(out, validation))
+        reports.update(write_drift_reports(out, validation, verdicts=result.manifest))
     third_party_output.stop()  # the log is complete: its hash goes in the manifest
     logs = LogEntry.from_json(third_party_output.manifest_entry(log_path), Where(str(result.manifest.path), "logs"))
-    result.manifest = replace(result.manifest.with_reports(reports), passed=result.passed, logs=logs)
+    word = "failed" if not checks_passed else (result.manifest.verdict or "passed")
+    if word == "passed" and not result.passed:  # an unenforced stage is never failed; a failed stage is not passed
+        word = "failed"
+    result.manifest = replace(result.manifest.with_reports(reports), passed=word == "passed", verdict=word, logs=logs)
     result.manifest.save()
-    if not result.passed:
+    if word != "passed":
         failed = "; ".join(f"{s.stage}: {s.detail}" for s in result.failures)
-        return result, f"{opts.out}: artifacts written, but checks failed ({failed}); see {Path(opts.out) / 'report.md'}"
+        return result, f"{opts.out}: artifacts written, but {word} ({failed}); see {Path(opts.out) / 'report.md'}"
     return result, None

@@ -184,7 +184,9 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
     requantization = None
     exclude = list(options.exclude)
     drift = next((s for s in stages if s.stage == "drift_int8"), None)
-    if max_tries > 0 and drift is not None and not drift.passed:
+    # only a gate that failed is re-quantized for; an inconclusive one needs more held-out images, not fewer INT8 blocks
+    failed_gate = drift is not None and any(g.get("verdict") == "failed" for g in drift.metrics.get("gates", []))
+    if max_tries > 0 and drift is not None and not drift.passed and failed_gate:
         requantized, requantization = requantize_within_gate(ctx, options, calibration, path, max_tries,
                                                              progress=progress)
         if requantized is not None:  # model.int8.onnx was replaced: check and compare the file kept

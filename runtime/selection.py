@@ -19,10 +19,15 @@ The rule (``backend="auto"``, ``precision=None``):
 Which graph each backend runs is the registry's (:mod:`.backends.registry`); this module is the policy
 between backends. A forced ``backend`` or ``precision`` is honoured or refused with a message that says
 why and what to do; it is never silently replaced.
+
+Verdicts (``manifest.json["verdicts"]``, :mod:`.manifest.verdicts`): automatic precision choice never picks a
+precision whose latest verdict is failed; an explicit one still runs, with a note naming the failure.
+An inconclusive precision stays eligible (nothing showed harm), with a note saying it is unproven.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from vitmsn.core.errors import InputError
@@ -33,6 +38,7 @@ from .backends.engine_check import rebuild_command
 from .backends.registry import (BACKENDS as REGISTRY, OPENVINO_PRECISIONS, Machine, engine_choices,
                                 onnxruntime_precision_order, openvino_preferred)
 from .manifest import EngineEntry, Manifest
+from .manifest.verdicts import failed_precisions, verdict_note
 
 __all__ = ["BACKENDS", "Choice", "choose", "describe_choice", "engine_choices", "fallback_choice", "fallback_note",
            "onnxruntime_precision_order"]
@@ -41,6 +47,18 @@ BACKENDS = ("auto", *REGISTRY)
 
 
 def choose(manifest: Manifest, backend: str = "auto", precision: str | None = None) -> Choice:
+    """The backend and precision to run (the rule in the module docstring), with the verdict's note."""
+    choice = _choose(manifest, backend, precision)
+    failed = failed_precisions(manifest).get(choice.precision)
+    if precision in (None, "", "auto") and failed is not None:  # e.g. OpenVINO's fp32 when fp32 itself failed
+        raise InputError(f"{manifest.root}: automatic selection found only {choice.precision} to run here, and it "
+                         f"failed its latest verdict ({failed.name}: {failed.reason()}); pass --precision "
+                         f"{choice.precision} to run it anyway, or re-export")
+    note = verdict_note(manifest, choice.precision)
+    return replace(choice, notes=(*choice.notes, note)) if note else choice
+
+
+def _choose(manifest: Manifest, backend: str, precision: str | None) -> Choice:
     if backend not in BACKENDS:
         raise InputError(f"backend {backend!r}: choose from {', '.join(BACKENDS)}")
     if precision in (None, "", "auto"):

@@ -15,6 +15,7 @@ CPU) with the PyTorch FP32 model, on ONNX Runtime's CPU provider, image by image
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +45,7 @@ class ComparisonInputs:
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "count": int(len(self.tensors)), "real_images": self.real,
+                "sha256": hashlib.sha256(np.ascontiguousarray(self.tensors).tobytes()).hexdigest(),
                 "labelled": int((self.labels >= 0).sum()), "selection": self.selection, "split_seed": self.split_seed,
                 "in_sample": False, "excluded_in_sample": self.excluded_in_sample}
 
@@ -117,8 +119,9 @@ def compare_with_reference(label: str, precision: str, got: dict[str, np.ndarray
     enforced = enforce or inputs.real
     passed = not failed or not enforced
     # cosine with 7 decimals: comparable with gates such as 0.999999 (4 significant digits printed "1")
-    figures = ", ".join(f"{k} {metrics[k]:.7f}" if k == "cosine_min" else f"{k} {metrics[k]:.4g}"
-                        for k in ("top1_agreement", "cosine_min", "accuracy_drop") if k in metrics)
+    figures = ", ".join(f"{k} {metrics[k]:.7f}" if k.startswith("cosine") else f"{k} {metrics[k]:.4g}"
+                        for k in ("top1_agreement", "cosine_p5", "cosine_min", "accuracy_drop")
+                        if metrics.get(k) is not None)
     if failed:
         detail = "; ".join(r.describe(label, precision) for r in failed)
         detail += "" if enforced else " (synthetic inputs: reported, not enforced; --fail-on-drift enforces)"

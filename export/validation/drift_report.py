@@ -45,7 +45,7 @@ VALIDATION_STAGE = "drift_validation"
 # Keys a validation writes; an older report's values for these are replaced, never carried over.
 VALIDATION_KEYS = frozenset({"reference", "passed", "gates_passed", "task", "primary_output", "results", "checks",
                              "images", "skipped_backends", "thresholds", "sensitivity", "requantization",
-                             "generated_utc", "vitmsn_version"})
+                             "generated_utc", "vitmsn_version", "verdict", "verdicts", "manifest_sha256"})
 
 
 def fmt(value: Any, kind: str = "g") -> str:
@@ -67,8 +67,9 @@ def fmt(value: Any, kind: str = "g") -> str:
 
 
 # ---- report.json ------------------------------------------------------------------------------
-def report_dict(result: ValidationResult, previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """report.json's content: the validation, merged over ``previous`` (an export report) if any."""
+def report_dict(result: ValidationResult, previous: dict[str, Any] | None = None, verdicts: Any = None) -> dict[str, Any]:
+    """report.json's content: the validation, merged over ``previous`` (an export report) if any; ``verdicts``
+    (the manifest with this run's verdicts merged in) sets the top-level word over everything that ships."""
     ours = result.to_dict()
     ours["gates_passed"] = ours["passed"]
     ours["generated_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -87,7 +88,16 @@ def report_dict(result: ValidationResult, previous: dict[str, Any] | None = None
         if "failed_stages" in merged:
             merged["failed_stages"] = [s["stage"] for s in merged["stages"] if not s.get("passed", False)]
     stages = merged.get("stages") or []
-    merged["passed"] = bool(ours["passed"] and all(s.get("passed", False) for s in stages))
+    # with the manifest's verdicts at hand, the export's drift stages are judged there (a later validate replaces
+    # them); its other checks (onnx.checker, parity, ...) still fail the directory
+    judged = ("drift_", "requantize_") if verdicts is not None else None
+    words = [ours["verdict"]] + ["failed" for s in stages if not s.get("passed", False)
+                                 and not (judged and str(s.get("stage", "")).startswith(judged))]
+    if verdicts is not None:
+        words.append(verdicts.verdict or "passed")
+        merged["verdicts"] = [v.to_json() for v in verdicts.verdicts]
+    merged["verdict"] = "failed" if "failed" in words else "inconclusive" if "inconclusive" in words else "passed"
+    merged["passed"] = merged["verdict"] == "passed"
     return merged
 
 
@@ -113,6 +123,25 @@ def read_previous(directory: Path) -> dict[str, Any] | None:
 
 
 # ---- report.md --------------------------------------------------------------------------------
+def verdict_text(r: dict[str, Any]) -> str:
+    word = r.get("verdict") or ("passed" if r.get("passed") else "failed")
+    return word if word == "passed" else f"**{word.upper()}**"
+
+
+def gate_verdict_text(g: dict[str, Any]) -> str:
+    text = verdict_text(g)
+    if g.get("verdict") == "inconclusive":
+        text += f" ({g['needed']} images would decide)" if g.get("needed") else " (no feasible sample decides)"
+    return text
+
+
+def verdicts_markdown(verdicts: list[dict[str, Any]]) -> list[str]:
+    """The current verdict of every precision/backend/flavour the directory ships (manifest.json)."""
+    return ["## Verdicts of what ships (manifest.json)", ""] + _table(
+        ["backend", "precision", "flavour", "verdict", "images", "by", "file"],
+        [[v["backend"], v["precision"], v.get("flavour") or "-", verdict_text(v), str(v["images"].get("count", "")),
+          v["by"], v["file"]] for v in verdicts])
+
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     esc = [[c.replace("|", "\\|") for c in r] for r in rows]
     return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in esc]
@@ -121,24 +150,24 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(report: dict[str, Any]) -> str:
     ref, images = report["reference"], report["images"]
     lines = [f"# Accuracy-drift report: {ref.get('source') or ref['checkpoint']}", "",
-             f"- result: **{'PASSED' if report['passed'] else 'FAILED'}** (drift gates: "
-             f"{'passed' if report['gates_passed'] else 'FAILED'})",
+             f"- result: **{str(report.get('verdict') or ('passed' if report['passed'] else 'failed')).upper()}** "
+             f"(this run's drift gates: {'passed' if report['gates_passed'] else 'not all passed'})",
              f"- reference: PyTorch FP32 ({ref['attention']} attention), checkpoint sha256 {ref['checkpoint_sha256'][:16]}...",
              f"- images: {images['evaluated']} compared from {images['root']}, {images['skipped_count']} skipped; "
              f"{images['note']}"]
     if ref.get("accuracy") is not None:
         lines.append(f"- reference accuracy: {fmt(ref['accuracy'], 'pct')} on {images['labelled']} labelled images")
     lines += ["", "## Summary (primary output: " + report["primary_output"] + ")", ""]
-    rows = [[r["backend"], result_label(r), "pass" if r["passed"] else "**FAIL**"]
+    rows = [[r["backend"], result_label(r), verdict_text(r)]
             + [fmt(r["metrics"].get(k), kind) for k, _, kind in SUMMARY_COLUMNS] for r in report["results"]]
     lines += _table(["backend", "precision", "gates"] + [h for _, h, _ in SUMMARY_COLUMNS], rows)
     for c in report.get("checks", []):
         lines += ["", f"- check {c['check']}: {'pass' if c['passed'] else '**FAIL**'}: {c['detail']}"]
     for r in report["results"]:
         lines += ["", f"## {r['backend']} {result_label(r)} ({r['file']})", "", "Gates:", ""]
-        lines += _table(["gate", "metric", "value", "threshold", "source", "result"],
-                        [[g["gate"], g["metric"], fmt(g["value"], "exact"),
-                          f"{g['op']} {g['threshold']:g}", g["source"], "pass" if g["passed"] else "**FAIL**"]
+        lines += _table(["gate", "metric", "value", "95% bound", "threshold", "n", "source", "verdict"],
+                        [[g["gate"], g["metric"], fmt(g["value"], "exact"), fmt(g.get("bound"), "exact"),
+                          f"{g['op']} {g['threshold']:g}", str(g.get("n", "")), g["source"], gate_verdict_text(g)]
                          for g in r["gates"]])
         lines += ["", "Per output:", ""]
         lines += _table(["output", "max abs", "mean abs", "rel err (mean/max)", "cos min", "cos p1", "cos mean",
@@ -153,6 +182,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += _table(["image", "label", "reference", "this backend", "cosine", "KL"],
                         [[w["image"], str(w.get("label") or ""), prediction_text(w.get("reference")), prediction_text(w.get("prediction")),
                           fmt(w.get("cosine"), "cos"), fmt(w.get("kl"), "sci")] for w in r["worst_images"]])
+    if report.get("verdicts"):
+        lines += ["", *verdicts_markdown(report["verdicts"])]
     if report.get("sensitivity"):
         lines += ["", *sensitivity_markdown(report["sensitivity"])]
     if report.get("requantization"):
@@ -262,12 +293,12 @@ def thumbnail_jpeg(path: Path, size: int = 112) -> bytes | None:
     return buf.getvalue()
 
 
-def write_drift_reports(out: str | Path, result: ValidationResult) -> dict[str, str]:
+def write_drift_reports(out: str | Path, result: ValidationResult, verdicts: Any = None) -> dict[str, str]:
     """Write report.json, report.md and report.html into ``out``; return their names."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     previous = read_previous(out) or (read_previous(result.artifacts) if result.artifacts != out else None)
-    report = report_dict(result, previous)
+    report = report_dict(result, previous, verdicts)
     write_json_atomic(out / "report.json", report)
     write_bytes_atomic(out / "report.md", markdown(report).encode())
     write_bytes_atomic(out / "report.html", render_html(report, result).encode())
@@ -314,7 +345,9 @@ def render_html(report: dict[str, Any], result: ValidationResult) -> str:
         results.append({
             "backend": r["backend"], "label": result_label(r), "file": r["file"], "passed": r["passed"], "precision": r["precision"],
             "gates": [{"gate": g["gate"], "metric": g["metric"], "value": fmt(g["value"], "exact"),
-                       "threshold": f"{g['op']} {g['threshold']:g}", "source": g["source"], "passed": g["passed"]}
+                       "bound": fmt(g.get("bound"), "exact"), "n": g.get("n", ""),
+                       "threshold": f"{g['op']} {g['threshold']:g}", "source": g["source"], "passed": g["passed"],
+                       "verdict": gate_verdict_text(g).replace("**", "")}
                       for g in r["gates"]],
             "outputs": [[o, fmt(s.get("max_abs"), "sci"), fmt(s.get("mean_abs"), "sci"), fmt(s.get("rel_l2_mean"), "sci"),
                          fmt(s.get("cosine_min"), "cos"), fmt(s.get("cosine_p1"), "cos"), fmt(s.get("cosine_mean"), "cos"),
@@ -331,7 +364,8 @@ def render_html(report: dict[str, Any], result: ValidationResult) -> str:
                                  fmt(g.get("cosine_mean"), "cos")] for i, g in enumerate(s["ranking"])]}
     ref, images = report["reference"], report["images"]
     return _template().render(
-        css=CSS, passed=report["passed"], reference=ref, images=images,
+        css=CSS, passed=report["passed"], verdict=report.get("verdict") or ("passed" if report["passed"] else "failed"),
+        reference=ref, images=images,
         reference_accuracy=fmt(ref["accuracy"], "pct") if ref.get("accuracy") is not None else None,
         failures=result.failures(),
         summary={"headers": ["backend", "precision", "gates"] + [h for _, h, _ in SUMMARY_COLUMNS] + ["img/s"],

@@ -16,7 +16,8 @@ A sample with a non-finite value in ``g`` gets cosine ``-1``, errors ``inf``, ``
 false and ``kl`` ``inf``, so that NaN never passes a gate by comparing false both ways.
 
 Summaries: maxima and means of the per-image arrays; ``cosine_p1`` is the 1st percentile
-(``numpy.percentile``, linear interpolation) of the per-image cosines.
+(``numpy.percentile``, linear interpolation) of the per-image cosines, ``cosine_p5`` the 5th
+(inverted CDF: the ``ceil(0.05 n)``-th smallest), the one the ``min_cosine`` gate decides on.
 """
 
 from __future__ import annotations
@@ -130,6 +131,8 @@ def summarize(per: dict[str, np.ndarray]) -> dict[str, Any]:
         "rel_l2_max": finite_or_none(per["rel_l2"].max()),
         "cosine_min": finite_or_none(cos.min()),
         "cosine_p1": finite_or_none(np.percentile(cos, 1)),
+        # the 5th percentile the min_cosine gate decides on (inverted CDF, as validation.stats.quantile)
+        "cosine_p5": finite_or_none(np.sort(cos)[max(0, math.ceil(0.05 * n) - 1)]),
         "cosine_mean": finite_or_none(cos.mean()),
         "nonfinite_images": int(np.isinf(per["max_abs"]).sum()),
     }
@@ -149,3 +152,13 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float | None:
     if not known.any():
         return None
     return float((np.argmax(np.asarray(logits)[known], axis=1) == labels[known]).mean())
+
+
+def paired_counts(got_logits: np.ndarray, ref_logits: np.ndarray, labels: np.ndarray) -> tuple[int, int, int]:
+    """Over the labelled samples: (only the reference right, only ``got`` right, labelled samples), the
+    cells of the paired accuracy comparison (:func:`.stats.paired_difference`)."""
+    labels = np.asarray(labels)
+    known = labels >= 0
+    got_ok = np.argmax(np.asarray(got_logits)[known], axis=1) == labels[known]
+    ref_ok = np.argmax(np.asarray(ref_logits)[known], axis=1) == labels[known]
+    return int((ref_ok & ~got_ok).sum()), int((got_ok & ~ref_ok).sum()), int(known.sum())

@@ -27,6 +27,7 @@ def _parity_metrics(stage: StageResult) -> dict[str, Any]:
 
 def export_report(manifest: dict[str, Any], stages: list[StageResult], rows: list[dict[str, Any]] | None = None,
                   inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    verdict = manifest.get("verdict") or ("passed" if all(s.passed for s in stages) else "failed")
     """report.json: the staged checks, then one result per (backend, precision) compared with PyTorch FP32.
 
     ``rows`` are the converted precisions' comparisons (:mod:`.comparison`); ``failed_stages``
@@ -37,7 +38,9 @@ def export_report(manifest: dict[str, Any], stages: list[StageResult], rows: lis
     return {
         "reference": {"backend": "pytorch", "precision": "fp32", "attention": manifest["model"]["attention"],
                       "source": manifest["model"]["source"]},
-        "passed": all(s.passed for s in stages),
+        "passed": all(s.passed for s in stages) and verdict == "passed",
+        "verdict": verdict,
+        "verdicts": manifest.get("verdicts", []),
         "failed_stages": [s.stage for s in stages if not s.passed],
         "comparison_inputs": inputs,
         "stages": [s.to_dict() for s in stages],
@@ -67,7 +70,7 @@ def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
         "",
         f"- task: {m['task']}, attention: {m['attention']}, opset {manifest['opset']}",
         f"- batch profile: {manifest['batch']}",
-        f"- result: **{'PASSED' if report['passed'] else 'FAILED'}**"
+        f"- result: **{report.get('verdict', 'passed' if report['passed'] else 'failed').upper()}**"
         + (f" (failed: {', '.join(report['failed_stages'])})" if report.get("failed_stages") else ""),
         "",
         "## Staged checks",
@@ -90,15 +93,21 @@ def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
     if converted:
         inputs = report.get("comparison_inputs") or {}
         lines += ["", f"## Precisions vs PyTorch FP32 ({inputs.get('source', '?')}, {inputs.get('count', '?')} images)", "",
-                  "| graph | precision | top-1 agreement | cosine min | cosine mean | max abs | accuracy | accuracy (FP32) | gates |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+                  "| graph | precision | top-1 agreement | cosine p5 | cosine min | cosine mean | max abs | accuracy | accuracy (FP32) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in converted:
             m = r["metrics"]
-            gates = ", ".join(f"{g['metric']} {g['op']} {g['threshold']:g}: {'pass' if g['passed'] else '**FAIL**'}"
-                              for g in r.get("gates", []))
-            lines.append(f"| {r['variant']} | {r['precision']} | {_fmt(m.get('top1_agreement'))} | {_fmt(m.get('cosine_min'))} | "
-                         f"{_fmt(m.get('cosine_mean'))} | {_fmt(m.get('max_abs'))} | {_fmt(m.get('accuracy'))} | "
-                         f"{_fmt(m.get('accuracy_reference'))} | {gates} |")
+            lines.append(f"| {r['variant']} | {r['precision']} | {_fmt(m.get('top1_agreement'))} | {_fmt(m.get('cosine_p5'))} | "
+                         f"{_fmt(m.get('cosine_min'))} | {_fmt(m.get('cosine_mean'))} | {_fmt(m.get('max_abs'))} | "
+                         f"{_fmt(m.get('accuracy'))} | {_fmt(m.get('accuracy_reference'))} |")
+        lines += ["", "Gates (each decided on its one-sided 95% bound; inconclusive: the images cannot decide):", "",
+                  "| graph | gate | metric | value | bound | threshold | n | verdict |", "|---|---|---|---:|---:|---|---:|---|"]
+        for r in converted:
+            for g in r.get("gates", []):
+                word = g.get("verdict", "passed" if g["passed"] else "failed")
+                needed = f" ({g['needed']} images would decide)" if word == "inconclusive" and g.get("needed") else ""
+                lines.append(f"| {r['variant']} | {g['gate']} | {g['metric']} | {_fmt(g.get('value'))} | {_fmt(g.get('bound'))} | "
+                             f"{g['op']} {g['threshold']:g} | {g.get('n', '')} | {word if word == 'passed' else '**' + word.upper() + '**'}{needed} |")
     engines = report.get("engines") or []
     if engines:
         lines += ["", "## Engines", "", "| file | precision | target | version | size | build | profile (min/opt/max) | compute |",

@@ -91,10 +91,10 @@ def quantile_ranks(n: int, q: float, confidence: float = CONFIDENCE) -> tuple[in
     upper bound, each at ``confidence``; None where n is too small for that side."""
     if n <= 0:
         return None, None
-    cdf = binomial_cdf(n, q)  # cdf[k] = P(B <= k); P(X_(r) <= quantile) = P(B >= r) = 1 - cdf[r-1]
-    lower = [r for r in range(1, n + 1) if 1 - cdf[r - 1] >= confidence]
-    upper = [s for s in range(1, n + 1) if cdf[s - 1] >= confidence]  # P(X_(s) >= quantile) = P(B <= s-1)
-    return (lower[-1] if lower else None), (upper[0] if upper else None)
+    cdf = binomial_cdf(n, q)[:n]  # cdf[r-1] = P(B <= r-1); P(X_(r) <= quantile) = P(B >= r) = 1 - cdf[r-1]
+    lower = np.nonzero(1 - cdf >= confidence)[0]
+    upper = np.nonzero(cdf >= confidence)[0]  # P(X_(s) >= quantile) = P(B <= s-1)
+    return (int(lower[-1]) + 1 if len(lower) else None), (int(upper[0]) + 1 if len(upper) else None)
 
 
 def quantile(values: Sequence[float] | np.ndarray, q: float, confidence: float = CONFIDENCE) -> Bound:
@@ -121,3 +121,15 @@ def images_needed(decides: Callable[[int], bool], n: int, limit: int = 10_000_00
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if decides(mid) else (mid, hi)
     return hi
+
+
+def quantile_at_least(below: int, n: int, q: float, confidence: float = CONFIDENCE) -> Verdict:
+    """The gate "the q-quantile is at least t" from the count of images below t alone: passed when fewer
+    than r of n are below (the r-th smallest, the lower bound, is then >= t), failed when at least s are
+    (the upper bound is below t); the same decision :meth:`Bound.decide` makes on :func:`quantile`."""
+    r, s = quantile_ranks(n, q, confidence)
+    if r is not None and below < r:
+        return "passed"
+    if s is not None and below >= s:
+        return "failed"
+    return "inconclusive"

@@ -29,7 +29,8 @@ from vitmsn.runtime.manifest import EngineEntry, Manifest
 from vitmsn.runtime.images.preprocess import ImageError, PreprocessConfig
 
 from vitmsn.export.validation import metrics as dm
-from vitmsn.export.validation.gates import Gates, GateResult
+from vitmsn.export.validation.gates import Gates, GateResult, worst
+from vitmsn.export.validation.stats import Verdict
 from vitmsn.export.validation.inputs import ImageSet, image_set
 from vitmsn.export.validation.verdict import ReferenceCache, drift_verdict
 
@@ -48,6 +49,7 @@ class Target:
     file: str
     make_runner: Callable[[], Any]
     variant: str = ""  # "" for the precision's own graph, else the manifest key of a flavour of it
+    sha256: str = ""  # of the file, as verified just before it runs
 
 
 @dataclass
@@ -69,16 +71,22 @@ class BackendResult:
     def name(self) -> str:
         return f"{self.backend} {self.precision}" + (f" ({self.variant})" if self.variant else "")
 
+    sha256: str = ""  # of the file that ran (read before it ran)
+
+    @property
+    def verdict(self) -> Verdict:
+        return worst([g.verdict for g in self.gates])
+
     @property
     def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
+        return self.verdict == "passed"
 
     def to_dict(self) -> dict[str, Any]:
         n = self.metrics.get("images", 0)
         return {
             "backend": self.backend, "precision": self.precision, "variant": self.variant, "file": self.file,
-            "providers": self.providers,
-            "passed": self.passed, "metrics": self.metrics, "outputs": self.outputs,
+            "sha256": self.sha256, "providers": self.providers,
+            "passed": self.passed, "verdict": self.verdict, "metrics": self.metrics, "outputs": self.outputs,
             "gates": [g.to_dict() for g in self.gates], "worst_images": self.worst_images,
             "timing": {"seconds": round(self.seconds, 3),
                        "images_per_second": round(n / self.seconds, 2) if self.seconds > 0 else None},
@@ -101,9 +109,17 @@ class ValidationResult:
     checks: list[dict[str, Any]] = field(default_factory=list)  # reference-level checks (preprocess)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. "sensitivity", added by callers
 
+    manifest_sha256: str = ""  # of the manifest content it read (runtime.verdicts.manifest_content_sha256)
+    images_sha256: str = ""  # of the evaluated images' bytes, in order
+
+    @property
+    def verdict(self) -> Verdict:
+        checks = ["passed" if c["passed"] else "failed" for c in self.checks]
+        return worst([r.verdict for r in self.results] + checks)
+
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.results) and all(c["passed"] for c in self.checks)
+        return self.verdict == "passed"
 
     def failures(self) -> list[str]:
         out = [f"{c['check']}: {c['detail']}" for c in self.checks if not c["passed"]]
@@ -122,12 +138,14 @@ class ValidationResult:
         return {
             "reference": self.reference,
             "passed": self.passed,
+            "verdict": self.verdict,
+            "manifest_sha256": self.manifest_sha256,
             "task": self.task,
             "primary_output": self.primary_output,
             "results": [r.to_dict() for r in self.results],
             "checks": self.checks,
             "images": {**self.images.describe(), "evaluated": len(self.evaluated),
-                       "labelled": int((self.evaluated_labels >= 0).sum()),
+                       "labelled": int((self.evaluated_labels >= 0).sum()), "sha256": self.images_sha256,
                        "skipped_count": len(self.skipped_images), "skipped": self.skipped_images},
             "skipped_backends": self.skipped_backends,
             "thresholds": self.gates.to_dict(),
@@ -161,7 +179,7 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
             flavours = [("", entry), *entry.flavours.items()]
             for variant, e in flavours:
                 path = manifest.verify(e)
-                targets.append(Target("onnxruntime", precision, e.file, _ort_factory(path, precision), variant))
+                targets.append(Target("onnxruntime", precision, e.file, _ort_factory(path, precision), variant, e.sha256))
     if backend in ("all", "tensorrt"):
         from vitmsn.runtime.backends.registry import engine_choices
 
@@ -170,7 +188,7 @@ def targets_from_manifest(manifest: Manifest, precisions: Sequence[str] | None =
             if wanted and entry.precision not in wanted:
                 continue
             path = manifest.verify(entry)
-            targets.append(Target(entry.target, entry.precision, entry.file, _trt_factory(path, entry)))
+            targets.append(Target(entry.target, entry.precision, entry.file, _trt_factory(path, entry), "", entry.sha256))
         from vitmsn.runtime.backends import device
 
         if why_not and not device.cuda_gpus():  # one reason, not one per engine, and no rebuild that cannot help
@@ -216,7 +234,7 @@ def _openvino_targets(manifest: Manifest, wanted: list[str] | None) -> tuple[lis
         inference = inference_precision_for(precision)
         factory = (lambda path=path, precision=precision, inference=inference:
                    OpenVINORunner(path, precision=precision, inference_precision=inference))
-        targets.append(Target("openvino", precision, entry.file, factory, f"inference {inference}"))
+        targets.append(Target("openvino", precision, entry.file, factory, f"inference {inference}", entry.sha256))
     return targets, ""
 
 
@@ -385,10 +403,15 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
         results.append(BackendResult(t.backend, t.precision, t.file, per_output,
                                      got_logits if classification else None, metrics, outputs,
                                      verdict.gates, worst, seconds[i], providers[i],
-                                     f"inference {ran[i]}" if ran[i] else t.variant))
+                                     f"inference {ran[i]}" if ran[i] else t.variant, t.sha256))
     from vitmsn.export.validation.polygraphy_check import cross_check_engines
 
     crosses, cross_checks = cross_check_engines(manifest, targets, first_x)  # engines only; see the module
+    from vitmsn.export.validation.recording import files_sha256
+    from vitmsn.runtime.manifest.verdicts import manifest_content_sha256
+
     return ValidationResult(manifest.root, manifest.task, primary, reference, images, rel, truth, skipped_images,
                             results, skipped_backends, gates, checks + cross_checks,
-                            extra={"polygraphy": [c.to_dict() for c in crosses]} if crosses else {})
+                            extra={"polygraphy": [c.to_dict() for c in crosses]} if crosses else {},
+                            manifest_sha256=manifest_content_sha256(manifest.to_json()),
+                            images_sha256=files_sha256([files[i] for i in evaluated]))

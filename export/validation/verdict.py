@@ -15,7 +15,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from vitmsn.export.validation import metrics as dm
-from vitmsn.export.validation.gates import GateResult, Gates, evaluate
+from vitmsn.export.validation.gates import GateResult, Gates, evaluate, worst
+from vitmsn.export.validation.stats import Verdict
 
 
 @dataclass(frozen=True)
@@ -24,11 +25,16 @@ class DriftVerdict:
     gates: list[GateResult]
 
     @property
+    def verdict(self) -> Verdict:
+        return worst([g.verdict for g in self.gates])
+
+    @property
     def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
+        return self.verdict == "passed"
 
     @property
     def failed(self) -> list[GateResult]:
+        """Every gate that did not pass (failed or inconclusive)."""
         return [g for g in self.gates if not g.passed]
 
 
@@ -42,13 +48,15 @@ def drift_verdict(per_image: Mapping[str, np.ndarray], gates: Gates, precision: 
                   labels: np.ndarray | None = None) -> DriftVerdict:
     """Summary of the primary output's per-image figures, accuracy when labels are known, and the gates."""
     metrics: dict[str, Any] = dm.summarize(dict(per_image))
+    paired = None
     if classification and labels is not None and got_logits is not None and ref_logits is not None \
             and (np.asarray(labels) >= 0).any():
         acc, ref = dm.accuracy(got_logits, labels), dm.accuracy(ref_logits, labels)
         if acc is not None and ref is not None:
             metrics.update(accuracy=acc, accuracy_reference=ref, accuracy_drop=round(ref - acc, 10),
                            labelled_images=int((np.asarray(labels) >= 0).sum()))
-    return DriftVerdict(metrics, evaluate(gates, precision, metrics))
+            paired = dm.paired_counts(got_logits, ref_logits, labels)
+    return DriftVerdict(metrics, evaluate(gates, precision, per_image, paired))
 
 
 def compare_outputs(got: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], gates: Gates, precision: str,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from vitmsn.core.errors import InputError
 
 from ..manifest import FLAVOURS, EngineEntry, FileRef, PrecisionEntry
+from ..manifest.verdicts import failed_precisions
 from . import device
 from .base import Choice, Runner
 from .cpu import bf16_capable, cpu_flags, vnni_capable
@@ -105,8 +106,14 @@ def onnxruntime_candidate(manifest: "Manifest", machine: Machine, precision: str
     providers = onnxruntime_providers()
     if not providers:
         raise InputError("no inference backend is installed: pip install 'vitmsn[onnxruntime]' (or 'vitmsn[tensorrt]' on a GPU)")
-    if precision is None:
-        precision = next((p for p in onnxruntime_precision_order(providers) if p in manifest.precisions), None)
+    if precision is None:  # auto never picks a precision whose latest verdict failed
+        failed = failed_precisions(manifest)
+        order = onnxruntime_precision_order(providers)
+        precision = next((p for p in order if p in manifest.precisions and p not in failed), None)
+        if precision is None and failed:
+            raise InputError(f"{manifest.root}: every precision ONNX Runtime would run here failed its latest verdict "
+                             f"({'; '.join(failed[p].name for p in order if p in failed)}); pass --precision to run one "
+                             "anyway, or re-export")
         if precision is None:
             raise InputError(f"{manifest.root}: no ONNX model to run with ONNX Runtime (manifest precisions: "
                              f"{', '.join(manifest.precisions) or 'none'}); re-run vitmsn-export")
@@ -150,7 +157,8 @@ def openvino_precision(manifest: "Manifest", flags: frozenset[str] | None = None
     """The precision auto runs on OpenVINO: a gated bf16 entry on a BF16 CPU, else fp32."""
     bf16 = manifest.precisions.get("bf16")
     # Only an entry whose figures are BF16's (validated with bf16 inference precision) and passed its gates.
-    if bf16 is not None and bf16.extra.get("inference_precision") == "bf16" and gates_passed(bf16) and bf16_capable(flags):
+    if bf16 is not None and bf16.extra.get("inference_precision") == "bf16" and gates_passed(bf16) and bf16_capable(flags) \
+            and "bf16" not in failed_precisions(manifest):
         return "bf16"
     if "fp32" in manifest.precisions:
         return "fp32"
@@ -195,11 +203,13 @@ def _tensorrt_version(target: str) -> str | None:
 
 def engine_choices(manifest: "Manifest", precision: str | None, *,
                    with_rebuild: bool = True) -> tuple[list[EngineEntry], list[str]]:
-    """Runnable engine entries (fastest first) and, for the others, why not."""
+    """Runnable engine entries (fastest first) and, for the others, why not. With no precision asked for, an
+    engine whose precision failed its latest verdict is left out (auto never picks it)."""
     gpus = device.cuda_gpus()
+    failed = failed_precisions(manifest) if not precision else {}
     runnable, why_not = [], []
     for entry in manifest.engines:
-        if precision and entry.precision != precision:
+        if (precision and entry.precision != precision) or entry.precision in failed:
             continue
         version = _tensorrt_version(entry.target) if gpus else None
         problems = engine_problems(entry, runtime_version=version, gpus=gpus, root=manifest.root,

@@ -25,7 +25,8 @@ from vitmsn.core.errors import InputError
 from .atomic import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
 from .entries import (FLAVOURS, PRECISIONS, TARGETS, BatchSpec, CalibrationRecord, EngineEntry, FileRef, FlavourEntry, LogEntry,
                       ModelInfo, PrecisionEntry, PreprocessSpec, ReportFile, TensorSpec, reports_from_json, reports_to_json)
-from .fields import Entry, Where, dump, entry, inside, integer, json_field, listing, load, read_bool, read_object, read_str
+from .fields import Entry, Where, dump, entry, inside, integer, json_field, listing, load, read_bool, read_object, read_str, text
+from .verdicts import VERDICTS, VerdictRecord
 
 __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "PRECISIONS", "TARGETS", "FLAVOURS", "Manifest", "NamedFile", "FileCheck",
            "BatchSpec", "CalibrationRecord", "EngineEntry", "FileRef", "FlavourEntry", "LogEntry", "ModelInfo", "PrecisionEntry",
@@ -105,11 +106,14 @@ class Manifest(Entry):
     reports: tuple[ReportFile, ...] = ()  # "reports" and "report_sha256" (reports_from_json)
     passed: bool | None = json_field(read_bool, default=None)
     logs: LogEntry | None = json_field(entry(LogEntry), default=None)  # export.log
+    # the latest verdict per precision/backend/flavour (.verdicts), and the word over everything that ships
+    verdicts: tuple[VerdictRecord, ...] = json_field(listing(entry(VerdictRecord)), default=(), omit=lambda v: not v)
+    verdict: str | None = json_field(text(VERDICTS), default=None)
     extra: dict[str, Any] = dc_field(default_factory=dict)  # created_utc, notes, total_seconds, drift_validation, ...
     schema_version: int = json_field(integer(), default=SCHEMA_VERSION)
 
     JSON_ORDER = ("schema_version", "created_utc", "model", "preprocess", "labels", "inputs", "outputs", "batch", "opset",
-                  "precisions", "engines", "versions", "calibration", "*", "reports", "report_sha256", "passed", "logs")
+                  "precisions", "engines", "versions", "calibration", "*", "reports", "report_sha256", "passed", "verdict", "verdicts", "logs")
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod

@@ -33,7 +33,7 @@ def handle_errors(func: F) -> F:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_USAGE)
         except ValidationFailed as exc:
-            click.echo(f"FAILED: {exc}", err=True)
+            click.echo(f"{getattr(exc, 'verdict', 'failed').upper()}: {exc}", err=True)
             sys.exit(EXIT_FAILED_GATE)
         except KeyboardInterrupt as exc:  # vitmsn.core.interrupts.Interrupted, or Python's own SIGINT handler
             exit_interrupted(exc)

@@ -41,8 +41,10 @@ def _default_out(model: str) -> Path:
                    "accuracy), then run `vitmsn validate` on the artifacts with them and the same gates: "
                    "report.html, report.md, report.json in --out; a failed gate exits 1.")
 @click.option("--fail-on-drift", is_flag=True, help="Enforce the drift gates even when no images were given (synthetic inputs).")
-@click.option("--min-top1-agreement", metavar="X|P=X,...", help="Drift gate override, e.g. 0.99 or int8=0.98,fp16=0.995.")
-@click.option("--min-cosine", metavar="X|P=X,...", help="Drift gate override on the lowest per-image cosine.")
+@click.option("--min-top1-agreement", metavar="X|P=X,...", help="Drift gate override on the 95% lower (Wilson) bound of "
+              "top-1 agreement, e.g. 0.97 or int8=0.95,fp16=0.98; inconclusive when the images cannot decide.")
+@click.option("--min-cosine", metavar="X|P=X,...", help="Drift gate override on the 95% lower bound of the 5th "
+              "percentile of per-image cosines (no longer the minimum).")
 @click.option("--max-accuracy-drop", metavar="X|P=X,...", help="Drift gate override (fraction: 0.01 = 1 point).")
 @click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--calib-min-images", type=click.IntRange(min=1), default=16, show_default=True,

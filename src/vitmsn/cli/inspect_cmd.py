@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from vitmsn.core.errors import InputError
-from vitmsn.runtime.manifest import FileRef, Manifest, TensorSpec
+from vitmsn.core.errors import InputError, ValidationFailed
+from vitmsn.runtime.manifest import FileRef, Manifest, TensorSpec, sha256_file
+from vitmsn.runtime.manifest.verdicts import overall, void_reason
 
 from .common import artifacts_argument, handle_errors, need_artifacts
 
@@ -66,9 +67,29 @@ def describe_manifest(m: Manifest) -> str:
     if m.logs is not None:
         lines.append(f"logs       {m.logs.file} (third-party output of the export)")
     lines.append(f"versions   {', '.join(f'{k} {v}' for k, v in m.versions.items())}")
-    if m.passed is not None:
-        lines.append(f"status     {'passed' if m.passed else 'FAILED (see report.md)'}")
+    lines += verdict_lines(m)
+    word = overall(m) if m.verdicts else m.verdict or (None if m.passed is None else "passed" if m.passed else "failed")
+    if m.verdicts and m.passed is False and word == "passed":  # an export check other than a drift gate failed
+        word = "failed"
+    if word is not None:
+        lines.append(f"status     {word if word == 'passed' else word.upper() + ' (see report.md)'}")
     return "\n".join(lines)
+
+
+def verdict_lines(m: Manifest, on_disk: dict[str, str] | None = None) -> list[str]:
+    """The per-precision verdict table from manifest.json's "verdicts" (the one place every command reads)."""
+    if not m.verdicts:
+        return ["verdicts   none recorded (run vitmsn validate ARTIFACTS --images DIR)"]
+    lines = ["verdicts   backend      precision flavour                verdict       images  by        gates"]
+    for v in sorted(m.verdicts, key=lambda r: (r.precision, r.backend, r.flavour)):
+        void = void_reason(v, m, on_disk)
+        word = "VOID" if void else v.verdict if v.verdict == "passed" else v.verdict.upper()
+        gates = "; ".join(g.describe() for g in v.gates) or "-"
+        lines.append(f"           {v.backend:12s} {v.precision:9s} {v.flavour or '-':22s} {word:13s} "
+                     f"{v.images.get('count', '?'):>6} {v.by:9s} {gates}")
+        if void:
+            lines.append(f"             void: {void}; run vitmsn validate again")
+    return lines
 
 
 def verify_all(m: Manifest) -> None:
@@ -78,12 +99,19 @@ def verify_all(m: Manifest) -> None:
         click.echo(f"{c.status.upper() if not c.ok else c.status:9s} {c.named.file} ({c.named.role})", err=True)
     for name in m.unnamed_files():
         click.echo(f"note      {name} is in the directory but not named in the manifest", err=True)
+    on_disk = {c.named.file: sha256_file(m.path_of(c.named.file)) for c in checks if c.status in ("ok", "corrupt", "swapped")}
+    voids = [f"{v.name} ({v.verdict}, by {v.by}): {why}" for v in m.verdicts if (why := void_reason(v, m, on_disk))]
+    for line in voids:
+        click.echo(f"void      verdict of {line}", err=True)
     bad = [c for c in checks if not c.ok]
     if bad:
         raise InputError(f"{m.path}: {len(bad)} of {len(checks)} named files failed verification: "
                          + "; ".join(f"{c.status}: {c.detail}" for c in bad)
                          + "; restore them or re-run vitmsn-export")
     click.echo(f"all {len(checks)} files match their SHA-256", err=True)
+    if voids:  # the files are intact, but what was judged is not what ships: the verdict no longer covers it
+        raise ValidationFailed(f"{m.path}: {len(voids)} verdict(s) void: {'; '.join(voids)}; run vitmsn validate again",
+                               "inconclusive")
 
 
 @click.command("inspect")
@@ -91,7 +119,8 @@ def verify_all(m: Manifest) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print manifest.json as is.")
 @click.option("--verify", is_flag=True,
               help="Also check every file the manifest names (graphs, CPU flavours, engines, reports) against its "
-                   "SHA-256; exit 2 when any is missing, swapped or corrupt.")
+                   "SHA-256; exit 2 when any is missing, swapped or corrupt; exit 1 when a recorded verdict is void "
+                   "(the file it judged or the manifest content it read changed since).")
 @handle_errors
 def command(artifacts: Path | None, as_json: bool, verify: bool) -> None:
     """Print an artifacts directory's manifest readably."""

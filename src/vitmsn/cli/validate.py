@@ -38,9 +38,12 @@ THRESHOLD = ThresholdType()
 @click.option("--precision", "precisions", multiple=True, metavar="P", help="Only these precisions (repeatable) [default: all].")
 @click.option("--backend", type=click.Choice(["all", "auto", "onnxruntime", "tensorrt", "openvino"]), default="all", show_default=True,
               help="Which backends to compare (TensorRT engines only where they can run).")
-@click.option("--min-top1-agreement", type=THRESHOLD, help="Gate: share of images with the reference's top-1 [default per precision].")
-@click.option("--min-cosine", type=THRESHOLD, help="Gate: lowest per-image cosine similarity [default per precision].")
-@click.option("--max-accuracy-drop", type=THRESHOLD, help="Gate: accuracy points lost vs the reference, e.g. 0.01 [needs labels].")
+@click.option("--min-top1-agreement", type=THRESHOLD, help="Gate: the 95% lower (Wilson) bound of the share of images with the "
+              "reference's top-1 [default per precision].")
+@click.option("--min-cosine", type=THRESHOLD, help="Gate: the 95% lower bound of the 5th percentile of per-image cosine similarity "
+              "(no longer the minimum) [default per precision].")
+@click.option("--max-accuracy-drop", type=THRESHOLD, help="Gate: the 95% upper (paired) bound of the accuracy lost vs the "
+              "reference, e.g. 0.01 [needs labels].")
 @click.option("--out", type=click.Path(path_type=Path), help="Report directory [default: ARTIFACTS].")
 @click.option("--checkpoint", help="The reference checkpoint, when it is no longer where the manifest says.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per inference call [default: the manifest's opt batch].")
@@ -54,8 +57,10 @@ def command(artifacts: Path | None, images: Path | None, labels: Path | None, pr
             batch_size: int | None, sensitivity: bool, calib_images: Path | None, calib_samples: int, quiet: bool) -> None:
     """Accuracy drift of every precision and backend in ARTIFACTS against the PyTorch FP32 reference.
 
-    Writes report.json, report.md and report.html. Exit 1 when the report says passed=false (a gate failed,
-    or a check of the export whose report it extends), 2 on bad input.
+    Writes report.json, report.md and report.html and records each verdict in ARTIFACTS/manifest.json.
+    Every gate is decided on a one-sided 95% confidence bound: passed, failed, or inconclusive when the
+    images cannot decide (the message says how many would). Exit 1 when anything that ships is failed or
+    inconclusive (this run's precisions and those kept from earlier runs), 2 on bad input.
     --min-top1-agreement, --min-cosine and --max-accuracy-drop take X (every precision) or
     int8=X,fp16=Y; the defaults (why: vitmsn.export.validation.gates):
 
@@ -68,7 +73,7 @@ def command(artifacts: Path | None, images: Path | None, labels: Path | None, pr
 
     with deferred():  # torch and the other C++ extensions: see vitmsn.core.interrupts
         from vitmsn.export.validation.gates import Gates
-        from vitmsn.export.validation.drift_report import VALIDATION_STAGE, read_previous, write_drift_reports
+        from vitmsn.export.validation.drift_report import read_previous, write_drift_reports
         from vitmsn.export.validation.validate import validate_artifacts
     import_deferred(("torch", "onnxruntime"))
 
@@ -85,34 +90,44 @@ def command(artifacts: Path | None, images: Path | None, labels: Path | None, pr
         result.extra["sensitivity"] = sensitivity_for_artifacts(artifacts, calib_images or images, samples=calib_samples,
                                                                 progress=not quiet).to_dict()
     target = out or artifacts
+    in_place = Path(target).resolve() == Path(artifacts).resolve()
     with deferred():  # report.json, .md and .html are written together or not at all
-        names = write_drift_reports(target, result)
-        if Path(target).resolve() == Path(artifacts).resolve():  # the reports are artifacts: record their SHA-256
-            from vitmsn.runtime.manifest import Manifest
+        from vitmsn.export.validation.recording import check_unchanged, records_from_validation, with_verdicts
+        from vitmsn.runtime.manifest import Manifest
 
-            Manifest.load(artifacts).with_reports(names).save()
-    # The exit code is the written report's verdict: its top-level "passed" also covers the stages of an export
-    # report it was merged into (a failed export check fails it even when every drift gate holds).
-    report = read_previous(target) or {}
-    passed = bool(report.get("passed", result.passed))
+        records = records_from_validation(result, report="report.json" if in_place else str(Path(target) / "report.json"))
+        now = Manifest.load(artifacts)
+        check_unchanged(now, records)  # the directory still ships what ran, under the content it read
+        updated = with_verdicts(now, records)
+        names = write_drift_reports(target, result, verdicts=updated)
+        if in_place:  # the reports are artifacts: record their SHA-256, and the verdicts in the one place
+            updated.with_reports(names).save()
     for r in result.results:
         m = r.metrics
         figures = [f"top-1 agreement {m['top1_agreement']:.4f}" if "top1_agreement" in m else "",
-                   f"cosine min {m['cosine_min']:.6f}" if m.get("cosine_min") is not None else "cosine min n/a",
+                   f"cosine p5 {m['cosine_p5']:.6f}" if m.get("cosine_p5") is not None else "cosine n/a",
                    f"accuracy {m['accuracy']:.4f} (reference {m['accuracy_reference']:.4f})" if m.get("accuracy") is not None else ""]
-        click.echo(f"[{'ok' if r.passed else 'FAIL'}] {r.name}: " + ", ".join(f for f in figures if f))
+        word = {"passed": "ok", "failed": "FAIL", "inconclusive": "INCONCLUSIVE"}[r.verdict]
+        click.echo(f"[{word}] {r.name}: " + ", ".join(f for f in figures if f))
     if "sensitivity" in result.extra:
         worst = ", ".join(f"{g['group']} ({g['score']:.3g})" for g in result.extra["sensitivity"]["ranking"][:3])
         click.echo(f"int8 sensitivity, worst first: {worst}")
     for s in result.skipped_images:
         click.echo(f"skipped {s['image']}: {s['reason']}", err=True)
     click.echo(f"wrote {target / 'report.json'}, report.md, report.html", err=True)
-    if not passed:
-        failures = result.failures() + [f"export stage {s.get('stage')} failed: {s.get('detail')}"
-                                        for s in report.get("stages") or [] if not s.get("passed", False)
-                                        and s.get("stage") != VALIDATION_STAGE]
-        raise ValidationFailed("; ".join(failures or ["the report says passed=false"]) + f" (see {target / 'report.md'})")
-
+    # The exit code is the verdict over everything that ships: this run's results, the verdicts kept from earlier
+    # runs on the precisions it did not cover, and the stages of an export report it was merged into.
+    report = read_previous(target) or {}
+    word = str(report.get("verdict") or updated.verdict or result.verdict)
+    if word != "passed":
+        ours = {rec.key for rec in records}
+        earlier = [f"{v.name}: {v.verdict} by an earlier {v.by} ({v.reason()})" for v in updated.verdicts
+                   if v.key not in ours and v.verdict != "passed"]
+        failures = result.failures() + earlier + [f"export stage {s.get('stage')} failed: {s.get('detail')}"
+                                                  for s in report.get("stages") or [] if not s.get("passed", False)
+                                                  and not str(s.get("stage")).startswith(("drift_", "requantize_"))]
+        raise ValidationFailed("; ".join(failures or [f"the report says {word}"]) + f" (see {target / 'report.md'})",
+                               word)
 
 def _defaults_help() -> str:
     from vitmsn.export.validation.gates import DEFAULT_THRESHOLDS

@@ -15,4 +15,9 @@ class InputError(VitmsnError):
 
 
 class ValidationFailed(VitmsnError):
-    """Artifacts were written, but a validation stage or a drift gate failed (CLI exit code 1)."""
+    """Artifacts were written, but a validation stage or a drift gate failed, or a gate could not be decided
+    on the images it had (CLI exit code 1). ``verdict``: "failed" or "inconclusive", the message's first word."""
+
+    def __init__(self, message: str, verdict: str = "failed") -> None:
+        super().__init__(message)
+        self.verdict = verdict

@@ -19,6 +19,7 @@ from pathlib import Path
 from vitmsn.core.errors import InputError
 from vitmsn.runtime.backends.registry import cpu_flavour
 from vitmsn.runtime.manifest import MANIFEST_NAME, FlavourEntry, Manifest, PrecisionEntry
+from vitmsn.runtime.manifest.verdicts import failed_precisions, void_reason
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,18 @@ def failed_stages(entry: PrecisionEntry | FlavourEntry) -> list[str]:
 
 
 def check_gates(manifest: Manifest, precision: str, allow_failed: bool, notes: list[str]) -> None:
+    """Refuse a precision whose latest verdict (manifest ``verdicts``, export or ``vitmsn validate``) is failed,
+    or whose graph checks failed at export; a precision never judged by a verdict falls back on the export's
+    drift stages. A later passing ``vitmsn validate`` replaces a failed drift gate."""
     entry = manifest.precisions.get(precision)
-    failed = failed_stages(entry) if entry else []
-    if not failed:
+    judged = any(v.precision == precision and void_reason(v, manifest) is None for v in manifest.verdicts)
+    failed = [s for s in (failed_stages(entry) if entry else []) if not (judged and s.startswith(("drift_", "requantize_")))]
+    record = failed_precisions(manifest).get(precision)
+    if record is None and not failed:
         return
-    what = f"{manifest.root / MANIFEST_NAME}: precision {precision} failed its export gate(s) {', '.join(failed)}"
+    why = f"its latest verdict is failed ({record.name}, by {record.by}: {record.reason()})" if record is not None \
+        else f"it failed its export gate(s) {', '.join(failed)}"
+    what = f"{manifest.root / MANIFEST_NAME}: precision {precision}: {why}"
     if not allow_failed:
         raise InputError(f"{what}; refusing to package it for serving. Re-export (see report.md), serve another "
                          "precision with --precision, or pass --allow-failed-gates to package it anyway")
