@@ -46,7 +46,7 @@ from vitmsn.export.precision.fp16 import Fp16Options
 from vitmsn.export.precision.int8 import Int8Options
 from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention
 from vitmsn.export.fp32.onnx_export import onnx_from_model
-from vitmsn.export.staging import StagedOutput
+from vitmsn.export.staging import StagedOutput, check_inputs_outside
 from vitmsn.export.precisions import StepContext, engine_step, file_ref, fp16_step, int8_step, validation_record
 from vitmsn.export.validation.report import write_export_report
 from vitmsn.export.fp32.spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
@@ -96,6 +96,7 @@ class ExportOptions:
     engine_options: EngineOptions | None = None  # workspace, timing cache, ...; target/batch come from here
     gates: Gates = Gates()
     verbose: bool = False
+    config_file: Path | None = None  # the vitmsn.toml / pyproject.toml the options came from
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -114,6 +115,10 @@ class ExportOptions:
         for option, path in (("--calib-images", self.calib_images), ("--validate-images", self.validate_images)):
             if path is not None and not Path(path).is_dir():
                 raise InputError(f"{option} {path}: no such directory")
+        check_inputs_outside(self.out, {"--calib-images": self.calib_images, "--validate-images": self.validate_images,
+                                         "--calib-cache": self.calib_cache,
+                                         "--model": None if self.model == "demo" else Path(self.model).expanduser(),
+                                         "config file": self.config_file})
         if "bf16" in self.precisions:
             from vitmsn.export.precision.bf16 import require_openvino
 

@@ -137,3 +137,14 @@ def inside(root: Path, relative: str, where: Where) -> Path:
 def extra(obj: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
     """The fields a type does not model, kept as they are so that writing round-trips the JSON."""
     return {k: v for k, v in obj.items() if k not in known}
+
+
+def label_control_character(label: str) -> str | None:
+    """The first control character, line or paragraph separator in ``label`` (Unicode Cc, Zl, Zp: ``\\n``,
+    ``\\r``, U+2028, ...), escaped (``'\\\\n'``, ``'\\\\u2028'``); None for a label that fits on one line."""
+    import unicodedata
+
+    for ch in label:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            return ch.encode("unicode_escape").decode("ascii")
+    return None

@@ -252,10 +252,25 @@ def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[
              "detail": ("manifest preprocess equals the checkpoint's " + ck.preprocess_source) if same else
              f"manifest preprocess {manifest_pre} differs from the checkpoint's ({ck.preprocess_source}: "
              f"{ck.preprocess}); images would be normalised differently from training: re-export"}
+    checks = [check]
+    if manifest.task == "image-classification":  # labels are not hashed: an edited manifest would misname classes
+        checks.append(_labels_check(manifest.labels, ck.labels))
     info = {"backend": "pytorch", "precision": "fp32", "attention": attention, "source": model_block.source,
             "checkpoint": str(ck.directory),
             "checkpoint_sha256": ck.sha256}
-    return model, info, [check]
+    return model, info, checks
+
+
+def _labels_check(manifest_labels: dict[int, str], checkpoint_labels: dict[int, str]) -> dict[str, Any]:
+    differ = sorted(i for i in set(manifest_labels) | set(checkpoint_labels)
+                    if manifest_labels.get(i) != checkpoint_labels.get(i))
+    if not differ:
+        return {"check": "labels_match_checkpoint", "passed": True,
+                "detail": f"manifest labels equal the checkpoint's id2label ({len(checkpoint_labels)} classes)"}
+    shown = ", ".join(f"{i} ({manifest_labels.get(i)!r}, checkpoint {checkpoint_labels.get(i)!r})" for i in differ[:5])
+    return {"check": "labels_match_checkpoint", "passed": False,
+            "detail": f"manifest labels differ from the checkpoint's id2label at class {shown}; predictions would be "
+                      "named wrongly: restore manifest.json or re-run vitmsn-export"}
 
 
 # ---- running --------------------------------------------------------------------------------

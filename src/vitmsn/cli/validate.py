@@ -9,7 +9,7 @@ of the export report it was merged into failed (named too); the reports are writ
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -77,6 +77,7 @@ def command(artifacts: Path | None, images: Path | None, labels: Path | None, pr
     if isinstance(precisions, str):  # a config-file string instead of a list
         precisions = (precisions,)
     gates = Gates.build(min_top1_agreement=min_top1_agreement, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop)
+    click.get_current_context().call_on_close(_hold_artifacts(artifacts, out or artifacts))
     result = validate_artifacts(artifacts, images, labels, gates, precisions=precisions or None, backend=backend,
                                 checkpoint=checkpoint, batch_size=batch_size, progress=not quiet)
     if sensitivity:
@@ -112,6 +113,30 @@ def command(artifacts: Path | None, images: Path | None, labels: Path | None, pr
                                         for s in report.get("stages") or [] if not s.get("passed", False)
                                         and s.get("stage") != VALIDATION_STAGE]
         raise ValidationFailed("; ".join(failures or ["the report says passed=false"]) + f" (see {target / 'report.md'})")
+
+
+def _hold_artifacts(artifacts: Path, target: Path) -> Callable[[], None]:
+    """Before any work: refuse a report directory this process cannot write, then take the export's lock on
+    ARTIFACTS (``.<name>.lock`` beside it, :class:`vitmsn.export.staging.OutputLock`) until the command ends (the
+    returned release). An export running on ARTIFACTS makes this exit 2 naming it; an export started meanwhile
+    exits 2 naming this validate; neither waits. So no report of the old graphs lands in a re-exported directory."""
+    import os
+
+    from vitmsn.errors import InputError
+    from vitmsn.export.staging import OutputLock, check_writable
+
+    writes_artifacts = Path(target).resolve() == Path(artifacts).resolve()
+    check_writable(Path(target), "ARTIFACTS" if writes_artifacts else "--out",
+                   "make it writable, or write the reports elsewhere with --out DIR")
+    lock = OutputLock(Path(os.path.realpath(artifacts)), holder="vitmsn validate", option="ARTIFACTS")
+    try:
+        lock.acquire()
+    except OSError as exc:
+        if writes_artifacts:
+            raise InputError(f"ARTIFACTS {artifacts}: cannot create its lock {lock.path} ({exc.strerror or exc}); "
+                             "make the folder above it writable, or write the reports elsewhere with --out DIR") from None
+        return lambda: None  # a read-only artifacts store, reports to --out: no export can replace it from here
+    return lock.release
 
 
 def _defaults_help() -> str:
