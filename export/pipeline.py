@@ -38,7 +38,7 @@ from vitmsn.runtime.manifest import (MANIFEST_NAME, PRECISIONS, CalibrationRecor
 
 from vitmsn.export.fp32 import checks
 from vitmsn.export.fp32.checkpoint import load_checkpoint
-from vitmsn.export.validation.comparison import comparison_inputs, outputs_in_batches
+from vitmsn.export.validation.comparison import calibration_content, comparison_inputs, outputs_in_batches
 from vitmsn.export.validation.gates import Gates
 from vitmsn.export.validation.drift_report import VALIDATION_STAGE, validation_stage, write_drift_reports
 from vitmsn.export.engines.builder import EngineOptions, builder_status, check_engine_options
@@ -255,11 +255,12 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     if opts.calib_images is not None and {"fp16", "int8"} & set(opts.precisions):
         activity(f"reading calibration images from {opts.calib_images}")
     calibration = _calibration(opts, preprocess_block)
+    sample = calibration_content(calibration, preprocess_block) if calibration is not None else None
     converted = [p for p in opts.precisions if p != "fp32"]
     inputs = None
     if converted:
         inputs = comparison_inputs(preprocess_block, ck.labels, tuple(int(d) for d in spec.input.shape[1:]),
-                                   validate_images=opts.validate_images, calibration=calibration)
+                                   validate_images=opts.validate_images, calibration=calibration, sample=sample)
     elif opts.validate_images is not None:  # the drift validation reads it at the end: refuse a bad folder now
         image_set(opts.validate_images, ck.labels if spec.task == "image-classification" else {})
 
@@ -292,9 +293,9 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
         ref.file, ref.sha256, ref.size_bytes, "float32", flavours=flavours,
         extra={"export_seconds": round(export_seconds, 2), "validation": fp32_validation})}
     engines: list[EngineEntry] = []
-    if calibration is not None:
+    if calibration is not None and sample is not None:
         skeleton = replace(skeleton, calibration=CalibrationRecord.from_json(
-            calibration.to_manifest(), Where(str(skeleton.path), "calibration")))
+            dict(calibration.to_manifest(), **sample.to_manifest()), Where(str(skeleton.path), "calibration")))
     result = ExportResult(out, replace(skeleton, precisions=precisions), stages, notes)
     rows: list[dict[str, Any]] = []
     reference_cache = ReferenceCache()

@@ -191,18 +191,24 @@ class CalibrationRecord:
     tensor_sha256: str
     method: str | None = None
     extra: dict[str, Any] = dc_field(default_factory=dict)
+    # SHA-256 of each calibration image's bytes and of its decoded pixels (vitmsn.calibration.content): gating
+    # images with either are in sample. Empty in the int8 entry's copy and in manifests written before.
+    images_sha256: tuple[str, ...] = ()
+    pixels_sha256: tuple[str, ...] = ()
 
-    KNOWN = ("source", "count", "sha256", "tensor_sha256", "method")
+    KNOWN = ("source", "count", "sha256", "tensor_sha256", "method", "images_sha256", "pixels_sha256")
 
     @classmethod
     def from_json(cls, obj: Any, where: Where) -> "CalibrationRecord":
         obj = read_object(obj, where)
         key = "tensor_sha256" if "tensor_sha256" in obj else "sha256"
         method = obj.get("method")
+        digests = {k: tuple(read_sha256(v, where.at(k).at(i)) for i, v in enumerate(read_list(obj.get(k, []), where.at(k))))
+                   for k in ("images_sha256", "pixels_sha256")}
         return cls(read_str(field(obj, "source", where), where.at("source")),
                    read_int(field(obj, "count", where), where.at("count"), minimum=1),
                    read_sha256(field(obj, key, where), where.at(key)),
-                   None if method is None else read_str(method, where.at("method")), extra(obj, cls.KNOWN))
+                   None if method is None else read_str(method, where.at("method")), extra(obj, cls.KNOWN), **digests)
 
     def to_json(self, *, precision_entry: bool = False) -> dict[str, Any]:
         """The top-level ``calibration`` block, or (``precision_entry``) the one inside ``precisions.int8``,
@@ -213,6 +219,8 @@ class CalibrationRecord:
         out.update(source=self.source, count=self.count)
         if precision_entry:
             out["sha256"] = self.tensor_sha256
+        elif self.images_sha256:
+            out.update(images_sha256=list(self.images_sha256), pixels_sha256=list(self.pixels_sha256))
         return {**out, **self.extra, "tensor_sha256": self.tensor_sha256}
 
 

@@ -30,7 +30,7 @@ from vitmsn.runtime.preprocess import ImageError, PreprocessConfig
 
 from vitmsn.export.validation import metrics as dm
 from vitmsn.export.validation.gates import Gates, GateResult
-from vitmsn.export.validation.inputs import ImageSet, image_set
+from vitmsn.export.validation.inputs import ImageSet, image_set, without_calibration_images
 from vitmsn.export.validation.verdict import ReferenceCache, drift_verdict
 
 log = logging.getLogger(__name__)
@@ -318,6 +318,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
     labels = manifest.labels
     images = image_set(images_dir, labels if manifest.task == "image-classification" else {}, labels_file)
     pre = PreprocessConfig.from_manifest(manifest.preprocess)
+    images = without_calibration_images(images, manifest.calibration, pre)  # never gate in sample
     targets, skipped_backends = targets_from_manifest(manifest, precisions, backend, openvino)
     model, reference, checks = reference_model(manifest, checkpoint)
     classification = manifest.task == "image-classification"
