@@ -5,9 +5,13 @@
         staged.commit(named)                     # --out is replaced whole by what was written
 
 * **Exclusive.** ``.<name>.lock`` beside ``--out`` is locked (``fcntl.flock``) for the whole run and
-  holds the run's PID; a second run on the same ``--out`` fails at once with :class:`InputError`
-  naming that PID (exit 2). The lock file is removed when the run ends (a run that was killed
-  leaves it unlocked: the kernel drops a dead process's locks).
+  holds the run's PID and command; a second run on the same ``--out``, or a ``vitmsn validate`` of it
+  (which takes the same lock, :class:`OutputLock`), fails at once with :class:`InputError` naming
+  that process (exit 2). The lock file is removed when the run ends (a run that was killed leaves
+  it unlocked: the kernel drops a dead process's locks).
+* **Only its own files.** An earlier artifacts directory is replaced only when every file in it is
+  named by its manifest; other files (the user's) make the run refuse, listing them, before any
+  work. Inputs inside ``--out`` are refused too (:func:`check_inputs_outside`).
 * **Staged.** Everything is written under ``.<name>.staging-XXXX/`` beside ``--out`` (same file
   system): ``out/`` becomes ``--out``, ``tmp/`` is the run's temporary directory
   (``tempfile.tempdir`` and ``TMPDIR`` point there while the run lasts, so library scratch files,

@@ -116,27 +116,33 @@ def command(artifacts: Path | None, images: Path | None, labels: Path | None, pr
 
 
 def _hold_artifacts(artifacts: Path, target: Path) -> Callable[[], None]:
-    """Before any work: refuse a report directory this process cannot write, then take the export's lock on
-    ARTIFACTS (``.<name>.lock`` beside it, :class:`vitmsn.export.staging.OutputLock`) until the command ends (the
-    returned release). An export running on ARTIFACTS makes this exit 2 naming it; an export started meanwhile
-    exits 2 naming this validate; neither waits. So no report of the old graphs lands in a re-exported directory."""
+    """Before any work: take the export's lock on ARTIFACTS (``.<name>.lock`` beside it,
+    :class:`vitmsn.export.staging.OutputLock`) until the command ends (the returned release), then refuse a report
+    directory this process cannot write (exit 2, one line). An export running on ARTIFACTS makes this exit 2 naming
+    it; an export started meanwhile exits 2 naming this validate; neither waits. So no report of the old graphs
+    lands in a re-exported directory."""
     import os
 
     from vitmsn.errors import InputError
     from vitmsn.export.staging import OutputLock, check_writable
 
     writes_artifacts = Path(target).resolve() == Path(artifacts).resolve()
-    check_writable(Path(target), "ARTIFACTS" if writes_artifacts else "--out",
-                   "make it writable, or write the reports elsewhere with --out DIR")
     lock = OutputLock(Path(os.path.realpath(artifacts)), holder="vitmsn validate", option="ARTIFACTS")
+    release: Callable[[], None] = lock.release
     try:
         lock.acquire()
     except OSError as exc:
         if writes_artifacts:
             raise InputError(f"ARTIFACTS {artifacts}: cannot create its lock {lock.path} ({exc.strerror or exc}); "
                              "make the folder above it writable, or write the reports elsewhere with --out DIR") from None
-        return lambda: None  # a read-only artifacts store, reports to --out: no export can replace it from here
-    return lock.release
+        release = lambda: None  # noqa: E731  a read-only artifacts store, reports to --out: nothing here changes
+    try:  # under the lock, so an export checking the directory for unnamed files never sees the probe file
+        check_writable(Path(target), "ARTIFACTS" if writes_artifacts else "--out",
+                       "make it writable, or write the reports elsewhere with --out DIR")
+    except BaseException:
+        release()
+        raise
+    return release
 
 
 def _defaults_help() -> str:
