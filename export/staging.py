@@ -100,13 +100,6 @@ class OutputLock:
         os.close(self.fd)
         self.fd = None
 
-    def __enter__(self) -> "OutputLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
 
 def _read_holder(fd: int) -> tuple[int | None, str]:
     """The PID and command written by the lock's holder ("4242 vitmsn validate")."""

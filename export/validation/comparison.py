@@ -74,12 +74,12 @@ def comparison_inputs(preprocess_block: dict[str, Any], labels: dict[int, str], 
     pre = PreprocessConfig.from_manifest(preprocess_block)
     if calibration is not None and sample is None:
         sample = calibration_content(calibration, preprocess_block)
-    empty = SampleDigests(frozenset(), frozenset())
     if validate_images is not None:
         from vitmsn.export.validation.inputs import image_set
 
         images = image_set(validate_images, labels)
-        chosen = (sample or empty).outside(images.files, pre)  # in sample by bytes or pixels, whatever the path
+        # in sample by bytes or by pixels, whatever the path
+        chosen = sample.outside(images.files, pre) if sample is not None else list(range(len(images.files)))
         excluded = len(images.files) - len(chosen)
         chosen = chosen[:MAX_VALIDATION_IMAGES]
         x, keep = _preprocessed(pre, [images.files[i] for i in chosen])
@@ -88,9 +88,9 @@ def comparison_inputs(preprocess_block: dict[str, Any], labels: dict[int, str], 
             return ComparisonInputs(x, images.labels[[chosen[i] for i in keep]],
                                     f"validation images {validate_images}{note}", True, "validate-images",
                                     excluded_in_sample=excluded)
-    if calibration is not None and calibration.heldout:
+    if calibration is not None and sample is not None and calibration.heldout:
         held = [Path(calibration.source) / f for f in calibration.heldout]
-        distinct = (sample or empty).outside(held, pre)  # a copy of a calibrated image in the same folder stays out
+        distinct = sample.outside(held, pre)  # a copy of a calibrated image in the same folder stays out
         x, keep = _preprocessed(pre, [held[i] for i in distinct])
         if x is not None:
             index = {name: i for i, name in labels.items()}
