@@ -38,7 +38,7 @@ from vitmsn.runtime.manifest import (MANIFEST_NAME, PRECISIONS, TARGETS, Calibra
 
 from vitmsn.export.fp32 import checks
 from vitmsn.export.fp32.checkpoint import load_checkpoint
-from vitmsn.export.validation.comparison import comparison_inputs, outputs_in_batches
+from vitmsn.export.validation.comparison import calibration_content, comparison_inputs, outputs_in_batches
 from vitmsn.export.validation.gates import Gates
 from vitmsn.export.validation.drift_report import VALIDATION_STAGE, validation_stage, write_drift_reports
 from vitmsn.export.engines.builder import EngineOptions, builder_status, check_engine_options
@@ -48,6 +48,7 @@ from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention
 from vitmsn.export.fp32.onnx_export import onnx_from_model
 from vitmsn.export.staging import StagedOutput
 from vitmsn.export.steps import StepContext, engine_step, file_ref, fp16_step, int8_step, validation_record
+from vitmsn.export.staging import StagedOutput, check_inputs_outside
 from vitmsn.export.validation.report import write_export_report
 from vitmsn.export.fp32.spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
 from vitmsn.export.validation.validate import ValidationResult, validate_artifacts
@@ -96,6 +97,7 @@ class ExportOptions:
     engine_options: EngineOptions | None = None  # workspace, timing cache, ...; target/batch come from here
     gates: Gates = Gates()
     verbose: bool = False
+    config_file: Path | None = None  # the vitmsn.toml / pyproject.toml the options came from
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -114,6 +116,10 @@ class ExportOptions:
         for option, path in (("--calib-images", self.calib_images), ("--validate-images", self.validate_images)):
             if path is not None and not Path(path).is_dir():
                 raise InputError(f"{option} {path}: no such directory")
+        check_inputs_outside(self.out, {"--calib-images": self.calib_images, "--validate-images": self.validate_images,
+                                         "--calib-cache": self.calib_cache,
+                                         "--model": None if self.model == "demo" else Path(self.model).expanduser(),
+                                         "config file": self.config_file})
         if "bf16" in self.precisions:
             from vitmsn.export.precision.bf16 import require_openvino
 
@@ -250,11 +256,12 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     if opts.calib_images is not None and {"fp16", "int8"} & set(opts.precisions):
         activity(f"reading calibration images from {opts.calib_images}")
     calibration = _calibration(opts, preprocess_block)
+    sample = calibration_content(calibration, preprocess_block) if calibration is not None else None
     converted = [p for p in opts.precisions if p != "fp32"]
     inputs = None
     if converted:
         inputs = comparison_inputs(preprocess_block, ck.labels, tuple(int(d) for d in spec.input.shape[1:]),
-                                   validate_images=opts.validate_images, calibration=calibration)
+                                   validate_images=opts.validate_images, calibration=calibration, sample=sample)
     elif opts.validate_images is not None:  # the drift validation reads it at the end: refuse a bad folder now
         image_set(opts.validate_images, ck.labels if spec.task == "image-classification" else {})
 
@@ -287,9 +294,9 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
         ref.file, ref.sha256, ref.size_bytes, "float32", flavours=flavours,
         extra={"export_seconds": round(export_seconds, 2), "validation": fp32_validation})}
     engines: list[EngineEntry] = []
-    if calibration is not None:
+    if calibration is not None and sample is not None:
         skeleton = replace(skeleton, calibration=CalibrationRecord.from_json(
-            calibration.to_manifest(), Where(str(skeleton.path), "calibration")))
+            dict(calibration.to_manifest(), **sample.to_manifest()), Where(str(skeleton.path), "calibration")))
     result = ExportResult(out, replace(skeleton, precisions=precisions), stages, notes)
     rows: list[dict[str, Any]] = []
     reference_cache = ReferenceCache()

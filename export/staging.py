@@ -5,9 +5,13 @@
         staged.commit(named)                     # --out is replaced whole by what was written
 
 * **Exclusive.** ``.<name>.lock`` beside ``--out`` is locked (``fcntl.flock``) for the whole run and
-  holds the run's PID; a second run on the same ``--out`` fails at once with :class:`InputError`
-  naming that PID (exit 2). The lock file is removed when the run ends (a run that was killed
-  leaves it unlocked: the kernel drops a dead process's locks).
+  holds the run's PID and command; a second run on the same ``--out``, or a ``vitmsn validate`` of it
+  (which takes the same lock, :class:`OutputLock`), fails at once with :class:`InputError` naming
+  that process (exit 2). The lock file is removed when the run ends (a run that was killed leaves
+  it unlocked: the kernel drops a dead process's locks).
+* **Only its own files.** An earlier artifacts directory is replaced only when every file in it is
+  named by its manifest; other files (the user's) make the run refuse, listing them, before any
+  work. Inputs inside ``--out`` are refused too (:func:`check_inputs_outside`).
 * **Staged.** Everything is written under ``.<name>.staging-XXXX/`` beside ``--out`` (same file
   system): ``out/`` becomes ``--out``, ``tmp/`` is the run's temporary directory
   (``tempfile.tempdir`` and ``TMPDIR`` point there while the run lasts, so library scratch files,
@@ -50,11 +54,15 @@ def _lock_path(out: Path) -> Path:
 
 
 class OutputLock:
-    """An exclusive, non-blocking ``flock`` on ``.<name>.lock`` beside ``out``, holding this PID."""
+    """An exclusive, non-blocking ``flock`` on ``.<name>.lock`` beside ``out``, holding this PID and ``holder``
+    (the command taking it, named to whoever finds it held). ``vitmsn-export`` holds it while it writes ``--out``,
+    ``vitmsn validate`` while it reads and updates the artifacts directory."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, holder: str = "vitmsn-export", option: str = "--out") -> None:
         self.out = out
         self.path = _lock_path(out)
+        self.holder = holder
+        self.option = option
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -63,11 +71,11 @@ class OutputLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _read_pid(fd)
+                pid, holder = _read_holder(fd)
                 os.close(fd)
-                who = f"process {holder}" if holder else "another process"
-                raise InputError(f"--out {self.out}: another vitmsn-export run ({who}) is writing it (lock "
-                                 f"{self.path}); wait for it to finish, or choose another --out") from None
+                who = f"{holder or 'another vitmsn run'} (process {pid})" if pid else "another vitmsn run"
+                raise InputError(f"{self.option} {self.out}: {who} is using it (lock {self.path}); wait for it to "
+                                 "finish" + (", or choose another --out" if self.option == "--out" else "")) from None
             except BaseException:
                 os.close(fd)
                 raise
@@ -79,7 +87,7 @@ class OutputLock:
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {self.holder}\n".encode())
         self.fd = fd
 
     def release(self) -> None:
@@ -93,12 +101,40 @@ class OutputLock:
         self.fd = None
 
 
-def _read_pid(fd: int) -> int | None:
+def _read_holder(fd: int) -> tuple[int | None, str]:
+    """The PID and command written by the lock's holder ("4242 vitmsn validate")."""
     try:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else None
+        pid, _, holder = os.pread(fd, 256, 0).decode(errors="replace").strip().partition(" ")
     except OSError:
-        return None
+        return None, ""
+    return (int(pid) if pid.isdigit() else None), holder.strip()
+
+
+def check_writable(directory: Path, what: str, fix: str) -> None:
+    """Refuse (exit 2, one line) a directory, or the nearest existing folder above it, in which this process cannot
+    create a file. Found by creating one: mode bits are not the whole story (root, read-only mounts, ACLs)."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vitmsn-write-check-", dir=existing)
+    except OSError as exc:
+        raise InputError(f"{what} {directory}: cannot be written here ({exc.strerror or exc}); {fix}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_inputs_outside(out: str | os.PathLike[str], inputs: dict[str, str | os.PathLike[str] | None]) -> None:
+    """Refuse (exit 2, before any work) an input that lies inside ``--out``: ``{option: path}``; a re-export
+    replaces ``--out`` whole, so it would delete what it reads."""
+    target = os.path.realpath(out)
+    for option, path in inputs.items():
+        if path is None or not os.path.exists(path):
+            continue
+        real = os.path.realpath(path)
+        if real == target or real.startswith(target.rstrip(os.sep) + os.sep):
+            raise InputError(f"{option} {path}: is inside --out {out}, which the export replaces whole; move it out "
+                             "of the artifacts directory, or choose another --out")
 
 
 def _rename_exchange(a: Path, b: Path) -> bool:
@@ -150,6 +186,8 @@ class StagedOutput:
             raise InputError(f"--out {self.requested}: cannot write in {parent} ({exc.strerror or exc}); "
                              "choose a writable location") from None
         try:
+            if (self.out / MANIFEST_NAME).is_file():  # under the lock: no validate is writing its reports now
+                self._check_only_named_files()
             self._remove_leftovers()
             self.root = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.staging-", dir=parent))
             self.path.mkdir()
@@ -182,6 +220,25 @@ class StagedOutput:
             parent = parent.parent
         if not os.access(parent, os.W_OK | os.X_OK):
             raise InputError(f"--out {self.requested}: {parent} is not writable; choose a writable location")
+
+    def _check_only_named_files(self) -> None:
+        """A re-export replaces --out whole: refuse when it holds files its manifest does not name (the user's, not
+        the toolkit's), rather than delete them."""
+        from vitmsn.runtime.manifest import Manifest
+
+        try:
+            named = {f.file for f in Manifest.load(self.out).files()} | {MANIFEST_NAME}
+        except InputError as exc:
+            raise InputError(f"--out {self.requested}: its {MANIFEST_NAME} cannot be read ({exc}), so the files "
+                             "vitmsn-export wrote cannot be told from others; remove the directory or choose another "
+                             "--out") from None
+        unnamed = sorted(p.relative_to(self.out).as_posix() for p in self.out.rglob("*")
+                         if (p.is_file() or p.is_symlink()) and p.relative_to(self.out).as_posix() not in named)
+        if unnamed:
+            listed = ", ".join(unnamed[:10]) + (f" and {len(unnamed) - 10} more" if len(unnamed) > 10 else "")
+            raise InputError(f"--out {self.requested}: holds {len(unnamed)} file(s) its {MANIFEST_NAME} does not name "
+                             f"({listed}); a re-export replaces the directory whole and would delete them: move them "
+                             "out, or choose another --out")
 
     def _remove_leftovers(self) -> None:
         """Staging and ``.old`` directories of runs on this --out that were killed outright (we hold the lock)."""

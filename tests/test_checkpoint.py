@@ -17,6 +17,23 @@ from vitmsn.export.fp32.checkpoint import canonical_key, load_checkpoint
 from checkpoints import TINY_CONFIG, save_transformers, transformers_outputs
 
 
+@pytest.mark.parametrize("label, shown", [("tri\nangle", "\\n"), ("tri\rangle", "\\r"), ("tri\u2028angle", "\\u2028"),
+                                          ("tri\x85angle", "\\x85")], ids=["LF", "CR", "U+2028", "NEL"])
+def test_labels_with_control_characters_are_refused(tmp_path: Path, label: str, shown: str) -> None:
+    """labels.txt, Triton and every log show one label per line: an export refuses a label that would break it."""
+    from vitmsn.export.demo import CHECKPOINT_DIR
+
+    d = tmp_path / "ck"
+    shutil.copytree(CHECKPOINT_DIR, d)
+    config = json.loads((d / "config.json").read_text())
+    config["id2label"]["2"] = label
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError) as info:
+        load_checkpoint(str(d))
+    message = str(info.value)
+    assert str(d / "config.json") in message and f"id2label 2" in message and shown in message, message
+
+
 def _outputs_equal(ck_dir: Path, reference: torch.nn.Module, image_size: int = 32) -> None:
     ck = load_checkpoint(str(ck_dir))
     x = torch.randn(2, 3, image_size, image_size)

@@ -153,7 +153,6 @@ def test_second_run_on_the_same_out_exits_2_naming_the_pid(art: Path, tmp_path: 
 
 def test_reexport_of_another_model_leaves_none_of_the_old_files(art: Path, tmp_path: Path) -> None:
     save_transformers(tmp_path / "tiny", **TINY_CONFIG)
-    (art / "engine.fp32.tensorrt.plan").write_bytes(b"an engine of the old model")  # not in the old manifest either
     old = set(snapshot(art))
     assert "model.fp32.ort.onnx" in old
     proc = run(export_args(art, "--no-fp32-cpu", model=str(tmp_path / "tiny")), tmp_path / "tmp")
@@ -168,6 +167,50 @@ def test_reexport_of_another_model_leaves_none_of_the_old_files(art: Path, tmp_p
     assert "model.fp32.ort.onnx" not in named and leftovers(art) == []
     assert list((tmp_path / "tmp").iterdir()) == []
     assert verify(art).returncode == 0
+
+
+def test_reexport_refuses_files_its_manifest_does_not_name_and_keeps_them(art: Path, tmp_path: Path) -> None:
+    """Never delete what the toolkit did not write: the user's notes, images, an engine no manifest names."""
+    from vitmsn.export.demo import write_dataset
+
+    (art / "NOTES.md").write_text("the user's notes")
+    write_dataset(art / "calib", per_class=1, split="train", labels=("circle", "square"))
+    (art / "engine.fp32.tensorrt.plan").write_bytes(b"an engine the manifest does not name")
+    before = snapshot(art)
+    proc = run(export_args(art), tmp_path / "tmp")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "does not name" in proc.stderr, proc.stderr
+    for name in ("NOTES.md", "calib/circle/circle_0000.jpg", "calib/square/square_0000.jpg", "engine.fp32.tensorrt.plan"):
+        assert name in proc.stderr, (name, proc.stderr)
+    assert snapshot(art) == before and leftovers(art) == []
+
+
+@pytest.mark.parametrize("option", ["--calib-images", "--validate-images"])
+def test_an_input_inside_out_is_refused_before_any_work(art: Path, tmp_path: Path, option: str) -> None:
+    from vitmsn.export.demo import write_dataset
+
+    images = art / "images"
+    write_dataset(images, per_class=3, split="train")
+    before = snapshot(art)
+    extra = ["--precision", "int8", "--int8-max-tries", "0", "--calib-min-images", "4"] if option == "--calib-images" else []
+    proc = run(export_args(art, option, str(images), *extra), tmp_path / "tmp")
+    assert proc.returncode == 2, proc.stderr
+    assert f"{option} {images}: is inside --out {art}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "loading checkpoint" not in proc.stderr  # refused before any work
+    assert snapshot(art) == before and leftovers(art) == []
+
+
+def test_a_config_file_inside_out_is_refused(art: Path, tmp_path: Path) -> None:
+    config = art / "vitmsn.toml"
+    config.write_text('model = "demo"\nout = "."\nengine = "skip"\nbatch = "1:2:4"\n')
+    before = snapshot(art)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = subprocess.run([str(BIN / "vitmsn-export"), "--precision", "fp32"], cwd=art, capture_output=True, text=True,
+                          timeout=600, env=dict(ENV, TMPDIR=str(tmpdir)))
+    assert proc.returncode == 2, proc.stderr
+    assert f"config file {config}: is inside --out" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert snapshot(art) == before and leftovers(art) == []
 
 
 def test_int8_run_leaves_only_named_files(tmp_path: Path) -> None:

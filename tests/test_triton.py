@@ -327,6 +327,18 @@ def test_cpu_flavour_that_failed_its_gate_is_not_served(demo_artifacts: Path, tm
         assert sha256_file(repo / model / "1" / "model.onnx") == exported, model
 
 
+@pytest.mark.parametrize("label", ["tri\nangle", "tri\rangle", "tri\u2028angle"], ids=["LF", "CR", "U+2028"])
+def test_labels_that_would_break_labels_txt_are_refused_before_writing(demo_artifacts: Path, tmp_path: Path,
+                                                                       label: str) -> None:
+    """A manifest written before the export refused such labels still reaches `vitmsn triton`: one line, exit 2."""
+    artifacts = _edited(demo_artifacts, tmp_path / "artifacts", lambda d: d["labels"].update({"2": label}))
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(main, ["triton", str(artifacts), "--repo", str(repo)])
+    assert result.exit_code == 2, result.output
+    assert "label 2" in result.output and "labels.txt" in result.output and "Traceback" not in result.output
+    assert not repo.exists()  # nothing written
+
+
 def _nine_classes(d: dict[str, Any]) -> None:
     d["outputs"][0].update(shape=["batch", 9])
     d["labels"]["8"] = "extra"

@@ -28,6 +28,7 @@ import torch
 
 from vitmsn.core.errors import InputError
 from vitmsn.runtime.images.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
+from vitmsn.runtime.manifest.fields import label_control_character
 
 from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention, ViTMSNArch, ViTMSNBackbone, ViTMSNClassifier
 from vitmsn.export.fp32.spec import Task
@@ -309,6 +310,11 @@ def _task_and_labels(config: dict[str, Any], config_path: Path, arch: ViTMSNArch
         raise InputError(
             f"{config_path}: id2label has {len(labels)} labels but the classifier in {where} has {num_labels} outputs"
         )
+    for i, label in sorted(labels.items()):  # labels.txt, Triton and logs show one label per line
+        bad = label_control_character(label)
+        if bad is not None:
+            raise InputError(f"{config_path}: id2label {i} {label!r} holds the control character {bad}; "
+                             "labels must fit on one line: edit id2label")
     _check_against(arch.parameter_shapes(num_labels), shapes, where)
     return "image-classification", labels
 

@@ -4,8 +4,9 @@ The export run compares every precision it wrote (FP16, INT8 for TensorRT, INT8 
 CPU) with the PyTorch FP32 model, on ONNX Runtime's CPU provider, image by image:
 
 * inputs, never in-sample: ``--validate-images`` when given (labels from class folders named as the
-  model's labels, so accuracy is known; images that are also in the calibration sample are left
-  out), else the images of ``--calib-images`` held out from calibration (a seeded, stratified,
+  model's labels, so accuracy is known; images that are also in the calibration sample, by the
+  SHA-256 of their bytes or of their decoded pixels (:mod:`vitmsn.calibration.content`), are left
+  out and counted), else the images of ``--calib-images`` held out from calibration (a seeded, stratified,
   disjoint split: :func:`vitmsn.calibration.heldout_split`), else seeded N(0, 1) tensors (only a
   smoke test: its gates are reported, and enforced only with ``--fail-on-drift``). ``describe()``
   records which images gated (count, source, how they were chosen, the split's seed);
@@ -24,6 +25,7 @@ import numpy as np
 
 from vitmsn.calibration import CalibrationSet
 from vitmsn.runtime.images.preprocess import ImageError, PreprocessConfig
+from vitmsn.calibration.content import SampleDigests
 
 from vitmsn.export.fp32.checks import StageResult
 from vitmsn.export.validation.gates import Gates
@@ -61,17 +63,25 @@ def _preprocessed(pre: PreprocessConfig, files: list[Path]) -> tuple[np.ndarray 
     return (np.stack(rows) if rows else None), keep
 
 
+def calibration_content(calibration: CalibrationSet, preprocess_block: dict[str, Any]) -> SampleDigests:
+    """The calibration sample by content (what the manifest records, and what gating images are matched with)."""
+    pre = PreprocessConfig.from_manifest(preprocess_block)
+    return SampleDigests.of_images([Path(calibration.source) / f for f in calibration.files], pre)
+
+
 def comparison_inputs(preprocess_block: dict[str, Any], labels: dict[int, str], chw: tuple[int, ...], *,
                       validate_images: Path | None = None, calibration: CalibrationSet | None = None,
-                      seed: int = 0) -> ComparisonInputs:
+                      sample: SampleDigests | None = None, seed: int = 0) -> ComparisonInputs:
+    """``sample``: the calibration images' digests (:func:`calibration_content`, computed here when not given)."""
     pre = PreprocessConfig.from_manifest(preprocess_block)
+    if calibration is not None and sample is None:
+        sample = calibration_content(calibration, preprocess_block)
     if validate_images is not None:
         from vitmsn.export.validation.inputs import image_set
 
         images = image_set(validate_images, labels)
-        sample = ({(Path(calibration.source) / f).resolve() for f in calibration.files}
-                  if calibration is not None else set())
-        chosen = [i for i, f in enumerate(images.files) if Path(f).resolve() not in sample]
+        # in sample by bytes or by pixels, whatever the path
+        chosen = sample.outside(images.files, pre) if sample is not None else list(range(len(images.files)))
         excluded = len(images.files) - len(chosen)
         chosen = chosen[:MAX_VALIDATION_IMAGES]
         x, keep = _preprocessed(pre, [images.files[i] for i in chosen])
@@ -80,15 +90,19 @@ def comparison_inputs(preprocess_block: dict[str, Any], labels: dict[int, str], 
             return ComparisonInputs(x, images.labels[[chosen[i] for i in keep]],
                                     f"validation images {validate_images}{note}", True, "validate-images",
                                     excluded_in_sample=excluded)
-    if calibration is not None and calibration.heldout:
-        x, keep = _preprocessed(pre, [Path(calibration.source) / f for f in calibration.heldout])
+    if calibration is not None and sample is not None and calibration.heldout:
+        held = [Path(calibration.source) / f for f in calibration.heldout]
+        distinct = sample.outside(held, pre)  # a copy of a calibrated image in the same folder stays out
+        x, keep = _preprocessed(pre, [held[i] for i in distinct])
         if x is not None:
             index = {name: i for i, name in labels.items()}
-            y = np.array([index.get(calibration.heldout_classes[i], -1) for i in keep], dtype=np.int64)
+            y = np.array([index.get(calibration.heldout_classes[distinct[i]], -1) for i in keep], dtype=np.int64)
+            excluded = len(held) - len(distinct)
+            note = f"; {excluded} left out as copies of calibration images" if excluded else ""
             return ComparisonInputs(
                 x, y, f"{len(keep)} images of {calibration.source} held out from calibration (seeded split, seed "
-                f"{calibration.seed}; {len(calibration)} others calibrated)", True, "heldout-from-calibration",
-                split_seed=calibration.seed)
+                f"{calibration.seed}; {len(calibration)} others calibrated{note})", True, "heldout-from-calibration",
+                split_seed=calibration.seed, excluded_in_sample=excluded)
     x = np.random.default_rng(seed).standard_normal((SYNTHETIC_IMAGES, *chw), dtype=np.float32)
     return ComparisonInputs(x, -np.ones(len(x), dtype=np.int64), f"{SYNTHETIC_IMAGES} synthetic N(0,1) tensors", False)
 

@@ -19,14 +19,17 @@ import csv
 import io
 import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vitmsn.calibration.content import SampleDigests
 from vitmsn.calibration.images import IMAGE_EXTENSIONS, discover_images
 from vitmsn.core.errors import InputError
+from vitmsn.runtime.manifest import CalibrationRecord
+from vitmsn.runtime.images.preprocess import PreprocessConfig
 
 
 @dataclass
@@ -36,13 +39,37 @@ class ImageSet:
     labels: np.ndarray  # class index per file, -1 when unknown
     label_source: str | None  # "folders", "labels-file" or None
     note: str = ""
+    # images left out as calibration images (without_calibration_images); None: not known (no digests recorded)
+    excluded_in_sample: int | None = 0
 
     def relative(self, i: int) -> str:
         return self.files[i].relative_to(self.root).as_posix()
 
     def describe(self) -> dict[str, Any]:
         return {"root": str(self.root), "count": len(self.files), "label_source": self.label_source,
-                "labelled": int((self.labels >= 0).sum()), "note": self.note}
+                "labelled": int((self.labels >= 0).sum()), "note": self.note,
+                "in_sample": None if self.excluded_in_sample is None else False,
+                "excluded_in_sample": self.excluded_in_sample or 0}
+
+
+def without_calibration_images(images: ImageSet, calibration: CalibrationRecord | None,
+                               pre: PreprocessConfig) -> ImageSet:
+    """``images`` less those of the calibration sample, matched by content (:mod:`vitmsn.calibration.content`)
+    with the digests the manifest recorded, and counted. A manifest written before digests were recorded: kept
+    whole, ``excluded_in_sample`` None (not known)."""
+    if calibration is None:
+        return images
+    sample = SampleDigests.from_record(calibration)
+    if sample is None:
+        return replace(images, excluded_in_sample=None)
+    kept = sample.outside(images.files, pre)
+    excluded = len(images.files) - len(kept)
+    if not kept:
+        raise InputError(f"--images {images.root}: all {excluded} images are in the calibration sample (same bytes or "
+                         "same decoded pixels); validate on images the model was not calibrated on")
+    note = images.note + (f"; {excluded} left out as they are in the calibration sample" if excluded else "")
+    return ImageSet(images.root, [images.files[i] for i in kept], images.labels[kept], images.label_source, note,
+                    excluded)
 
 
 def _from_folders(root: Path, files: list[Path], labels: dict[int, str]) -> tuple[np.ndarray, str | None, str]:

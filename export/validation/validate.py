@@ -32,6 +32,8 @@ from vitmsn.export.validation import metrics as dm
 from vitmsn.export.validation.gates import Gates, GateResult, worst
 from vitmsn.export.validation.stats import Verdict
 from vitmsn.export.validation.inputs import ImageSet, image_set
+from vitmsn.export.validation.gates import Gates, GateResult
+from vitmsn.export.validation.inputs import ImageSet, image_set, without_calibration_images
 from vitmsn.export.validation.verdict import ReferenceCache, drift_verdict
 
 log = logging.getLogger(__name__)
@@ -270,10 +272,25 @@ def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[
              "detail": ("manifest preprocess equals the checkpoint's " + ck.preprocess_source) if same else
              f"manifest preprocess {manifest_pre} differs from the checkpoint's ({ck.preprocess_source}: "
              f"{ck.preprocess}); images would be normalised differently from training: re-export"}
+    checks = [check]
+    if manifest.task == "image-classification":  # labels are not hashed: an edited manifest would misname classes
+        checks.append(_labels_check(manifest.labels, ck.labels))
     info = {"backend": "pytorch", "precision": "fp32", "attention": attention, "source": model_block.source,
             "checkpoint": str(ck.directory),
             "checkpoint_sha256": ck.sha256}
-    return model, info, [check]
+    return model, info, checks
+
+
+def _labels_check(manifest_labels: dict[int, str], checkpoint_labels: dict[int, str]) -> dict[str, Any]:
+    differ = sorted(i for i in set(manifest_labels) | set(checkpoint_labels)
+                    if manifest_labels.get(i) != checkpoint_labels.get(i))
+    if not differ:
+        return {"check": "labels_match_checkpoint", "passed": True,
+                "detail": f"manifest labels equal the checkpoint's id2label ({len(checkpoint_labels)} classes)"}
+    shown = ", ".join(f"{i} ({manifest_labels.get(i)!r}, checkpoint {checkpoint_labels.get(i)!r})" for i in differ[:5])
+    return {"check": "labels_match_checkpoint", "passed": False,
+            "detail": f"manifest labels differ from the checkpoint's id2label at class {shown}; predictions would be "
+                      "named wrongly: restore manifest.json or re-run vitmsn-export"}
 
 
 # ---- running --------------------------------------------------------------------------------
@@ -321,6 +338,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
     labels = manifest.labels
     images = image_set(images_dir, labels if manifest.task == "image-classification" else {}, labels_file)
     pre = PreprocessConfig.from_manifest(manifest.preprocess)
+    images = without_calibration_images(images, manifest.calibration, pre)  # never gate in sample
     targets, skipped_backends = targets_from_manifest(manifest, precisions, backend, openvino)
     model, reference, checks = reference_model(manifest, checkpoint)
     classification = manifest.task == "image-classification"

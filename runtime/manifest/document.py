@@ -23,10 +23,10 @@ from typing import Any, Mapping
 from vitmsn.core.errors import InputError
 
 from .atomic import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
-from .entries import (FLAVOURS, PRECISIONS, TARGETS, BatchSpec, CalibrationRecord, EngineEntry, FileRef, FlavourEntry, LogEntry,
-                      ModelInfo, PrecisionEntry, PreprocessSpec, ReportFile, TensorSpec, reports_from_json, reports_to_json)
+from .entries import (FLAVOURS, PRECISIONS, TARGETS, VERDICTS, BatchSpec, CalibrationRecord, EngineEntry, FileRef, FlavourEntry,
+                      LogEntry, ModelInfo, PrecisionEntry, PreprocessSpec, ReportFile, TensorSpec, VerdictRecord,
+                      reports_from_json, reports_to_json)
 from .fields import Entry, Where, dump, entry, inside, integer, json_field, listing, load, read_bool, read_object, read_str, text
-from .verdicts import VERDICTS, VerdictRecord
 
 __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "PRECISIONS", "TARGETS", "FLAVOURS", "Manifest", "NamedFile", "FileCheck",
            "BatchSpec", "CalibrationRecord", "EngineEntry", "FileRef", "FlavourEntry", "LogEntry", "ModelInfo", "PrecisionEntry",

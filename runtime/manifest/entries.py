@@ -27,6 +27,8 @@ MAX_SIDE = 16384  # pixels; an input side beyond this is a typo, not a model
 MAX_DIM = 1 << 24  # any tensor dimension (a 10**9 logits axis would be allocated by consumers)
 ALPHA = ("drop", "composite")  # the preprocess block's transparency handling
 MIN_STD = 1e-6  # normalisation divides by std: smaller values turn pixels into inf/NaN
+VERDICTS = ("passed", "failed", "inconclusive")  # the verdict words (.verdicts)
+BY = ("export", "validate")  # who wrote a verdict
 
 
 @dataclass(frozen=True)
@@ -126,13 +128,19 @@ class CalibrationRecord(Entry):
     tensor_sha256: str = json_field(read_sha256, aliases=("sha256",))
     method: str | None = json_field(text(), default=None)
     extra: dict[str, Any] = dc_field(default_factory=dict)
+    # SHA-256 of each calibration image's bytes and of its decoded pixels (vitmsn.calibration.content): gating
+    # images with either are in sample. Empty in the int8 entry's copy and in manifests written before.
+    images_sha256: tuple[str, ...] = json_field(listing(read_sha256), default=(), omit=lambda v: not v)
+    pixels_sha256: tuple[str, ...] = json_field(listing(read_sha256), default=(), omit=lambda v: not v)
 
-    JSON_ORDER = ("method", "source", "count", "sha256", "*", "tensor_sha256")
+    JSON_ORDER = ("method", "source", "count", "sha256", "images_sha256", "pixels_sha256", "*", "tensor_sha256")
 
     def to_json(self, *, precision_entry: bool = False) -> dict[str, Any]:
         """The top-level ``calibration`` block, or (``precision_entry``) the one inside ``precisions.int8``,
         which also carries the tensors' hash under ``sha256``."""
-        return dump(replace(self, extra={"sha256": self.tensor_sha256, **self.extra}) if precision_entry else self)
+        if precision_entry:
+            return dump(replace(self, images_sha256=(), pixels_sha256=(), extra={"sha256": self.tensor_sha256, **self.extra}))
+        return dump(self)
 
 
 @dataclass(frozen=True)
@@ -246,3 +254,62 @@ def reports_to_json(reports: tuple[ReportFile, ...]) -> dict[str, Any]:
     if any(r.sha256 for r in reports):
         out["report_sha256"] = {r.kind: r.sha256 for r in reports if r.sha256}
     return out
+
+
+# ---- verdicts (rules in .verdicts) ---------------------------------------------------------------
+def _plain_text(value: Any, where: Where) -> str:
+    return str(value)
+
+
+@dataclass(frozen=True)
+class GateRecord(Entry):
+    """One gate as decided: the figure, its one-sided bound, the threshold, the sample size."""
+
+    gate: str = json_field(text())
+    metric: str = json_field(text())
+    op: str = json_field(text((">=", "<=")))
+    threshold: float = json_field(number())
+    n: int = json_field(integer(0))
+    verdict: str = json_field(text(VERDICTS))
+    value: float | None = json_field(number(), default=None, omit=lambda v: False)
+    bound: float | None = json_field(number(), default=None, omit=lambda v: False)
+    needed: int | None = json_field(integer(1), default=None, omit=lambda v: False)  # inconclusive: images that would decide
+    source: str = json_field(text(), default="default")
+
+    JSON_ORDER = ("gate", "metric", "op", "threshold", "value", "bound", "n", "verdict", "needed", "source")
+
+    def describe(self) -> str:
+        shown = "none" if self.bound is None else f"{self.bound:.6g}"
+        value = "n/a" if self.value is None else f"{self.value:.6g}"
+        text = f"{self.metric} {value} (bound {shown}, n={self.n}) {self.op} {self.threshold:g}: {self.verdict}"
+        return text + (f", {self.needed} images would decide" if self.verdict == "inconclusive" and self.needed else "")
+
+
+@dataclass(frozen=True)
+class VerdictRecord(Entry):
+    """The latest verdict of one precision on one backend (and flavour: "" the precision's own graph)."""
+
+    precision: str = json_field(text())
+    backend: str = json_field(text())
+    flavour: str = json_field(_plain_text, required=True, omit=lambda v: False)  # "": the precision's own graph
+    verdict: str = json_field(text(VERDICTS))
+    file: str = json_field(read_relpath)
+    sha256: str = json_field(read_sha256)
+    manifest_sha256: str = json_field(read_sha256)
+    images: dict[str, Any] = json_field(obj)  # count, sha256 (of the images' bytes, in order), source
+    gates: tuple[GateRecord, ...] = json_field(listing(entry(GateRecord)))
+    by: str = json_field(text(BY))
+    report: str = json_field(_plain_text, default="", omit=lambda v: False)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.precision, self.backend, self.flavour
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend} {self.precision}" + (f" ({self.flavour})" if self.flavour else "")
+
+    def reason(self) -> str:
+        """Why it is not passed, in one line: the gates that failed or could not decide."""
+        bad = [g for g in self.gates if g.verdict != "passed"]
+        return "; ".join(g.describe() for g in bad) or self.verdict

@@ -137,6 +137,17 @@ def inside(root: Path, relative: str, where: Where) -> Path:
     return path
 
 
+def label_control_character(label: str) -> str | None:
+    """The first control character, line or paragraph separator in ``label`` (Unicode Cc, Zl, Zp: ``\\n``,
+    ``\\r``, U+2028, ...), escaped (``'\\\\n'``, ``'\\\\u2028'``); None for a label that fits on one line."""
+    import unicodedata
+
+    for ch in label:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            return ch.encode("unicode_escape").decode("ascii")
+    return None
+
+
 # ---- the declarative part ------------------------------------------------------------------------
 Reader = Callable[[Any, Where], Any]
 E = TypeVar("E", bound="Entry")

@@ -153,7 +153,7 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
             int8_exclude=tuple(int8_exclude), int8_high_precision=int8_high_precision, int8_cpu=int8_cpu, fp32_cpu=fp32_cpu,
             int8_quantize_attention=int8_quantize_attention,
             int8_max_tries=int8_max_tries, alpha_background=background,
-            engine_options=engine_options, verbose=verbose,
+            engine_options=engine_options, verbose=verbose, config_file=click.get_current_context().obj,
             gates=Gates.build(min_top1_agreement=min_top1_agreement, min_cosine=min_cosine,
                               max_accuracy_drop=max_accuracy_drop),
         )
@@ -219,6 +219,6 @@ def main() -> None:
                 sys.exit(EXIT_USAGE)
         if defaults.path is not None:
             click.echo(defaults.describe(), err=True)
-        command.main(prog_name="vitmsn-export", default_map=defaults.values)
+        command.main(prog_name="vitmsn-export", default_map=defaults.values, obj=defaults.path)
     except KeyboardInterrupt as exc:  # outside the command (option parsing, config file)
         exit_interrupted(exc)

@@ -9,7 +9,7 @@ of the export report it was merged into failed (named too); the reports are writ
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -82,6 +82,7 @@ def command(artifacts: Path | None, images: Path | None, labels: Path | None, pr
     if isinstance(precisions, str):  # a config-file string instead of a list
         precisions = (precisions,)
     gates = Gates.build(min_top1_agreement=min_top1_agreement, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop)
+    click.get_current_context().call_on_close(_hold_artifacts(artifacts, out or artifacts))
     result = validate_artifacts(artifacts, images, labels, gates, precisions=precisions or None, backend=backend,
                                 checkpoint=checkpoint, batch_size=batch_size, progress=not quiet)
     if sensitivity:
@@ -128,6 +129,36 @@ def command(artifacts: Path | None, images: Path | None, labels: Path | None, pr
                                                   and not str(s.get("stage")).startswith(("drift_", "requantize_"))]
         raise ValidationFailed("; ".join(failures or [f"the report says {word}"]) + f" (see {target / 'report.md'})",
                                word)
+
+def _hold_artifacts(artifacts: Path, target: Path) -> Callable[[], None]:
+    """Before any work: take the export's lock on ARTIFACTS (``.<name>.lock`` beside it,
+    :class:`vitmsn.export.staging.OutputLock`) until the command ends (the returned release), then refuse a report
+    directory this process cannot write (exit 2, one line). An export running on ARTIFACTS makes this exit 2 naming
+    it; an export started meanwhile exits 2 naming this validate; neither waits. So no report of the old graphs
+    lands in a re-exported directory."""
+    import os
+
+    from vitmsn.core.errors import InputError
+    from vitmsn.export.staging import OutputLock, check_writable
+
+    writes_artifacts = Path(target).resolve() == Path(artifacts).resolve()
+    lock = OutputLock(Path(os.path.realpath(artifacts)), holder="vitmsn validate", option="ARTIFACTS")
+    release: Callable[[], None] = lock.release
+    try:
+        lock.acquire()
+    except OSError as exc:
+        if writes_artifacts:
+            raise InputError(f"ARTIFACTS {artifacts}: cannot create its lock {lock.path} ({exc.strerror or exc}); "
+                             "make the folder above it writable, or write the reports elsewhere with --out DIR") from None
+        release = lambda: None  # noqa: E731  a read-only artifacts store, reports to --out: nothing here changes
+    try:  # under the lock, so an export checking the directory for unnamed files never sees the probe file
+        check_writable(Path(target), "ARTIFACTS" if writes_artifacts else "--out",
+                       "make it writable, or write the reports elsewhere with --out DIR")
+    except BaseException:
+        release()
+        raise
+    return release
+
 
 def _defaults_help() -> str:
     from vitmsn.export.validation.gates import DEFAULT_THRESHOLDS

@@ -37,7 +37,8 @@ from vitmsn.runtime.manifest import EngineEntry, Manifest
 
 from .pbtxt import Enum, to_pbtxt
 from .triton_python import check_env, env_parameters, python_inference_config
-from .triton_sources import ServedGraph, check_gates, checked_output_dims, labels_text, served_graph
+from .triton_sources import (ServedGraph, check_gates, check_one_line_labels, checked_output_dims, labels_text,
+                             served_graph)
 
 # numpy dtype names (as the manifest writes them) -> Triton data types.
 TRITON_TYPES = {
@@ -303,6 +304,7 @@ def write_triton_repository(artifacts: str | Path, repo: str | Path,
     if "plan" in formats and engine is None:
         raise InputError(f"--format plan: {manifest.root} has no {options.precision} TensorRT engine Triton can load")
     check_gates(manifest, options.precision, options.allow_failed_gates, result.notes)
+    check_one_line_labels(manifest)
     planned = [f"{options.name}_{MODEL_SUFFIXES[f]}" for f in formats]
     planned += [f"{options.name}_preprocess", options.name] if options.ensemble else []
     existing = [n for n in planned if (root / n).exists()]

@@ -20,6 +20,7 @@ from vitmsn.core.errors import InputError
 from vitmsn.runtime.backends.registry import cpu_flavour
 from vitmsn.runtime.manifest import MANIFEST_NAME, FlavourEntry, Manifest, PrecisionEntry
 from vitmsn.runtime.manifest.verdicts import failed_precisions, void_reason
+from vitmsn.runtime.manifest.fields import label_control_character
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,17 @@ def checked_output_dims(manifest: Manifest, graph: Path) -> dict[str, list[int]]
                              "model, re-run vitmsn-export")
         dims[name] = rest
     return dims
+
+
+def check_one_line_labels(manifest: Manifest) -> None:
+    """labels.txt holds one label per line: a label with a line break or another control character (a manifest
+    written before the export refused them) is refused before anything is written."""
+    for i, label in sorted(manifest.labels.items()):
+        bad = label_control_character(label)
+        if bad is not None:
+            raise InputError(f"{manifest.root / MANIFEST_NAME}: label {i} {label!r} holds the control character {bad}, "
+                             f"which would break Triton's one-label-per-line labels.txt; fix id2label in the "
+                             "checkpoint's config.json and re-run vitmsn-export")
 
 
 def labels_text(manifest: Manifest, classes: int) -> str:
