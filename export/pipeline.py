@@ -69,6 +69,7 @@ class ExportOptions:
     out: Path
     precisions: tuple[str, ...] = ("fp32",)
     batch: BatchRange = BatchRange()
+    parity_batch: tuple[int, ...] = ()  # ONNX Runtime parity batch sizes; () = the profile's (checks.parity_batch_sizes)
     opset: int = DEFAULT_OPSET
     attention: Attention = EXPORT_ATTENTION
     engine: str = "auto"
@@ -122,6 +123,8 @@ class ExportOptions:
             raise InputError("--precision int8 needs --calib-images DIR (a folder of representative images)")
         if self.int8_method not in {m.value for m in CalibrationMethod}:
             raise InputError(f"--int8-method {self.int8_method}: choose from {', '.join(m.value for m in CalibrationMethod)}")
+        if any(n < 1 for n in self.parity_batch):
+            raise InputError(f"--parity-batch {','.join(map(str, self.parity_batch))}: batch sizes must be >= 1")
         if self.int8_max_tries < 0:
             raise InputError(f"--int8-max-tries {self.int8_max_tries}: must be >= 0 (0 disables re-quantization)")
         if self.int8_high_precision not in ("auto", "fp16", "fp32"):
@@ -268,9 +271,10 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     onnx_from_model(model, spec, fp32_path, opset=opts.opset, batch=opts.batch)
     export_seconds = time.perf_counter() - t0
 
+    parity = opts.parity_batch or checks.parity_batch_sizes(opts.batch.min, opts.batch.opt, opts.batch.max)
     activity(f"checking {fp32_path.name}: onnx.checker, I/O signature, ONNX Runtime parity at batch "
-             f"{', '.join(map(str, checks.parity_batch_sizes(opts.batch.min, opts.batch.opt, opts.batch.max)))}")
-    stages = StageLog(fp32_stages(fp32_path, spec, model, opts.batch))
+             f"{', '.join(map(str, parity))} (within memory)")
+    stages = StageLog(fp32_stages(fp32_path, spec, model, opts.batch, parity_sizes=parity))
     skeleton = manifest_skeleton(opts, ck, spec, root=out)
     ref = file_ref(fp32_path)
     flavours: dict[str, FlavourEntry] = {}

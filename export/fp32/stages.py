@@ -10,7 +10,9 @@ import torch
 
 from vitmsn.export.fp32 import checks
 from vitmsn.export.fp32.checkpoint import Checkpoint
-from vitmsn.export.fp32.spec import BatchRange, ExportSpec
+from vitmsn.export.fp32.memory import Memory, available_memory
+from vitmsn.export.fp32.spec import CHECK_BATCH_SIZES, BatchRange, ExportSpec
+from vitmsn.progress import say
 from vitmsn.runtime.manifest import FlavourEntry
 
 FUSED_FP32_FILE = "model.fp32.ort.onnx"
@@ -20,7 +22,7 @@ def ort_runner(path: Path, input_name: str):
     """The runtime's ONNX Runtime runner on the CPU provider: the staged parity check runs what users deploy."""
     from vitmsn.runtime.onnxruntime_runner import OnnxRuntimeRunner
 
-    runner = OnnxRuntimeRunner(path, providers="CPUExecutionProvider", allow_spinning=False)
+    runner = OnnxRuntimeRunner(path, providers="CPUExecutionProvider", allow_spinning=False, cpu_arena=False)
     runner.activate()  # released with the runner when the parity check drops it
 
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -38,10 +40,11 @@ def torch_runner(model: torch.nn.Module, spec: ExportSpec):
     return run
 
 
-def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module,
-                batch: BatchRange | None = None) -> list[checks.StageResult]:
+def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module, batch: BatchRange | None = None, *,
+                parity_sizes: tuple[int, ...] = (), memory: Memory | None = None) -> list[checks.StageResult]:
     """The staged checks of the reference graph; a failed stage skips the ones after it. ONNX Runtime parity runs
-    at :func:`.checks.parity_batch_sizes` of ``batch`` (the checks' default sizes without one)."""
+    at ``parity_sizes``, else :func:`.checks.parity_batch_sizes` of ``batch`` (the checks' default sizes without
+    one), each within ``memory`` (:func:`.checks.parity_plan`; measured now when not given)."""
     import onnx
 
     stages = [checks.check_onnx_checker(path)]
@@ -51,9 +54,21 @@ def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module,
     stages.append(checks.check_io_signature(onnx.load(str(path), load_external_data=False), spec))
     if not stages[-1].passed:
         return stages + [checks.skipped("onnxruntime_parity", "io_signature failed")]
-    sizes = {} if batch is None else {"batch_sizes": checks.parity_batch_sizes(batch.min, batch.opt, batch.max)}
-    stages.append(checks.check_runtime_parity(ort_runner(path, spec.input.name), torch_runner(model, spec), spec, **sizes))
-    return stages
+    requested = parity_sizes or (CHECK_BATCH_SIZES if batch is None else
+                                 checks.parity_batch_sizes(batch.min, batch.opt, batch.max))
+    run_onnx = ort_runner(path, spec.input.name)  # the session's weights count before the memory is measured
+    plan = checks.parity_plan(tuple(requested), spec.arch, memory or available_memory())
+    for note in plan.notes + ((plan.refusal,) if plan.refusal else ()):  # before the run, not after it
+        say(f"onnxruntime_parity: {note}")
+    if plan.refusal is not None:
+        return stages + [checks.StageResult("onnxruntime_parity", False, f"not run: {plan.refusal}",
+                                            {"plan": plan.to_dict()})]
+    stage = checks.check_runtime_parity(run_onnx, torch_runner(model, spec), spec, batch_sizes=plan.sizes,
+                                        torch_chunk=plan.torch_chunk)
+    stage.metrics["plan"] = plan.to_dict()
+    if plan.notes:
+        stage.detail += f"; {'; '.join(plan.notes)}"
+    return stages + [stage]
 
 
 def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint) -> tuple[checks.StageResult, FlavourEntry | None]:
