@@ -55,7 +55,7 @@ from vitmsn.export.validation.verdict import ReferenceCache
 from vitmsn.export.validation.inputs import image_set
 from vitmsn.export.fp32.stages import FUSED_FP32_FILE, fp32_stages, fused_fp32_step, torch_runner
 from vitmsn.export.manifest_start import manifest_skeleton
-from vitmsn.progress import StageLog, activity
+from vitmsn.progress import PeakRss, StageLog, activity
 
 log = logging.getLogger(__name__)
 
@@ -267,14 +267,16 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     fp32_path = out / "model.fp32.onnx"
     log.info("exporting %s (%s, %s attention) to %s", opts.model, spec.task, opts.attention, fp32_path)
     activity(f"exporting {fp32_path.name} (torch.onnx, dynamo; third-party output goes to {log_path})")
-    t0 = time.perf_counter()
+    t0, export_rss = time.perf_counter(), PeakRss().start()
     onnx_from_model(model, spec, fp32_path, opset=opts.opset, batch=opts.batch)
     export_seconds = time.perf_counter() - t0
+    export_resources = {"seconds": round(export_seconds, 2), "peak_rss_mb": round(export_rss.peak() / 1e6)}
 
     parity = opts.parity_batch or checks.parity_batch_sizes(opts.batch.min, opts.batch.opt, opts.batch.max)
     activity(f"checking {fp32_path.name}: onnx.checker, I/O signature, ONNX Runtime parity at batch "
              f"{', '.join(map(str, parity))} (within memory)")
-    stages = StageLog(fp32_stages(fp32_path, spec, model, opts.batch, parity_sizes=parity))
+    stages = StageLog()  # before the checks run: their time and peak RSS count from here
+    stages += fp32_stages(fp32_path, spec, model, opts.batch, parity_sizes=parity)
     skeleton = manifest_skeleton(opts, ck, spec, root=out)
     ref = file_ref(fp32_path)
     flavours: dict[str, FlavourEntry] = {}
@@ -356,7 +358,10 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
         stages.append(stage)
         extra["drift_validation"] = {"passed": stage.passed, "detail": stage.detail, **stage.metrics}
 
-    extra.update(notes=list(notes), total_seconds=round(time.perf_counter() - started, 2))
+    extra.update(notes=list(notes), total_seconds=round(time.perf_counter() - started, 2),
+                 # where time and memory went: the torch.onnx export, then each stage (stage_table prints them)
+                 resources={"peak_rss_mb": round(PeakRss.high_water() / 1e6), "onnx_export": export_resources,
+                            "stages": stages.resources()})
     result.manifest = replace(result.manifest, extra=extra)
     reports = write_export_report(out, result.manifest.to_json(), stages, rows, inputs.describe() if inputs else None)
     if validation is not None:
