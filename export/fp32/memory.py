@@ -42,7 +42,7 @@ def activation_bytes(arch: ViTMSNArch, batch: int, *, runtime: str = "onnxruntim
     scores = arch.num_attention_heads * t * t * (1.0 if attention == "sdpa" and runtime == "pytorch"
                                                  else _SCORE_COPIES[runtime])
     dense = t * (_HIDDEN_COPIES * arch.hidden_size + _INTERMEDIATE_COPIES * arch.intermediate_size)
-    return int(batch * dtype_bytes * (scores + dense))
+    return batch * int(dtype_bytes * (scores + dense))
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Memory:
         return int(self.available * USABLE_FRACTION)
 
     def describe(self) -> str:
-        return f"{self.available / GB:.1f} GB available ({self.source})"
+        return f"{size_text(self.available)} available ({self.source})"
 
 
 def _meminfo_available(meminfo: Path) -> int | None:
@@ -119,5 +119,9 @@ def cannot_fit(arch: ViTMSNArch, batch: int, *, runtime: str = "onnxruntime", me
     need = activation_bytes(arch, batch, runtime=runtime, attention=attention)
     if need <= memory.usable:
         return None
-    return (f"{runtime} at batch {batch} needs about {need / GB:.1f} GB of activations, "
-            f"{memory.usable / GB:.1f} GB usable of {memory.describe()}")
+    return (f"{runtime} at batch {batch} needs about {size_text(need)} of activations, "
+            f"{size_text(memory.usable)} usable of {memory.describe()}")
+
+
+def size_text(n: int) -> str:
+    return f"{n / GB:.1f} GB" if n >= GB else f"{n / 1e6:.0f} MB"
