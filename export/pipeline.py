@@ -275,8 +275,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     parity = opts.parity_batch or checks.parity_batch_sizes(opts.batch.min, opts.batch.opt, opts.batch.max)
     activity(f"checking {fp32_path.name}: onnx.checker, I/O signature, ONNX Runtime parity at batch "
              f"{', '.join(map(str, parity))} (within memory)")
-    stages = StageLog()  # before the checks run: their time and peak RSS count from here
-    stages += fp32_stages(fp32_path, spec, model, opts.batch, parity_sizes=parity)
+    stages = StageLog()  # each check is timed, with its peak RSS, as it finishes
+    fp32_stages(fp32_path, spec, model, opts.batch, parity_sizes=parity, into=stages)
     skeleton = manifest_skeleton(opts, ck, spec, root=out)
     ref = file_ref(fp32_path)
     flavours: dict[str, FlavourEntry] = {}

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vitmsn.errors import InputError
 from vitmsn.export.fp32 import checks
 from vitmsn.export.fp32.memory import GB, Memory, activation_bytes, available_memory, batch_within_memory, largest_batch
 from vitmsn.export.fp32.model import ViTMSNArch
@@ -92,12 +93,17 @@ def test_available_memory_is_the_smaller_of_the_cgroup_room_and_memavailable(tmp
     cgroup.mkdir()
     (cgroup / "memory.max").write_text("12000000000\n")
     (cgroup / "memory.current").write_text("2000000000\n")
-    got = available_memory(meminfo, cgroup)
+    got = available_memory(meminfo, cgroup, {})
     assert got.available == 10_000_000_000 and "cgroup" in got.source
     (cgroup / "memory.max").write_text("max\n")  # no limit: the kernel's figure
-    got = available_memory(meminfo, cgroup)
+    got = available_memory(meminfo, cgroup, {})
     assert got.available == 20_000_000 * 1024 and got.source == "MemAvailable"
-    assert available_memory(tmp_path / "none", tmp_path / "none").source.startswith("unknown")
+    assert available_memory(tmp_path / "none", tmp_path / "none", {}).source.startswith("unknown")
+    # a user's ceiling on a shared machine, less what this process holds already
+    capped = available_memory(meminfo, cgroup, {"VITMSN_MEMORY_LIMIT": "4G"})
+    assert 0 < capped.available < 4 * 1024**3 and capped.source.startswith("VITMSN_MEMORY_LIMIT")
+    with pytest.raises(InputError, match="VITMSN_MEMORY_LIMIT=lots: expected a size"):
+        available_memory(meminfo, cgroup, {"VITMSN_MEMORY_LIMIT": "lots"})
 
 
 def test_batch_within_memory_shrinks_only_when_needed() -> None:

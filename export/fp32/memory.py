@@ -10,14 +10,21 @@ score matrices, ONNX Runtime (CPU, arena off) 0.68 GB = 1.44; the factors below 
 The rest (hidden states, the MLP's intermediate) is what counts for patch-16 shapes.
 
 The memory available (:func:`available_memory`) is the cgroup v2 limit less the cgroup's usage when
-there is one, and never more than the kernel's ``MemAvailable``. Steps use :data:`USABLE_FRACTION` of
+there is one, never more than the kernel's ``MemAvailable``, and on a shared machine a user's ceiling
+(``VITMSN_MEMORY_LIMIT=14G``) less what the process holds already. Steps use :data:`USABLE_FRACTION` of
 it, so that the estimate's error and other processes' growth leave room.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
+
+from vitmsn.errors import InputError
+from vitmsn.progress import PeakRss
 
 from vitmsn.export.fp32.model import Attention, ViTMSNArch
 
@@ -27,6 +34,7 @@ _SCORE_COPIES = {"pytorch": 2.5, "onnxruntime": 1.6}
 _HIDDEN_COPIES = 8
 _INTERMEDIATE_COPIES = 2
 USABLE_FRACTION = 0.8
+LIMIT_VARIABLE = "VITMSN_MEMORY_LIMIT"
 GB = 1e9
 
 
@@ -85,11 +93,27 @@ def _cgroup_room(cgroup: Path) -> int | None:
         return None
 
 
-def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")) -> Memory:
-    """The smaller of the cgroup's room and ``MemAvailable`` (the cgroup's when neither is readable: 0 is never
-    guessed, a machine without /proc gets a generous 8 GB and the steps' own errors)."""
+def _ceiling_room(environ: Mapping[str, str]) -> int | None:
+    """``VITMSN_MEMORY_LIMIT`` (bytes, or with a K/M/G suffix: a ceiling on this process's RSS on a shared
+    machine) less the process's RSS now."""
+    text = environ.get(LIMIT_VARIABLE, "").strip()
+    if not text:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMG]?)B?", text, re.IGNORECASE)
+    if m is None:
+        raise InputError(f"{LIMIT_VARIABLE}={text}: expected a size such as 14G or 800M")
+    limit = float(m.group(1)) * 1024 ** " KMG".index(m.group(2).upper() or " ")
+    return max(int(limit) - PeakRss.current(), 0)
+
+
+def available_memory(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup"),
+                     environ: Mapping[str, str] = os.environ) -> Memory:
+    """The smallest of the cgroup's room, ``MemAvailable`` and the room under ``VITMSN_MEMORY_LIMIT`` (when
+    none is readable: a generous 8 GB, never 0, and the steps' own errors)."""
     figures = [(v, s) for v, s in ((_cgroup_room(cgroup), "cgroup memory.max less memory.current"),
-                                   (_meminfo_available(meminfo), "MemAvailable")) if v is not None]
+                                   (_meminfo_available(meminfo), "MemAvailable"),
+                                   (_ceiling_room(environ), f"{LIMIT_VARIABLE} less this process's RSS"))
+               if v is not None]
     if not figures:
         return Memory(int(8 * GB), "unknown (assumed 8 GB)")
     value, source = min(figures)

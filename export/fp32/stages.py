@@ -41,19 +41,24 @@ def torch_runner(model: torch.nn.Module, spec: ExportSpec):
 
 
 def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module, batch: BatchRange | None = None, *,
-                parity_sizes: tuple[int, ...] = (), memory: Memory | None = None) -> list[checks.StageResult]:
+                parity_sizes: tuple[int, ...] = (), memory: Memory | None = None,
+                into: list[checks.StageResult] | None = None) -> list[checks.StageResult]:
     """The staged checks of the reference graph; a failed stage skips the ones after it. ONNX Runtime parity runs
     at ``parity_sizes``, else :func:`.checks.parity_batch_sizes` of ``batch`` (the checks' default sizes without
-    one), each within ``memory`` (:func:`.checks.parity_plan`; measured now when not given)."""
+    one), each within ``memory`` (:func:`.checks.parity_plan`; measured now when not given). Each stage is
+    appended to ``into`` (a :class:`vitmsn.progress.StageLog` times each one) as it finishes; returned."""
     import onnx
 
-    stages = [checks.check_onnx_checker(path)]
+    stages = into if into is not None else []
+    stages.append(checks.check_onnx_checker(path))
     if not stages[-1].passed:
-        return stages + [checks.skipped("io_signature", "onnx_checker failed"),
-                         checks.skipped("onnxruntime_parity", "onnx_checker failed")]
+        stages.extend([checks.skipped("io_signature", "onnx_checker failed"),
+                       checks.skipped("onnxruntime_parity", "onnx_checker failed")])
+        return stages
     stages.append(checks.check_io_signature(onnx.load(str(path), load_external_data=False), spec))
     if not stages[-1].passed:
-        return stages + [checks.skipped("onnxruntime_parity", "io_signature failed")]
+        stages.append(checks.skipped("onnxruntime_parity", "io_signature failed"))
+        return stages
     requested = parity_sizes or (CHECK_BATCH_SIZES if batch is None else
                                  checks.parity_batch_sizes(batch.min, batch.opt, batch.max))
     run_onnx = ort_runner(path, spec.input.name)  # the session's weights count before the memory is measured
@@ -61,14 +66,16 @@ def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module, batch: Bat
     for note in plan.notes + ((plan.refusal,) if plan.refusal else ()):  # before the run, not after it
         say(f"onnxruntime_parity: {note}")
     if plan.refusal is not None:
-        return stages + [checks.StageResult("onnxruntime_parity", False, f"not run: {plan.refusal}",
-                                            {"plan": plan.to_dict()})]
+        stages.append(checks.StageResult("onnxruntime_parity", False, f"not run: {plan.refusal}",
+                                         {"plan": plan.to_dict()}))
+        return stages
     stage = checks.check_runtime_parity(run_onnx, torch_runner(model, spec), spec, batch_sizes=plan.sizes,
                                         torch_chunk=plan.torch_chunk)
     stage.metrics["plan"] = plan.to_dict()
     if plan.notes:
         stage.detail += f"; {'; '.join(plan.notes)}"
-    return stages + [stage]
+    stages.append(stage)
+    return stages
 
 
 def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint) -> tuple[checks.StageResult, FlavourEntry | None]:
