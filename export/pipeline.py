@@ -45,6 +45,7 @@ from vitmsn.export.engines.builder import EngineOptions, builder_status, check_e
 from vitmsn.export.precision.fp16 import Fp16Options
 from vitmsn.export.precision.int8 import Int8Options
 from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention
+from vitmsn.export.fp32.memory import batch_within_memory
 from vitmsn.export.fp32.onnx_export import onnx_from_model
 from vitmsn.export.staging import StagedOutput
 from vitmsn.export.precisions import StepContext, engine_step, file_ref, fp16_step, int8_step, validation_record
@@ -301,7 +302,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     reference_cache = ReferenceCache()
     if inputs is not None and all(s.passed for s in stages):
         activity(f"PyTorch FP32 reference outputs on {len(inputs.tensors)} comparison inputs")
-        reference = outputs_in_batches(torch_runner(model, spec), inputs.tensors)
+        reference = outputs_in_batches(torch_runner(model, spec), inputs.tensors,
+                                       batch_within_memory(spec.arch, 8, runtime="pytorch"))
         reference_cache.add(inputs.tensors, reference)  # --validate-images reads these again at the end
         ctx = StepContext(out, fp32_path, spec, inputs, reference, opts.gates, opts.fail_on_drift, opts.verbose)
         if "fp16" in opts.precisions:
