@@ -265,6 +265,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     log_path = chatter.start(out / chatter.LOG_FILE)  # third-party output from here on, imports included
     _preload(opts, build_engines)
     model = ck.build_model(opts.attention)
+    ck = replace(ck, state_dict={})  # the model holds the weights now: one copy in memory, not two
     fp32_path = out / "model.fp32.onnx"
     log.info("exporting %s (%s, %s attention) to %s", opts.model, spec.task, opts.attention, fp32_path)
     activity(f"exporting {fp32_path.name} (torch.onnx, dynamo; third-party output goes to {log_path})")
@@ -305,6 +306,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
         reference = outputs_in_batches(torch_runner(model, spec), inputs.tensors,
                                        batch_within_memory(spec.arch, 8, runtime="pytorch"))
         reference_cache.add(inputs.tensors, reference)  # --validate-images reads these again at the end
+        del model  # nothing runs PyTorch after this: its weights and activations are not held beside FP16/INT8
         ctx = StepContext(out, fp32_path, spec, inputs, reference, opts.gates, opts.fail_on_drift, opts.verbose)
         if "fp16" in opts.precisions:
             activity("FP16: ModelOpt AutoCast, then checks and drift against PyTorch FP32")
