@@ -45,7 +45,7 @@ from vitmsn.export.engines.builder import EngineOptions, builder_status, check_e
 from vitmsn.export.precision.fp16 import Fp16Options
 from vitmsn.export.precision.int8 import Int8Options
 from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention
-from vitmsn.export.fp32.memory import batch_within_memory
+from vitmsn.export.fp32.memory import batch_within_memory, release_memory
 from vitmsn.export.fp32.onnx_export import onnx_from_model
 from vitmsn.export.staging import StagedOutput
 from vitmsn.export.precisions import StepContext, engine_step, file_ref, fp16_step, int8_step, validation_record
@@ -279,6 +279,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
              f"{', '.join(map(str, parity))} (within memory)")
     stages = StageLog()  # each check is timed, with its peak RSS, as it finishes
     fp32_stages(fp32_path, spec, model, opts.batch, parity_sizes=parity, into=stages)
+    release_memory()  # the parity check's ONNX Runtime session is gone: its memory too, before the fusions
     skeleton = manifest_skeleton(opts, ck, spec, root=out)
     ref = file_ref(fp32_path)
     flavours: dict[str, FlavourEntry] = {}
@@ -307,12 +308,14 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
                                        batch_within_memory(spec.arch, 8, runtime="pytorch"))
         reference_cache.add(inputs.tensors, reference)  # --validate-images reads these again at the end
         del model  # nothing runs PyTorch after this: its weights and activations are not held beside FP16/INT8
+        release_memory()
         ctx = StepContext(out, fp32_path, spec, inputs, reference, opts.gates, opts.fail_on_drift, opts.verbose)
         if "fp16" in opts.precisions:
             activity("FP16: ModelOpt AutoCast, then checks and drift against PyTorch FP32")
             entry, new, r = fp16_step(ctx, Fp16Options(io_dtype="float16" if opts.fp16_io else "float32",
                                                        verbose=opts.verbose), calibration)
             precisions["fp16"] = entry
+            release_memory()
             stages += new
             rows += r
         if "bf16" in opts.precisions:  # OpenVINO's BF16 inference of model.fp32.onnx: no graph, no engine
@@ -332,6 +335,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
             entry, new, r = int8_step(ctx, int8_options, calibration, cpu_flavour=opts.int8_cpu,
                                       max_tries=opts.int8_max_tries)
             precisions["int8"] = entry
+            release_memory()
             stages += new
             rows += r
     elif converted:

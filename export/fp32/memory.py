@@ -149,3 +149,20 @@ def cannot_fit(arch: ViTMSNArch, batch: int, *, runtime: str = "onnxruntime", me
 
 def size_text(n: int) -> str:
     return f"{n / GB:.1f} GB" if n >= GB else f"{n / 1e6:.0f} MB"
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the system between steps: a garbage collection, then glibc's ``malloc_trim``.
+
+    Protobuf and ONNX Runtime free their graphs in many small blocks, which glibc keeps for reuse instead of
+    returning them; measured on ONNX Runtime's transformer optimizer (ViT-S graph, 87 MB), the process kept
+    330 MB per optimizer pass without it and 10-110 MB with it, and the next pass's peak fell by half. A no-op
+    where glibc is absent."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -42,6 +42,7 @@ from onnx import helper, numpy_helper
 
 from vitmsn.runtime.manifest import atomic_path
 
+from vitmsn.export.fp32.memory import release_memory
 from vitmsn.export.fp32.model import ViTMSNArch
 from vitmsn.export.fp32.spec import ATOL_FP32, RTOL_FP32
 
@@ -209,7 +210,9 @@ def ort_optimized_onnx_from_fp32(src: str | os.PathLike[str], dst: str | os.Path
             stage0, stage1 = Path(tmp) / "rewritten.onnx", Path(tmp) / "attention.onnx"
             onnx.save_model(model, str(stage0))
             del model
+            release_memory()
             onnx.save_model(_optimize(stage0, arch, skip_layer_norm=False), str(stage1))
+            release_memory()
             final = _optimize(stage1, arch, skip_layer_norm=True)
             if any(n.domain == "com.microsoft" for n in final.graph.node) and \
                     not any(o.domain == "com.microsoft" for o in final.opset_import):
@@ -218,6 +221,7 @@ def ort_optimized_onnx_from_fp32(src: str | os.PathLike[str], dst: str | os.Path
             onnx.save_model(final, str(candidate))
             counts = dict(collections.Counter(n.op_type for n in final.graph.node))
             del final
+            release_memory()
             diff = _max_abs_diff(src, candidate, arch)
             with atomic_path(dst) as out:
                 shutil.copyfile(candidate, out)
