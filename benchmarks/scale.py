@@ -10,7 +10,8 @@ do; the published checkpoints are ViTMSNModel backbones) and each precision, run
 exit 1 is the expected result there, see ENVIRONMENT.md), then ``optimum-cli export onnx`` on the same
 checkpoint (Optimum lives in its own virtual environment: it pins transformers 4.x). Records wall time,
 peak RSS, the files written, the stage that took longest and the one that set the peak (from the
-manifest's ``resources``), and the parity batch sizes the memory plan chose. Each row is written to
+manifest's ``resources``), and the parity batch sizes the memory plan chose (within ``--memory-limit``,
+default 14G: the share of a 24 GiB machine shared with other work). Each row is written to
 ``<out>.json`` and ``<out>.md`` as soon as it is measured, so an interrupted run keeps what it measured.
 
 Not part of the test suite: it takes about an hour and most of a 24 GiB machine.
@@ -84,7 +85,7 @@ def _free_gb() -> float:
     return float("nan")
 
 
-def ours(work: Path, shape: str, precision: str, ck: Path) -> dict[str, object]:
+def ours(work: Path, shape: str, precision: str, ck: Path, memory_limit: str | None) -> dict[str, object]:
     out = work / f"out-{shape.replace('/', '-')}-{precision}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [str(Path(sys.executable).parent / "vitmsn-export"), "--model", str(ck), "--out", str(out), "--engine", "skip"]
@@ -93,8 +94,10 @@ def ours(work: Path, shape: str, precision: str, ck: Path) -> dict[str, object]:
     if precision == "int8":
         cmd += ["--calib-images", str(calibration_images(work)), "--calib-samples", "32",
                 "--calib-cache", str(work / "calib-cache")]
+    env = dict(os.environ, **({"VITMSN_MEMORY_LIMIT": memory_limit} if memory_limit else {}))
     row: dict[str, object] = {"tool": "vitmsn-export", "shape": shape, "precision": precision,
-                              "available_gb_before": _free_gb(), **timed(cmd, work / f"{out.name}.log")}
+                              "available_gb_before": _free_gb(), "memory_limit": memory_limit,
+                              **timed(cmd, work / f"{out.name}.log", env)}
     manifest = out / "manifest.json"
     if manifest.exists():
         m = json.loads(manifest.read_text())
@@ -152,6 +155,8 @@ def main() -> None:
     p.add_argument("--shapes", default=",".join(SHAPES))
     p.add_argument("--precisions", default="fp32,fp16,int8")
     p.add_argument("--optimum-cli", default=shutil.which("optimum-cli"), help="optimum-cli to compare with (skipped without)")
+    p.add_argument("--memory-limit", default="14G",
+                   help="VITMSN_MEMORY_LIMIT for the exports: their share of a shared machine ('' for none)")
     p.add_argument("--work", type=Path, default=Path("/tmp/vitmsn-scale"))
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("scale"))
     args = p.parse_args()
@@ -165,7 +170,8 @@ def main() -> None:
         runs = [("ours", pr) for pr in args.precisions.split(",")] + ([("optimum", "fp32")] if args.optimum_cli else [])
         for tool, precision in runs:
             print(f"{time.strftime('%H:%M:%S')} {shape} {tool} {precision} ({_free_gb()} GB available)", flush=True)
-            row = ours(args.work, shape, precision, ck) if tool == "ours" else optimum(args.work, shape, ck, args.optimum_cli)
+            row = (ours(args.work, shape, precision, ck, args.memory_limit) if tool == "ours"
+                   else optimum(args.work, shape, ck, args.optimum_cli))
             print(f"  {row}", flush=True)
             rows = [r for r in rows if (r["shape"], r["tool"], r["precision"]) != (shape, row["tool"], precision)] + [row]
             json_path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
