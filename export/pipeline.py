@@ -45,8 +45,8 @@ from vitmsn.export.engines.builder import EngineOptions, builder_status, check_e
 from vitmsn.export.precision.fp16 import Fp16Options
 from vitmsn.export.precision.int8 import Int8Options
 from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention
+from vitmsn.export.fp32.memory import batch_within_memory, release_memory
 from vitmsn.export.fp32.onnx_export import onnx_from_model
-from vitmsn.export.staging import StagedOutput
 from vitmsn.export.steps import StepContext, engine_step, file_ref, fp16_step, int8_step, validation_record
 from vitmsn.export.staging import StagedOutput, check_inputs_outside
 from vitmsn.export.validation.report import write_export_report
@@ -58,6 +58,7 @@ from vitmsn.export.validation.inputs import image_set
 from vitmsn.export.fp32.stages import FUSED_FP32_FILE, fp32_stages, fused_fp32_step, torch_runner
 from vitmsn.export.manifest_skeleton import manifest_skeleton
 from vitmsn.core.progress import StageLog, activity
+from vitmsn.core.progress import PeakRss, StageLog, activity
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class ExportOptions:
     out: Path
     precisions: tuple[str, ...] = ("fp32",)
     batch: BatchRange = BatchRange()
+    parity_batch: tuple[int, ...] = ()  # ONNX Runtime parity batch sizes; () = the profile's (checks.parity_batch_sizes)
     opset: int = DEFAULT_OPSET
     attention: Attention = EXPORT_ATTENTION
     engine: str = "auto"
@@ -128,6 +130,8 @@ class ExportOptions:
             raise InputError("--precision int8 needs --calib-images DIR (a folder of representative images)")
         if self.int8_method not in {m.value for m in CalibrationMethod}:
             raise InputError(f"--int8-method {self.int8_method}: choose from {', '.join(m.value for m in CalibrationMethod)}")
+        if any(n < 1 for n in self.parity_batch):
+            raise InputError(f"--parity-batch {','.join(map(str, self.parity_batch))}: batch sizes must be >= 1")
         if self.int8_max_tries < 0:
             raise InputError(f"--int8-max-tries {self.int8_max_tries}: must be >= 0 (0 disables re-quantization)")
         if self.int8_high_precision not in ("auto", "fp16", "fp32"):
@@ -268,16 +272,21 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     log_path = third_party_output.start(out / third_party_output.LOG_FILE)  # third-party output from here on, imports included
     _preload(opts, build_engines)
     model = ck.build_model(opts.attention)
+    ck = replace(ck, state_dict={})  # the model holds the weights now: one copy in memory, not two
     fp32_path = out / "model.fp32.onnx"
     log.info("exporting %s (%s, %s attention) to %s", opts.model, spec.task, opts.attention, fp32_path)
     activity(f"exporting {fp32_path.name} (torch.onnx, dynamo; third-party output goes to {log_path})")
-    t0 = time.perf_counter()
+    t0, export_rss = time.perf_counter(), PeakRss().start()
     onnx_from_model(model, spec, fp32_path, opset=opts.opset, batch=opts.batch)
     export_seconds = time.perf_counter() - t0
+    export_resources = {"seconds": round(export_seconds, 2), "peak_rss_mb": round(export_rss.peak() / 1e6)}
 
+    parity = opts.parity_batch or checks.parity_batch_sizes(opts.batch.min, opts.batch.opt, opts.batch.max)
     activity(f"checking {fp32_path.name}: onnx.checker, I/O signature, ONNX Runtime parity at batch "
-             f"{', '.join(map(str, checks.parity_batch_sizes(opts.batch.min, opts.batch.opt, opts.batch.max)))}")
-    stages = StageLog(fp32_stages(fp32_path, spec, model, opts.batch))
+             f"{', '.join(map(str, parity))} (within memory)")
+    stages = StageLog()  # each check is timed, with its peak RSS, as it finishes
+    fp32_stages(fp32_path, spec, model, opts.batch, parity_sizes=parity, into=stages)
+    release_memory()  # the parity check's ONNX Runtime session is gone: its memory too, before the fusions
     skeleton = manifest_skeleton(opts, ck, spec, root=out)
     ref = file_ref(fp32_path)
     flavours: dict[str, FlavourEntry] = {}
@@ -302,14 +311,18 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     reference_cache = ReferenceCache()
     if inputs is not None and all(s.passed for s in stages):
         activity(f"PyTorch FP32 reference outputs on {len(inputs.tensors)} comparison inputs")
-        reference = outputs_in_batches(torch_runner(model, spec), inputs.tensors)
+        reference = outputs_in_batches(torch_runner(model, spec), inputs.tensors,
+                                       batch_within_memory(spec.arch, 8, runtime="pytorch"))
         reference_cache.add(inputs.tensors, reference)  # --validate-images reads these again at the end
+        del model  # nothing runs PyTorch after this: its weights and activations are not held beside FP16/INT8
+        release_memory()
         ctx = StepContext(out, fp32_path, spec, inputs, reference, opts.gates, opts.fail_on_drift, opts.verbose)
         if "fp16" in opts.precisions:
             activity("FP16: ModelOpt AutoCast, then checks and drift against PyTorch FP32")
             entry, new, r = fp16_step(ctx, Fp16Options(io_dtype="float16" if opts.fp16_io else "float32",
                                                        verbose=opts.verbose), calibration)
             precisions["fp16"] = entry
+            release_memory()
             stages += new
             rows += r
         if "bf16" in opts.precisions:  # OpenVINO's BF16 inference of model.fp32.onnx: no graph, no engine
@@ -329,6 +342,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
             entry, new, r = int8_step(ctx, int8_options, calibration, cpu_flavour=opts.int8_cpu,
                                       max_tries=opts.int8_max_tries)
             precisions["int8"] = entry
+            release_memory()
             stages += new
             rows += r
     elif converted:
@@ -359,7 +373,10 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
         stages.append(stage)
         extra["drift_validation"] = {"passed": stage.passed, "detail": stage.detail, **stage.metrics}
 
-    extra.update(notes=list(notes), total_seconds=round(time.perf_counter() - started, 2))
+    extra.update(notes=list(notes), total_seconds=round(time.perf_counter() - started, 2),
+                 # where time and memory went: the torch.onnx export, then each stage (stage_table prints them)
+                 resources={"peak_rss_mb": round(PeakRss.high_water() / 1e6), "onnx_export": export_resources,
+                            "stages": stages.resources()})
     result.manifest = replace(result.manifest, extra=extra)
     # the one verdict (manifest.json "verdicts"): the drift rows on held-out images, then --validate-images' run
     records = records_from_export(rows, result.manifest, inputs.describe() if inputs else None, opts.fail_on_drift)

@@ -33,7 +33,8 @@ from vitmsn.export.validation.gates import Gates
 from vitmsn.export.engines.builder import BUILD_ERRORS, EngineOptions, engine_from_onnx
 from vitmsn.export.precision.fp16 import Fp16Options, fp16_onnx_from_fp32
 from vitmsn.export.precision.int8 import Int8Options, Int8Result, qdq_onnx_from_calibration
-from vitmsn.export.precision.int8_cpu import cpu_int8_onnx_from_calibration
+from vitmsn.export.precision.int8_cpu import CpuInt8Result, cpu_int8_onnx_from_calibration
+from vitmsn.export.fp32.memory import batch_within_memory
 from vitmsn.export.fp32.spec import ExportSpec
 from vitmsn.core.progress import activity
 
@@ -75,7 +76,7 @@ def _graph_stages(path: Path, spec: ExportSpec, io_dtype: str) -> list[checks.St
 
 
 def _drift(ctx: StepContext, label: str, precision: str, path: Path) -> tuple[checks.StageResult, dict[str, Any]]:
-    got = onnxruntime_outputs(path, ctx.inputs.tensors, ctx.spec.input.name)
+    got = onnxruntime_outputs(path, ctx.inputs.tensors, ctx.spec.input.name, batch_within_memory(ctx.spec.arch, 8))
     return compare_with_reference(label, precision, got, ctx.reference, ctx.inputs, ctx.gates, enforce=ctx.fail_on_drift)
 
 
@@ -126,7 +127,7 @@ def requantize_within_gate(ctx: StepContext, options: Int8Options, calibration: 
 
     known = ctx.inputs.labels >= 0
     check = GateCheck(ctx.inputs.tensors, ctx.reference, ctx.gates, ctx.inputs.labels if known.any() else None,
-                      precision="int8", input_name=ctx.spec.input.name)
+                      precision="int8", input_name=ctx.spec.input.name, batch=batch_within_memory(ctx.spec.arch, 16))
     built: dict[Path, Int8Result] = {}
     final: Int8Result | None = None
     log.info("int8: drift gate failed; re-quantizing with the most sensitive blocks excluded (at most %d tries)", max_tries)
@@ -146,16 +147,81 @@ def requantize_within_gate(ctx: StepContext, options: Int8Options, calibration: 
     return final, record
 
 
-def _requantization_stage(record: dict[str, Any]) -> checks.StageResult:
+def _cpu_checked(ctx: StepContext, path: Path) -> tuple[list[checks.StageResult], list[dict[str, Any]]]:
+    """The graph stages of ``model.int8.cpu.onnx`` and, when they pass, its drift stage and report row."""
+    stages = _graph_stages(path, ctx.spec, "float32")
+    rows = []
+    if all(s.passed for s in stages):
+        stage, row = _drift(ctx, "int8_cpu", "int8", path)
+        stages.append(stage)
+        rows.append(row)
+    return stages, rows
+
+
+def cpu_requantize_within_gate(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, path: Path,
+                               excluded_nodes: tuple[str, ...], qdq_record: dict[str, Any] | None, max_tries: int, *,
+                               progress: bool = True) -> tuple[CpuInt8Result | None, dict[str, Any]]:
+    """``model.int8.cpu.onnx`` failed its drift gate: rebuild it with the next encoder blocks of the sensitivity
+    ranking kept in FP32, one more per try, until the gate holds (at most ``max_tries``).
+
+    The ranking is the Q/DQ graph's (``qdq_record``, when it was re-quantized; else measured now on it), minus the
+    blocks that graph already excludes (``excluded_nodes`` stay out of this one too). As for the Q/DQ graph, a try
+    that passes replaces ``path``; otherwise ``path`` is left as it was."""
+    from vitmsn.export.precision.int8 import resolve_exclusions
+    from vitmsn.export.precision.requantize import GateCheck, requantize_until
+    from vitmsn.export.precision.sensitivity import sensitivity_analysis
+
+    known = ctx.inputs.labels >= 0
+    check = GateCheck(ctx.inputs.tensors, ctx.reference, ctx.gates, ctx.inputs.labels if known.any() else None,
+                      precision="int8", input_name=ctx.spec.input.name, batch=batch_within_memory(ctx.spec.arch, 16))
+    if qdq_record is not None:
+        sensitivity, done = qdq_record["sensitivity"], set(qdq_record["excluded"])
+    else:
+        sensitivity = sensitivity_analysis(ctx.out / FILES["int8"], ctx.fp32_path, calibration.tensors,
+                                           granularity="block", input_name=ctx.spec.input.name, progress=progress,
+                                           batch=check.batch).to_dict()
+        done = set()
+    ranking = [g["group"] for g in sensitivity["ranking"]
+               if g["group"].startswith("block:") and g["score"] > 0 and g["group"] not in done]
+    fp32 = onnx.load(str(ctx.fp32_path), load_external_data=False)
+    built: dict[Path, CpuInt8Result] = {}
+
+    def build(groups: list[str], out: Path) -> Path:
+        nodes = tuple(excluded_nodes) + tuple(resolve_exclusions(fp32, groups, ("MatMul",)) if groups else ())
+        built[out] = cpu_int8_onnx_from_calibration(ctx.fp32_path, out, calibration.tensors,
+                                                    method=CalibrationMethod(options.method), exclude_nodes=nodes,
+                                                    input_name=ctx.spec.input.name, verbose=ctx.verbose)
+        return out
+
+    log.info("int8_cpu: drift gate failed; re-quantizing with the most sensitive blocks in FP32 (at most %d tries)",
+             max_tries)
+    final = None
+    with tempfile.TemporaryDirectory(prefix=".requantize-cpu-", dir=ctx.out) as tmp:
+        rq = requantize_until(path, ranking, check, build, tmp, max_tries=max_tries, measure_speed=False,
+                              progress=progress)
+        if rq.passed and Path(rq.path) != path:
+            os.replace(rq.path, path)
+            final = replace(built[Path(rq.path)], path=path)
+    record = rq.to_dict()
+    kept = len(record["tries"]) - 1 if final is not None else 0
+    for i, t in enumerate(record["tries"]):
+        t["file"] = path.name if i == kept else None
+    record.update(kept_try=kept, sensitivity=sensitivity,
+                  exclude=sorted(done) + (list(rq.excluded) if final is not None else []))
+    return final, record
+
+
+def _requantization_stage(record: dict[str, Any], label: str = "int8") -> checks.StageResult:
     tries = record["tries"]
     n = len(tries) - 1  # try 0 is the graph as first quantized
     excluded = ", ".join(record["excluded"]) or "nothing"
     if record["passed"] and n == 0:
         detail = "the re-quantization's gate check passes the first INT8 graph (borderline figures); nothing re-quantized"
     elif record["passed"]:
-        detail = (f"gate holds after {n} re-quantization(s) with {excluded} kept in high precision "
-                  f"({_speed(record.get('images_per_second'))} vs {_speed(record.get('images_per_second_all_int8'))} "
-                  "fully quantized)")
+        detail = f"gate holds after {n} re-quantization(s) with {excluded} kept in high precision"
+        if record.get("images_per_second") is not None:
+            detail += (f" ({_speed(record.get('images_per_second'))} vs "
+                       f"{_speed(record.get('images_per_second_all_int8'))} fully quantized)")
     elif not record["sensitivity"]["ranking"] or n == 0:
         detail = "no re-quantization possible: no encoder block adds measurable drift"
     else:
@@ -164,7 +230,7 @@ def _requantization_stage(record: dict[str, Any]) -> checks.StageResult:
                             for k in ("top1_agreement", "cosine_min", "accuracy_drop") if last.get(k) is not None)
         detail = (f"gate still fails after {n} re-quantization(s) (at most {record['max_tries']}; last try kept "
                   f"{excluded} in high precision: {figures}); the first INT8 graph is kept")
-    return checks.StageResult("requantize_int8", bool(record["passed"]), detail, {"requantization": record})
+    return checks.StageResult(f"requantize_{label}", bool(record["passed"]), detail, {"requantization": record})
 
 
 def _speed(value: float | None) -> str:
@@ -211,15 +277,23 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
                                              method=CalibrationMethod(options.method),
                                              exclude_nodes=result.excluded_nodes, input_name=ctx.spec.input.name,
                                              verbose=ctx.verbose)
-        cpu_stages = _graph_stages(cpu_path, ctx.spec, "float32")
-        if all(s.passed for s in cpu_stages):
-            stage, row = _drift(ctx, "int8_cpu", "int8", cpu_path)
-            cpu_stages.append(stage)
-            rows.append(row)
+        cpu_stages, cpu_rows = _cpu_checked(ctx, cpu_path)
+        cpu_drift = next((s for s in cpu_stages if s.stage == "drift_int8_cpu"), None)
+        cpu_requantization = None
+        if max_tries > 0 and cpu_drift is not None and not cpu_drift.passed:
+            # the same sensitivity-guided exclusions as the Q/DQ graph's, continued down the same ranking
+            requantized_cpu, cpu_requantization = cpu_requantize_within_gate(
+                ctx, options, calibration, cpu_path, result.excluded_nodes, requantization, max_tries, progress=progress)
+            if requantized_cpu is not None:
+                cpu = requantized_cpu
+                cpu_stages, cpu_rows = _cpu_checked(ctx, cpu_path)
+            cpu_stages.insert(len(cpu_stages) - 1, _requantization_stage(cpu_requantization, "int8_cpu"))
+        rows += cpu_rows
         stages += cpu_stages
         ref = file_ref(cpu_path)
         flavours["onnxruntime_cpu"] = FlavourEntry(ref.file, ref.sha256, ref.size_bytes, "float32", {
-            **cpu.to_manifest(), "calibration_sha256": calibration.sha256, "validation": validation_record(cpu_stages)})
+            **cpu.to_manifest(), "calibration_sha256": calibration.sha256, "validation": validation_record(cpu_stages),
+            **({"requantization": cpu_requantization} if cpu_requantization is not None else {})})
     ref = file_ref(path)
     entry = PrecisionEntry(ref.file, ref.sha256, ref.size_bytes, "float32", record, flavours,
                            {**extra, "validation": validation_record(stages)})

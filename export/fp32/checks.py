@@ -3,8 +3,10 @@
 1. ``onnx_checker``: ``onnx.checker.check_model(full_check=True)`` (with shape inference).
 2. ``io_signature``: input/output names, dtypes and static dims as the spec declares them, and a
    symbolic batch axis (a ``dim_param``, not a number) on every input and output.
-3. ``onnxruntime_parity``: ONNX Runtime on CPU against PyTorch at batch sizes 1, 3 and 8, per
-   output, with the tolerance stated in the result (``|ort - torch| <= atol + rtol * |torch|``).
+3. ``onnxruntime_parity``: ONNX Runtime on CPU against PyTorch at batch sizes 1, 3 and 8 (an export: the
+   profile's, :func:`parity_batch_sizes`, within memory, :func:`parity_plan`), per output, with the tolerance
+   stated in the result (``|ort - torch| <= atol + rtol * |torch|``). ONNX Runtime runs each batch whole (that
+   is what is checked); PyTorch computes the reference rows once, in chunks that fit.
 
 A later stage is skipped (and says so) when an earlier one failed, because its result would
 mean nothing.
@@ -20,6 +22,8 @@ import numpy as np
 import onnx
 
 from vitmsn.export.validation import metrics
+from vitmsn.export.fp32.memory import Memory, cannot_fit, largest_batch
+from vitmsn.export.fp32.model import ViTMSNArch
 from vitmsn.export.fp32.spec import ATOL_FP32, BATCH_AXIS, CHECK_BATCH_SIZES, RTOL_FP32, ExportSpec
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
@@ -94,36 +98,79 @@ def compare_outputs(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float) 
 
 
 def parity_batch_sizes(low: int, opt: int, high: int) -> tuple[int, ...]:
-    """A batch profile's min, opt and max, and one odd size strictly inside it (when there is one): the
+    """A batch profile's min, opt and max, and the smallest odd size strictly inside it (when there is one): the
     ONNX Runtime parity check proves the whole dynamic range, not only the sizes it was traced with."""
     sizes = sorted({low, opt, high})
     odd = [n for n in range(low + 1, high) if n % 2 == 1 and n not in sizes]
-    if odd:
-        middle = (low + high) / 2
-        sizes.append(min(odd, key=lambda n: (abs(n - middle), n)))
-    return tuple(sorted(sizes))
+    return tuple(sorted(sizes + odd[:1]))
+
+
+@dataclass(frozen=True)
+class ParityPlan:
+    """What the parity check runs: ONNX Runtime at ``sizes`` (each batch whole), the PyTorch reference
+    ``torch_chunk`` images at a time; ``notes`` say which requested size did not fit and what ran instead;
+    ``refusal`` says why nothing can run (one image does not fit)."""
+
+    requested: tuple[int, ...]
+    sizes: tuple[int, ...]
+    torch_chunk: int
+    notes: tuple[str, ...] = ()
+    refusal: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parity_plan(requested: tuple[int, ...], arch: ViTMSNArch, memory: Memory) -> ParityPlan:
+    """The requested batch sizes that fit in ``memory`` for ONNX Runtime; each one that does not is replaced
+    by the largest that does (said in ``notes``, with the numbers)."""
+    fits = {rt: largest_batch(arch, memory.usable, runtime=rt) for rt in ("onnxruntime", "pytorch")}
+    blocked = [rt for rt, n in fits.items() if n < 1]
+    if blocked:
+        return ParityPlan(requested, (), 0, refusal=cannot_fit(arch, 1, runtime=blocked[0], memory=memory))
+    sizes, notes = set(), []
+    for n in requested:
+        if n <= fits["onnxruntime"]:
+            sizes.add(n)
+        else:
+            sizes.add(fits["onnxruntime"])
+            notes.append(f"batch {n} not run ({cannot_fit(arch, n, memory=memory)}), batch {fits['onnxruntime']} "
+                         "instead")
+    return ParityPlan(requested, tuple(sorted(sizes)), min(fits["pytorch"], max(sizes)), tuple(notes))
+
+
+def _in_chunks(run: Callable[[np.ndarray], dict[str, np.ndarray]], x: np.ndarray, chunk: int) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(x), chunk):
+        for name, value in run(np.ascontiguousarray(x[start:start + chunk])).items():
+            parts.setdefault(name, []).append(value)
+    return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 def check_runtime_parity(run_onnx: Callable[[np.ndarray], dict[str, np.ndarray]],
                          run_torch: Callable[[np.ndarray], dict[str, np.ndarray]],
                          spec: ExportSpec, *, atol: float = ATOL_FP32, rtol: float = RTOL_FP32,
                          batch_sizes: tuple[int, ...] = CHECK_BATCH_SIZES, seed: int = 0,
-                         inputs: np.ndarray | None = None) -> StageResult:
+                         inputs: np.ndarray | None = None, torch_chunk: int | None = None) -> StageResult:
     """Compare ``run_onnx`` with ``run_torch`` on the same inputs at each batch size.
 
-    ``inputs`` (real preprocessed images, [N,3,H,W]) are used when given and large enough;
-    otherwise inputs are drawn from N(0, 1), the range a normalised image has.
+    One set of rows as large as the largest batch: ``inputs`` (real preprocessed images, [N,3,H,W]) when
+    given and large enough, else drawn from N(0, 1), the range a normalised image has. PyTorch computes
+    the reference for every row once, ``torch_chunk`` rows at a time (all at once without one), before
+    ONNX Runtime runs; each batch size compares ONNX Runtime on the first n rows with their reference.
     """
     a = spec.arch
-    rng = np.random.default_rng(seed)
+    largest = max(batch_sizes)
+    if inputs is not None and len(inputs) >= largest:
+        x_all = np.ascontiguousarray(inputs[:largest], dtype=np.float32)
+    else:
+        x_all = np.random.default_rng(seed).standard_normal((largest, a.num_channels, a.image_size, a.image_size),
+                                                            dtype=np.float32)
+    ref_all = _in_chunks(run_torch, x_all, torch_chunk or largest)
     per_batch: dict[str, dict[str, Any]] = {}
     failures = []
     for n in batch_sizes:
-        if inputs is not None and len(inputs) >= n:
-            x = np.ascontiguousarray(inputs[:n], dtype=np.float32)
-        else:
-            x = rng.standard_normal((n, a.num_channels, a.image_size, a.image_size), dtype=np.float32)
-        got, ref = run_onnx(x), run_torch(x)
+        got, ref = run_onnx(x_all[:n]), {name: value[:n] for name, value in ref_all.items()}
         per_output = {}
         for name in spec.output_names:
             if name not in got:

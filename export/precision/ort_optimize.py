@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from onnx import helper, numpy_helper
 
 from vitmsn.runtime.manifest import atomic_path
 
+from vitmsn.export.fp32.memory import release_memory
 from vitmsn.export.fp32.model import ViTMSNArch
 from vitmsn.export.fp32.spec import ATOL_FP32, RTOL_FP32
 
@@ -169,11 +171,13 @@ def _max_abs_diff(a: Path, b: Path, arch: ViTMSNArch, batch: int = 2) -> float:
     x = np.random.default_rng(0).uniform(-1, 1, (batch, arch.num_channels, arch.image_size, arch.image_size))
     feeds = {"pixel_values": x.astype(np.float32)}
     outs = []
-    for path in (a, b):
+    for path in (a, b):  # one session at a time, no arena: a ViT-L holds 1.2 GB of weights per session
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        so.enable_cpu_mem_arena = False
         session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         outs.append({o.name: v for o, v in zip(session.get_outputs(), session.run(None, feeds))})
+        del session
     worst = 0.0
     for name, ref in outs[0].items():
         got = outs[1][name]
@@ -199,25 +203,31 @@ def ort_optimized_onnx_from_fp32(src: str | os.PathLike[str], dst: str | os.Path
     for lg in quiet:
         lg.setLevel(logging.ERROR)
     try:
+        # Each graph is dropped once saved: one copy of the weights in memory at a time, beside the optimizer's own
         model = onnx.load(str(src))
         rewrites = rewrite_for_ort_fusion(model)
         with tempfile.TemporaryDirectory(prefix="vitmsn-ortopt-") as tmp:
             stage0, stage1 = Path(tmp) / "rewritten.onnx", Path(tmp) / "attention.onnx"
             onnx.save_model(model, str(stage0))
+            del model
+            release_memory()
             onnx.save_model(_optimize(stage0, arch, skip_layer_norm=False), str(stage1))
+            release_memory()
             final = _optimize(stage1, arch, skip_layer_norm=True)
             if any(n.domain == "com.microsoft" for n in final.graph.node) and \
                     not any(o.domain == "com.microsoft" for o in final.opset_import):
                 final.opset_import.append(helper.make_opsetid("com.microsoft", 1))  # the optimizer omits it
             candidate = Path(tmp) / "final.onnx"
             onnx.save_model(final, str(candidate))
+            counts = dict(collections.Counter(n.op_type for n in final.graph.node))
+            del final
+            release_memory()
             diff = _max_abs_diff(src, candidate, arch)
             with atomic_path(dst) as out:
-                out.write_bytes(candidate.read_bytes())
+                shutil.copyfile(candidate, out)
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
-    counts = dict(collections.Counter(n.op_type for n in final.graph.node))
     notes = []
     if counts.get("Attention", 0) != arch.num_hidden_layers:
         notes.append(f"Attention fused in {counts.get('Attention', 0)} of {arch.num_hidden_layers} layers "

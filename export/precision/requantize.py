@@ -43,9 +43,10 @@ class GateCheck:
     labels: np.ndarray | None = None  # class index per input, -1 unknown
     precision: str = "int8"
     input_name: str = "pixel_values"
+    batch: int = 16  # images per ONNX Runtime run (vitmsn.export.fp32.memory.batch_within_memory sizes it)
 
     def __call__(self, path: str | Path) -> tuple[bool, dict[str, Any], list[GateResult]]:
-        verdict = compare_outputs(run_model(path, self.inputs, self.input_name), self.reference, self.gates,
+        verdict = compare_outputs(run_model(path, self.inputs, self.input_name, self.batch), self.reference, self.gates,
                                   self.precision, self.labels)
         return verdict.passed, verdict.metrics, verdict.gates
 
@@ -156,7 +157,7 @@ def int8_within_gate(fp32_path: str | Path, int8_path: str | Path, calibration: 
 
     ``built`` (optional) receives the :class:`.int8.Int8Result` of every re-quantization, by path."""
     sens = sensitivity_analysis(int8_path, fp32_path, calibration, granularity="block", input_name=input_name,
-                                progress=progress)
+                                progress=progress, batch=check.batch)
     ranking = [g.group for g in sens.ranking if g.group != "other" and g.score > 0]
     build = modelopt_builder(fp32_path, calibration, options, input_name, results=built)
     return sens, requantize_until(int8_path, ranking, check, build, workdir, max_tries=max_tries, fp32_path=fp32_path,

@@ -237,7 +237,7 @@ class SensitivityResult:
 
 def sensitivity_analysis(int8_path: str | Path, fp32_path: str | Path, inputs: np.ndarray, *, mode: str = "only",
                          granularity: str = "block", input_name: str = "pixel_values",
-                         progress: bool = True) -> SensitivityResult:
+                         progress: bool = True, batch: int = 16) -> SensitivityResult:
     """Rank the Q/DQ groups of ``int8_path`` by the drift they cause on ``inputs`` (see the module docstring)."""
     if mode not in MODES:
         raise InputError(f"sensitivity mode {mode!r}: choose from {', '.join(MODES)}")
@@ -246,13 +246,13 @@ def sensitivity_analysis(int8_path: str | Path, fp32_path: str | Path, inputs: n
     fp32 = onnx.load(str(fp32_path), load_external_data=False)
     groups = qdq_groups(int8, fp32, granularity)
     every_dq = [d for names in groups.values() for d in names]
-    ref = run_model(fp32_path, inputs, input_name)
-    baseline = drift(run_model(int8, inputs, input_name), ref)
+    ref = run_model(fp32_path, inputs, input_name, batch)
+    baseline = drift(run_model(int8, inputs, input_name, batch), ref)
     ranking = []
     with Progress(f"int8 sensitivity ({len(groups)} groups)", len(groups), unit="group", enabled=progress) as bar:
         for group, names in groups.items():
             bypass = set(every_dq) - set(names) if mode == "only" else set(names)
-            figures = drift(run_model(without_qdq(int8, bypass), inputs, input_name), ref)
+            figures = drift(run_model(without_qdq(int8, bypass), inputs, input_name, batch), ref)
             raw = figures.pop("score")
             score = raw if mode == "only" else (baseline["score"] or 0.0) - (raw or 0.0)
             ranking.append(GroupScore(group, float("inf") if score is None else float(score), len(names), figures))

@@ -31,6 +31,9 @@ def _default_out(model: str) -> Path:
 @click.option("--calib-images", type=click.Path(path_type=Path), help="Image directory for INT8 calibration.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration images to sample.")
 @click.option("--batch", "batch", default="1:8:32", show_default=True, metavar="MIN:OPT:MAX", help="Batch profile.")
+@click.option("--parity-batch", metavar="N,N,...",
+              help="Batch sizes of the ONNX Runtime parity check [default: the profile's min, opt, max and an odd size "
+                   "inside; a size that does not fit in memory is replaced by the largest that does, and said].")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (17-20).")
 @click.option("--engine", type=click.Choice(["auto", "require", "skip"]), default="auto", show_default=True,
               help="Build TensorRT engines: when a builder is present (auto), always (require), never (skip).")
@@ -87,7 +90,7 @@ def _default_out(model: str) -> Path:
 @click.version_option(vitmsn.__version__, "-V", "--version", prog_name="vitmsn-export")
 @handle_errors
 def command(model: str | None, precision: tuple[str, ...], out: Path | None, calib_images: Path | None,
-            calib_samples: int, batch: str, opset: int, engine: str, target: str, validate_images: Path | None,
+            calib_samples: int, batch: str, parity_batch: str | None, opset: int, engine: str, target: str, validate_images: Path | None,
             fail_on_drift: bool, min_top1_agreement: str | None, min_cosine: str | None, max_accuracy_drop: str | None,
             calib_seed: int, calib_min_images: int, calib_cache: Path | None, fp16_io: bool, int8_method: str,
             int8_exclude: tuple[str, ...], int8_high_precision: str, int8_quantize_attention: bool, int8_max_tries: int, fp32_cpu: bool, int8_cpu: bool,
@@ -147,7 +150,7 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
         )
         options = ExportOptions(
             model=model, out=out or _default_out(model), precisions=tuple(p.lower() for p in precision) or ("fp32",),
-            batch=batch_range, opset=opset, engine=engine, target=target, calib_images=calib_images,
+            batch=batch_range, parity_batch=_batch_sizes(parity_batch), opset=opset, engine=engine, target=target, calib_images=calib_images,
             calib_samples=calib_samples, calib_seed=calib_seed, calib_min_images=calib_min_images, calib_cache=calib_cache,
             validate_images=validate_images, fail_on_drift=fail_on_drift, fp16_io=fp16_io, int8_method=int8_method,
             int8_exclude=tuple(int8_exclude), int8_high_precision=int8_high_precision, int8_cpu=int8_cpu, fp32_cpu=fp32_cpu,
@@ -194,6 +197,17 @@ def _our_log_lines(verbose: bool) -> None:
         if isinstance(h, _ConsoleHandler):
             h.setLevel(logging.INFO if verbose else logging.WARNING)
     ours.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _batch_sizes(text: str | None) -> tuple[int, ...]:
+    """'1,3,8' -> (1, 3, 8); None -> () (the profile's sizes)."""
+    if text is None:
+        return ()
+    parts = [p.strip() for p in str(text).split(",")]
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise click.BadParameter(f"{text!r}: expected positive batch sizes separated by commas, e.g. 1,3,8",
+                                 param_hint="--parity-batch")
+    return tuple(sorted({int(p) for p in parts}))
 
 
 def _size(text: str | None) -> int | None:

@@ -5,7 +5,8 @@
 * :class:`Progress`: a counter. On a terminal the line is redrawn in place; otherwise (CI, pipes)
   a plain line is printed at most every ``interval`` seconds and once at the end.
 * :class:`StageLog`: a list of stage results that prints each one as it is added, with the time
-  it took, and the whole table on request (:func:`stage_table`).
+  it took and the process's peak RSS meanwhile (:class:`PeakRss`), and the whole table on request
+  (:func:`stage_table`).
 * :class:`Heartbeat`: a thread that prints what is running whenever nothing was printed for
   ``interval`` seconds, so a CI log never goes silent for long (:func:`activity` names the step).
 """
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Iterable, TextIO
 
 
@@ -73,6 +76,8 @@ def say(text: str) -> None:
 def activity(text: str) -> None:
     """Name the step now running (the heartbeat repeats it); printed at once as ``... text``."""
     _CONSOLE.step = (text, time.monotonic())
+    if isinstance(_CONSOLE.stages, StageLog):  # the next stage's peak RSS counts from here, as its time does
+        _CONSOLE.stages._rss.start()
     _CONSOLE.line(f"[{_CONSOLE.elapsed():6.1f}s] ... {text}")
 
 
@@ -151,24 +156,92 @@ def stage_line(stage: Any, seconds: float | None = None) -> str:
     return f"[{status}] {stage.stage}{took}: {stage.detail}"
 
 
+class PeakRss:
+    """The process's peak resident memory within a window (since :meth:`start`), in bytes.
+
+    Exact when the window set a new high-water mark for the process (``getrusage``'s ``ru_maxrss``, what
+    ``/usr/bin/time -v`` reports); otherwise the largest RSS that one sampling thread (shared by every window)
+    saw in the window, every ``_SAMPLE_SECONDS`` from ``/proc/self/statm``: a shorter peak can be missed."""
+
+    def __init__(self) -> None:
+        self._sampled = 0
+        self._hwm_at_start = 0
+
+    @staticmethod
+    def high_water() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+    @staticmethod
+    def current() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def start(self) -> "PeakRss":
+        global _SAMPLER
+        with _SAMPLED_LOCK:
+            _WINDOWS.add(self)
+            self._sampled = self.current()
+            self._hwm_at_start = self.high_water()
+            if _SAMPLER is None and os.path.exists("/proc/self/statm"):
+                _SAMPLER = threading.Thread(target=_sample_forever, name="vitmsn-peak-rss", daemon=True)
+                _SAMPLER.start()
+        return self
+
+    def peak(self) -> int:
+        hwm = self.high_water()
+        with _SAMPLED_LOCK:
+            sampled = max(self._sampled, self.current())
+        return hwm if hwm > self._hwm_at_start else sampled
+
+
+_SAMPLE_SECONDS = 0.05
+_SAMPLED_LOCK = threading.Lock()
+_WINDOWS: "weakref.WeakSet[PeakRss]" = weakref.WeakSet()
+_SAMPLER: threading.Thread | None = None
+
+
+def _sample_forever() -> None:
+    while True:
+        now = PeakRss.current()
+        with _SAMPLED_LOCK:
+            for window in _WINDOWS:
+                window._sampled = max(window._sampled, now)
+        time.sleep(_SAMPLE_SECONDS)
+
+
 class StageLog(list):  # type: ignore[type-arg]
-    """A list of stage results that prints each one when it is added, with the time since the one before."""
+    """A list of stage results that prints each one when it is added, with the time since the one before and the
+    peak RSS meanwhile (the first stage of what is added at once gets them; the others, None)."""
 
     def __init__(self, items: Iterable[Any] = ()) -> None:
         super().__init__()
         self.seconds: list[float | None] = []
+        self.peak_rss: list[int | None] = []
         self._mark = time.monotonic()
+        self._rss = PeakRss().start()
         _CONSOLE.stages = self
         self.extend(items)
 
     def _announce(self, new: list[Any]) -> None:
         now = time.monotonic()
         self._mark = max(self._mark, _CONSOLE.step[1])  # a stage's time counts from its step's start
+        peak = self._rss.peak()
         for i, stage in enumerate(new):
             took = now - self._mark if i == 0 else None
             self.seconds.append(took)
+            self.peak_rss.append(peak if i == 0 else None)
             say(f"[{_CONSOLE.elapsed():6.1f}s] " + stage_line(stage, took))
         self._mark = now
+        self._rss.start()
+
+    def resources(self) -> list[dict[str, Any]]:
+        """Each stage's seconds and peak RSS (MB), in run order: the manifest's record of where time and memory went."""
+        return [{"stage": s.stage, "seconds": None if t is None else round(t, 2),
+                 "peak_rss_mb": None if m is None else round(m / 1e6)}
+                for s, t, m in zip(self, self.seconds, self.peak_rss)]
 
     def append(self, item: Any) -> None:
         super().append(item)
@@ -189,13 +262,23 @@ class StageLog(list):  # type: ignore[type-arg]
 
 
 def stage_table(stages: Iterable[Any]) -> str:
-    """Every stage, one line each, in run order, with a closing count."""
+    """Every stage, one line each, in run order, with a closing count; a :class:`StageLog`'s also with each stage's
+    time and peak RSS (blank for the stages that finished with the one before)."""
+    seconds, peaks = getattr(stages, "seconds", []), getattr(stages, "peak_rss", [])
     stages = list(stages)
     width = max((len(s.stage) for s in stages), default=5)
     lines = [f"stages ({sum(s.passed for s in stages)} of {len(stages)} passed):"]
-    for s in stages:
+    if seconds:
+        lines.append(f"  {'':4s} {'':{width}s}  {'time':>6s} {'peak RSS':>8s}")
+    for i, s in enumerate(stages):
         status = "ok" if s.passed else ("skip" if str(s.detail).startswith("skipped") else "FAIL")
-        lines.append(f"  {status:4s} {s.stage:{width}s}  {s.detail}")
+        took = seconds[i] if i < len(seconds) else None
+        peak = peaks[i] if i < len(peaks) else None
+        columns = ""
+        if seconds:
+            columns = (f"{'' if took is None else (f'{took:.1f}s' if took < 90 else _duration(took)):>6s} "
+                       f"{'' if peak is None else f'{peak / 1e9:.1f} GB':>8s}  ")
+        lines.append(f"  {status:4s} {s.stage:{width}s}  {columns}{s.detail}")
     return "\n".join(lines)
 
 

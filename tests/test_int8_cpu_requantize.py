@@ -1,0 +1,87 @@
+"""``model.int8.cpu.onnx`` in the re-quantization loop: when the CPU flavour fails its drift gate, the encoder
+blocks of the sensitivity ranking are kept in FP32 in it too, one more per try, until the gate holds.
+
+Planted damage only the CPU flavour meets: in encoder block 1, the first half of every head's query channels is
+scaled up 1000x (weights and bias) and the matching key channels down 1000x. Q.K^T is unchanged (a valid FP32
+model with the same outputs), but the query activations now span 1000x more in some channels than in others.
+The Q/DQ graph for TensorRT keeps attention's Q.K^T in high precision and quantizes weights per channel, so it
+does not see it; the CPU flavour quantizes Q.K^T's inputs per tensor (uint8), which zeroes the small channels.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from vitmsn.cli.export_cmd import command as export_command
+from vitmsn.runtime.manifest import sha256_file
+
+from checkpoints import TINY_CONFIG, save_transformers
+from onnx_oracles import block_linear_nodes, linear_split
+
+PLANTED_BLOCK = 1
+
+
+def _plant_query_outliers(model: torch.nn.Module, block: int) -> None:
+    layer = model.vit.layers[block] if hasattr(model.vit, "layers") else model.vit.encoder.layer[block]
+    attention = layer.attention
+    q, k = ((attention.q_proj, attention.k_proj) if hasattr(attention, "q_proj")
+            else (attention.attention.query, attention.attention.key))
+    heads = TINY_CONFIG["num_attention_heads"]
+    head_dim = TINY_CONFIG["hidden_size"] // heads
+    rows = [h * head_dim + i for h in range(heads) for i in range(head_dim // 2)]
+    with torch.no_grad():
+        q.weight[rows] *= 1000.0
+        q.bias[rows] *= 1000.0
+        k.weight[rows] /= 1000.0
+        k.bias[rows] /= 1000.0
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("cpu_requant")
+    model = save_transformers(base / "ck", **TINY_CONFIG)
+    _plant_query_outliers(model, PLANTED_BLOCK)
+    model.save_pretrained(base / "ck")
+    rng = np.random.default_rng(1)
+    for c in range(TINY_CONFIG["num_labels"]):
+        for split, n in (("calib", 8), ("val", 4)):
+            folder = base / split / f"class_{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return {"ck": base / "ck", "calib": base / "calib", "val": base / "val", "cache": base / "cache"}
+
+
+def test_cpu_flavour_failing_its_gate_is_requantized_with_sensitive_blocks_in_fp32(planted, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(export_command, [
+        "--model", str(planted["ck"]), "--out", str(out), "--engine", "skip", "--batch", "1:4:8",
+        "--precision", "int8", "--calib-images", str(planted["calib"]), "--calib-samples", "24",
+        "--calib-min-images", "4", "--calib-cache", str(planted["cache"]), "--validate-images", str(planted["val"]),
+        "--min-cosine", "int8=0.999", "--int8-max-tries", "2"], catch_exceptions=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    int8 = manifest["precisions"]["int8"]
+    assert "requantization" not in int8, "the Q/DQ graph must pass as quantized: the damage is the CPU flavour's"
+    cpu = int8["onnxruntime_cpu"]
+    rq = cpu["requantization"]
+    assert rq["passed"] is True, (rq, result.output)
+    assert not rq["tries"][0]["passed"] and rq["tries"][0]["metrics"]["cosine_min"] < 0.999
+    assert rq["tries"][-1]["metrics"]["cosine_min"] >= 0.999
+    assert f"block:{PLANTED_BLOCK}" in rq["excluded"] and rq["tries"][-1]["file"] == "model.int8.cpu.onnx"
+    # the file on disk is the passing graph: the planted block's linear layers float, found by their weights
+    assert cpu["sha256"] == sha256_file(out / "model.int8.cpu.onnx")
+    _, plain = linear_split(onnx.load(str(out / "model.int8.cpu.onnx")))
+    blocks = block_linear_nodes(onnx.load(str(out / "model.fp32.onnx")), planted["ck"])
+    assert blocks[PLANTED_BLOCK] <= plain
+    report = {s["stage"]: s for s in json.loads((out / "report.json").read_text())["stages"]}
+    assert report["requantize_int8_cpu"]["passed"] and report["drift_int8_cpu"]["passed"]
+    assert result.exit_code == 0, result.output
+    assert not [p for p in out.iterdir() if p.name.startswith(".requantize")]
