@@ -203,8 +203,7 @@ class CalibrationRecord:
         obj = read_object(obj, where)
         key = "tensor_sha256" if "tensor_sha256" in obj else "sha256"
         method = obj.get("method")
-        digests = {k: tuple(read_sha256(v, where.at(k).at(i)) for i, v in enumerate(read_list(obj.get(k, []), where.at(k))))
-                   for k in ("images_sha256", "pixels_sha256")}
+        digests = {k: _sha256_list(obj.get(k, []), where.at(k)) for k in ("images_sha256", "pixels_sha256")}
         return cls(read_str(field(obj, "source", where), where.at("source")),
                    read_int(field(obj, "count", where), where.at("count"), minimum=1),
                    read_sha256(field(obj, key, where), where.at(key)),
@@ -222,6 +221,10 @@ class CalibrationRecord:
         elif self.images_sha256:
             out.update(images_sha256=list(self.images_sha256), pixels_sha256=list(self.pixels_sha256))
         return {**out, **self.extra, "tensor_sha256": self.tensor_sha256}
+
+
+def _sha256_list(value: Any, where: Where) -> tuple[str, ...]:
+    return tuple(read_sha256(v, where.at(i)) for i, v in enumerate(read_list(value, where)))
 
 
 @dataclass(frozen=True)
