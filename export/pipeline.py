@@ -67,6 +67,7 @@ TARGETS = ("tensorrt", "tensorrt-rtx")
 class ExportOptions:
     model: str
     out: Path
+    revision: str | None = None  # hub ids: branch, tag or commit (default: main); the manifest records the commit
     precisions: tuple[str, ...] = ("fp32",)
     batch: BatchRange = BatchRange()
     opset: int = DEFAULT_OPSET
@@ -224,7 +225,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     """The run, written into ``out`` (the staging directory); the second value is the ValidationFailed
     message when a check failed."""
     activity(f"loading checkpoint {opts.model}")
-    ck = load_checkpoint(opts.model)
+    ck = load_checkpoint(opts.model, revision=opts.revision)
     if opts.alpha_background is not None:
         ck.preprocess = replace(ck.preprocess, alpha_background=opts.alpha_background)
     spec = ExportSpec(ck.arch, ck.task, ck.num_labels)

@@ -129,7 +129,8 @@ def choose(manifest: Manifest, backend: str = "auto", precision: str | None = No
                          "--backend openvino (or auto)")
     providers = _ort_providers()
     if not providers:
-        raise InputError("no inference backend is installed: pip install 'vitmsn[onnxruntime]' (or 'vitmsn[tensorrt]' on a GPU)")
+        raise InputError(f"no inference backend is installed: pip install 'vitmsn[{device.onnxruntime_extra()}]'"
+                         + (" (or 'vitmsn[tensorrt]')" if device.onnxruntime_extra() == "onnxruntime" else ""))
     if precision is None:
         order = onnxruntime_precision_order(providers)
         precision = next((p for p in order if p in manifest.precisions), None)

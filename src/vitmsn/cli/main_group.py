@@ -70,6 +70,7 @@ def _missing_dependency(name: str, missing: str) -> click.Command:
 
         exit_with_hint(missing, f"'vitmsn {name}'")
 
+    stub.stub = True  # type: ignore[attr-defined]  # no config table is read for it: the hint comes first
     return stub
 
 
@@ -89,6 +90,8 @@ def main() -> None:
     from pathlib import Path
 
     from vitmsn.config import Defaults, load_defaults
+
+    from .options import config_keys
     from vitmsn.errors import InputError
 
     # Only the command being run reads its config table, so a broken optional command never
@@ -97,9 +100,9 @@ def main() -> None:
     defaults = Defaults()
     if name in COMMANDS and not {"-h", "--help"} & set(sys.argv[1:]):
         command = group.get_command(click.Context(group), name)
-        if command is not None:
+        if command is not None and not getattr(command, "stub", False):
             try:
-                defaults = load_defaults(Path.cwd(), {name: {p.name for p in command.params if p.name}})
+                defaults = load_defaults(Path.cwd(), {name: config_keys(command)})
             except InputError as exc:
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(2)

@@ -14,21 +14,9 @@ from typing import Any
 import click
 
 from .common import artifacts_argument, handle_errors, need_artifacts
+from .options import THRESHOLD
 
 
-class ThresholdType(click.ParamType):
-    """A number for every precision, or ``int8=0.97,fp16=0.99``; the config file may also give a TOML
-    table ``{int8 = 0.97}``. Checked by ``Gates.build`` (a bad value exits 2 naming the option)."""
-
-    name = "X|P=X,..."
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, (dict, int, float, str)) and not isinstance(value, bool):
-            return value
-        self.fail(f"{value!r}: expected a number or PRECISION=NUMBER[,...]", param, ctx)
-
-
-THRESHOLD = ThresholdType()
 
 
 @click.command("validate", context_settings={"help_option_names": ["-h", "--help"]})
