@@ -45,7 +45,7 @@ NEEDS = {
     "bench": ("export", ("click", "torch", "onnxruntime"), False),
     "predict": ("cli", ("click",), True),
     "inspect": ("cli", ("click",), False),
-    "triton": ("triton", ("click",), False),  # without tritonclient it writes the repository and says it is unchecked
+    "triton": ("triton", ("click", "tritonclient", "onnx"), False),
     "serve": ("serve", ("click", "starlette", "uvicorn", "anyio", "prometheus_client"), True),
 }
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
