@@ -135,7 +135,7 @@ def resolve_source(source: str, option: str = "--model", revision: str | None = 
     if looks_like_local_path(source):
         raise InputError(f"{option} {source}: no such directory; pass a checkpoint directory (config.json + weights), "
                          "a hub id of the form owner/name, or 'demo'")
-    neither = f"{option} {source}: no such directory ({path.absolute()}), and as a hub id"
+    neither = f"{option} {source}: no such directory, and as a hub id"
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -146,7 +146,9 @@ def resolve_source(source: str, option: str = "--model", revision: str | None = 
         raise InputError(f"{neither} it is not in the local Hugging Face cache ({_hf_cache_root()}) and huggingface_hub "
                          "is not installed to download it: pip install 'vitmsn[export]'") from None
     try:
-        return Path(snapshot_download(source, revision=revision, allow_patterns=HUB_FILES)).resolve()
+        # The cache and offline mode read from the environment now (the hub reads them once, at its import).
+        return Path(snapshot_download(source, revision=revision, allow_patterns=HUB_FILES, cache_dir=_hf_cache_root(),
+                                      local_files_only=_is_offline())).resolve()
     except RevisionNotFoundError:
         raise InputError(f"{option} {source}: the hub model has no revision {revision!r}; pass a branch, tag or "
                          "commit with --revision") from None

@@ -126,7 +126,7 @@ def _resolve(base: Path, name: str, value: Any) -> Any:
         return str(path if path.is_absolute() else base / path)
     if name == "model" and isinstance(value, str) and value and not Path(value).is_absolute():
         local = base / value  # a checkpoint directory beside the config file; hub ids and 'demo' stay as written
-        if local.exists() or value.startswith((".", "~")) or value.count("/") > 1:
+        if local.exists() or value.startswith((".", "~")) or value.count("/") > 1 or (base / value.split("/")[0]).exists():
             return str(local)  # a path: a missing one then says "no such directory" with the full path
     return value
 
