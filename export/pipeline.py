@@ -264,7 +264,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     model = ck.build_model(opts.attention)
     fp32_path = out / "model.fp32.onnx"
     log.info("exporting %s (%s, %s attention) to %s", opts.model, spec.task, opts.attention, fp32_path)
-    activity(f"exporting {fp32_path.name} (torch.onnx, dynamo; third-party output goes to {log_path})")
+    activity(f"exporting {fp32_path.name} (torch.onnx, dynamo; third-party output goes to "
+             f"{Path(opts.out) / chatter.LOG_FILE})")  # the final path: the staging directory is gone by the end
     t0 = time.perf_counter()
     onnx_from_model(model, spec, fp32_path, opset=opts.opset, batch=opts.batch)
     export_seconds = time.perf_counter() - t0

@@ -75,15 +75,15 @@ def verify_all(m: Manifest) -> None:
     """Check every file the manifest names; print one line each; InputError (exit 2) naming every bad one."""
     checks = m.check_files()
     for c in checks:
-        click.echo(f"{c.status.upper() if not c.ok else c.status:9s} {c.named.file} ({c.named.role})", err=True)
+        click.echo(f"{c.status.upper() if not c.ok else c.status:9s} {c.named.file} ({c.named.role})")
     for name in m.unnamed_files():
-        click.echo(f"note      {name} is in the directory but not named in the manifest", err=True)
+        click.echo(f"note      {name} is in the directory but not named in the manifest")
     bad = [c for c in checks if not c.ok]
     if bad:
         raise InputError(f"{m.path}: {len(bad)} of {len(checks)} named files failed verification: "
                          + "; ".join(f"{c.status}: {c.detail}" for c in bad)
                          + "; restore them or re-run vitmsn-export")
-    click.echo(f"all {len(checks)} files match their SHA-256", err=True)
+    click.echo(f"all {len(checks)} files match their SHA-256")
 
 
 @click.command("inspect")

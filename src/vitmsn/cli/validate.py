@@ -94,7 +94,7 @@ def command(artifacts: Path | None, images: Path | None, labels: Path | None, pr
         click.echo(f"int8 sensitivity, worst first: {worst}")
     for s in result.skipped_images:
         click.echo(f"skipped {s['image']}: {s['reason']}", err=True)
-    click.echo(f"wrote {target / 'report.json'}, report.md, report.html", err=True)
+    click.echo(f"wrote {target / 'report.json'}, report.md, report.html")
     if not passed:
         failures = result.failures() + [f"export stage {s.get('stage')} failed: {s.get('detail')}"
                                         for s in report.get("stages") or [] if not s.get("passed", False)
