@@ -113,7 +113,9 @@ class Predictor:
             from .onnxruntime_runner import TENSORRT, OnnxRuntimeRunner, tensorrt_provider_options
 
             chw = tuple(int(d) for d in manifest.input_shape[1:])
-            cache = Path(os.environ.get("VITMSN_CACHE", Path.home() / ".cache" / "vitmsn")) / "ort-tensorrt" / choice.sha256[:16]
+            from vitmsn.cache_dir import cache_root
+
+            cache = cache_root() / "ort-tensorrt" / choice.sha256[:16]
             options = {TENSORRT: tensorrt_provider_options(manifest.input_name, chw, manifest.batch.to_json(), cache)}
             return OnnxRuntimeRunner(path, precision=choice.precision, providers=providers, intra_op_threads=threads,
                                      graph_optimization=graph_optimization, provider_options=options)

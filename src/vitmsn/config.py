@@ -23,7 +23,7 @@ from typing import Any
 
 from vitmsn.errors import InputError
 
-SUBCOMMANDS = ("predict", "validate", "bench", "inspect", "triton", "serve")
+SUBCOMMANDS = ("predict", "validate", "bench", "inspect", "triton", "serve", "cache")
 # Keys whose values are paths: resolved against the config file's directory.
 PATH_KEYS = {"out", "calib_images", "validate_images", "calib_cache", "timing_cache", "images", "labels",
              "repo", "checkpoint", "json_path", "md_path", "artifacts", "json", "markdown"}

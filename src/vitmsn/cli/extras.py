@@ -45,6 +45,7 @@ NEEDS = {
     "bench": ("export", ("click", "torch", "onnxruntime"), False),
     "predict": ("cli", ("click",), True),
     "inspect": ("cli", ("click",), False),
+    "cache": ("cli", ("click",), False),
     "triton": ("triton", ("click", "tritonclient", "onnx"), False),
     "serve": ("serve", ("click", "starlette", "uvicorn", "anyio", "prometheus_client"), True),
 }

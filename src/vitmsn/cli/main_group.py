@@ -20,6 +20,7 @@ COMMANDS = {
     "inspect": "inspect_cmd",
     "triton": "triton",
     "serve": "serve",
+    "cache": "cache_cmd",
 }
 HELP = {
     "predict": "Top-k labels for images, from the exported artifacts.",
@@ -28,6 +29,7 @@ HELP = {
     "inspect": "Print an artifacts directory's manifest readably.",
     "triton": "Write a Triton Inference Server model repository.",
     "serve": "Serve the model over HTTP with micro-batching.",
+    "cache": "Show vitmsn's cache directory and its size; --clear empties it.",
 }
 
 
