@@ -207,3 +207,35 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     missing = _bench([str(tmp_path / "nope"), "-q"])
     assert missing.exit_code == 2 and "not an artifacts directory" in missing.output
     assert _bench([str(tmp_path), "--batch-sizes", "0,x"]).exit_code == 2
+
+
+def test_median_ci_is_the_order_statistic_interval() -> None:
+    from vitmsn.bench.timing import median_ci
+
+    # n = 100: ranks 50 -/+ 1.96*10/2 = 40.2 .. 59.8 -> order statistics 40 and 59 (0-based), of 0..99
+    assert median_ci([float(v) for v in reversed(range(100))]) == (40.0, 59.0)
+    assert median_ci([3.0, 1.0, 2.0]) == (1.0, 3.0)  # small n: min to max
+
+
+def test_adaptive_plan_times_until_the_median_is_certain() -> None:
+    """Rows whose times are steady stop after the planned rounds; a row that alternates wildly keeps getting
+    rounds until max_iterations, while the steady row gets the same rounds (interleaved)."""
+    from itertools import cycle
+
+    from vitmsn.bench.timing import TimingPlan, time_interleaved
+
+    ticks = cycle([0.0, 0.001])  # every call costs exactly 1 ms on this clock
+    plan = TimingPlan(warmup=0, iterations=4, rounds=2, rewarm=0, ci_target=0.03, max_iterations=40)
+    steady = time_interleaved([lambda: None], plan, clock=lambda: next(ticks))
+    assert [st.count for st in steady] == [4]
+    costs = cycle([0.001, 0.003])
+    now = [0.0]
+
+    def noisy_clock() -> float:
+        return now[0]
+
+    def noisy_call() -> None:
+        now[0] += next(costs)
+
+    stats = time_interleaved([noisy_call], plan, clock=noisy_clock)
+    assert stats[0].count >= 40 and stats[0].ci_fraction > 0.03
