@@ -239,3 +239,31 @@ def test_adaptive_plan_times_until_the_median_is_certain() -> None:
 
     stats = time_interleaved([noisy_call], plan, clock=noisy_clock)
     assert stats[0].count >= 40 and stats[0].ci_fraction > 0.03
+
+
+def _timed_row(mode: str, median: float) -> dict:
+    return {"backend": "pytorch-eager", "variant": "", "batch_size": 1, "mode": mode, "precision": "fp32",
+            "device": "cpu", "throughput": 1000.0 / median, "latency_ms": {"median": median, "samples": 4}}
+
+
+@pytest.mark.parametrize("remeasured, flagged", [((30.0, 35.0), False), ((480.0, 34.9), True)])
+def test_pytorch_end_to_end_below_model_only_is_remeasured_then_flagged(remeasured: tuple[float, float],
+                                                                         flagged: bool) -> None:
+    """The seen case: batch 1 eager 480 ms model only, 34.9 ms end to end. Re-measured once; still so, both rows
+    say NOISY instead of passing as results."""
+    from types import SimpleNamespace
+
+    from vitmsn.bench.suite import recheck_pytorch
+
+    rows = [_timed_row("model", 480.0), _timed_row("e2e", 34.9)]
+    asked: list[tuple[str, int]] = []
+
+    def time_group(group: list, mode: str, batch: int) -> list[dict]:
+        asked.append((mode, batch))
+        return [_timed_row(mode, remeasured[0] if mode == "model" else remeasured[1])]
+
+    backend = SimpleNamespace(backend="pytorch-eager", variant="", label="pytorch-eager")
+    out = recheck_pytorch(rows, [backend], time_group, lambda s: None)
+    assert asked == [("model", 1), ("e2e", 1)]
+    assert [r["latency_ms"]["median"] for r in out] == list(remeasured)
+    assert all(bool(r.get("noisy")) == flagged for r in out)
