@@ -41,11 +41,10 @@ DEFAULT_SEED = 0
 
 
 def default_cache_dir() -> Path:
-    """``$VITMSN_CACHE_DIR/calibration``, else ``$XDG_CACHE_HOME/vitmsn/calibration``, else ``~/.cache/...``."""
-    if os.environ.get("VITMSN_CACHE_DIR"):
-        return Path(os.environ["VITMSN_CACHE_DIR"]) / "calibration"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "vitmsn" / "calibration"
+    """``calibration/`` in vitmsn's cache directory (:func:`vitmsn.core.cache_dir.cache_root`)."""
+    from vitmsn.core.cache_dir import cache_root
+
+    return cache_root() / "calibration"
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ def manifest_skeleton(opts: Any, ck: Checkpoint, spec: ExportSpec, root: Path | 
     model = ModelInfo(opts.model, spec.task, ck.arch.to_dict(), ck.sha256,
                       "ViTMSNForImageClassification" if spec.task == "image-classification" else "ViTMSNModel",
                       {"directory": str(ck.directory), "num_labels": ck.num_labels, "weight_files": ck.weight_files,
-                       "attention": opts.attention, "gflops_per_image": round(ck.arch.gflops_per_image(), 4)})
+                       "attention": opts.attention, "gflops_per_image": round(ck.arch.gflops_per_image(), 4),
+                       **({"revision": ck.revision} if ck.revision else {})})
     io = spec.io_dict()
     return Manifest(
         root, model,

@@ -69,6 +69,7 @@ ENGINE_MODES = ("auto", "require", "skip")
 class ExportOptions:
     model: str
     out: Path
+    revision: str | None = None  # hub ids: branch, tag or commit (default: main); the manifest records the commit
     precisions: tuple[str, ...] = ("fp32",)
     batch: BatchRange = BatchRange()
     parity_batch: tuple[int, ...] = ()  # ONNX Runtime parity batch sizes; () = the profile's (checks.parity_batch_sizes)
@@ -234,7 +235,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     """The run, written into ``out`` (the staging directory); the second value is the ValidationFailed
     message when a check failed."""
     activity(f"loading checkpoint {opts.model}")
-    ck = load_checkpoint(opts.model)
+    ck = load_checkpoint(opts.model, revision=opts.revision)
     if opts.alpha_background is not None:
         ck.preprocess = replace(ck.preprocess, alpha_background=opts.alpha_background)
     spec = ExportSpec(ck.arch, ck.task, ck.num_labels)
@@ -275,7 +276,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     ck = replace(ck, state_dict={})  # the model holds the weights now: one copy in memory, not two
     fp32_path = out / "model.fp32.onnx"
     log.info("exporting %s (%s, %s attention) to %s", opts.model, spec.task, opts.attention, fp32_path)
-    activity(f"exporting {fp32_path.name} (torch.onnx, dynamo; third-party output goes to {log_path})")
+    activity(f"exporting {fp32_path.name} (torch.onnx, dynamo; third-party output goes to "
+             f"{Path(opts.out) / third_party_output.LOG_FILE})")  # the final path: the staging directory is gone by the end
     t0, export_rss = time.perf_counter(), PeakRss().start()
     onnx_from_model(model, spec, fp32_path, opset=opts.opset, batch=opts.batch)
     export_seconds = time.perf_counter() - t0

@@ -209,3 +209,63 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     missing = _bench([str(tmp_path / "nope"), "-q"])
     assert missing.exit_code == 2 and "not an artifacts directory" in missing.output
     assert _bench([str(tmp_path), "--batch-sizes", "0,x"]).exit_code == 2
+
+
+def test_median_ci_is_the_order_statistic_interval() -> None:
+    from vitmsn.bench.timing import median_ci
+
+    # n = 100: ranks 50 -/+ 1.96*10/2 = 40.2 .. 59.8 -> order statistics 40 and 59 (0-based), of 0..99
+    assert median_ci([float(v) for v in reversed(range(100))]) == (40.0, 59.0)
+    assert median_ci([3.0, 1.0, 2.0]) == (1.0, 3.0)  # small n: min to max
+
+
+def test_adaptive_plan_times_until_the_median_is_certain() -> None:
+    """Rows whose times are steady stop after the planned rounds; a row that alternates wildly keeps getting
+    rounds until max_iterations, while the steady row gets the same rounds (interleaved)."""
+    from itertools import cycle
+
+    from vitmsn.bench.timing import TimingPlan, time_interleaved
+
+    ticks = cycle([0.0, 0.001])  # every call costs exactly 1 ms on this clock
+    plan = TimingPlan(warmup=0, iterations=4, rounds=2, rewarm=0, ci_target=0.03, max_iterations=40)
+    steady = time_interleaved([lambda: None], plan, clock=lambda: next(ticks))
+    assert [st.count for st in steady] == [4]
+    costs = cycle([0.001, 0.003])
+    now = [0.0]
+
+    def noisy_clock() -> float:
+        return now[0]
+
+    def noisy_call() -> None:
+        now[0] += next(costs)
+
+    stats = time_interleaved([noisy_call], plan, clock=noisy_clock)
+    assert stats[0].count >= 40 and stats[0].ci_fraction > 0.03
+
+
+def _timed_row(mode: str, median: float) -> dict:
+    return {"backend": "pytorch-eager", "variant": "", "batch_size": 1, "mode": mode, "precision": "fp32",
+            "device": "cpu", "throughput": 1000.0 / median, "latency_ms": {"median": median, "samples": 4}}
+
+
+@pytest.mark.parametrize("remeasured, flagged", [((30.0, 35.0), False), ((480.0, 34.9), True)])
+def test_pytorch_end_to_end_below_model_only_is_remeasured_then_flagged(remeasured: tuple[float, float],
+                                                                         flagged: bool) -> None:
+    """The seen case: batch 1 eager 480 ms model only, 34.9 ms end to end. Re-measured once; still so, both rows
+    say NOISY instead of passing as results."""
+    from types import SimpleNamespace
+
+    from vitmsn.bench.suite import recheck_pytorch
+
+    rows = [_timed_row("model", 480.0), _timed_row("e2e", 34.9)]
+    asked: list[tuple[str, int]] = []
+
+    def time_group(group: list, mode: str, batch: int) -> list[dict]:
+        asked.append((mode, batch))
+        return [_timed_row(mode, remeasured[0] if mode == "model" else remeasured[1])]
+
+    backend = SimpleNamespace(backend="pytorch-eager", variant="", label="pytorch-eager")
+    out = recheck_pytorch(rows, [backend], time_group, lambda s: None)
+    assert asked == [("model", 1), ("e2e", 1)]
+    assert [r["latency_ms"]["median"] for r in out] == list(remeasured)
+    assert all(bool(r.get("noisy")) == flagged for r in out)

@@ -32,7 +32,7 @@ WITHOUT = "import sys; sys.modules[{name!r}] = None; sys.argv[0] = 'x'; from vit
 
 @pytest.mark.parametrize("entry, args, missing, extra", [
     ("main", ["--help"], "click", "cli"),
-    ("export_main", ["--help"], "click", "cli"),
+    ("export_main", ["--help"], "click", "export"),
     ("main", ["serve", "ARTIFACTS"], "prometheus_client", "serve"),
     ("main", ["serve", "ARTIFACTS"], "starlette", "serve"),
     ("export_main", ["--model", "demo"], "torch", "export"),

@@ -107,3 +107,24 @@ def test_inspect_detects_tampered_file(tiny_ck: Path, tmp_path: Path) -> None:
         f.write(b"\0")
     result = CliRunner().invoke(group, ["inspect", str(out), "--verify"])
     assert result.exit_code == 2 and "does not match the manifest" in result.output
+
+
+def test_every_option_sets_the_field_of_its_name() -> None:
+    """Options are declared once: each click parameter of vitmsn-export reaches the ExportOptions/EngineOptions field
+    or gate of its name, with the value given on the command line (a parameter that lands nowhere is an error)."""
+    from vitmsn.cli.export_cmd import export_options
+
+    ctx = export_command.make_context("vitmsn-export", [
+        "--model", "demo", "--revision", "v1", "--precision", "FP16", "--out", "o", "--calib-samples", "7",
+        "--batch", "1:2:4", "--parity-batch", "3,1", "--opset", "17", "--workspace", "1K", "--builder-opt-level", "2",
+        "--hardware-compat", "ampere-plus", "--version-compat", "--aot-targets", "sm86,sm89", "--min-cosine", "0.5",
+        "--alpha-background", "1,2,3", "--int8-exclude", "block:1", "--no-fp32-cpu", "-v"])
+    options = export_options(dict(ctx.params))
+    assert (options.model, options.revision, options.precisions, options.out) == ("demo", "v1", ("fp32", "fp16"), Path("o"))
+    assert (options.calib_samples, options.batch.max, options.opset, options.int8_exclude) == (7, 4, 17, ("block:1",))
+    assert options.parity_batch == (1, 3)
+    assert (options.alpha_background, options.fp32_cpu, options.verbose) == ((1, 2, 3), False, True)
+    engine = options.engine_options
+    assert (engine.workspace_bytes, engine.builder_optimization_level, engine.hardware_compatibility,
+            engine.version_compatible, engine.aot_targets) == (1024, 2, "ampere-plus", True, ("SM86", "SM89"))
+    assert {t.min_cosine for t in options.gates.thresholds.values()} == {0.5}

@@ -32,7 +32,7 @@ def test_runtime_only_install(demo_artifacts: Path, tmp_path: Path) -> None:
     assert project.returncode == 0, project.stderr
     assert _run([str(py), "-c", "import click"]).returncode != 0  # really without the cli extra
 
-    for script, extra in (("vitmsn", "cli"), ("vitmsn-export", "cli")):
+    for script, extra in (("vitmsn", "cli"), ("vitmsn-export", "export")):
         proc = _run([str(bin_ / script), "--help"])
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.strip().count("\n") == 0 and f"pip install 'vitmsn[{extra}]'" in proc.stderr

@@ -131,6 +131,8 @@ def test_export_prints_live_then_the_table_and_logs_chatter(tiny_ck: Path, tmp_p
     for noise in ("onnx_ir", "onnxscript", "modelopt", "%|"):
         assert noise not in err, noise
     assert err.count("exporting " + str(tiny_ck)) == 1
+    # paths said are the final ones: the staging directory is gone by the end
+    assert ".staging-" not in err and f"{out / 'export.log'}" in err
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["logs"]
     assert entry["file"] == "export.log" and entry["sha256"] == sha256_file(out / "export.log")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,53 @@ def test_unknown_key_names_the_file_found_above(tmp_path: Path) -> None:
     sub.mkdir()
     with pytest.raises(InputError, match=r"vitmsn\.toml: unknown key 'modle'"):
         load_defaults(sub, EXPORT)
+
+
+@pytest.mark.parametrize("name, text, key, found, expected", [
+    ("vitmsn.toml", 'tool = "x"\n', "'tool'", "a string", "a table"),
+    ("pyproject.toml", "tool = 5\n", "'tool'", "an integer", "a table"),
+    ("pyproject.toml", "[tool]\nvitmsn = 5\n", "'tool.vitmsn'", "an integer", "a table"),
+    ("vitmsn.toml", "out = 5\n", "'out'", "an integer", "a string"),
+    ("vitmsn.toml", "validate = 3\n", "'validate'", "an integer", "a table"),
+])
+@pytest.mark.parametrize("entry, args", [("main", ["inspect"]), ("export_main", ["--precision", "fp16"])])
+def test_wrong_shape_is_one_line_naming_file_key_and_types(tmp_path: Path, name: str, text: str, key: str, found: str,
+                                                           expected: str, entry: str, args: list[str]) -> None:
+    (tmp_path / name).write_text(text)
+    sub = tmp_path / "deep"
+    sub.mkdir()
+    proc = subprocess.run([sys.executable, "-c", f"import sys; sys.argv[0] = 'x'; from vitmsn.cli import {entry}; {entry}()",
+                           *args], capture_output=True, text=True, timeout=120, cwd=sub)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / name}: key {key} is {found}"), proc.stderr
+    assert lines[0].endswith(f"expected {expected}"), proc.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("opset = \"x\"\n", "key 'opset' is a string ('x'); expected an integer"),
+    ("fp16-io = 1\n", "key 'fp16-io' is an integer (1); expected a boolean (true or false)"),
+    ("precision = [\"fp16\", 3]\n", "key 'precision' holds an integer (3); expected a list of strings"),
+    ("min-cosine = true\n", "key 'min-cosine' is a boolean (true or false) (True); expected a number or a string or a table"),
+    ("[validate]\nimages = 3\n", "key 'validate.images' is an integer (3); expected a string"),
+])
+def test_every_option_is_type_checked_from_its_click_declaration(tmp_path: Path, text: str, message: str) -> None:
+    from vitmsn.cli.export_cmd import command as export_command
+    from vitmsn.cli.options import config_keys
+    from vitmsn.cli.validate import command as validate_command
+
+    (tmp_path / "vitmsn.toml").write_text(text)
+    with pytest.raises(InputError) as caught:
+        load_defaults(tmp_path, {"": config_keys(export_command), "validate": config_keys(validate_command)})
+    assert str(caught.value) == f"{tmp_path / 'vitmsn.toml'}: {message}"
+
+
+def test_right_types_pass_and_one_value_is_a_list_of_one(tmp_path: Path) -> None:
+    from vitmsn.cli.export_cmd import command as export_command
+    from vitmsn.cli.options import config_keys
+
+    (tmp_path / "vitmsn.toml").write_text('precision = "int8"\nmin-cosine = 0.9\nopset = 18\nworkspace = "2G"\n'
+                                          'fp16-io = true\nheartbeat = 5\n')
+    values = load_defaults(tmp_path, {"": config_keys(export_command)}).values
+    assert values == {"precisions": ["int8"], "min_cosine": 0.9, "opset": 18, "workspace_bytes": "2G", "fp16_io": True,
+                      "heartbeat": 5}

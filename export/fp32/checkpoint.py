@@ -67,6 +67,7 @@ class Checkpoint:
     labels: dict[int, str]
     sha256: str
     weight_files: list[str] = field(default_factory=list)
+    revision: str | None = None  # the hub commit hash, when the checkpoint came from the Hugging Face cache
 
     @property
     def num_labels(self) -> int:
@@ -115,11 +116,15 @@ def looks_like_local_path(source: str) -> bool:
     return Path(source.split("/")[0]).exists()
 
 
-def resolve_source(source: str, option: str = "--model") -> Path:
+def resolve_source(source: str, option: str = "--model", revision: str | None = None) -> Path:
     """The absolute directory holding config.json for ``source`` (a path, ``demo`` or a hub id).
 
     ``option`` names where the source came from in error messages (``--model``, ``--checkpoint``,
-    the manifest's ``model.source``).
+    the manifest's ``model.source``). A hub id goes through ``huggingface_hub.snapshot_download``:
+    the standard Hugging Face cache (``HF_HOME``, ``HF_HUB_CACHE``), its progress bars, ``HF_TOKEN``,
+    ``HF_HUB_OFFLINE`` (cache only) and ``HF_ENDPOINT`` all behave as in any Hugging Face tool;
+    ``revision`` is a branch, tag or commit (default: main). The snapshot directory is named by the
+    resolved commit hash (:func:`hub_revision`).
     """
     if source == DEMO:
         return DEMO_DIR
@@ -131,25 +136,47 @@ def resolve_source(source: str, option: str = "--model") -> Path:
     if looks_like_local_path(source):
         raise InputError(f"{option} {source}: no such directory; pass a checkpoint directory (config.json + weights), "
                          "a hub id of the form owner/name, or 'demo'")
-    cached = _from_hf_cache(source)
-    if cached is not None:
-        return cached.resolve()
-    fetch = (f"fetch it on a machine with network access with `huggingface-cli download {source}` (into "
-             f"{_hf_cache_root()}, or copy that cache here), or pass a local checkpoint directory")
-    if _is_offline():
-        raise InputError(f"{option} {source}: hub id not in the local Hugging Face cache ({_hf_cache_root()}) and "
-                         f"HF_HUB_OFFLINE is set, so it is not downloaded; {fetch}")
+    neither = f"{option} {source}: no such directory, and as a hub id"
     try:
         from huggingface_hub import snapshot_download
-    except ImportError:
-        raise InputError(f"{option} {source}: hub id not in the local Hugging Face cache ({_hf_cache_root()}) and "
-                         f"huggingface_hub is not installed to download it; {fetch}") from None
+        from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    except ImportError:  # the export extra declares it; a runtime-side caller may lack it: the cache still works
+        cached = _from_hf_cache(source, revision or "main")
+        if cached is not None:
+            return cached.resolve()
+        raise InputError(f"{neither} it is not in the local Hugging Face cache ({_hf_cache_root()}) and huggingface_hub "
+                         "is not installed to download it: pip install 'vitmsn[export]'") from None
     try:
-        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.bin"])).resolve()
-    except Exception as exc:  # network errors come in many types; all mean the same here
-        raise InputError(f"{option} {source}: hub id not in the local Hugging Face cache and the download failed "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check the id and "
-                         f"the network, set HF_HUB_OFFLINE=1 to skip the download, or {fetch}") from exc
+        # The cache and offline mode read from the environment now (the hub reads them once, at its import).
+        return Path(snapshot_download(source, revision=revision, allow_patterns=HUB_FILES, cache_dir=_hf_cache_root(),
+                                      local_files_only=_is_offline())).resolve()
+    except RevisionNotFoundError:
+        raise InputError(f"{option} {source}: the hub model has no revision {revision!r}; pass a branch, tag or "
+                         "commit with --revision") from None
+    except RepositoryNotFoundError:
+        raise InputError(f"{neither} the hub has no such model (or it is private: set HF_TOKEN); pass a checkpoint "
+                         "directory, a hub id of the form owner/name, or 'demo'") from None
+    except LocalEntryNotFoundError:
+        how = ("HF_HUB_OFFLINE is set, so nothing is downloaded" if _is_offline()
+               else "the hub could not be reached")
+        raise InputError(f"{neither} it is not in the local Hugging Face cache ({_hf_cache_root()}) and {how}; "
+                         "run once with network access (the download lands in that cache), or pass a local "
+                         "checkpoint directory") from None
+    except Exception as exc:  # network and HTTP errors come in many types; all mean the same here
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(f"{option} {source}: the hub download failed ({type(exc).__name__}: {first}); check the id, "
+                         "the network and HF_TOKEN, or set HF_HUB_OFFLINE=1 to use the local cache only") from None
+
+
+HUB_FILES = ["*.json", "*.safetensors", "*.bin"]
+HUB_SNAPSHOT = re.compile(r"[0-9a-f]{40}")
+
+
+def hub_revision(directory: Path) -> str | None:
+    """The commit hash of a Hugging Face cache snapshot directory (``.../snapshots/<commit>``), else None."""
+    if directory.parent.name == "snapshots" and HUB_SNAPSHOT.fullmatch(directory.name):
+        return directory.name
+    return None
 
 
 # ---- reading -------------------------------------------------------------------------------
@@ -328,8 +355,8 @@ def _fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(source: str, option: str = "--model") -> Checkpoint:
-    directory = resolve_source(source, option)
+def load_checkpoint(source: str, option: str = "--model", revision: str | None = None) -> Checkpoint:
+    directory = resolve_source(source, option, revision)
     config_path = directory / "config.json"
     config = _read_json(config_path)
     model_type = config.get("model_type")
@@ -372,5 +399,5 @@ def load_checkpoint(source: str, option: str = "--model") -> Checkpoint:
     return Checkpoint(
         source=source, directory=directory, config=config, arch=arch, task=task, state_dict=state,
         preprocess=preprocess, preprocess_source=preprocess_source, labels=labels,
-        sha256=_fingerprint(files), weight_files=[f.name for f in files],
+        sha256=_fingerprint(files), weight_files=[f.name for f in files], revision=hub_revision(directory),
     )

@@ -82,6 +82,12 @@ def has_cuda_gpu() -> bool:
     return bool(cuda_gpus())
 
 
+def onnxruntime_extra() -> str:
+    """The extra that installs ONNX Runtime for this machine: ``cpu`` (plain onnxruntime, 78 MB) without an
+    NVIDIA GPU, ``onnxruntime`` (onnxruntime-gpu, 404 MB) with one."""
+    return "onnxruntime" if has_cuda_gpu() else "cpu"
+
+
 def gpu(index: int) -> Gpu | None:
     """The CUDA device ``index`` (as ``cudaSetDevice`` numbers it), or None when there is none."""
     gpus = cuda_gpus()

@@ -103,7 +103,10 @@ class OnnxRuntimeRunner(RunnerBase):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise InputError(f"the onnxruntime backend needs ONNX Runtime ({exc}); pip install 'vitmsn[onnxruntime]'") from exc
+            from vitmsn.runtime.backends.device import onnxruntime_extra
+
+            raise InputError(f"the onnxruntime backend needs ONNX Runtime ({exc}); "
+                             f"pip install 'vitmsn[{onnxruntime_extra()}]'") from exc
         options = ort.SessionOptions()
         levels = dict(zip(GRAPH_OPTIMIZATION, (ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                                                ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

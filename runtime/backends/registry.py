@@ -20,7 +20,6 @@ Adding a backend: a runner module in this package (subclass :class:`~.base.Runne
 from __future__ import annotations
 
 import importlib.util
-import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +104,9 @@ def onnxruntime_providers() -> tuple[str, ...]:
 def onnxruntime_candidate(manifest: "Manifest", machine: Machine, precision: str | None, notes: list[str]) -> Choice:
     providers = onnxruntime_providers()
     if not providers:
-        raise InputError("no inference backend is installed: pip install 'vitmsn[onnxruntime]' (or 'vitmsn[tensorrt]' on a GPU)")
+        extra = device.onnxruntime_extra()
+        raise InputError(f"no inference backend is installed: pip install 'vitmsn[{extra}]'"
+                         + (" (or 'vitmsn[tensorrt]')" if extra == "onnxruntime" else ""))
     if precision is None:  # auto never picks a precision whose latest verdict failed
         failed = failed_precisions(manifest)
         order = onnxruntime_precision_order(providers)
@@ -135,7 +136,9 @@ def onnxruntime_load(manifest: "Manifest", choice: Choice, path: Path, options: 
     from .onnxruntime import TENSORRT, OnnxRuntimeRunner, tensorrt_provider_options
 
     chw = tuple(int(d) for d in manifest.input_shape[1:])
-    cache = Path(os.environ.get("VITMSN_CACHE", Path.home() / ".cache" / "vitmsn")) / "ort-tensorrt" / choice.sha256[:16]
+    from vitmsn.core.cache_dir import cache_root
+
+    cache = cache_root() / "ort-tensorrt" / choice.sha256[:16]
     provider_options = {TENSORRT: tensorrt_provider_options(manifest.input_name, chw, manifest.batch.to_json(), cache)}
     return OnnxRuntimeRunner(path, precision=choice.precision, providers=options.providers,
                              intra_op_threads=options.threads, graph_optimization=options.graph_optimization,

@@ -113,8 +113,10 @@ class _Buffer:
 
 def runtime_cache_path(entry: EngineEntry, gpu: device.Gpu | None) -> Path:
     """Where TensorRT-RTX's runtime cache (kernels compiled for this GPU) for ``entry`` is kept:
-    ``$VITMSN_CACHE/tensorrt-rtx/<engine sha256[:16]>-sm<cc>.cache`` (default ~/.cache/vitmsn)."""
-    base = Path(os.environ.get("VITMSN_CACHE", Path.home() / ".cache" / "vitmsn"))
+    ``tensorrt-rtx/<engine sha256[:16]>-sm<cc>.cache`` in vitmsn's cache directory (:mod:`vitmsn.core.cache_dir`)."""
+    from vitmsn.core.cache_dir import cache_root
+
+    base = cache_root()
     cc = gpu.compute_capability.replace(".", "") if gpu else "unknown"
     return base / "tensorrt-rtx" / f"{entry.sha256[:16]}-sm{cc}.cache"
 

@@ -46,6 +46,8 @@ def results_table(rows: list[dict[str, Any]], e2e: bool = False) -> list[str]:
         verdict = "pass" if check["passed"] else "**FAIL**: " + "; ".join(check["problems"])[:120]
         if r.get("verified") is False:
             verdict += " (unverified path)"
+        if r.get("noisy"):
+            verdict += f" **NOISY**: {r['noisy']}"
         frac = r.get("roofline_fraction")
         cosines = [m["cosine_min"] for m in check.get("metrics", {}).values()]
         extra = (f" {_fmt(r.get('e2e_vs_model'), '.2f')}x | {_fmt(r.get('cpu_time_bound'), '.2f')}"
@@ -97,13 +99,21 @@ def machine_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _adaptive(timing: dict[str, Any]) -> str:
+    if not timing.get("ci_target"):
+        return ""
+    return (f", then more rounds until every median's 95% confidence interval is within +/-{timing['ci_target']:.0%} "
+            f"(at most {timing['max_seconds']:g} s per batch size and mode)")
+
+
 def markdown(report: dict[str, Any], title: str = "vitmsn bench") -> str:
     opts = report["options"]
     timing = opts["timing"]
     out = [f"# {title}", ""]
     out += machine_lines(report)
     out += ["", f"Timing: {timing['warmup']} warm-up calls, then at least {timing['iterations']} timed calls per row "
-                f"in {timing['rounds']} interleaved rounds; latency is per batch; throughput = batch / median latency. "
+                f"in {timing['rounds']} interleaved rounds"
+                f"{_adaptive(timing)}; latency is per batch; throughput = batch / median latency. "
                 f"Reference for the correctness check and the ratios: {report['reference']}.", ""]
     for mode, heading in (("model", "Model only (pixel values in, outputs out)"),
                           ("e2e", "End to end (JPEG bytes in: decode, resize, normalise, infer)")):

@@ -31,14 +31,31 @@ class TimingPlan:
     min_seconds: float = 0.0
     max_iterations: int = 10_000
     rewarm: int = 1  # untimed calls at the start of each row's turn in a round (wakes its thread pool)
+    # Adaptive: after the planned rounds, more rounds until every row's median is known to within this fraction
+    # (half-width of its 95% confidence interval over the median; 0 = off), for at most max_seconds of timing.
+    ci_target: float = 0.0
+    max_seconds: float = math.inf
 
     def __post_init__(self) -> None:
-        if self.warmup < 0 or self.rewarm < 0 or self.iterations < 1 or self.rounds < 1 or self.min_seconds < 0:
+        if (self.warmup < 0 or self.rewarm < 0 or self.iterations < 1 or self.rounds < 1 or self.min_seconds < 0
+            or self.ci_target < 0 or self.max_seconds <= 0):
             raise ValueError(f"bad timing plan {self}: warmup >= 0, iterations >= 1, rounds >= 1, min_seconds >= 0")
 
     @property
     def per_round(self) -> int:
         return max(1, math.ceil(self.iterations / self.rounds))
+
+
+def median_ci(samples: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """The distribution-free 95% confidence interval of the median: the order statistics of ranks
+    n/2 -/+ z*sqrt(n)/2 (binomial normal approximation; min and max for small n)."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    if n == 0:
+        return float("nan"), float("nan")
+    half = z * math.sqrt(n) / 2
+    lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half) - 1)
+    return ordered[lo], ordered[hi]
 
 
 @dataclass
@@ -64,6 +81,14 @@ class LatencyStats:
     def mean(self) -> float:
         return float(np.mean(self.samples_ms)) if self.samples_ms else float("nan")
 
+    @property
+    def ci_fraction(self) -> float:
+        """Half-width of the median's 95% confidence interval over the median (inf below 2 samples)."""
+        if self.count < 2:
+            return math.inf
+        lo, hi = median_ci(self.samples_ms)
+        return (hi - lo) / 2 / self.median if self.median > 0 else math.inf
+
     def throughput(self, batch_size: int) -> float:
         """Images per second at the median latency."""
         med = self.median
@@ -78,6 +103,7 @@ class LatencyStats:
             "min": round(min(self.samples_ms), 4) if self.samples_ms else float("nan"),
             "max": round(max(self.samples_ms), 4) if self.samples_ms else float("nan"),
             "samples": self.count,
+            "median_ci95": [round(v, 4) for v in median_ci(self.samples_ms)] if self.samples_ms else None,
         }
 
 
@@ -92,30 +118,33 @@ def time_calls(call: Callable[[], object], n: int, clock: Callable[[], float] = 
 
 
 def time_interleaved(calls: Sequence[Callable[[], object]], plan: TimingPlan,
-                     on_round: Callable[[int], None] | None = None) -> list[LatencyStats]:
+                     on_round: Callable[[int], None] | None = None,
+                     clock: Callable[[], float] = time.perf_counter) -> list[LatencyStats]:
     """Time several rows against each other: warm each up, then alternate them in rounds.
 
     Each row's turn in a round starts with ``rewarm`` untimed calls: the previous row's
     thread pool (ONNX Runtime and OpenMP workers spin for a while after each call) has gone
     quiet and this row's pool is awake before the first timed call. After the planned rounds,
-    rounds continue while any row has less than ``min_seconds`` of
-    samples (bounded by ``max_iterations`` per row).
+    rounds continue while any row has less than ``min_seconds`` of samples or (``ci_target``) a
+    median less certain than that, bounded by ``max_iterations`` per row and ``max_seconds`` of timing.
     """
     stats = [LatencyStats() for _ in calls]
     for call in calls:
         for _ in range(plan.warmup):
             call()
+    started = time.perf_counter()
     rounds = 0
     while True:
         for call, st in zip(calls, stats):
             for _ in range(plan.rewarm):
                 call()
-            st.samples_ms.extend(time_calls(call, plan.per_round))
+            st.samples_ms.extend(time_calls(call, plan.per_round, clock))
         rounds += 1
         if on_round is not None:
             on_round(rounds)
         if rounds < plan.rounds:
             continue
-        short = [st for st in stats if sum(st.samples_ms) < plan.min_seconds * 1000.0 and st.count < plan.max_iterations]
-        if not short:
+        short = [st for st in stats if st.count < plan.max_iterations and (
+            sum(st.samples_ms) < plan.min_seconds * 1000.0 or st.ci_fraction > plan.ci_target > 0)]
+        if not short or time.perf_counter() - started > plan.max_seconds:
             return stats

@@ -8,12 +8,30 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .common import artifacts_argument, handle_errors, need_artifacts
 
+if TYPE_CHECKING:
+    from vitmsn.bench.timing import TimingPlan
+
 BACKEND_NAMES = ("pytorch", "pytorch-eager", "pytorch-sdpa", "pytorch-compile", "onnxruntime", "openvino", "tensorrt", "all")
+
+
+def timing_plan(thorough: bool, warmup: int | None, iterations: int | None, rounds: int | None,
+                min_seconds: float) -> "TimingPlan":
+    """The default adaptive plan, or --thorough's fixed one; explicit --warmup/--iterations/--rounds win, and an
+    explicit --iterations makes the plan fixed (exactly that many calls per row)."""
+    from vitmsn.bench.timing import TimingPlan
+
+    base = (TimingPlan(warmup=3, iterations=20, rounds=3) if thorough
+            else TimingPlan(warmup=2, iterations=4, rounds=2, ci_target=0.03, max_seconds=20.0))
+    return TimingPlan(warmup=base.warmup if warmup is None else warmup,
+                      iterations=base.iterations if iterations is None else iterations,
+                      rounds=base.rounds if rounds is None else rounds, min_seconds=min_seconds,
+                      ci_target=base.ci_target if iterations is None else 0.0, max_seconds=base.max_seconds)
 
 
 def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -36,10 +54,15 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("--batch-sizes", default="1,8", show_default=True, callback=_batch_sizes, help="Comma-separated batch sizes.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_path", type=click.Path(path_type=Path), help="Write the Markdown report here.")
-@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls per row.")
-@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls per row (at least).")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Interleaved rounds the iterations are spread over.")
+@click.option("--thorough", is_flag=True,
+              help="The long fixed plan (3 warm-up calls, 20 timed calls in 3 rounds per row; about 15 min for ViT-S "
+                   "on 2 cores) instead of the default adaptive one (2 rounds, then more until each median is known "
+                   "within +/-3%, at most 20 s per batch size and mode; about 2-3 min).")
+@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Untimed calls per row [default: 2; --thorough 3].")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Timed calls per row (at least; given, no adaptive rounds) [default: 4, then adaptive; --thorough 20].")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Interleaved rounds the iterations are spread over [default: 2; --thorough 3].")
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Keep timing until every row has this much timed work.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for PyTorch and ONNX Runtime [default: CPUs available].")
@@ -60,7 +83,8 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 @handle_errors
 def command(artifacts: Path | None, backends: tuple[str, ...], precisions: tuple[str, ...], batch_sizes: tuple[int, ...],
-            json_path: Path | None, md_path: Path | None, warmup: int, iterations: int, rounds: int, min_seconds: float,
+            json_path: Path | None, md_path: Path | None, thorough: bool, warmup: int | None, iterations: int | None,
+            rounds: int | None, min_seconds: float,
             threads: int | None, e2e: bool, compile_: bool, compile_mode: str | None, ort_fused: bool, data_parallel: bool, cpu_only: bool,
             trt_streams: int, no_cuda_graphs: bool, gemm_size: int, quiet: bool) -> None:
     """Latency and throughput of every backend, precision and batch size, against PyTorch in the same run."""
@@ -68,7 +92,6 @@ def command(artifacts: Path | None, backends: tuple[str, ...], precisions: tuple
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from vitmsn.bench.report import markdown, write_reports
     from vitmsn.bench.suite import BenchOptions, run_bench
-    from vitmsn.bench.timing import TimingPlan
     from vitmsn.core.errors import ValidationFailed
 
     if "all" in backends:
@@ -76,7 +99,7 @@ def command(artifacts: Path | None, backends: tuple[str, ...], precisions: tuple
     wants_compile = compile_ or "pytorch-compile" in backends
     options = BenchOptions(
         batch_sizes=batch_sizes, backends=backends, precisions=precisions, threads=threads, e2e=e2e,
-        plan=TimingPlan(warmup=warmup, iterations=iterations, rounds=rounds, min_seconds=min_seconds),
+        plan=timing_plan(thorough, warmup, iterations, rounds, min_seconds),
         compile=wants_compile, compile_mode=None if compile_mode == "default" else compile_mode, ort_fused=ort_fused,
         data_parallel=data_parallel,
         cuda=not cpu_only, trt_streams=trt_streams, cuda_graphs=not no_cuda_graphs, gemm_n=gemm_size,

@@ -71,3 +71,12 @@ def need_artifacts(artifacts: Path | str | None) -> Path:
     if artifacts is None or str(artifacts) == "":
         raise InputError(NO_ARTIFACTS)
     return Path(artifacts)
+
+
+def show_choice_notes(verbose: bool, asked: bool) -> bool:
+    """Whether predict/serve print the runtime's notes on what it did not use: with -v, when the user asked for a
+    backend or precision, or on a machine with a CUDA GPU (an engine not used there is news); on a CPU machine
+    nobody asked for TensorRT, so its absence is not worth a line."""
+    from vitmsn.runtime.backends.device import has_cuda_gpu
+
+    return verbose or asked or has_cuda_gpu()

@@ -96,19 +96,19 @@ def verify_all(m: Manifest) -> None:
     """Check every file the manifest names; print one line each; InputError (exit 2) naming every bad one."""
     checks = m.check_files()
     for c in checks:
-        click.echo(f"{c.status.upper() if not c.ok else c.status:9s} {c.named.file} ({c.named.role})", err=True)
+        click.echo(f"{c.status.upper() if not c.ok else c.status:9s} {c.named.file} ({c.named.role})")
     for name in m.unnamed_files():
-        click.echo(f"note      {name} is in the directory but not named in the manifest", err=True)
+        click.echo(f"note      {name} is in the directory but not named in the manifest")
     on_disk = {c.named.file: sha256_file(m.path_of(c.named.file)) for c in checks if c.status in ("ok", "corrupt", "swapped")}
     voids = [f"{v.name} ({v.verdict}, by {v.by}): {why}" for v in m.verdicts if (why := void_reason(v, m, on_disk))]
     for line in voids:
-        click.echo(f"void      verdict of {line}", err=True)
+        click.echo(f"void      verdict of {line}")
     bad = [c for c in checks if not c.ok]
     if bad:
         raise InputError(f"{m.path}: {len(bad)} of {len(checks)} named files failed verification: "
                          + "; ".join(f"{c.status}: {c.detail}" for c in bad)
                          + "; restore them or re-run vitmsn-export")
-    click.echo(f"all {len(checks)} files match their SHA-256", err=True)
+    click.echo(f"all {len(checks)} files match their SHA-256")
     if voids:  # the files are intact, but what was judged is not what ships: the verdict no longer covers it
         raise ValidationFailed(f"{m.path}: {len(voids)} verdict(s) void: {'; '.join(voids)}; run vitmsn validate again",
                                "inconclusive")

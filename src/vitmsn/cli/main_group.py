@@ -20,6 +20,7 @@ COMMANDS = {
     "inspect": "inspect_cmd",
     "triton": "triton",
     "serve": "serve",
+    "cache": "cache_cmd",
 }
 HELP = {
     "predict": "Top-k labels for images, from the exported artifacts.",
@@ -28,6 +29,7 @@ HELP = {
     "inspect": "Print an artifacts directory's manifest readably.",
     "triton": "Write a Triton Inference Server model repository.",
     "serve": "Serve the model over HTTP with micro-batching.",
+    "cache": "Show vitmsn's cache directory and its size; --clear empties it.",
 }
 
 
@@ -70,6 +72,7 @@ def _missing_dependency(name: str, missing: str) -> click.Command:
 
         exit_with_hint(missing, f"'vitmsn {name}'")
 
+    stub.stub = True  # type: ignore[attr-defined]  # no config table is read for it: the hint comes first
     return stub
 
 
@@ -91,15 +94,17 @@ def main() -> None:
     from vitmsn.config import Defaults, load_defaults
     from vitmsn.core.errors import InputError
 
+    from .options import config_keys
+
     # Only the command being run reads its config table, so a broken optional command never
     # stops the others.
     name = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     defaults = Defaults()
     if name in COMMANDS and not {"-h", "--help"} & set(sys.argv[1:]):
         command = group.get_command(click.Context(group), name)
-        if command is not None:
+        if command is not None and not getattr(command, "stub", False):
             try:
-                defaults = load_defaults(Path.cwd(), {name: {p.name for p in command.params if p.name}})
+                defaults = load_defaults(Path.cwd(), {name: config_keys(command)})
             except InputError as exc:
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(2)

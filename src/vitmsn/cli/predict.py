@@ -23,6 +23,7 @@ import click
 
 from vitmsn.cli.common import EXIT_USAGE, handle_errors, need_artifacts
 from vitmsn.runtime.images.read import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_FILE_BYTES
+from vitmsn.cli.common import EXIT_USAGE, handle_errors, need_artifacts, show_choice_notes
 
 
 def _entries(inputs: tuple[str, ...], results: list[Any]) -> list[dict[str, Any]]:
@@ -125,25 +126,30 @@ def expand_directories(images: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--max-decode-mb", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_MAX_DECODE_BYTES / 2**20,
               show_default=True, help="Decode budget per image in MiB: width x height x bands x bytes per sample, "
               "read from the header, refused above it (a 124 KB 8000x8000 16-bit PNG needs 122).")
+@click.option("-v", "--verbose", is_flag=True, help="Also print the notes on what was not used and why (engines, flavours).")
 @handle_errors
 def command(paths: tuple[str, ...], artifacts: str | None, backend: str, precision: str, top_k: int, as_json: bool,
-            batch_size: int | None, threads: int | None, draft: bool, max_image_bytes: int, max_decode_mb: float) -> None:
+            batch_size: int | None, threads: int | None, draft: bool, max_image_bytes: int, max_decode_mb: float,
+            verbose: bool) -> None:
     """Top-k labels for IMAGE... (files, directories of images; '-' reads one image from stdin) from the exported
     ARTIFACTS."""
     from vitmsn.core.errors import InputError
     from vitmsn.runtime import Predictor
 
     artifacts_dir, given = split_arguments(paths, artifacts)
+    if not given and not (artifacts_dir / "manifest.json").is_file():
+        raise InputError(f"{artifacts_dir}: not an artifacts directory (no manifest.json); usage: vitmsn predict "
+                         "ARTIFACTS IMAGE... (ARTIFACTS: the directory vitmsn-export wrote)")
     if not given:
         raise InputError("no IMAGE given: pass image files or directories after ARTIFACTS")
     images = expand_directories(given)
 
     with Predictor.from_artifacts(artifacts_dir, backend=backend, precision=None if precision == "auto" else precision,
                                   batch_size=batch_size, threads=threads, draft=draft) as predictor:
-        for note in predictor.choice.notes:
+        for note in predictor.choice.notes if show_choice_notes(verbose, backend != "auto" or precision != "auto") else ():
             click.echo(f"note: {note}", err=True)
         if not as_json:
-            click.echo(f"{predictor.describe()}", err=True)
+            click.echo(f"running: {predictor.describe()}", err=True)
         predictor.preprocess = dataclasses.replace(predictor.preprocess, max_file_bytes=max_image_bytes,
                                                    max_decode_bytes=int(max_decode_mb * 2**20))
         results = _predict_readable(predictor, _read_stdin_if_dash(images, max_image_bytes), top_k)

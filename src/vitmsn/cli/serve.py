@@ -15,7 +15,7 @@ import click
 
 from vitmsn.runtime.images.read import DEFAULT_MAX_DECODE_BYTES
 
-from .common import artifacts_argument, handle_errors, need_artifacts
+from .common import artifacts_argument, handle_errors, need_artifacts, show_choice_notes
 
 
 @click.command("serve")
@@ -56,12 +56,13 @@ from .common import artifacts_argument, handle_errors, need_artifacts
 @click.option("--access-log", is_flag=True, help="Log every request.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
+@click.option("-v", "--verbose", is_flag=True, help="Also print the notes on what was not used and why (engines, flavours).")
 @handle_errors
 def command(artifacts: Path | None, host: str, port: int, backend: str, precision: str | None, threads: int | None,
             draft: bool, top_k: int, max_batch: int | None, max_wait_ms: float, max_queue: int, max_body_bytes: int,
             request_timeout: float, shutdown_timeout: float, decode_threads: int | None, header_timeout: float,
             body_timeout: float, max_receiving_bytes: int, max_decode_mb: float, access_log: bool,
-            log_level: str) -> None:
+            log_level: str, verbose: bool) -> None:
     """Serve ARTIFACTS over HTTP: POST /predict (image bytes in, JSON out), GET /healthz, GET /metrics.
 
     Stops gracefully on SIGTERM or Ctrl-C: in-flight requests are answered first (a stalled upload
@@ -80,8 +81,8 @@ def command(artifacts: Path | None, host: str, port: int, backend: str, precisio
                            max_receiving_bytes=max_receiving_bytes, max_decode_bytes=int(max_decode_mb * 2**20))
     with Predictor.from_artifacts(artifacts, backend=backend, precision=precision and precision.lower(),
                                   threads=threads, draft=draft) as predictor:
-        for note in predictor.choice.notes:  # e.g. an engine that cannot start here, a CPU flavour chosen
-            click.echo(f"note: {note}", err=True)
+        for note in predictor.choice.notes if show_choice_notes(verbose, backend != "auto" or bool(precision)) else ():
+            click.echo(f"note: {note}", err=True)  # e.g. an engine that cannot start here
         sock = bind_socket(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         url = f"http://{f'[{bound_host}]' if sock.family == socket.AF_INET6 else bound_host}:{bound_port}"

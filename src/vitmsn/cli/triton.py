@@ -81,7 +81,7 @@ def command(artifacts: Path | None, repo: Path, name: str, precision: str, forma
     for model in result.models:
         config = model.config
         what = config.get("platform") or f"{config.get('backend')} backend"
-        click.echo(f"wrote {model.directory}  ({what}, max_batch_size {config['max_batch_size']})", err=True)
+        click.echo(f"wrote {model.directory}  ({what}, max_batch_size {config['max_batch_size']})")
     for note in result.notes:
         click.echo(f"  note: {note}", err=True)
     for warning in result.warnings:
@@ -93,9 +93,12 @@ def command(artifacts: Path | None, repo: Path, name: str, precision: str, forma
     else:
         check = check_repository(repo, artifacts, [m.name for m in result.models])
         for line in check.checked:
-            click.echo(f"  [ok] {line}", err=True)
+            click.echo(f"  [ok] {line}")
         if not check.passed:
             raise ValidationFailed(f"{repo}: written, but the check failed: " + "; ".join(check.problems))
     entry = result.models[-1].name
-    click.echo(f"start Triton with: tritonserver --model-repository {Path(repo).resolve()}  (query model {entry!r})", err=True)
+    python_models = [m.name for m in result.models if m.config.get("backend") == "python"]
+    needs = (f"; its Python environment (EXECUTION_ENV_PATH, --python-env) needs vitmsn's runtime and Pillow for "
+             f"{', '.join(python_models)}" if python_models else "")
+    click.echo(f"start Triton with: tritonserver --model-repository {Path(repo).resolve()}  (query model {entry!r}){needs}")
 

@@ -14,21 +14,9 @@ from typing import Any, Callable
 import click
 
 from .common import artifacts_argument, handle_errors, need_artifacts
+from .options import THRESHOLD
 
 
-class ThresholdType(click.ParamType):
-    """A number for every precision, or ``int8=0.97,fp16=0.99``; the config file may also give a TOML
-    table ``{int8 = 0.97}``. Checked by ``Gates.build`` (a bad value exits 2 naming the option)."""
-
-    name = "X|P=X,..."
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, (dict, int, float, str)) and not isinstance(value, bool):
-            return value
-        self.fail(f"{value!r}: expected a number or PRECISION=NUMBER[,...]", param, ctx)
-
-
-THRESHOLD = ThresholdType()
 
 
 @click.command("validate", context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,7 +103,7 @@ def command(artifacts: Path | None, images: Path | None, labels: Path | None, pr
         click.echo(f"int8 sensitivity, worst first: {worst}")
     for s in result.skipped_images:
         click.echo(f"skipped {s['image']}: {s['reason']}", err=True)
-    click.echo(f"wrote {target / 'report.json'}, report.md, report.html", err=True)
+    click.echo(f"wrote {target / 'report.json'}, report.md, report.html")
     # The exit code is the verdict over everything that ships: this run's results, the verdicts kept from earlier
     # runs on the precisions it did not cover, and the stages of an export report it was merged into.
     report = read_previous(target) or {}
