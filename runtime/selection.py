@@ -1,24 +1,12 @@
 """Which backend and precision to run, from what the artifacts hold and what this machine has.
 
-The rule (``backend="auto"``, ``precision=None``):
-
-1. A TensorRT engine, when one in the manifest can run here: a CUDA GPU whose compute capability
-   the engine was built for, and the exact ``tensorrt``/``tensorrt_rtx`` release that built it.
-   Among runnable engines the fastest precision wins: int8, then fp16, then fp32.
-2. Otherwise ONNX Runtime. On a GPU (CUDA or TensorRT execution provider usable) the fastest
-   exported graph: int8 then fp16 then fp32 with the TensorRT provider, fp16 then fp32 then int8
-   with CUDA alone (its Q/DQ int8 path is slow). On CPU: fp32, because fp16 graphs run about 3x
-   slower on the CPU provider and int8 changes results; ask for ``precision="int8"`` explicitly
-   for the faster CPU int8 graph.
-3. OpenVINO (``backend="openvino"``, or auto on an x86 CPU without a usable GPU where it is
-   installed): it runs the artifacts' ONNX graphs faster than ONNX Runtime on CPU. Its precision:
-   ``bf16`` when the manifest has a bf16 entry whose drift gate passed and the CPU computes BF16
-   (AVX512_BF16 or AMX), else ``fp32``; ``int8`` only when asked for. The inference precision it
-   runs (f32 or bf16) is recorded in the choice.
-
-Which graph each backend runs is the registry's (:mod:`.backends.registry`); this module is the policy
-between backends. A forced ``backend`` or ``precision`` is honoured or refused with a message that says
-why and what to do; it is never silently replaced.
+The policy between backends (``backend="auto"``): a TensorRT engine when one in the manifest can run
+here (a CUDA GPU it was built for, the release that built it); otherwise OpenVINO on an x86 CPU without
+a usable GPU where it is installed (it runs the same ONNX graphs faster than ONNX Runtime's CPU
+provider); otherwise ONNX Runtime. Which graph and precision each backend then runs (CPU flavours,
+auto's precision order, BF16 inference, which engines fit) is the registry's: :mod:`.backends.registry`.
+A forced ``backend`` or ``precision`` is honoured or refused with a message that says why and what to
+do; it is never silently replaced.
 
 Verdicts (``manifest.json["verdicts"]``, :mod:`.manifest.verdicts`): automatic precision choice never picks a
 precision whose latest verdict is failed; an explicit one still runs, with a note naming the failure.

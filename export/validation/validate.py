@@ -25,6 +25,7 @@ import numpy as np
 
 from vitmsn.core.errors import InputError
 from vitmsn.core.progress import Progress
+from vitmsn.runtime.backends.registry import BACKENDS as REGISTRY
 from vitmsn.runtime.manifest import EngineEntry, Manifest
 from vitmsn.runtime.images.preprocess import ImageError, PreprocessConfig
 
@@ -38,7 +39,7 @@ from vitmsn.export.validation.verdict import ReferenceCache, drift_verdict
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("all", "onnxruntime", "tensorrt", "openvino")
+BACKENDS = ("all", *REGISTRY)
 WORST_IMAGES = 12
 
 
