@@ -25,13 +25,13 @@ from typing import Any, Iterator, Mapping
 
 from vitmsn.errors import InputError
 
-from .manifest_entries import (FLAVOURS, PRECISIONS, BatchSpec, CalibrationRecord, EngineEntry, FileRef, FlavourEntry,
+from .manifest_entries import (FLAVOURS, PRECISIONS, BatchSpec, CalibrationRecord, CheckpointFiles, EngineEntry, FileRef, FlavourEntry,
                                LogEntry, ModelInfo, PrecisionEntry, PreprocessSpec, ReportFile, TensorSpec, reports_from_json,
                                reports_to_json)
 from .manifest_fields import Where, field, inside, read_bool, read_int, read_list, read_object, read_str
 
 __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "PRECISIONS", "FLAVOURS", "Manifest", "NamedFile", "FileCheck",
-           "BatchSpec", "CalibrationRecord", "EngineEntry", "FileRef", "FlavourEntry", "LogEntry", "ModelInfo", "PrecisionEntry",
+           "BatchSpec", "CalibrationRecord", "CheckpointFiles", "EngineEntry", "FileRef", "FlavourEntry", "LogEntry", "ModelInfo", "PrecisionEntry",
            "PreprocessSpec", "ReportFile", "TensorSpec", "Where", "sha256_file", "atomic_path", "write_bytes_atomic",
            "write_json_atomic", "resolve_inside"]
 
@@ -141,9 +141,10 @@ class Manifest:
     logs: LogEntry | None = None  # export.log
     extra: dict[str, Any] = dc_field(default_factory=dict)  # created_utc, notes, total_seconds, drift_validation, ...
     schema_version: int = SCHEMA_VERSION
+    checkpoint: CheckpointFiles | None = None  # checkpoint/: the fitted classifier of a few-shot export
 
     KNOWN = ("schema_version", "model", "preprocess", "labels", "inputs", "outputs", "batch", "opset", "precisions",
-             "engines", "versions", "calibration", "reports", "report_sha256", "passed", "logs")
+             "engines", "versions", "calibration", "reports", "report_sha256", "passed", "logs", "checkpoint")
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -199,7 +200,9 @@ class Manifest:
                 None if calib is None else CalibrationRecord.from_json(calib, where.at("calibration")),
                 reports_from_json(data, where), None if passed is None else read_bool(passed, where.at("passed")),
                 None if logs is None else LogEntry.from_json(logs, where.at("logs")),
-                {k: v for k, v in data.items() if k not in cls.KNOWN}, version)
+                {k: v for k, v in data.items() if k not in cls.KNOWN}, version,
+                None if data.get("checkpoint") is None else CheckpointFiles.from_json(data["checkpoint"],
+                                                                                     where.at("checkpoint")))
         m.check_consistency()
         return m
 
@@ -284,6 +287,8 @@ class Manifest:
         out += [NamedFile(f"reports.{r.kind}", r.file, r.sha256) for r in self.reports]
         if self.logs is not None:
             out.append(NamedFile("logs", self.logs.file, self.logs.sha256))
+        if self.checkpoint is not None:
+            out += [NamedFile(f"checkpoint.files[{i}]", f.file, f.sha256) for i, f in enumerate(self.checkpoint.files)]
         return tuple(out)
 
     def check_files(self) -> list[FileCheck]:
@@ -366,6 +371,8 @@ class Manifest:
             out["passed"] = self.passed
         if self.logs is not None:
             out["logs"] = self.logs.to_json()
+        if self.checkpoint is not None:
+            out["checkpoint"] = self.checkpoint.to_json()
         return out
 
     def save(self) -> None:

@@ -366,6 +366,26 @@ class LogEntry(FileRef):
 
 
 @dataclass(frozen=True)
+class CheckpointFiles:
+    """``checkpoint``: a Hugging Face checkpoint directory written with the artifacts (a few-shot export's fitted
+    classifier), every file with its SHA-256."""
+
+    directory: str
+    files: tuple[FileRef, ...]
+
+    @classmethod
+    def from_json(cls, obj: Any, where: Where) -> "CheckpointFiles":
+        obj = read_object(obj, where)
+        files = read_list(field(obj, "files", where), where.at("files"), nonempty=True)
+        return cls(read_relpath(field(obj, "directory", where), where.at("directory")),
+                   tuple(FileRef.from_json(read_object(f, where.at("files").at(i)), where.at("files").at(i))
+                         for i, f in enumerate(files)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"directory": self.directory, "files": [f.to_json() for f in self.files]}
+
+
+@dataclass(frozen=True)
 class ReportFile:
     """A report (``reports.<kind>``); its SHA-256 sits in ``report_sha256.<kind>``, None in older manifests."""
 

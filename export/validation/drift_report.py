@@ -152,6 +152,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", *sensitivity_markdown(report["sensitivity"])]
     if report.get("requantization"):
         lines += ["", *requantization_markdown(report["requantization"])]
+    if report.get("fewshot"):  # kept from the export's report: a few-shot head's figures
+        from vitmsn.export.fewshot.record import fewshot_markdown
+
+        lines += ["", *fewshot_markdown(report["fewshot"])]
     if images["skipped"]:
         lines += ["", f"## Skipped images ({images['skipped_count']})", ""]
         lines += [f"- {s['image']}: {s['reason']}" for s in images["skipped"]]

@@ -79,6 +79,13 @@ def _default_out(model: str) -> Path:
 @click.option("--alpha-background", metavar="R,G,B",
               help="Composite transparent images onto this colour (models trained that way) instead of dropping alpha "
                    "as transformers.pipeline does [default: drop]. Recorded in the manifest's preprocess block.")
+@click.option("--fewshot", type=click.Path(path_type=Path), metavar="DIR",
+              help="Fit a classifier head on --model's embeddings from these labelled images (one sub-folder per class, "
+                   "folder name = label) and export the result; also written as a checkpoint (checkpoint/).")
+@click.option("--fewshot-labels", type=click.Path(path_type=Path), metavar="CSV",
+              help="The few-shot images as a 'path,label' CSV instead (paths relative to the CSV's folder).")
+@click.option("--skip-unreadable", is_flag=True, help="Few-shot: go on without unreadable images (listed) instead of stopping.")
+@click.option("--replace-head", is_flag=True, help="Few-shot: --model already has a classifier head; fit a new one in its place.")
 @click.option("--heartbeat", type=click.FloatRange(min=1), default=10.0, show_default=True, hidden=True,
               help="Seconds of silence after which the running step is named again.")
 @click.option("-v", "--verbose", is_flag=True, help="Also show vitmsn's own log lines (third-party output always goes to export.log).")
@@ -91,7 +98,8 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
             int8_exclude: tuple[str, ...], int8_high_precision: str, int8_quantize_attention: bool, int8_max_tries: int, fp32_cpu: bool, int8_cpu: bool,
             workspace: str | None,
             timing_cache: Path | None, builder_opt_level: int | None, hardware_compat: str, version_compat: bool,
-            aot_targets: str | None, alpha_background: str | None, heartbeat: float, verbose: bool) -> None:
+            aot_targets: str | None, alpha_background: str | None, fewshot: Path | None, fewshot_labels: Path | None,
+            skip_unreadable: bool, replace_head: bool, heartbeat: float, verbose: bool) -> None:
     """Export a ViTMSN checkpoint to ONNX (FP32 reference, FP16, INT8) and TensorRT engines, and validate them.
 
     Exit codes: 0 success; 1 artifacts written but a check or drift gate failed; 2 bad usage or input.
@@ -151,7 +159,8 @@ def command(model: str | None, precision: tuple[str, ...], out: Path | None, cal
             int8_exclude=tuple(int8_exclude), int8_high_precision=int8_high_precision, int8_cpu=int8_cpu, fp32_cpu=fp32_cpu,
             int8_quantize_attention=int8_quantize_attention,
             int8_max_tries=int8_max_tries, alpha_background=background,
-            engine_options=engine_options, verbose=verbose,
+            engine_options=engine_options, verbose=verbose, fewshot=fewshot, fewshot_labels=fewshot_labels,
+            skip_unreadable=skip_unreadable, replace_head=replace_head,
             gates=Gates.build(min_top1_agreement=min_top1_agreement, min_cosine=min_cosine,
                               max_accuracy_drop=max_accuracy_drop),
         )
