@@ -20,6 +20,7 @@ EXTRA_OF = {
     "polygraphy": "export",
     "safetensors": "export",
     "matplotlib": "export",
+    "sklearn": "export",  # --fewshot
     "starlette": "serve",
     "uvicorn": "serve",
     "prometheus_client": "serve",
