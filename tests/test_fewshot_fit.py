@@ -83,9 +83,10 @@ def test_near_duplicate_shots_stay_in_one_fold():
     x, y = np.concatenate([x, x + 1e-4]), y + y  # every shot twice: 5 distinct shots per class
     head = fit_head(x, y)
     assert head.near_duplicates == 15
-    # a shot validated against a model trained on its own copy would be right every time; kept together, the
-    # folds see 5 distinct shots per class
+    # a shot validated against a model trained on its own copy would be right every time: copies share a fold
     assert head.cv is not None and head.cv.folds == 5
+    assert head.cv.fold_of[:15] == head.cv.fold_of[15:]
+    assert sorted(set(head.cv.fold_of)) == [0, 1, 2, 3, 4]
 
 
 def test_bad_input_is_refused():

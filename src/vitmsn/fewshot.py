@@ -51,6 +51,7 @@ class CrossValidation:
     per_class_accuracy: dict[str, float]
     confusion: list[list[int]]  # [true class][predicted class], in id2label order
     log_loss: dict[float, float]  # C -> class-balanced validation log-loss
+    fold_of: list[int]  # the fold that held each shot out
 
     @property
     def accuracy(self) -> float:
@@ -201,9 +202,12 @@ def _fit_head(embeddings: np.ndarray, labels: Sequence[str], c_grid: Sequence[fl
         truth = np.searchsorted(classes, y)
         confusion = np.zeros((len(classes), len(classes)), dtype=int)
         np.add.at(confusion, (truth, predicted), 1)
+        fold_of = np.zeros(len(y), dtype=int)
+        for i, (_, test) in enumerate(folds):
+            fold_of[test] = i
         cv = CrossValidation(k, int((predicted == truth).sum()), len(y),
                              {str(c): float(confusion[i, i] / confusion[i].sum()) for i, c in enumerate(classes)},
-                             confusion.tolist(), {float(c): round(v, 6) for c, v in losses.items()})
+                             confusion.tolist(), {float(c): round(v, 6) for c, v in losses.items()}, fold_of.tolist())
     clf = _fit(z, y, C)
     w, b = _coef(clf, len(classes))
     weight = w / scale  # logits = w @ (x - mean) / scale + b
