@@ -53,7 +53,7 @@ def shots_from_folders(root: Path) -> Shots:
                          "put each image in a sub-folder named as its label")
     shots = Shots(source, [], [])
     for folder in (p for p in entries if p.is_dir()):
-        found = []
+        found: list[Path] = []
         for dirpath, dirnames, names in os.walk(folder):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(names):
