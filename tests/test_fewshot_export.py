@@ -42,8 +42,10 @@ def test_every_file_is_named_with_its_hash_checkpoint_included(fewshot_run):
     assert manifest.checkpoint is not None and manifest.checkpoint.directory == "checkpoint"
     assert {f.file for f in manifest.checkpoint.files} == {
         "checkpoint/config.json", "checkpoint/model.safetensors", "checkpoint/preprocessor_config.json"}
+    assert {f.file for f in manifest.checkpoint.files} <= {f.file for f in manifest.files()}  # checked with the rest
     assert manifest.unnamed_files() == []
-    assert all(c.ok for c in manifest.check_files())
+    checks = {c.named.file: c for c in manifest.check_files()}
+    assert all(checks[f.file].status == "ok" for f in manifest.checkpoint.files) and all(c.ok for c in checks.values())
     assert manifest.labels == dict(enumerate(CLASSES))  # sorted class names, from the fitted classes
 
 
