@@ -25,13 +25,14 @@ from typing import Any, Iterator, Mapping
 
 from vitmsn.errors import InputError
 
-from .manifest_entries import (FLAVOURS, PRECISIONS, BatchSpec, CalibrationRecord, CheckpointFiles, EngineEntry, FileRef, FlavourEntry,
-                               LogEntry, ModelInfo, PrecisionEntry, PreprocessSpec, ReportFile, TensorSpec, reports_from_json,
-                               reports_to_json)
+from .manifest_entries import (FLAVOURS, PRECISIONS, BatchSpec, CalibrationRecord, CheckpointFiles, EngineEntry, FileRef,
+                               FlavourEntry, LogEntry, ModelInfo, PrecisionEntry, PreprocessSpec, ReportFile, TensorSpec,
+                               reports_from_json, reports_to_json)
 from .manifest_fields import Where, field, inside, read_bool, read_int, read_list, read_object, read_str
 
 __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "PRECISIONS", "FLAVOURS", "Manifest", "NamedFile", "FileCheck",
-           "BatchSpec", "CalibrationRecord", "CheckpointFiles", "EngineEntry", "FileRef", "FlavourEntry", "LogEntry", "ModelInfo", "PrecisionEntry",
+           "BatchSpec", "CalibrationRecord", "CheckpointFiles", "EngineEntry", "FileRef", "FlavourEntry", "LogEntry",
+           "ModelInfo", "PrecisionEntry",
            "PreprocessSpec", "ReportFile", "TensorSpec", "Where", "sha256_file", "atomic_path", "write_bytes_atomic",
            "write_json_atomic", "resolve_inside"]
 
