@@ -182,3 +182,17 @@ def test_embedding_memory_does_not_grow_with_the_number_of_shots(tiny, tmp_path)
     pixels_per_image = 3 * preprocess.height * preprocess.width * 4
     assert peaks[1] - peaks[0] < 10 * pixels_per_image, peaks  # 40 images held at once would be 40x
     assert np.isfinite(found.embeddings).all()
+
+
+def test_demo_fewshot_set_is_new_classes_written_reproducibly(tmp_path):
+    from vitmsn.export.demo.shapes import FEWSHOT_LABELS, LABELS
+    from vitmsn.export.demo.write_images import main
+
+    assert not set(FEWSHOT_LABELS) & set(LABELS) and len(FEWSHOT_LABELS) == 6
+    main([str(tmp_path / "a"), "--fewshot", "--per-class", "2"])
+    main([str(tmp_path / "b"), "--fewshot", "--per-class", "2"])
+    main([str(tmp_path / "held"), "--fewshot", "--per-class", "2", "--split", "fewshot-heldout"])
+    a, b, held = (sorted((tmp_path / d).rglob("*.*")) for d in ("a", "b", "held"))
+    assert sorted({p.parent.name for p in a}) == sorted(FEWSHOT_LABELS) and len(a) == 12
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    assert not {p.read_bytes() for p in a} & {p.read_bytes() for p in held}  # the held-out split is other images
