@@ -115,6 +115,13 @@ def test_few_shot_flags_need_fewshot(backbone_dir, tmp_path):
     _refused(*_export(backbone_dir, tmp_path, "--skip-unreadable"), "--skip-unreadable", "--fewshot")
 
 
+def test_folders_and_labels_csv_together_are_refused(backbone_dir, images, tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("a.png,heart\n")
+    _refused(*_export(backbone_dir, tmp_path, "--fewshot", str(images), "--fewshot-labels", str(csv)),
+             "--fewshot and --fewshot-labels")
+
+
 def test_images_outside_any_class_are_refused(backbone_dir, images, tmp_path):
     shots = _copy(images, tmp_path)
     shutil.copy(sorted((shots / "heart").iterdir())[0], shots / "stray.png")
