@@ -101,6 +101,12 @@ class ExportOptions:
     gates: Gates = Gates()
     verbose: bool = False
     config_file: Path | None = None  # the vitmsn.toml / pyproject.toml the options came from
+    # --fewshot DIR (class folders) or --fewshot-labels CSV: fit a classifier head on the backbone --model first
+    # (vitmsn.export.fewshot); the fitted checkpoint (checkpoint/ in the artifacts) is what gets exported.
+    fewshot: Path | None = None
+    fewshot_labels: Path | None = None
+    skip_unreadable: bool = False
+    replace_head: bool = False
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -122,7 +128,11 @@ class ExportOptions:
         check_inputs_outside(self.out, {"--calib-images": self.calib_images, "--validate-images": self.validate_images,
                                          "--calib-cache": self.calib_cache,
                                          "--model": None if self.model == "demo" else Path(self.model).expanduser(),
-                                         "config file": self.config_file})
+                                         "config file": self.config_file, "--fewshot": self.fewshot,
+                                         "--fewshot-labels": self.fewshot_labels})
+        if self.fewshot is None and self.fewshot_labels is None and (self.skip_unreadable or self.replace_head):
+            raise InputError(f"--{'skip-unreadable' if self.skip_unreadable else 'replace-head'}: only means something "
+                             "with --fewshot DIR or --fewshot-labels CSV")
         if "bf16" in self.precisions:
             from vitmsn.export.precision.bf16 import require_openvino
 
@@ -235,7 +245,16 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     """The run, written into ``out`` (the staging directory); the second value is the ValidationFailed
     message when a check failed."""
     activity(f"loading checkpoint {opts.model}")
-    ck = load_checkpoint(opts.model, revision=opts.revision)
+    fewshot = None
+    if opts.fewshot is not None or opts.fewshot_labels is not None:
+        from vitmsn.export.fewshot import fewshot_checkpoint
+
+        fewshot = fewshot_checkpoint(opts.model, opts.fewshot, opts.fewshot_labels, out, replace_head=opts.replace_head,
+                                     skip_unreadable=opts.skip_unreadable, alpha_background=opts.alpha_background)
+        ck = load_checkpoint(str(fewshot.directory))
+        ck.directory = Path(opts.out).resolve() / fewshot.directory.name  # where it will be once --out is replaced
+    else:
+        ck = load_checkpoint(opts.model, revision=opts.revision)
     if opts.alpha_background is not None:
         ck.preprocess = replace(ck.preprocess, alpha_background=opts.alpha_background)
     spec = ExportSpec(ck.arch, ck.task, ck.num_labels)
@@ -290,6 +309,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     fp32_stages(fp32_path, spec, model, opts.batch, parity_sizes=parity, into=stages)
     release_memory()  # the parity check's ONNX Runtime session is gone: its memory too, before the fusions
     skeleton = manifest_skeleton(opts, ck, spec, root=out)
+    if fewshot is not None:  # the fitted checkpoint's files, and what a user needs to trust the head
+        skeleton = replace(skeleton, checkpoint=fewshot.files(out), extra={**skeleton.extra, "fewshot": fewshot.block})
     ref = file_ref(fp32_path)
     flavours: dict[str, FlavourEntry] = {}
     fp32_validation = validation_record(stages)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from runtime_fixtures import Exported, rt_cls  # noqa: F401
 
-FORBIDDEN = ("torch", "onnx", "click", "transformers")
+FORBIDDEN = ("torch", "onnx", "click", "transformers", "sklearn")
 
 PROBE = r"""
 import importlib, json, pkgutil, sys

@@ -29,9 +29,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 LABELS: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring", "arrow", "crescent")
-Split = Literal["train", "heldout"]
-# Split tags mixed into every image's seed: the two splits never share a random stream.
-SPLIT_TAGS: dict[str, int] = {"train": 0x7261696E, "heldout": 0x68656C64}
+# Classes the demo model never saw in training: the few-shot demo (``vitmsn-export --fewshot``) and its benchmark.
+FEWSHOT_LABELS: tuple[str, ...] = ("pentagon", "diamond", "ellipse", "semicircle", "heart", "chevron")
+ALL_LABELS = LABELS + FEWSHOT_LABELS
+Split = Literal["train", "heldout", "fewshot", "fewshot-heldout"]
+# Split tags mixed into every image's seed: no two splits share a random stream.
+SPLIT_TAGS: dict[str, int] = {"train": 0x7261696E, "heldout": 0x68656C64, "fewshot": 0x66657773,
+                              "fewshot-heldout": 0x66776864}
 DEFAULT_HELDOUT_SEED = 20240601
 SOURCE_SIZE_RANGE = (200, 320)
 MAX_ASPECT = 1.3  # source width/height within [1/1.3, 1.3]
@@ -41,7 +45,9 @@ DARK, LIGHT = (0.0, 95.0), (150.0, 255.0)  # luma bands of background and shape 
 # Each class has an upright pose (triangle and star point up, square and cross axis-aligned,
 # arrow pointing right, crescent opening to the right), turned by a random angle up to this.
 BASE_ANGLE = {"circle": 0.0, "square": math.pi / 4, "triangle": -math.pi / 2, "star": -math.pi / 2,
-              "cross": 0.0, "ring": 0.0, "arrow": 0.0, "crescent": 0.0}
+              "cross": 0.0, "ring": 0.0, "arrow": 0.0, "crescent": 0.0,
+              "pentagon": -math.pi / 2, "diamond": 0.0, "ellipse": 0.0, "semicircle": 0.0, "heart": 0.0,
+              "chevron": 0.0}
 ROTATION_JITTER_DEGREES = 15.0
 POLARITY = "light-on-dark"  # a light shape on a dark background; or "dark-on-light", "random"
 _SUPERSAMPLE = 2  # shapes are drawn at 2x and downsampled, for anti-aliased edges
@@ -104,8 +110,29 @@ def _shape_mask(label: str, size: tuple[int, int], cx: float, cy: float, r: floa
         inner = r * float(rng.uniform(0.8, 0.95))
         ox, oy = cx + offset * math.cos(angle), cy + offset * math.sin(angle)
         draw.ellipse((ox - inner, oy - inner, ox + inner, oy + inner), fill=0)
+    elif label == "pentagon":
+        draw.polygon(_polygon(5, r, angle, cx, cy), fill=255)
+    elif label == "diamond":  # a rhombus, taller than wide
+        half = r * float(rng.uniform(0.45, 0.6))
+        draw.polygon(_rotated([(0.0, -r), (half, 0.0), (0.0, r), (-half, 0.0)], angle, cx, cy), fill=255)
+    elif label == "ellipse":  # wider than tall
+        ry = r * float(rng.uniform(0.45, 0.6))
+        draw.polygon(_rotated([(r * math.cos(t), ry * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 72)],
+                              angle, cx, cy), fill=255)
+    elif label == "semicircle":  # flat side down
+        draw.polygon(_rotated([(r * math.cos(t), r * 0.5 - r * math.sin(t)) for t in np.linspace(0, math.pi, 48)],
+                              angle, cx, cy), fill=255)
+    elif label == "heart":  # the classic parametric heart, lobes up
+        ts = np.linspace(0, 2 * math.pi, 96)
+        outline = [(r * 16 * math.sin(t) ** 3 / 17, -r * (13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t)
+                                                         - math.cos(4 * t)) / 17) for t in ts]
+        draw.polygon(_rotated(outline, angle, cx, cy), fill=255)
+    elif label == "chevron":  # an arrowhead outline pointing right, open at the back
+        t, depth = r * float(rng.uniform(0.3, 0.42)), r * float(rng.uniform(0.5, 0.8))
+        outline = [(-r + depth, -r), (-r + depth + t, -r), (r, 0.0), (-r + depth + t, r), (-r + depth, r), (r - t, 0.0)]
+        draw.polygon(_rotated(outline, angle, cx, cy), fill=255)
     else:
-        raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
+        raise ValueError(f"unknown label {label!r}; expected one of {ALL_LABELS}")
     return mask
 
 
@@ -167,8 +194,8 @@ def render(label: str, rng: np.random.Generator, size: tuple[int, int] | None = 
 def render_with_mask(label: str, rng: np.random.Generator,
                      size: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Image]:
     """:func:`render` and the shape's anti-aliased coverage mask (mode ``L``, 255 = inside)."""
-    if label not in LABELS:
-        raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
+    if label not in ALL_LABELS:
+        raise ValueError(f"unknown label {label!r}; expected one of {ALL_LABELS}")
     if size is None:
         lo, hi = SOURCE_SIZE_RANGE
         w = int(rng.integers(lo, hi + 1))
@@ -233,7 +260,7 @@ def write_dataset(out_dir: str | Path, per_class: int, seed: int = DEFAULT_HELDO
     out = Path(out_dir)
     paths: list[Path] = []
     for label in labels:
-        label_index = LABELS.index(label)  # the seed depends on the class, not on the subset asked for
+        label_index = ALL_LABELS.index(label)  # the seed depends on the class, not on the subset asked for
         folder = out / label
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
@@ -247,3 +274,4 @@ def write_dataset(out_dir: str | Path, per_class: int, seed: int = DEFAULT_HELDO
                 image.save(path, format="PNG", compress_level=1)
             paths.append(path)
     return paths
+

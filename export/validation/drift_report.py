@@ -188,6 +188,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", *sensitivity_markdown(report["sensitivity"])]
     if report.get("requantization"):
         lines += ["", *requantization_markdown(report["requantization"])]
+    if report.get("fewshot"):  # kept from the export's report: a few-shot head's figures
+        from vitmsn.export.fewshot.record import fewshot_markdown
+
+        lines += ["", *fewshot_markdown(report["fewshot"])]
     if images["skipped"]:
         lines += ["", f"## Skipped images ({images['skipped_count']})", ""]
         lines += [f"- {s['image']}: {s['reason']}" for s in images["skipped"]]
@@ -375,5 +379,17 @@ def render_html(report: dict[str, Any], result: ValidationResult) -> str:
         results=results, output_headers=OUTPUT_HEADERS, sensitivity=sensitivity,
         requantization="\n".join(requantization_markdown(report["requantization"])) if report.get("requantization") else None,
         skipped_images=images["skipped"], skipped_backends=report.get("skipped_backends") or [],
-        stages=report.get("stages") or [],
+        stages=report.get("stages") or [], fewshot=_fewshot(report.get("fewshot")),
     ) + "\n"
+
+
+def _fewshot(block: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The few-shot head's section: its figures (report.md's lines) and the confusion-matrix plot."""
+    if not block:
+        return None
+    from vitmsn.export.fewshot.record import confusion_png, fewshot_markdown
+
+    return {"lines": [line.removeprefix("- ") for line in fewshot_markdown(block)
+                      if line.startswith("- ")],
+            "plot": _data_uri(confusion_png(block), "image/png"), "classes": block["classes"],
+            "per_class": (block.get("cross_validation") or {}).get("per_class_accuracy") or {}}

@@ -35,7 +35,9 @@ def export_report(manifest: dict[str, Any], stages: list[StageResult], rows: lis
     """
     parity = next((s for s in stages if s.stage == "onnxruntime_parity"), None)
     fp32_stages = [s for s in stages if s.stage in ("onnx_checker", "io_signature", "onnxruntime_parity")]
+    fewshot = {"fewshot": manifest["fewshot"]} if manifest.get("fewshot") else {}
     return {
+        **fewshot,
         "reference": {"backend": "pytorch", "precision": "fp32", "attention": manifest["model"]["attention"],
                       "source": manifest["model"]["source"]},
         "passed": all(s.passed for s in stages) and verdict == "passed",
@@ -123,6 +125,10 @@ def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
         from vitmsn.export.validation.drift_report import requantization_markdown
 
         lines += ["", *requantization_markdown(requantization)]
+    if manifest.get("fewshot"):
+        from vitmsn.export.fewshot.record import fewshot_markdown
+
+        lines += ["", *fewshot_markdown(manifest["fewshot"])]
     calib = manifest.get("calibration")
     if calib:
         lines += ["", f"Calibration: {calib['count']} images from {calib['source']} (seed {calib['seed']}, "

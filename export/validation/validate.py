@@ -255,6 +255,8 @@ def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[
     recorded = Path(str(model_block.extra.get("directory", "")))
     if checkpoint:
         source, option = checkpoint, "--checkpoint"
+    elif manifest.checkpoint is not None:  # a few-shot export: the fitted checkpoint inside the artifacts
+        source, option = str(manifest.path_of(manifest.checkpoint.directory)), "manifest.json checkpoint.directory"
     elif recorded.is_absolute() and recorded.is_dir():
         source, option = str(recorded), "manifest.json model.directory"
     else:

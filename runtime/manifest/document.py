@@ -23,13 +23,14 @@ from typing import Any, Mapping
 from vitmsn.core.errors import InputError
 
 from .atomic import atomic_path, sha256_file, write_bytes_atomic, write_json_atomic
-from .entries import (FLAVOURS, PRECISIONS, TARGETS, VERDICTS, BatchSpec, CalibrationRecord, EngineEntry, FileRef, FlavourEntry,
-                      LogEntry, ModelInfo, PrecisionEntry, PreprocessSpec, ReportFile, TensorSpec, VerdictRecord,
+from .entries import (FLAVOURS, PRECISIONS, TARGETS, VERDICTS, BatchSpec, CalibrationRecord, CheckpointFiles, EngineEntry,
+                      FileRef, FlavourEntry, LogEntry, ModelInfo, PrecisionEntry, PreprocessSpec, ReportFile, TensorSpec, VerdictRecord,
                       reports_from_json, reports_to_json)
 from .fields import Entry, Where, dump, entry, inside, integer, json_field, listing, load, read_bool, read_object, read_str, text
 
 __all__ = ["SCHEMA_VERSION", "MANIFEST_NAME", "PRECISIONS", "TARGETS", "FLAVOURS", "Manifest", "NamedFile", "FileCheck",
-           "BatchSpec", "CalibrationRecord", "EngineEntry", "FileRef", "FlavourEntry", "LogEntry", "ModelInfo", "PrecisionEntry",
+           "BatchSpec", "CalibrationRecord", "CheckpointFiles", "EngineEntry", "FileRef", "FlavourEntry", "LogEntry", "ModelInfo",
+           "PrecisionEntry",
            "PreprocessSpec", "ReportFile", "TensorSpec", "Where", "sha256_file", "atomic_path", "write_bytes_atomic",
            "write_json_atomic", "resolve_inside"]
 
@@ -109,11 +110,13 @@ class Manifest(Entry):
     # the latest verdict per precision/backend/flavour (.verdicts), and the word over everything that ships
     verdicts: tuple[VerdictRecord, ...] = json_field(listing(entry(VerdictRecord)), default=(), omit=lambda v: not v)
     verdict: str | None = json_field(text(VERDICTS), default=None)
+    checkpoint: CheckpointFiles | None = json_field(entry(CheckpointFiles), default=None)  # a few-shot export's classifier
     extra: dict[str, Any] = dc_field(default_factory=dict)  # created_utc, notes, total_seconds, drift_validation, ...
     schema_version: int = json_field(integer(), default=SCHEMA_VERSION)
 
     JSON_ORDER = ("schema_version", "created_utc", "model", "preprocess", "labels", "inputs", "outputs", "batch", "opset",
-                  "precisions", "engines", "versions", "calibration", "*", "reports", "report_sha256", "passed", "verdict", "verdicts", "logs")
+                  "precisions", "engines", "versions", "calibration", "*", "reports", "report_sha256", "passed", "verdict",
+                  "verdicts", "logs", "checkpoint")
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -231,6 +234,8 @@ class Manifest(Entry):
         out += [NamedFile(f"reports.{r.kind}", r.file, r.sha256) for r in self.reports]
         if self.logs is not None:
             out.append(NamedFile("logs", self.logs.file, self.logs.sha256))
+        if self.checkpoint is not None:
+            out += [NamedFile(f"checkpoint.files[{i}]", f.file, f.sha256) for i, f in enumerate(self.checkpoint.files)]
         return tuple(out)
 
     def check_files(self) -> list[FileCheck]:

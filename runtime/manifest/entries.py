@@ -230,6 +230,15 @@ class LogEntry(FileRef):
 
 
 @dataclass(frozen=True)
+class CheckpointFiles(Entry):
+    """``checkpoint``: a Hugging Face checkpoint directory written with the artifacts (a few-shot export's fitted
+    classifier), every file with its SHA-256."""
+
+    directory: str = json_field(read_relpath)
+    files: tuple[FileRef, ...] = json_field(listing(entry(FileRef), nonempty=True))
+
+
+@dataclass(frozen=True)
 class ReportFile:
     """A report (``reports.<kind>``); its SHA-256 sits in ``report_sha256.<kind>``, None in older manifests."""
 

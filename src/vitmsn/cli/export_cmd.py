@@ -150,6 +150,13 @@ OPTIONS = [
     click.option("--alpha-background", metavar="R,G,B", callback=_background,
                  help="Composite transparent images onto this colour (models trained that way) instead of dropping alpha "
                       "as transformers.pipeline does [default: drop]. Recorded in the manifest's preprocess block."),
+    click.option("--fewshot", type=click.Path(path_type=Path), metavar="DIR",
+                 help="Fit a classifier head on --model's embeddings from these labelled images (one sub-folder per class, "
+                      "folder name = label) and export the result; also written as a checkpoint (checkpoint/)."),
+    click.option("--fewshot-labels", type=click.Path(path_type=Path), metavar="CSV",
+                 help="The few-shot images as a 'path,label' CSV instead (paths relative to the CSV's folder)."),
+    click.option("--skip-unreadable", is_flag=True, help="Few-shot: go on without unreadable images (listed) instead of stopping."),
+    click.option("--replace-head", is_flag=True, help="Few-shot: --model already has a classifier head; fit a new one in its place."),
     click.option("--heartbeat", type=click.FloatRange(min=1), default=10.0, show_default=True, hidden=True,
                  help="Seconds of silence after which the running step is named again."),
     click.option("-v", "--verbose", is_flag=True,

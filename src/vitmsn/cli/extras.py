@@ -26,6 +26,7 @@ EXTRA_OF = {
     "matplotlib": "export",
     "jinja2": "export",
     "huggingface_hub": "export",
+    "sklearn": "export",  # --fewshot
     "starlette": "serve",
     "uvicorn": "serve",
     "anyio": "serve",
