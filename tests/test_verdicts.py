@@ -238,3 +238,17 @@ def test_the_gates_decide_on_bounds_not_on_the_sample_figure() -> None:
     assert tail.metric == "cosine_p5" and tail.verdict == "passed"
     cos[:40] = 0.5  # 13 % below: the upper bound of the 5th percentile misses the threshold
     assert evaluate(gates, "int8", {"cosine": cos})[0].verdict == "failed"
+
+
+def test_a_verdict_record_round_trips_and_a_bad_one_is_refused_naming_its_field(scenario: Path) -> None:
+    data = json.loads((scenario / "manifest.json").read_text())
+    assert data["verdicts"], "the export and the validations above recorded verdicts"
+    again = Manifest.from_json(scenario, json.loads(json.dumps(Manifest.load(scenario).to_json())))
+    assert again.verdicts == Manifest.load(scenario).verdicts
+    data["verdicts"][0]["verdict"] = "probably"
+    with pytest.raises(InputError, match=r"verdicts\.0\.verdict"):
+        Manifest.from_json(scenario, data)
+    data["verdicts"][0]["verdict"] = "passed"
+    data["verdicts"][0]["sha256"] = "not a hash"
+    with pytest.raises(InputError, match=r"verdicts\.0\.sha256"):
+        Manifest.from_json(scenario, data)
