@@ -61,7 +61,7 @@ def main() -> None:
             runs = {}
             for name in ("val200", "val1000"):
                 rc = run("vitmsn", "validate", str(art), "--images", str(work / name), "--backend", "onnxruntime",
-                         "--quiet")
+                         "--precision", "fp16", "--precision", "int8", "--quiet")  # what the export judged
                 runs[name] = (rc, verdicts(art, "validate"))
             for key, v in export.items():
                 later = [runs[n][1].get(key, {}).get("verdict", "-") for n in ("val200", "val1000")]
@@ -74,11 +74,15 @@ def main() -> None:
                             "validate_200": runs["val200"][1].get(key), "validate_1000": runs["val1000"][1].get(key),
                             "agree": agree})
             print(f"seed {seed}: export exit {code}, validate exits {runs['val200'][0]}, {runs['val1000'][0]}", flush=True)
+            write(args.out, rows, raw)  # after every seed: a long run interrupted still leaves its table
+    print(args.out.read_text())
+
+
+def write(out: Path, rows: list[str], raw: list[dict]) -> None:
     table = ["| seed | graph | export verdict (held-out n; 95% bounds) | validate, 200 fresh | validate, 1,000 fresh | agree |",
              "|---:|---|---|---|---|---|", *rows]
-    args.out.write_text("\n".join(table) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
-    print("\n".join(table))
+    out.write_text("\n".join(table) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
 
 
 if __name__ == "__main__":

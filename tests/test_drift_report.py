@@ -117,7 +117,7 @@ def test_markdown_has_a_row_per_result(written, validation):
     for r in validation.results:
         rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines()
                 if line.startswith(f"| {r.backend} | {r.precision}")]
-        verdict = "pass" if r.passed else "**FAIL**"
+        verdict = r.verdict if r.passed else f"**{r.verdict.upper()}**"  # passed, **FAILED**, **INCONCLUSIVE**
         # the row with this result's gated figure (to the gate's precision) carries its verdict
         assert any(cells[2] == verdict and f"{r.metrics['cosine_min']:.6f}" in cells for cells in rows), (r, rows)
 

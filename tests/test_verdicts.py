@@ -163,7 +163,7 @@ def test_automatic_selection_never_runs_a_failed_precision(scenario: Path, few_i
     assert failing.exit_code == 1 and verdict_of(scenario, "fp32")["verdict"] == "failed", failing.output
     # on this CPU fp32 is what auto would run (ONNX Runtime or OpenVINO): it refuses instead of running a failure
     for backend in ("auto", "onnxruntime"):
-        with pytest.raises(InputError, match="failed its latest verdict.*pass --precision fp32 to run it anyway"):
+        with pytest.raises(InputError, match=r"failed its latest verdict \(onnxruntime fp32.*pass --precision"):
             Predictor.from_artifacts(scenario, backend=backend)
     with Predictor.from_artifacts(scenario, backend="onnxruntime", precision="fp32") as p:  # asked for: it runs
         assert any("fp32 FAILED its latest verdict" in n for n in p.choice.notes)
@@ -238,3 +238,17 @@ def test_the_gates_decide_on_bounds_not_on_the_sample_figure() -> None:
     assert tail.metric == "cosine_p5" and tail.verdict == "passed"
     cos[:40] = 0.5  # 13 % below: the upper bound of the 5th percentile misses the threshold
     assert evaluate(gates, "int8", {"cosine": cos})[0].verdict == "failed"
+
+
+def test_a_verdict_record_round_trips_and_a_bad_one_is_refused_naming_its_field(scenario: Path) -> None:
+    data = json.loads((scenario / "manifest.json").read_text())
+    assert data["verdicts"], "the export and the validations above recorded verdicts"
+    again = Manifest.from_json(scenario, json.loads(json.dumps(Manifest.load(scenario).to_json())))
+    assert again.verdicts == Manifest.load(scenario).verdicts
+    data["verdicts"][0]["verdict"] = "probably"
+    with pytest.raises(InputError, match=r"verdicts\.0\.verdict"):
+        Manifest.from_json(scenario, data)
+    data["verdicts"][0]["verdict"] = "passed"
+    data["verdicts"][0]["sha256"] = "not a hash"
+    with pytest.raises(InputError, match=r"verdicts\.0\.sha256"):
+        Manifest.from_json(scenario, data)
