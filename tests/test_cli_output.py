@@ -64,8 +64,8 @@ def test_stage_log_prints_each_stage_when_added_and_the_table() -> None:
     table = stage_table(stages)
     assert table.splitlines()[0] == "stages (1 of 2 passed):"
     # each stage's time and the peak RSS while it ran, between the name and the detail
-    assert re.search(r"ok\s+first\s+\d+s\s+\d+\.\d GB\s+fine", table), table
-    assert re.search(r"FAIL\s+second\s+\d+s\s+\d+\.\d GB\s+broken by 3", table), table
+    assert re.search(r"ok\s+first\s+\d+\.\ds\s+\d+\.\d GB\s+fine", table), table
+    assert re.search(r"FAIL\s+second\s+\d+\.\ds\s+\d+\.\d GB\s+broken by 3", table), table
     assert [r["stage"] for r in stages.resources()] == ["first", "second"]
     assert all(r["peak_rss_mb"] > 0 and r["seconds"] >= 0 for r in stages.resources())
 

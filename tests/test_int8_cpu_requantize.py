@@ -1,9 +1,12 @@
 """``model.int8.cpu.onnx`` in the re-quantization loop: when the CPU flavour fails its drift gate, the encoder
 blocks of the sensitivity ranking are kept in FP32 in it too, one more per try, until the gate holds.
 
-Planted damage only the CPU flavour meets: in encoder block 1, the first half of every head's query channels is
-scaled up 1000x (weights and bias) and the matching key channels down 1000x. Q.K^T is unchanged (a valid FP32
-model with the same outputs), but the query activations now span 1000x more in some channels than in others.
+Planted damage only the CPU flavour meets: in encoder block 1, the query projection is scaled 100x (peaked
+attention: a random model's is near uniform, so its scores' precision would not matter) and the attention output
+projection 30x (the branch dominates the residual stream), then the first half of
+every head's query channels is scaled up 1000x (weights and bias) and the matching key channels down 1000x. Q.K^T
+is unchanged by the second step, but the query and key activations now span 1000x more in some channels than in
+others.
 The Q/DQ graph for TensorRT keeps attention's Q.K^T in high precision and quantizes weights per channel, so it
 does not see it; the CPU flavour quantizes Q.K^T's inputs per tensor (uint8), which zeroes the small channels.
 """
@@ -32,12 +35,15 @@ PLANTED_BLOCK = 1
 def _plant_query_outliers(model: torch.nn.Module, block: int) -> None:
     layer = model.vit.layers[block] if hasattr(model.vit, "layers") else model.vit.encoder.layer[block]
     attention = layer.attention
-    q, k = ((attention.q_proj, attention.k_proj) if hasattr(attention, "q_proj")
-            else (attention.attention.query, attention.attention.key))
+    q, k, o = ((attention.q_proj, attention.k_proj, attention.o_proj) if hasattr(attention, "q_proj")
+               else (attention.attention.query, attention.attention.key, attention.output.dense))
     heads = TINY_CONFIG["num_attention_heads"]
     head_dim = TINY_CONFIG["hidden_size"] // heads
     rows = [h * head_dim + i for h in range(heads) for i in range(head_dim // 2)]
     with torch.no_grad():
+        q.weight *= 100.0  # peaked attention (a random model's is near uniform, whatever its scores' precision)
+        q.bias *= 100.0
+        o.weight *= 30.0  # the attention branch dominates the block's output
         q.weight[rows] *= 1000.0
         q.bias[rows] *= 1000.0
         k.weight[rows] /= 1000.0

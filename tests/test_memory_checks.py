@@ -208,3 +208,16 @@ def test_stage_peak_rss_is_the_peak_of_its_own_window() -> None:
         con.pinned = saved
     small, large, after = (r["peak_rss_mb"] for r in stages.resources())
     assert large >= small + 350 and after < large - 300, stages.resources()
+
+
+def test_fused_fp32_flavour_is_not_run_when_the_optimizer_cannot_fit(demo_artifacts: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from vitmsn.export.fp32.checkpoint import load_checkpoint
+    from vitmsn.export.fp32.stages import fused_fp32_step
+
+    monkeypatch.setenv("VITMSN_MEMORY_LIMIT", "1M")  # less than this process holds already
+    stage, flavour = fused_fp32_step(tmp_path, demo_artifacts / "model.fp32.onnx", load_checkpoint("demo"))
+    assert flavour is None and not stage.passed
+    assert stage.detail.startswith("not run: ONNX Runtime's transformer optimizer needs about ")
+    assert "0 MB usable of 0 MB available (VITMSN_MEMORY_LIMIT less this process's RSS)" in stage.detail
+    assert not list(tmp_path.iterdir())  # nothing written
