@@ -255,7 +255,7 @@ def test_pytorch_end_to_end_below_model_only_is_remeasured_then_flagged(remeasur
     say NOISY instead of passing as results."""
     from types import SimpleNamespace
 
-    from vitmsn.bench.suite import recheck_pytorch
+    from vitmsn.bench.noisy_rows import recheck_pytorch
 
     rows = [_timed_row("model", 480.0), _timed_row("e2e", 34.9)]
     asked: list[tuple[str, int]] = []

@@ -189,7 +189,7 @@ def test_graceful_shutdown_answers_in_flight(demo_artifacts: Path, reference: di
     for t in threads:
         t.join(30)
     assert code == 0 and "stopped (SIGTERM)" in output, output
-    assert "model.fp32.ort.onnx" in output and "note:" not in output  # the choice, said once, in the listening line
+    assert "note: fp32 on CPU: using model.fp32.ort.onnx" in output  # the runtime's choice is said, as predict says it
     assert len(done) == len(images)
     for name, status, body, at in done:
         assert status == 200 and at > sigterm_at, (name, status, body)
