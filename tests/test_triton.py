@@ -305,7 +305,7 @@ def test_refuses_a_precision_whose_gate_failed(demo_artifacts: Path, tmp_path: P
     repo = tmp_path / "repo"
     refused = CliRunner().invoke(main, ["triton", str(artifacts), "--repo", str(repo)])
     assert refused.exit_code == 2, refused.output
-    assert "precision fp32 failed its export gate(s) onnxruntime_parity" in refused.output
+    assert "precision fp32: it failed its export gate(s) onnxruntime_parity" in refused.output
     assert "--allow-failed-gates" in refused.output and "Traceback" not in refused.output
     assert not repo.exists() or not any(repo.iterdir())  # nothing written
 

@@ -246,9 +246,9 @@ def test_a_verdict_record_round_trips_and_a_bad_one_is_refused_naming_its_field(
     again = Manifest.from_json(scenario, json.loads(json.dumps(Manifest.load(scenario).to_json())))
     assert again.verdicts == Manifest.load(scenario).verdicts
     data["verdicts"][0]["verdict"] = "probably"
-    with pytest.raises(InputError, match=r"verdicts\.0\.verdict"):
+    with pytest.raises(InputError, match=r"verdicts\[0\]\.verdict"):
         Manifest.from_json(scenario, data)
     data["verdicts"][0]["verdict"] = "passed"
     data["verdicts"][0]["sha256"] = "not a hash"
-    with pytest.raises(InputError, match=r"verdicts\.0\.sha256"):
+    with pytest.raises(InputError, match=r"verdicts\[0\]\.sha256"):
         Manifest.from_json(scenario, data)
