@@ -250,7 +250,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
         from vitmsn.export.fewshot import fewshot_checkpoint
 
         fewshot = fewshot_checkpoint(opts.model, opts.fewshot, opts.fewshot_labels, out, replace_head=opts.replace_head,
-                                     skip_unreadable=opts.skip_unreadable, alpha_background=opts.alpha_background)
+                                     skip_unreadable=opts.skip_unreadable, alpha_background=opts.alpha_background,
+                                     revision=opts.revision)
         ck = load_checkpoint(str(fewshot.directory))
         ck.directory = Path(opts.out).resolve() / fewshot.directory.name  # where it will be once --out is replaced
     else:

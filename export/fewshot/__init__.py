@@ -49,10 +49,10 @@ def read_shots(folder: Path | None, labels_csv: Path | None) -> Shots:
 
 def fewshot_checkpoint(model: str, folder: Path | None, labels_csv: Path | None, out: Path, *,
                        replace_head: bool = False, skip_unreadable: bool = False,
-                       alpha_background: tuple[int, int, int] | None = None) -> FewshotCheckpoint:
+                       alpha_background: tuple[int, int, int] | None = None, revision: str | None = None) -> FewshotCheckpoint:
     """Fit a head for backbone ``model`` on the shots and write the checkpoint into ``out/checkpoint``."""
     shots = read_shots(folder, labels_csv)
-    ck = load_checkpoint(model)
+    ck = load_checkpoint(model, revision=revision)
     state = backbone_state(ck, replace_head)
     activity(f"embedding {len(shots.files)} few-shot image(s) of {len(shots.classes)} classes with the FP32 backbone")
     preprocess = replace(ck.preprocess, alpha_background=alpha_background) if alpha_background else ck.preprocess
