@@ -249,8 +249,8 @@ def engine_from_onnx(onnx_path: str | Path, out_path: str | Path, *, precision: 
             if severity in (trt.ILogger.ERROR, trt.ILogger.INTERNAL_ERROR):
                 errors.append(msg)
                 log.error("%s: %s", options.target, msg)
-            elif severity == trt.ILogger.WARNING:
-                log.warning("%s: %s", options.target, msg)
+            elif severity == trt.ILogger.WARNING:  # the builder's own chatter: export.log (the terminal with -v)
+                log.info("%s builder warning: %s", options.target, msg)
 
     logger = _Logger()
     builder = trt.Builder(logger)
