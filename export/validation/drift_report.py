@@ -91,7 +91,7 @@ def report_dict(result: ValidationResult, previous: dict[str, Any] | None = None
     # with the manifest's verdicts at hand, the export's drift stages are judged there (a later validate replaces
     # them); its other checks (onnx.checker, parity, ...) still fail the directory
     judged = ("drift_", "requantize_") if verdicts is not None else None
-    words = [ours["verdict"]] + ["failed" for s in stages if not s.get("passed", False)
+    words = [ours.get("verdict") or ("passed" if ours["passed"] else "failed")] + ["failed" for s in stages if not s.get("passed", False)
                                  and not (judged and str(s.get("stage", "")).startswith(judged))]
     if verdicts is not None:
         words.append(verdicts.verdict or "passed")
