@@ -29,8 +29,11 @@ def _lower(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -
 
 
 def _batch_range(ctx: click.Context, param: click.Parameter, value: str) -> Any:
-    with interrupts.deferred():  # spec imports the model, so torch: a signal waits until it has loaded
-        from vitmsn.export.fp32.spec import BatchRange
+    try:
+        with interrupts.deferred():  # spec imports the model, so torch: a signal waits until it has loaded
+            from vitmsn.export.fp32.spec import BatchRange
+    except KeyboardInterrupt as exc:  # inside click's parsing, which would turn it into "Aborted!", exit 1
+        exit_interrupted(exc)
 
     try:
         return BatchRange.parse(value)
