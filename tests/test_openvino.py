@@ -121,7 +121,8 @@ def _negate_classifier(src: Path, dst: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bf16_export_is_gated_against_pytorch_and_a_damaged_graph_fails(demo_bf16: Path, tmp_path: Path) -> None:
+def test_bf16_export_is_gated_against_pytorch_and_a_damaged_graph_fails(demo_bf16: Path, heldout_images: Path,
+                                                                        tmp_path: Path) -> None:
     from vitmsn.export.precision.bf16 import bf16_step
     from vitmsn.export.steps import StepContext
     from vitmsn.export.validation.comparison import ComparisonInputs
@@ -143,17 +144,21 @@ def test_bf16_export_is_gated_against_pytorch_and_a_damaged_graph_fails(demo_bf1
     # plant damage: the same step on a graph with a negated classifier must fail its gate
     damaged = tmp_path / "model.fp32.onnx"
     _negate_classifier(demo_bf16 / "model.fp32.onnx", damaged)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((8, *manifest.input_shape[1:])).astype(np.float32)
+    # the held-out images (200): enough for every gate to decide (top-1 >= 0.97 needs 88 agreeing images, the
+    # cosine 5th percentile 59), so the undamaged graph passes and the damaged one fails, neither inconclusive
+    from precision_fixtures import heldout_tensors
+
+    x, _ = heldout_tensors(heldout_images, demo_bf16)
     with OpenVINORunner(demo_bf16 / "model.fp32.onnx", precision="fp32") as fp32:
         reference = fp32.infer({"pixel_values": x})  # FP32 (matches PyTorch to 1e-5, checked at export)
     from types import SimpleNamespace
 
     spec = SimpleNamespace(input=SimpleNamespace(name=manifest.input_name))  # bf16_step reads only the input name
     ctx = StepContext(tmp_path, damaged, spec,  # type: ignore[arg-type]
-                      ComparisonInputs(x, -np.ones(8, np.int64), "planted", True), reference, Gates(), True)
+                      ComparisonInputs(x, -np.ones(len(x), np.int64), "planted", True), reference, Gates(), True)
     bad_entry, stages, rows = bf16_step(ctx)
     assert not stages[0].passed and "bf16_openvino bf16: top1_agreement" in stages[0].detail
+    assert {g["verdict"] for g in stages[0].metrics["gates"]} == {"failed"}, stages[0]  # failed, not inconclusive
     assert not bad_entry["validation"]["drift_bf16_openvino"]["passed"] and rows[0]["backend"] == "openvino"
     good_entry, good, _ = bf16_step(dataclasses.replace(ctx, fp32_path=demo_bf16 / "model.fp32.onnx"))
     assert good[0].passed  # same inputs and reference, undamaged graph: the gate holds

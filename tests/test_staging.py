@@ -10,6 +10,7 @@ written into it), plus one right after start, while the command's modules are be
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -227,8 +228,15 @@ def test_int8_run_leaves_only_named_files(tmp_path: Path) -> None:
                            str(tmp_path / "cache"), "--calib-min-images", "4", "--int8-max-tries", "0",
                            "--fail-on-drift", "--min-cosine", "0", "--min-top1-agreement", "0",
                            "--max-accuracy-drop", "1", model=str(tmp_path / "tiny")), tmp_path / "tmp")
-    assert proc.returncode == 0, proc.stderr
+    # The gates are not this test's subject: on the few held-out images of this small folder the cosine
+    # 5th percentile has no lower bound (59 images give one), so the run ends inconclusive (exit 1) with
+    # every artifact written. Anything else failing (a check, a stage, a failed gate) still fails the test.
+    assert proc.returncode == 1 and "INCONCLUSIVE:" in proc.stderr and "FAILED:" not in proc.stderr, proc.stderr
     m = Manifest.load(out).data
+    assert m["verdict"] == "inconclusive", m.get("verdict")
+    report = json.loads((out / "report.json").read_text())
+    assert report["failed_stages"] and all(s.startswith("drift_") for s in report["failed_stages"]), report["failed_stages"]
+    assert all(g["verdict"] != "failed" for s in report["stages"] for g in s["metrics"].get("gates", [])), report["stages"]
     named = {"manifest.json", m["logs"]["file"], *m["reports"].values(), *(e["file"] for e in m["precisions"].values()),
              m["precisions"]["int8"]["onnxruntime_cpu"]["file"], m["precisions"]["fp32"]["onnxruntime_optimized"]["file"]}
     assert set(snapshot(out)) == named
