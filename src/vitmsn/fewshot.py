@@ -160,8 +160,12 @@ def fit_head(embeddings: np.ndarray, labels: Sequence[str], c_grid: Sequence[flo
     """Fit the head on ``embeddings`` (float [N, D]) labelled ``labels`` (N strings). See the module docstring.
 
     Raises ValueError for fewer than 2 classes, a shape mismatch or non-finite embeddings."""
-    import sklearn.linear_model  # noqa: F401  (loads scipy's BLAS now: threadpoolctl limits only loaded libraries)
-    from threadpoolctl import threadpool_limits
+    try:
+        import sklearn.linear_model  # noqa: F401  (loads scipy's BLAS now: threadpoolctl limits only loaded libraries)
+        from threadpoolctl import threadpool_limits
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError("vitmsn.fewshot.fit_head needs scikit-learn: pip install scikit-learn "
+                                  "(or the 'export' extra)", name=exc.name) from None
 
     # One BLAS/OpenMP thread: these matrices are small, and threads fighting over busy cores made the
     # fits over 10x slower (30 shots: 94 s against 8 s on 2 shared cores); the result does not depend on it.
