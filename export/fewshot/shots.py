@@ -12,14 +12,13 @@ unreadable is refused once they are decoded (:mod:`.embed`): a class is never si
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitmsn.calibration.images import IMAGE_EXTENSIONS
 from vitmsn.core.errors import InputError
+from vitmsn.export.validation.inputs import path_label_rows
 
 MAX_CSV_BYTES = 64 << 20  # 100,000 rows of long paths fit many times over
 
@@ -86,19 +85,7 @@ def shots_from_csv(csv_path: Path) -> Shots:
     base = csv_path.resolve().parent
     rows: dict[Path, tuple[str, int]] = {}
     shots = Shots(source, [], [])
-    reader = csv.reader(io.StringIO(text, newline=""))
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise InputError(f"{source}: line {reader.line_num}: {exc}") from exc
-        line = reader.line_num
-        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-            continue
-        if not rows and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
-            continue
+    for line, row in path_label_rows(text, source):
         if len(row) != 2 or not row[1].strip():
             raise InputError(f"{source}: line {line}: expected 'path,label', got {row!r}")
         path, label = base / row[0].strip(), row[1].strip()

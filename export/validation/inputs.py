@@ -21,7 +21,7 @@ import os
 import posixpath
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -91,6 +91,26 @@ def _from_folders(root: Path, files: list[Path], labels: dict[int, str]) -> tupl
     return out, "folders", f"labels from {len(matching)} class sub-folders"
 
 
+
+def path_label_rows(text: str, source: str) -> Iterator[tuple[int, list[str]]]:
+    """The data rows of a ``path,label`` CSV with their line numbers: blank lines, ``#`` comments and a leading
+    ``path,label`` header skipped; malformed CSV is an :class:`InputError` naming ``source`` and the line."""
+    reader = csv.reader(io.StringIO(text, newline=""))  # CSV's own line ends: CRLF, newlines inside quotes
+    first = True
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise InputError(f"{source}: line {reader.line_num}: {exc}") from exc
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        header = first and [c.strip().lower() for c in row[:2]] == ["path", "label"]
+        first = False
+        if not header:
+            yield reader.line_num, row
+
 def _from_csv(root: Path, files: list[Path], labels: dict[int, str], labels_file: Path) -> tuple[np.ndarray, str, str]:
     if not labels:
         raise InputError(f"--labels {labels_file}: the model has no labels (feature extraction); drop --labels")
@@ -107,20 +127,8 @@ def _from_csv(root: Path, files: list[Path], labels: dict[int, str], labels_file
         text = data.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"--labels {labels_file}: cannot be read ({exc}); save it as UTF-8 CSV") from exc
-    reader = csv.reader(io.StringIO(text, newline=""))  # CSV's own line ends: CRLF, newlines inside quotes
     seen: dict[str, tuple[str, int]] = {}
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise InputError(f"--labels {labels_file}: line {reader.line_num}: {exc}") from exc
-        line = reader.line_num
-        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-            continue
-        if not seen and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
-            continue
+    for line, row in path_label_rows(text, f"--labels {labels_file}"):
         if len(row) != 2:
             raise InputError(f"--labels {labels_file}: line {line}: expected 'path,label', got {len(row)} field(s)")
         given, label = row[0].strip(), row[1].strip()
