@@ -58,8 +58,11 @@ def test_validate_works_from_another_directory(exported: Path, images: Path, tmp
     monkeypatch.chdir(tmp_path)  # 'ck' does not exist here
     result = CliRunner().invoke(validate_command, [str(exported), "--images", str(images), "--out", str(tmp_path / "r"),
                                                    "--quiet"])
-    assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "r" / "report.json").read_text())["reference"]["checkpoint"] == str(exported.parent / "ck")
+    # 4 images decide no gate: the run ends inconclusive (exit 1), having loaded the reference and written its report
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith("INCONCLUSIVE: "), result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["reference"]["checkpoint"] == str(exported.parent / "ck")
+    assert report["images"]["evaluated"] == 4 and report["results"]  # every graph ran against that reference
 
 
 def test_uncached_hub_id_in_validate_says_how_to_fetch_and_never_names_model(
