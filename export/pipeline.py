@@ -295,7 +295,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     model = ck.build_model(opts.attention)
     ck = replace(ck, state_dict={})  # the model holds the weights now: one copy in memory, not two
     fp32_path = out / "model.fp32.onnx"
-    log.info("exporting %s (%s, %s attention) to %s", opts.model, spec.task, opts.attention, fp32_path)
+    log.info("exporting %s (%s, %s attention) to %s", opts.model, spec.task, opts.attention,
+             Path(opts.out) / fp32_path.name)  # the final path, not the staging directory's
     activity(f"exporting {fp32_path.name} (torch.onnx, dynamo; third-party output goes to "
              f"{Path(opts.out) / third_party_output.LOG_FILE})")  # the final path: the staging directory is gone by the end
     t0, export_rss = time.perf_counter(), PeakRss().start()

@@ -233,5 +233,5 @@ def ort_optimized_onnx_from_fp32(src: str | os.PathLike[str], dst: str | os.Path
         notes.append(f"Attention fused in {counts.get('Attention', 0)} of {arch.num_hidden_layers} layers "
                      "(the pattern needs Q/K/V projections with bias)")
     result = OrtOptimizeResult(dst, rewrites, counts, diff, notes)
-    log.info("ONNX Runtime-fused graph %s: %s", dst, result.fused)
+    log.info("ONNX Runtime-fused graph %s: %s", dst.name, result.fused)
     return result
