@@ -99,12 +99,13 @@ def fp16_step(ctx: StepContext, options: Fp16Options,
     return entry, stages, rows
 
 
-def _int8_checked(ctx: StepContext, path: Path) -> tuple[list[checks.StageResult], list[dict[str, Any]]]:
-    """The graph stages of ``model.int8.onnx`` and, when they pass, its drift stage and report row."""
+def _int8_checked(ctx: StepContext, path: Path, variant: str = "int8") -> tuple[list[checks.StageResult], list[dict[str, Any]]]:
+    """The graph stages of an INT8 graph (``model.int8.onnx``, or ``variant="int8_cpu"`` for
+    ``model.int8.cpu.onnx``) and, when they pass, its drift stage and report row."""
     stages = _graph_stages(path, ctx.spec, "float32")
     rows = []
     if all(s.passed for s in stages):
-        stage, row = _drift(ctx, "int8", "int8", path)
+        stage, row = _drift(ctx, variant, "int8", path)
         stages.append(stage)
         rows.append(row)
     return stages, rows
@@ -145,17 +146,6 @@ def requantize_within_gate(ctx: StepContext, options: Int8Options, calibration: 
     record["exclude"] = list(options.exclude) + list(rq.excluded) if final is not None else list(options.exclude)
     record["sensitivity"] = sens.to_dict()
     return final, record
-
-
-def _cpu_checked(ctx: StepContext, path: Path) -> tuple[list[checks.StageResult], list[dict[str, Any]]]:
-    """The graph stages of ``model.int8.cpu.onnx`` and, when they pass, its drift stage and report row."""
-    stages = _graph_stages(path, ctx.spec, "float32")
-    rows = []
-    if all(s.passed for s in stages):
-        stage, row = _drift(ctx, "int8_cpu", "int8", path)
-        stages.append(stage)
-        rows.append(row)
-    return stages, rows
 
 
 def cpu_requantize_within_gate(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, path: Path,
@@ -277,7 +267,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
                                              method=CalibrationMethod(options.method),
                                              exclude_nodes=result.excluded_nodes, input_name=ctx.spec.input.name,
                                              verbose=ctx.verbose)
-        cpu_stages, cpu_rows = _cpu_checked(ctx, cpu_path)
+        cpu_stages, cpu_rows = _int8_checked(ctx, cpu_path, "int8_cpu")
         cpu_drift = next((s for s in cpu_stages if s.stage == "drift_int8_cpu"), None)
         cpu_requantization = None
         if max_tries > 0 and cpu_drift is not None and not cpu_drift.passed:
@@ -286,7 +276,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
                 ctx, options, calibration, cpu_path, result.excluded_nodes, requantization, max_tries, progress=progress)
             if requantized_cpu is not None:
                 cpu = requantized_cpu
-                cpu_stages, cpu_rows = _cpu_checked(ctx, cpu_path)
+                cpu_stages, cpu_rows = _int8_checked(ctx, cpu_path, "int8_cpu")
             cpu_stages.insert(len(cpu_stages) - 1, _requantization_stage(cpu_requantization, "int8_cpu"))
         rows += cpu_rows
         stages += cpu_stages
