@@ -99,7 +99,9 @@ def verify_all(m: Manifest) -> None:
         click.echo(f"{c.status.upper() if not c.ok else c.status:9s} {c.named.file} ({c.named.role})")
     for name in m.unnamed_files():
         click.echo(f"note      {name} is in the directory but not named in the manifest")
-    on_disk = {c.named.file: sha256_file(m.path_of(c.named.file)) for c in checks if c.status in ("ok", "corrupt", "swapped")}
+    # check_files just hashed every file: an "ok" one is its named SHA-256; only a changed one is read again
+    on_disk = {c.named.file: c.named.sha256 if c.status == "ok" else sha256_file(m.path_of(c.named.file))
+               for c in checks if c.status in ("ok", "corrupt", "swapped")}
     voids = [f"{v.name} ({v.verdict}, by {v.by}): {why}" for v in m.verdicts if (why := void_reason(v, m, on_disk))]
     for line in voids:
         click.echo(f"void      verdict of {line}")
