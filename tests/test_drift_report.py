@@ -22,6 +22,7 @@ from vitmsn.export.validation.drift_report import histogram_png, report_dict, se
 from vitmsn.export.validation.validate import validate_artifacts
 
 BAR_BLUE = (0x3B, 0x6E, 0xA8)
+BANNER = {"passed": (0xE3, 0xF4, 0xE6), "failed": (0xFB, 0xE3, 0xE6), "inconclusive": (0xFD, 0xF1, 0xD6)}
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +128,29 @@ def test_html_renders_in_headless_chromium(written, tmp_path):
     assert browser, "no headless Chromium here: apt-get install -y chromium (.ci/run installs it)"
     shot = tmp_path / "shot.png"
     proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--window-size=1200,1600", f"--screenshot={shot}", (written / "report.html").as_uri()],
+                           "--window-size=1200,12000", f"--screenshot={shot}", (written / "report.html").as_uri()],
                           capture_output=True, text=True, timeout=120)
     assert shot.is_file(), proc.stderr[-2000:]
-    a = _non_blank(shot.read_bytes(), (1200, 1600))
-    # the banner (pass green or fail red) and the histogram bars are really painted
-    assert _has_colour(a, (0xE3, 0xF4, 0xE6), tol=4, min_pixels=2000) or _has_colour(a, (0xFB, 0xE3, 0xE6), tol=4, min_pixels=2000)
+    a = _non_blank(shot.read_bytes(), (1200, 12000))
+    # the banner is painted in its verdict's colour (16 images: every gate inconclusive, amber) and the
+    # histogram bars are drawn, below the gate list and the per-result tables
+    assert json.loads((written / "report.json").read_text())["verdict"] == "inconclusive"
+    assert _has_colour(a, BANNER["inconclusive"], tol=4, min_pixels=2000)
     assert _has_colour(a, BAR_BLUE)
+
+
+def test_every_verdict_word_in_the_html_is_report_jsons(written, validation):
+    """16 images decide nothing: the page says INCONCLUSIVE wherever report.json does, never FAILED."""
+    report = json.loads((written / "report.json").read_text())
+    html = (written / "report.html").read_text()
+    assert report["verdict"] == "inconclusive" and {r["verdict"] for r in report["results"]} == {"inconclusive"}
+    assert '<div class="banner inconclusive">INCONCLUSIVE:' in html
+    assert "FAILED" not in html and ">FAIL<" not in html
+    # the export's drift stages (8 held-out images) are inconclusive too; its other checks passed
+    assert html.count('<span class="inconclusive">INCONCLUSIVE</span>') == len(report["results"]) * 2 + sum(
+        s["stage"].startswith("drift_") for s in report["stages"])
+    md = (written / "report.md").read_text()
+    assert "**FAILED**" not in md and "**FAIL**" not in md
 
 
 def test_html_escapes_names_from_the_images_folder(demo_int8_artifacts, tmp_path):

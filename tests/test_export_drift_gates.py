@@ -137,7 +137,7 @@ def test_validate_images_writes_the_drift_reports(data, tmp_path):
     html = (out / "report.html").read_text()
     assert "Accuracy-drift report" in html and "PASSED" in html and "data:image/png;base64," in html
     md = (out / "report.md").read_text()
-    assert "# Accuracy-drift report" in md and "| drift_validation | pass |" in md
+    assert "# Accuracy-drift report" in md and "| drift_validation | passed |" in md
     assert "validate 2 backend(s)" in result.output  # progress shown: model.fp32.onnx and its ORT-fused flavour
 
 

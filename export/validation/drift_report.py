@@ -30,6 +30,7 @@ import numpy as np
 import vitmsn
 from vitmsn.runtime.manifest import write_bytes_atomic, write_json_atomic
 
+from vitmsn.export.validation.verdict import stage_word
 from vitmsn.export.validation.validate import BackendResult, ValidationResult
 
 SUMMARY_COLUMNS = [  # (metric key, header, format)
@@ -91,8 +92,8 @@ def report_dict(result: ValidationResult, previous: dict[str, Any] | None = None
     # with the manifest's verdicts at hand, the export's drift stages are judged there (a later validate replaces
     # them); its other checks (onnx.checker, parity, ...) still fail the directory
     judged = ("drift_", "requantize_") if verdicts is not None else None
-    words = [ours.get("verdict") or ("passed" if ours["passed"] else "failed")] + ["failed" for s in stages if not s.get("passed", False)
-                                 and not (judged and str(s.get("stage", "")).startswith(judged))]
+    words = [ours.get("verdict") or ("passed" if ours["passed"] else "failed")] + [
+        stage_word(s) for s in stages if not (judged and str(s.get("stage", "")).startswith(judged))]
     if verdicts is not None:
         words.append(verdicts.verdict or "passed")
         merged["verdicts"] = [v.to_json() for v in verdicts.verdicts]
@@ -123,8 +124,12 @@ def read_previous(directory: Path) -> dict[str, Any] | None:
 
 
 # ---- report.md --------------------------------------------------------------------------------
+def _word(r: dict[str, Any]) -> str:
+    return r.get("verdict") or ("passed" if r.get("passed") else "failed")
+
+
 def verdict_text(r: dict[str, Any]) -> str:
-    word = r.get("verdict") or ("passed" if r.get("passed") else "failed")
+    word = _word(r)
     return word if word == "passed" else f"**{word.upper()}**"
 
 
@@ -199,7 +204,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Backends not run here", ""] + [f"- {s['backend']}: {s['reason']}" for s in report["skipped_backends"]]
     if report.get("stages"):
         lines += ["", "## Export checks", ""]
-        lines += _table(["stage", "result", "detail"], [[s["stage"], "pass" if s["passed"] else "**FAIL**", s["detail"]]
+        lines += _table(["stage", "result", "detail"], [[s["stage"], verdict_text({"verdict": stage_word(s)}), s["detail"]]
                                                         for s in report["stages"]])
     return "\n".join(lines) + "\n"
 
@@ -315,7 +320,8 @@ td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td.text{text-align:
 .pass{color:#17702c;font-weight:600}.fail{color:#b00020;font-weight:700}.na{color:#888}
 .worst{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;padding:6px;width:190px;font-size:12px}
 .card img{display:block;margin:0 auto 4px}.banner{padding:10px 14px;font-size:18px;border-radius:4px}
-.banner.pass{background:#e3f4e6}.banner.fail{background:#fbe3e6}"""
+.banner.passed{background:#e3f4e6}.banner.failed{background:#fbe3e6}.banner.inconclusive{background:#fdf1d6}
+.inconclusive{color:#8a5a00;font-weight:700}"""
 OUTPUT_HEADERS = ["output", "max abs", "mean abs", "rel err", "cos min", "cos p1", "cos mean", "top-1", "KL mean"]
 
 
@@ -347,10 +353,10 @@ def render_html(report: dict[str, Any], result: ValidationResult) -> str:
     results = []
     for r, obj in zip(report["results"], result.results):
         results.append({
-            "backend": r["backend"], "label": result_label(r), "file": r["file"], "passed": r["passed"], "precision": r["precision"],
+            "backend": r["backend"], "label": result_label(r), "file": r["file"], "verdict": _word(r), "precision": r["precision"],
             "gates": [{"gate": g["gate"], "metric": g["metric"], "value": fmt(g["value"], "exact"),
                        "bound": fmt(g.get("bound"), "exact"), "n": g.get("n", ""),
-                       "threshold": f"{g['op']} {g['threshold']:g}", "source": g["source"], "passed": g["passed"],
+                       "threshold": f"{g['op']} {g['threshold']:g}", "source": g["source"], "word": _word(g),
                        "verdict": gate_verdict_text(g).replace("**", "")}
                       for g in r["gates"]],
             "outputs": [[o, fmt(s.get("max_abs"), "sci"), fmt(s.get("mean_abs"), "sci"), fmt(s.get("rel_l2_mean"), "sci"),
@@ -368,18 +374,18 @@ def render_html(report: dict[str, Any], result: ValidationResult) -> str:
                                  fmt(g.get("cosine_mean"), "cos")] for i, g in enumerate(s["ranking"])]}
     ref, images = report["reference"], report["images"]
     return _template().render(
-        css=CSS, passed=report["passed"], verdict=report.get("verdict") or ("passed" if report["passed"] else "failed"),
+        css=CSS, verdict=_word(report),
         reference=ref, images=images,
         reference_accuracy=fmt(ref["accuracy"], "pct") if ref.get("accuracy") is not None else None,
         failures=result.failures(),
         summary={"headers": ["backend", "precision", "gates"] + [h for _, h, _ in SUMMARY_COLUMNS] + ["img/s"],
-                 "rows": [{"backend": r["backend"], "label": result_label(r), "passed": r["passed"],
+                 "rows": [{"backend": r["backend"], "label": result_label(r), "verdict": _word(r),
                            "cells": [fmt(r["metrics"].get(k), kind) for k, _, kind in SUMMARY_COLUMNS]
                            + [fmt(r["timing"]["images_per_second"])]} for r in report["results"]]},
         results=results, output_headers=OUTPUT_HEADERS, sensitivity=sensitivity,
         requantization="\n".join(requantization_markdown(report["requantization"])) if report.get("requantization") else None,
         skipped_images=images["skipped"], skipped_backends=report.get("skipped_backends") or [],
-        stages=report.get("stages") or [], fewshot=_fewshot(report.get("fewshot")),
+        stages=[{**s, "word": stage_word(s)} for s in report.get("stages") or []], fewshot=_fewshot(report.get("fewshot")),
     ) + "\n"
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from vitmsn.runtime.manifest import write_bytes_atomic, write_json_atomic
 
 from vitmsn.export.fp32.checks import StageResult
+from vitmsn.export.validation.verdict import stage_word
 
 
 def _parity_metrics(stage: StageResult) -> dict[str, Any]:
@@ -82,7 +83,8 @@ def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
     ]
     for s in report["stages"]:
         detail = s["detail"].replace("|", "\\|")
-        lines.append(f"| {s['stage']} | {'pass' if s['passed'] else '**FAIL**'} | {detail} |")
+        word = stage_word(s)
+        lines.append(f"| {s['stage']} | {word if word == 'passed' else f'**{word.upper()}**'} | {detail} |")
     parity = next((s for s in report["stages"] if s["stage"] == "onnxruntime_parity"), None)
     if parity and parity["metrics"].get("per_batch"):
         lines += ["", f"## ONNX Runtime vs PyTorch (atol {parity['metrics']['atol']:g}, rtol {parity['metrics']['rtol']:g})", "",
