@@ -1,8 +1,8 @@
 """The whole export run behind ``vitmsn-export``: checkpoint -> ONNX (FP32, FP16, INT8) -> engines ->
 checks and drift gates -> manifest and report.
 
-Each step is a named function from the other modules (:mod:`.precisions` holds the FP16, INT8
-and engine steps); this module only sequences them, records what they did in the manifest and
+Each step is a named function from the other modules (:mod:`.steps` holds the FP16, INT8
+and engine steps, :mod:`.options` what the run was asked); this module only sequences them, records what they did in the manifest and
 report, and decides the outcome:
 
 * bad options or input (including too few calibration images, or ``--engine require`` without a
@@ -14,7 +14,7 @@ With ``--validate-images`` the run ends with the full ``vitmsn validate`` on wha
 (:func:`drift_validation`): its report.html/.md/.json go into the artifacts directory, merged over
 the export report, and its verdict is the ``drift_validation`` stage. An INT8 graph that fails its
 drift gate is re-quantized with its most sensitive blocks in high precision when
-``int8_max_tries`` > 0 (:func:`.precisions.requantize_within_gate`).
+``int8_max_tries`` > 0 (:func:`.steps.requantize_within_gate`).
 
 The run writes into a staging directory beside ``--out`` under an exclusive lock, and ``--out`` is
 replaced whole at the end (:mod:`.staging`): an interrupted or failed run leaves it as it was.
@@ -28,128 +28,36 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-
 from vitmsn.core import third_party_output
 from vitmsn.calibration import CalibrationMethod, CalibrationOptions, CalibrationSet, calibration_set_from_directory
 from vitmsn.core.errors import InputError, ValidationFailed
 from vitmsn.core.interrupts import import_deferred
-from vitmsn.runtime.manifest import (MANIFEST_NAME, PRECISIONS, TARGETS, CalibrationRecord, EngineEntry, FlavourEntry, LogEntry,
-                                     Manifest, PrecisionEntry, Where)
+from vitmsn.runtime.manifest import (MANIFEST_NAME, CalibrationRecord, EngineEntry, FlavourEntry, LogEntry, Manifest,
+                                     PrecisionEntry, Where)
 
 from vitmsn.export.fp32 import checks
 from vitmsn.export.fp32.checkpoint import load_checkpoint
 from vitmsn.export.validation.comparison import calibration_content, comparison_inputs, outputs_in_batches
-from vitmsn.export.validation.gates import Gates
 from vitmsn.export.validation.drift_report import VALIDATION_STAGE, validation_stage, write_drift_reports
-from vitmsn.export.engines.builder import EngineOptions, builder_status, check_engine_options
+from vitmsn.export.engines.builder import builder_status, check_engine_options
+from vitmsn.export.options import ExportOptions
 from vitmsn.export.precision.fp16 import Fp16Options
 from vitmsn.export.precision.int8 import Int8Options
-from vitmsn.export.fp32.model import EXPORT_ATTENTION, Attention
 from vitmsn.export.fp32.memory import batch_within_memory, release_memory
 from vitmsn.export.fp32.onnx_export import onnx_from_model
 from vitmsn.export.steps import StepContext, engine_step, file_ref, fp16_step, int8_step, validation_record
-from vitmsn.export.staging import StagedOutput, check_inputs_outside
+from vitmsn.export.staging import StagedOutput
 from vitmsn.export.validation.report import write_export_report
-from vitmsn.export.fp32.spec import DEFAULT_OPSET, SUPPORTED_OPSETS, BatchRange, ExportSpec
+from vitmsn.export.fp32.spec import ExportSpec
 from vitmsn.export.validation.validate import ValidationResult, validate_artifacts
 from vitmsn.export.validation.verdict import ReferenceCache
 from vitmsn.export.validation.recording import records_from_export, records_from_validation, with_verdicts
 from vitmsn.export.validation.inputs import image_set
 from vitmsn.export.fp32.stages import FUSED_FP32_FILE, fp32_stages, fused_fp32_step, torch_runner
 from vitmsn.export.manifest_skeleton import manifest_skeleton
-from vitmsn.core.progress import StageLog, activity
 from vitmsn.core.progress import PeakRss, StageLog, activity
 
 log = logging.getLogger(__name__)
-
-ENGINE_MODES = ("auto", "require", "skip")
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    model: str
-    out: Path
-    revision: str | None = None  # hub ids: branch, tag or commit (default: main); the manifest records the commit
-    precisions: tuple[str, ...] = ("fp32",)
-    batch: BatchRange = BatchRange()
-    parity_batch: tuple[int, ...] = ()  # ONNX Runtime parity batch sizes; () = the profile's (checks.parity_batch_sizes)
-    opset: int = DEFAULT_OPSET
-    attention: Attention = EXPORT_ATTENTION
-    engine: str = "auto"
-    target: str = "tensorrt"
-    calib_images: Path | None = None
-    calib_samples: int = 128
-    calib_seed: int = 0
-    calib_min_images: int = 16
-    calib_cache: Path | None = None
-    validate_images: Path | None = None
-    fail_on_drift: bool = False
-    # None: alpha dropped (Pillow convert("RGB"), as transformers.pipeline loads images); (R, G, B): transparency
-    # composited onto that colour. Recorded in the manifest's preprocess block; used by every later step.
-    alpha_background: tuple[int, int, int] | None = None
-    fp16_io: bool = False  # FP16 graph inputs/outputs (default: FP32 I/O, casts inside)
-    int8_method: str = "entropy"
-    int8_exclude: tuple[str, ...] = ()
-    int8_quantize_attention: bool = False  # also the attention MatMuls (activation x activation)
-    int8_high_precision: str = "auto"  # auto: fp16 when an engine is built from it, else fp32
-    int8_cpu: bool = True  # also write model.int8.cpu.onnx, placed for ONNX Runtime on CPU
-    fp32_cpu: bool = True  # also write model.fp32.ort.onnx, the ONNX Runtime-fused FP32 graph (CPU flavour)
-    # INT8 re-quantizations (most sensitive blocks kept in high precision) when the first INT8 graph fails its
-    # drift gate; 0 disables. The CLI defaults to 3; the library keeps 0 so a caller opts into the extra time.
-    int8_max_tries: int = 0
-    engine_options: EngineOptions | None = None  # workspace, timing cache, ...; target/batch come from here
-    gates: Gates = Gates()
-    verbose: bool = False
-    config_file: Path | None = None  # the vitmsn.toml / pyproject.toml the options came from
-    # --fewshot DIR (class folders) or --fewshot-labels CSV: fit a classifier head on the backbone --model first
-    # (vitmsn.export.fewshot); the fitted checkpoint (checkpoint/ in the artifacts) is what gets exported.
-    fewshot: Path | None = None
-    fewshot_labels: Path | None = None
-    skip_unreadable: bool = False
-    replace_head: bool = False
-
-    def __post_init__(self) -> None:
-        unknown = [p for p in self.precisions if p not in PRECISIONS]
-        if unknown:
-            raise InputError(f"--precision {unknown[0]}: unknown; choose from {', '.join(PRECISIONS)}")
-        if "fp32" not in self.precisions:  # the reference graph is always exported
-            object.__setattr__(self, "precisions", ("fp32",) + tuple(self.precisions))
-        if self.opset not in SUPPORTED_OPSETS:
-            raise InputError(f"--opset {self.opset}: unsupported; use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
-        if self.engine not in ENGINE_MODES:
-            raise InputError(f"--engine {self.engine}: choose from {', '.join(ENGINE_MODES)}")
-        if self.target not in TARGETS:
-            raise InputError(f"--target {self.target}: choose from {', '.join(TARGETS)}")
-        if self.out.exists() and not self.out.is_dir():
-            raise InputError(f"--out {self.out}: exists and is not a directory")
-        for option, path in (("--calib-images", self.calib_images), ("--validate-images", self.validate_images)):
-            if path is not None and not Path(path).is_dir():
-                raise InputError(f"{option} {path}: no such directory")
-        check_inputs_outside(self.out, {"--calib-images": self.calib_images, "--validate-images": self.validate_images,
-                                         "--calib-cache": self.calib_cache,
-                                         "--model": None if self.model == "demo" else Path(self.model).expanduser(),
-                                         "config file": self.config_file, "--fewshot": self.fewshot,
-                                         "--fewshot-labels": self.fewshot_labels})
-        if self.fewshot is None and self.fewshot_labels is None and (self.skip_unreadable or self.replace_head):
-            raise InputError(f"--{'skip-unreadable' if self.skip_unreadable else 'replace-head'}: only means something "
-                             "with --fewshot DIR or --fewshot-labels CSV")
-        if "bf16" in self.precisions:
-            from vitmsn.export.precision.bf16 import require_openvino
-
-            require_openvino()
-        if "int8" in self.precisions and self.calib_images is None:
-            raise InputError("--precision int8 needs --calib-images DIR (a folder of representative images)")
-        if self.int8_method not in {m.value for m in CalibrationMethod}:
-            raise InputError(f"--int8-method {self.int8_method}: choose from {', '.join(m.value for m in CalibrationMethod)}")
-        if any(n < 1 for n in self.parity_batch):
-            raise InputError(f"--parity-batch {','.join(map(str, self.parity_batch))}: batch sizes must be >= 1")
-        if self.int8_max_tries < 0:
-            raise InputError(f"--int8-max-tries {self.int8_max_tries}: must be >= 0 (0 disables re-quantization)")
-        if self.int8_high_precision not in ("auto", "fp16", "fp32"):
-            raise InputError(f"--int8-high-precision {self.int8_high_precision}: choose from auto, fp16, fp32")
-        eo = self.engine_options or EngineOptions()
-        object.__setattr__(self, "engine_options", replace(eo, target=self.target, batch=self.batch))
-
 
 @dataclass
 class ExportResult:

@@ -114,7 +114,7 @@ def test_multipart_upload_is_told_to_send_raw_bytes(demo_artifacts: Path, serve_
 def test_chart_titles_do_not_overlap_for_long_backend_names() -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from vitmsn.export.validation.drift_report import histogram_figure
+    from vitmsn.export.validation.plots import histogram_figure
 
     rng = np.random.default_rng(0)
     result = SimpleNamespace(name="onnxruntime int8 (model.int8.cpu.onnx, CPUExecutionProvider, 2 threads)",

@@ -70,6 +70,22 @@ def test_stage_log_prints_each_stage_when_added_and_the_table() -> None:
     assert all(r["peak_rss_mb"] > 0 and r["seconds"] >= 0 for r in stages.resources())
 
 
+def test_the_stage_table_says_inconclusive_where_the_gates_could_not_decide() -> None:
+    """A drift stage whose only unmet gate is inconclusive (too few images) is not a FAIL; one failed gate is."""
+    from vitmsn.export.fp32.checks import StageResult
+
+    undecided = {"gate": "min_top1_agreement", "passed": False, "verdict": "inconclusive"}
+    missed = {"gate": "min_cosine", "passed": False, "verdict": "failed"}
+    stages = [StageResult("onnx_checker", True, "fine"),
+              StageResult("drift_int8", False, "undecided", {"gates": [undecided]}),
+              StageResult("drift_fp16", False, "missed", {"gates": [undecided, missed]}),
+              StageResult("onnxruntime_parity", False, "broken")]
+    table = stage_table(stages)
+    assert re.search(r"INCONCLUSIVE\s+drift_int8\s+undecided", table), table
+    assert re.search(r"FAIL\s+drift_fp16\s+missed", table) and re.search(r"FAIL\s+onnxruntime_parity\s+broken", table)
+    assert len({line.index(s.stage) for line, s in zip(table.splitlines()[1:], stages)}) == 1  # one column
+
+
 def test_heartbeat_names_the_running_step_when_quiet() -> None:
     # The issue's bound is a line at least every 15 s; here the interval is 0.3 s and the wait 2 s (generous).
     buf = io.StringIO()

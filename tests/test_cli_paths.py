@@ -14,7 +14,7 @@ from PIL import Image
 from vitmsn.cli.export_cmd import command as export_command
 from vitmsn.cli.validate import command as validate_command
 from vitmsn.core.errors import InputError
-from vitmsn.export.fp32.checkpoint import resolve_source
+from vitmsn.export.fp32.hub import resolve_source
 
 from checkpoints import TINY_CONFIG, save_transformers
 

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 from validation_fixtures import calib_images, demo_int8_artifacts, few_images  # noqa: F401
 
-from vitmsn.export.validation.drift_report import histogram_png, report_dict, sensitivity_png, write_drift_reports
+from vitmsn.export.validation.drift_report import report_dict, write_drift_reports
+from vitmsn.export.validation.plots import histogram_png, sensitivity_png
 from vitmsn.export.validation.validate import validate_artifacts
 
 BAR_BLUE = (0x3B, 0x6E, 0xA8)

@@ -164,6 +164,23 @@ def test_checker_stage_fails_on_broken_graph(tiny, tmp_path: Path) -> None:
     assert not stages[0].passed and all(s.detail.startswith("not run") for s in stages[1:])
 
 
+def test_checker_stage_runs_strict_shape_inference(tiny, tmp_path: Path) -> None:
+    """A weight whose shape no longer fits its MatMul is valid protobuf and passes the plain checker; only the full
+    check's shape inference catches it."""
+    d, ck, spec = tiny
+    proto = onnx.load(str(d / "out" / "model.fp32.onnx"))
+    weights = {n.input[1] for n in proto.graph.node if n.op_type == "MatMul"}
+    init = next(i for i in proto.graph.initializer if i.name in weights)
+    w = onnx.numpy_helper.to_array(init)
+    init.CopyFrom(onnx.numpy_helper.from_array(w[: w.shape[0] - 3], init.name))
+    path = tmp_path / "misshapen.onnx"
+    onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path))  # the plain check does not see it
+    result = checks.check_onnx_checker(path)
+    assert not result.passed and "misshapen.onnx" in result.detail and "shape" in result.detail.lower(), result.detail
+    assert checks.check_onnx_checker(d / "out" / "model.fp32.onnx").passed
+
+
 def test_nan_weights_fail_the_export_after_writing_artifacts(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 

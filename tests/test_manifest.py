@@ -8,6 +8,7 @@ exit code of the real CLI (2: bad input) and that no traceback escapes.
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import shutil
@@ -164,6 +165,9 @@ def test_inspect_lists_and_verifies_every_named_file_including_cpu_flavours(demo
     code, output = _cli("inspect", str(demo_int8_artifacts), "--verify")
     assert code == 0 and "CPU flavour model.int8.cpu.onnx" in output and "CPU flavour model.fp32.ort.onnx" in output
     assert f"all {len(named)} files match their SHA-256" in output
+    # 8 held-out images decide no int8 gate: one word, INCONCLUSIVE, in the status and the verdicts table, and
+    # no "FAILED" beside the int8 graph (the drift gates' word is the verdicts table's)
+    assert re.search(r"^status\s+INCONCLUSIVE", output, re.M) and "FAILED" not in output, output
 
 
 def test_verify_catches_each_missing_swapped_or_corrupt_file(demo_int8_artifacts: Path, tmp_path: Path) -> None:  # noqa: F811

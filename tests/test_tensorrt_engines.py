@@ -257,7 +257,7 @@ def test_one_note_without_a_gpu_and_rebuild_commands_that_keep_every_precision(
     choice = choose(Manifest.from_json(art, data), "auto")
     notes = [n for n in choice.notes if "engine" in n]
     assert len(notes) == 1 and "no NVIDIA GPU" in notes[0] and "vitmsn-export" not in notes[0]
-    from vitmsn.export.validation.validate import targets_from_manifest
+    from vitmsn.export.validation.targets import targets_from_manifest
 
     _, skipped = targets_from_manifest(Manifest.from_json(art, data), None, "all")  # vitmsn validate: one reason too
     assert len(skipped) == 1 and "need an NVIDIA GPU" in skipped[0]["reason"] and "vitmsn-export" not in skipped[0]["reason"]

@@ -62,35 +62,3 @@ def fewshot_markdown(block: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | " + " | ".join(map(str, row)) + f" | {cv['per_class_accuracy'][name]:.3f} |")
     lines += [f"- warning: {w}" for w in block.get("warnings") or []]
     return lines
-
-
-def confusion_png(block: dict[str, Any]) -> bytes | None:
-    """The cross-validated confusion matrix as a PNG (None when C was fixed: no cross-validation)."""
-    cv = block.get("cross_validation")
-    if not cv:
-        return None
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    classes, matrix = block["classes"], np.asarray(cv["confusion"])
-    size = 1.6 + 0.45 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"cross-validated, {cv['folds']} folds, C={block['C']:g}")
-    if len(classes) <= 30:
-        for (i, j), v in np.ndenumerate(matrix):
-            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()

@@ -7,8 +7,7 @@ top-level ``passed`` covers both the stages and the drift gates, so one report.j
 the run; ``gates_passed`` is the drift verdict alone.
 
 report.html embeds everything (CSS, plots as base64 PNG, thumbnails as base64 JPEG): it can be
-mailed or archived as one file and opened offline. Plots use matplotlib's object API (no pyplot
-state), rendered with the Agg canvas. The page is a Jinja2 template (``templates/report.html.j2``)
+mailed or archived as one file and opened offline; its pictures come from :mod:`.plots`. The page is a Jinja2 template (``templates/report.html.j2``)
 with autoescaping on, so an image path, a label or a backend name is always text, never markup;
 this module only prepares its figures (formatted numbers, data URIs) from report.json's dict and
 the in-memory :class:`.validate.ValidationResult` (its per-image arrays feed the histograms).
@@ -19,19 +18,16 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import functools
-import io
-import textwrap
 import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import vitmsn
 from vitmsn.runtime.manifest import write_bytes_atomic, write_json_atomic
 
-from vitmsn.export.validation.verdict import stage_word
-from vitmsn.export.validation.validate import BackendResult, ValidationResult
+from vitmsn.export.fp32.checks import stage_word
+from vitmsn.export.validation.plots import histogram_png, sensitivity_png, thumbnail_jpeg
+from vitmsn.export.validation.validate import ValidationResult
 
 SUMMARY_COLUMNS = [  # (metric key, header, format)
     ("top1_agreement", "top-1 agree", "pct"), ("top5_overlap", "top-5 overlap", "pct"),
@@ -238,70 +234,6 @@ def requantization_markdown(r: dict[str, Any]) -> list[str]:
                            for i, t in enumerate(r["tries"])])
 
 
-# ---- plots and thumbnails ----------------------------------------------------------------------
-def _png(fig: Any) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def histogram_png(r: BackendResult, primary: str) -> bytes:
-    """Histograms of per-image (1 - cosine) and max abs error of the primary output, log x axes."""
-    return _png(histogram_figure(r, primary))
-
-
-def histogram_figure(r: BackendResult, primary: str) -> Any:
-    """The matplotlib Figure of :func:`histogram_png`."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
-
-    per = r.per_output[primary]
-    fig = Figure(figsize=(9, 2.8))
-    for ax, values, title in ((fig.add_subplot(1, 2, 1), 1.0 - per["cosine"], "1 - cosine per image"),
-                              (fig.add_subplot(1, 2, 2), per["max_abs"], "max abs error per image")):
-        v = np.clip(values[np.isfinite(values)], 1e-16, None)
-        if v.size:
-            lo, hi = np.log10(v.min()), np.log10(v.max())
-            bins = np.logspace(lo - 0.1, hi + 0.1, 30) if hi - lo > 1e-9 else np.logspace(lo - 0.5, lo + 0.5, 3)
-            ax.hist(v, bins=list(bins), color="#3b6ea8")
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a narrow log range overlap
-        # the backend's name on its own wrapped line(s): long names ran into the neighbouring chart's title
-        name = "\n".join(textwrap.wrap(r.name, 48)) or r.name
-        ax.set_title(f"{name}\n{title} ({primary})", fontsize=9)
-        ax.set_ylabel("images", fontsize=8)
-        ax.tick_params(labelsize=7)
-    return fig
-
-
-def sensitivity_png(s: dict[str, Any]) -> bytes:
-    from matplotlib.figure import Figure
-
-    ranking = s["ranking"][:16][::-1]
-    fig = Figure(figsize=(7, 0.3 * len(ranking) + 1))
-    ax = fig.add_subplot(1, 1, 1)
-    ax.barh([g["group"] for g in ranking], [g["score"] for g in ranking], color="#a84b3b")
-    ax.set_xlabel(s["score"], fontsize=8)
-    ax.tick_params(labelsize=7)
-    return _png(fig)
-
-
-def thumbnail_jpeg(path: Path, size: int = 112) -> bytes | None:
-    from vitmsn.runtime.images.preprocess import to_rgb
-
-    try:
-        im = to_rgb(path)
-    except Exception:  # the report must not fail because one image cannot be shown
-        return None
-    im.thumbnail((size, size))
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=80)
-    return buf.getvalue()
-
-
 def write_drift_reports(out: str | Path, result: ValidationResult, verdicts: Any = None) -> dict[str, str]:
     """Write report.json, report.md and report.html into ``out``; return their names."""
     out = Path(out)
@@ -393,7 +325,8 @@ def _fewshot(block: dict[str, Any] | None) -> dict[str, Any] | None:
     """The few-shot head's section: its figures (report.md's lines) and the confusion-matrix plot."""
     if not block:
         return None
-    from vitmsn.export.fewshot.record import confusion_png, fewshot_markdown
+    from vitmsn.export.fewshot.record import fewshot_markdown
+    from vitmsn.export.validation.plots import confusion_png
 
     return {"lines": [line.removeprefix("- ") for line in fewshot_markdown(block)
                       if line.startswith("- ")],

@@ -7,8 +7,7 @@ from typing import Any
 
 from vitmsn.runtime.manifest import write_bytes_atomic, write_json_atomic
 
-from vitmsn.export.fp32.checks import StageResult
-from vitmsn.export.validation.verdict import stage_word
+from vitmsn.export.fp32.checks import StageResult, stage_word
 
 
 def _parity_metrics(stage: StageResult) -> dict[str, Any]:

@@ -94,12 +94,3 @@ class ReferenceCache:
             self.add(x[missing], compute(np.ascontiguousarray(x[missing])))
         names = list(self.rows[keys[0]])
         return {n: np.stack([self.rows[k][n] for k in keys]) for n in names}
-
-
-def stage_word(stage: dict[str, Any]) -> str:
-    """passed, failed or inconclusive: a drift stage not passed is as conclusive as its gates (a stage
-    without gates, such as onnx.checker, fails)."""
-    if stage.get("passed", False):
-        return "passed"
-    words = {g.get("verdict") for g in (stage.get("metrics") or {}).get("gates") or [] if not g.get("passed", True)}
-    return "inconclusive" if words == {"inconclusive"} else "failed"

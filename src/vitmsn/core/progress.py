@@ -149,9 +149,18 @@ class Progress:
 
 
 # ---- stages -------------------------------------------------------------------------------------
+def _status(stage: Any) -> str:
+    """ok, skip, FAIL, or INCONCLUSIVE for a stage whose gates could not decide (``stage.verdict``)."""
+    if stage.passed:
+        return "ok"
+    if str(stage.detail).startswith("skipped"):
+        return "skip"
+    return "INCONCLUSIVE" if getattr(stage, "verdict", "failed") == "inconclusive" else "FAIL"
+
+
 def stage_line(stage: Any, seconds: float | None = None) -> str:
     """``[ok] name (1.2s): detail`` for a StageResult-like object (stage, passed, detail)."""
-    status = "ok" if stage.passed else ("skip" if str(stage.detail).startswith("skipped") else "FAIL")
+    status = _status(stage)
     took = f" ({seconds:.1f}s)" if seconds is not None else ""
     return f"[{status}] {stage.stage}{took}: {stage.detail}"
 
@@ -268,17 +277,18 @@ def stage_table(stages: Iterable[Any]) -> str:
     stages = list(stages)
     width = max((len(s.stage) for s in stages), default=5)
     lines = [f"stages ({sum(s.passed for s in stages)} of {len(stages)} passed):"]
+    status_width = max((len(_status(s)) for s in stages), default=4)
     if seconds:
-        lines.append(f"  {'':4s} {'':{width}s}  {'time':>6s} {'peak RSS':>8s}")
+        lines.append(f"  {'':{status_width}s} {'':{width}s}  {'time':>6s} {'peak RSS':>8s}")
     for i, s in enumerate(stages):
-        status = "ok" if s.passed else ("skip" if str(s.detail).startswith("skipped") else "FAIL")
+        status = _status(s)
         took = seconds[i] if i < len(seconds) else None
         peak = peaks[i] if i < len(peaks) else None
         columns = ""
         if seconds:
             columns = (f"{'' if took is None else (f'{took:.1f}s' if took < 90 else _duration(took)):>6s} "
                        f"{'' if peak is None else f'{peak / 1e9:.1f} GB':>8s}  ")
-        lines.append(f"  {status:4s} {s.stage:{width}s}  {columns}{s.detail}")
+        lines.append(f"  {status:{status_width}s} {s.stage:{width}s}  {columns}{s.detail}")
     return "\n".join(lines)
 
 
