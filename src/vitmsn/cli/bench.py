@@ -55,9 +55,9 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_path", type=click.Path(path_type=Path), help="Write the Markdown report here.")
 @click.option("--thorough", is_flag=True,
-              help="The long fixed plan (3 warm-up calls, 20 timed calls in 3 rounds per row; about 15 min for ViT-S "
-                   "on 2 cores) instead of the default adaptive one (2 rounds, then more until each median is known "
-                   "within +/-3%, at most 20 s per batch size and mode; about 2-3 min).")
+              help="The long fixed plan (3 warm-up calls, 20 timed calls in 3 rounds per row; 7 min for ViT-S at "
+                   "batch 1 and 8 on 2 cores) instead of the default adaptive one (2 rounds, then more until each median is known "
+                   "within +/-3%, at most 20 s per batch size and mode; 3 min there; benchmarks/bench-default-vs-thorough.md).")
 @click.option("--warmup", type=click.IntRange(min=0), default=None, help="Untimed calls per row [default: 2; --thorough 3].")
 @click.option("--iterations", type=click.IntRange(min=1), default=None,
               help="Timed calls per row (at least; given, no adaptive rounds) [default: 4, then adaptive; --thorough 20].")
