@@ -211,6 +211,17 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     assert _bench([str(tmp_path), "--batch-sizes", "0,x"]).exit_code == 2
 
 
+def test_a_batch_size_that_cannot_fit_is_refused_before_anything_runs(bench_tiny_artifacts: Path,  # noqa: F811
+                                                                     tmp_path: Path) -> None:
+    """Batch 10 million of even the tiny model needs terabytes of activations: exit 2 with the numbers, no report,
+    instead of an out-of-memory kill minutes into the run."""
+    out = tmp_path / "out.json"
+    result = _bench([str(bench_tiny_artifacts), "--batch-sizes", "1,10000000", "--json", str(out), *FAST])
+    assert result.exit_code == 2, result.output
+    assert "--batch-sizes 10000000: does not fit" in result.output and "GB" in result.output and "usable" in result.output
+    assert not out.exists()
+
+
 def test_median_ci_is_the_order_statistic_interval() -> None:
     from vitmsn.bench.timing import median_ci
 

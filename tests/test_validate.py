@@ -101,6 +101,18 @@ def test_damaged_int8_fails_the_gate(planted_artifacts, few_images, tmp_path):
     assert failed and all(g["value"] is None or g["value"] < g["threshold"] for g in failed if g["op"] == ">=")
 
 
+def test_a_batch_that_cannot_fit_runs_in_batches_that_do(demo_int8_artifacts, few_images, tmp_path):
+    """--batch-size 10 million would need terabytes of activations: validate says so and runs what fits, every
+    image still compared."""
+    result = run_cli(demo_int8_artifacts, "--images", few_images, "--precision", "fp32", "--batch-size", 10_000_000,
+                     "--out", tmp_path)
+    assert result.exit_code in (0, 1), result.output  # 16 images: the verdict itself is not this test's subject
+    assert re.search(r"batch 10000000 does not fit \(.*GB.*usable.*\); \d+ images at a time instead", result.stderr), \
+        result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["images"]["evaluated"] == 16 and 8 <= report["reference"]["batch_size"] < 10_000_000
+
+
 def test_impossible_threshold_exits_1(demo_artifacts, few_images, tmp_path):
     result = run_cli(demo_artifacts, "--images", few_images, "--out", tmp_path, "--quiet", "--min-top1-agreement", "1.01")
     assert result.exit_code == 1

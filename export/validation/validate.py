@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vitmsn.core.errors import InputError
-from vitmsn.core.progress import Progress
+from vitmsn.core.progress import Progress, say
 from vitmsn.runtime.manifest import Manifest
 from vitmsn.runtime.images.preprocess import ImageError, PreprocessConfig
 
@@ -168,6 +168,21 @@ def _worst(per: dict[str, np.ndarray], classification: bool, n: int) -> np.ndarr
     return np.argsort(per["cosine"], kind="stable")[:n]
 
 
+def _batch_within_memory(manifest: Manifest, wanted: int, attention: str) -> int:
+    """``wanted``, or the largest batch PyTorch and ONNX Runtime both fit in the memory available here (said)."""
+    from vitmsn.export.fp32.memory import available_memory, batch_within_memory, cannot_fit
+    from vitmsn.export.fp32.model import ViTMSNArch
+
+    arch, memory = ViTMSNArch.from_config(manifest.model.config), available_memory()
+    bs = min(batch_within_memory(arch, wanted, runtime=rt, memory=memory, attention=attention)  # type: ignore[arg-type]
+             for rt in ("pytorch", "onnxruntime"))
+    if bs < wanted:
+        why = cannot_fit(arch, wanted, runtime="pytorch", memory=memory, attention=attention)  # type: ignore[arg-type]
+        why = why or cannot_fit(arch, wanted, memory=memory, attention=attention)  # type: ignore[arg-type]
+        say(f"validate: batch {wanted} does not fit ({why}); {bs} images at a time instead")
+    return bs
+
+
 def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | Path, labels_file: str | Path | None = None,
                        gates: Gates | None = None, *, precisions: Sequence[str] | None = None, backend: str = "all",
                        checkpoint: str | None = None, batch_size: int | None = None, progress: bool = True,
@@ -192,7 +207,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
     classification = manifest.task == "image-classification"
     names = manifest.output_names
     primary = "logits" if classification else "embedding"
-    bs = batch_size or manifest.batch.opt
+    bs = _batch_within_memory(manifest, batch_size or manifest.batch.opt, str(reference["attention"]))
     cache = reference_cache if reference_cache is not None else ReferenceCache()
 
     per: dict[int, dict[str, list[dict[str, np.ndarray]]]] = {i: {o: [] for o in names} for i in range(len(targets))}
@@ -248,7 +263,7 @@ def validate_artifacts(artifacts_dir: str | Path | Manifest, images_dir: str | P
     rel = [images.relative(i) for i in evaluated]
     ref_logits = np.concatenate(logits[-1]) if classification else np.zeros((len(evaluated), 0), np.float32)
     acc_ref = dm.accuracy(ref_logits, truth) if classification else None
-    reference.update(images=len(evaluated), seconds=round(seconds[-1], 3), accuracy=acc_ref)
+    reference.update(images=len(evaluated), seconds=round(seconds[-1], 3), accuracy=acc_ref, batch_size=bs)
     results = []
     for i, t in enumerate(targets):
         per_output = {o: dm.concat(per[i][o]) for o in names}

@@ -284,6 +284,19 @@ def _time_batch(backends: list[BenchRow], checks: dict[int, dict[str, Any]], mod
     return rows
 
 
+def _check_batches_fit(arch: Any, batch_sizes: tuple[int, ...]) -> None:
+    """A batch size is what the bench measures, so it is never shrunk: one that cannot fit in the memory available
+    here is refused before anything runs (exit 2), with the numbers, instead of an out-of-memory kill mid-run."""
+    from vitmsn.export.fp32.memory import available_memory, cannot_fit
+
+    memory = available_memory()
+    for batch in sorted(set(batch_sizes), reverse=True):
+        why = cannot_fit(arch, batch, runtime="pytorch", memory=memory) or cannot_fit(arch, batch, memory=memory)
+        if why:
+            raise InputError(f"--batch-sizes {batch}: does not fit in this machine's memory ({why}); "
+                             "pass smaller batch sizes")
+
+
 def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
               say: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the benchmark on an artifacts directory; the report as a JSON-ready dict."""
@@ -292,16 +305,17 @@ def run_bench(artifacts: str | Path, opts: BenchOptions = BenchOptions(),
     from vitmsn.runtime.manifest import Manifest
     from vitmsn.runtime.images.preprocess import PreprocessConfig
 
+    from vitmsn.export.fp32.model import ViTMSNArch
+
     manifest = Manifest.load(artifacts)
+    arch = ViTMSNArch.from_config(manifest.model.config)
+    _check_batches_fit(arch, opts.batch_sizes)
     threads = opts.threads or machine_info.available_cpus()
     torch.set_num_threads(threads)
     machine = machine_info.describe_machine(threads)
     say(f"measuring the GEMM ceiling ({opts.gemm_n}x{opts.gemm_n} FP32, {threads} threads)")
     ceilings = {"cpu-fp32": machine_info.gemm_ceiling_cpu(threads, opts.gemm_n)}
     ck = _load_checkpoint(manifest)
-    from vitmsn.export.fp32.model import ViTMSNArch
-
-    arch = ViTMSNArch.from_config(manifest.model.config)
     gflops = arch.gflops_per_image()  # dense layers: the 8.48 GFLOP convention for ViT-S/16
     preprocess = PreprocessConfig.from_manifest(manifest.preprocess)
     rng_images = jpeg_images(max(max(opts.batch_sizes) * (e2e.STREAM_BATCHES if opts.e2e else 1), opts.check_batch),
