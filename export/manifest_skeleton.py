@@ -18,7 +18,7 @@ from vitmsn.runtime.manifest import (MANIFEST_NAME, BatchSpec, Manifest, ModelIn
                                      Where)
 
 
-def tool_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
+def tool_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     import onnx
@@ -36,7 +36,7 @@ def tool_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
         versions["nvidia-modelopt"] = md.version("nvidia-modelopt")
     except md.PackageNotFoundError:
         pass
-    return {**versions, **(extra or {})}
+    return versions
 
 
 def manifest_skeleton(opts: Any, ck: Checkpoint, spec: ExportSpec, root: Path | None = None) -> Manifest:

@@ -19,7 +19,7 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 CPU_INT8_FILE = "model.int8.cpu.onnx"
+
+R = TypeVar("R", Int8Result, CpuInt8Result)
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def _int8_checked(ctx: StepContext, path: Path, variant: str = "int8") -> tuple[
 
 
 def requantize_within_gate(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, path: Path,
-                           max_tries: int, *, progress: bool = True) -> tuple[Int8Result | None, dict[str, Any]]:
+                           max_tries: int) -> tuple[Int8Result | None, dict[str, Any]]:
     """The INT8 graph at ``path`` failed its drift gate: rank its encoder blocks by sensitivity, re-quantize with
     the worst ones kept in high precision until the gate holds (:func:`.requantize.int8_within_gate`).
 
@@ -130,27 +132,19 @@ def requantize_within_gate(ctx: StepContext, options: Int8Options, calibration: 
     check = GateCheck(ctx.inputs.tensors, ctx.reference, ctx.gates, ctx.inputs.labels if known.any() else None,
                       precision="int8", input_name=ctx.spec.input.name, batch=batch_within_memory(ctx.spec.arch, 16))
     built: dict[Path, Int8Result] = {}
-    final: Int8Result | None = None
     log.info("int8: drift gate failed; re-quantizing with the most sensitive blocks excluded (at most %d tries)", max_tries)
     with tempfile.TemporaryDirectory(prefix=".requantize-", dir=ctx.out) as tmp:
         sens, rq = int8_within_gate(ctx.fp32_path, path, calibration.tensors, check, tmp, options=options,
-                                    max_tries=max_tries, input_name=ctx.spec.input.name, progress=progress, built=built)
-        if rq.passed and Path(rq.path) != path:
-            os.replace(rq.path, path)
-            final = replace(built[Path(rq.path)], path=path)
-    record = rq.to_dict()
-    kept = len(record["tries"]) - 1 if final is not None else 0  # the try whose graph is model.int8.onnx now
-    for i, t in enumerate(record["tries"]):  # the other tries' files were temporary
-        t["file"] = path.name if i == kept else None
-    record["kept_try"] = kept
+                                    max_tries=max_tries, input_name=ctx.spec.input.name, built=built)
+        final, record = _keep_passing(rq, built, path)
     record["exclude"] = list(options.exclude) + list(rq.excluded) if final is not None else list(options.exclude)
     record["sensitivity"] = sens.to_dict()
     return final, record
 
 
 def cpu_requantize_within_gate(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, path: Path,
-                               excluded_nodes: tuple[str, ...], qdq_record: dict[str, Any] | None, max_tries: int, *,
-                               progress: bool = True) -> tuple[CpuInt8Result | None, dict[str, Any]]:
+                               excluded_nodes: tuple[str, ...], qdq_record: dict[str, Any] | None,
+                               max_tries: int) -> tuple[CpuInt8Result | None, dict[str, Any]]:
     """``model.int8.cpu.onnx`` failed its drift gate: rebuild it with the next encoder blocks of the sensitivity
     ranking kept in FP32, one more per try, until the gate holds (at most ``max_tries``).
 
@@ -168,7 +162,7 @@ def cpu_requantize_within_gate(ctx: StepContext, options: Int8Options, calibrati
         sensitivity, done = qdq_record["sensitivity"], set(qdq_record["excluded"])
     else:
         sensitivity = sensitivity_analysis(ctx.out / FILES["int8"], ctx.fp32_path, calibration.tensors,
-                                           granularity="block", input_name=ctx.spec.input.name, progress=progress,
+                                           granularity="block", input_name=ctx.spec.input.name,
                                            batch=check.batch).to_dict()
         done = set()
     ranking = [g["group"] for g in sensitivity["ranking"]
@@ -185,19 +179,25 @@ def cpu_requantize_within_gate(ctx: StepContext, options: Int8Options, calibrati
 
     log.info("int8_cpu: drift gate failed; re-quantizing with the most sensitive blocks in FP32 (at most %d tries)",
              max_tries)
-    final = None
     with tempfile.TemporaryDirectory(prefix=".requantize-cpu-", dir=ctx.out) as tmp:
-        rq = requantize_until(path, ranking, check, build, tmp, max_tries=max_tries, measure_speed=False,
-                              progress=progress)
-        if rq.passed and Path(rq.path) != path:
-            os.replace(rq.path, path)
-            final = replace(built[Path(rq.path)], path=path)
+        rq = requantize_until(path, ranking, check, build, tmp, max_tries=max_tries, measure_speed=False, progress=True)
+        final, record = _keep_passing(rq, built, path)
+    record.update(sensitivity=sensitivity, exclude=sorted(done) + (list(rq.excluded) if final is not None else []))
+    return final, record
+
+
+def _keep_passing(rq: Any, built: dict[Path, R], path: Path) -> tuple[R | None, dict[str, Any]]:
+    """A try that passed (a :class:`.requantize.RequantResult`) replaces ``path`` and its build result is returned
+    (else None); the record: ``rq.to_dict()``, each try's file (only the one kept is not temporary) and ``kept_try``."""
+    final = None
+    if rq.passed and Path(rq.path) != path:
+        os.replace(rq.path, path)
+        final = replace(built[Path(rq.path)], path=path)
     record = rq.to_dict()
-    kept = len(record["tries"]) - 1 if final is not None else 0
-    for i, t in enumerate(record["tries"]):
+    kept = len(record["tries"]) - 1 if final is not None else 0  # the try whose graph is at ``path`` now
+    for i, t in enumerate(record["tries"]):  # the other tries' files were temporary
         t["file"] = path.name if i == kept else None
-    record.update(kept_try=kept, sensitivity=sensitivity,
-                  exclude=sorted(done) + (list(rq.excluded) if final is not None else []))
+    record["kept_try"] = kept
     return final, record
 
 
@@ -228,8 +228,8 @@ def _speed(value: float | None) -> str:
 
 
 def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, *,
-              cpu_flavour: bool = True, max_tries: int = 0,
-              progress: bool = True) -> tuple[PrecisionEntry, list[checks.StageResult], list[dict[str, Any]]]:
+              cpu_flavour: bool = True,
+              max_tries: int = 0) -> tuple[PrecisionEntry, list[checks.StageResult], list[dict[str, Any]]]:
     """Quantize, check, compare; with ``max_tries`` > 0, a graph that fails its drift gate is re-quantized
     with its most sensitive blocks in high precision (:func:`requantize_within_gate`), and the stages
     and figures reported are those of the file finally written."""
@@ -243,8 +243,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
     # only a gate that failed is re-quantized for; an inconclusive one needs more held-out images, not fewer INT8 blocks
     failed_gate = drift is not None and any(g.get("verdict") == "failed" for g in drift.metrics.get("gates", []))
     if max_tries > 0 and drift is not None and not drift.passed and failed_gate:
-        requantized, requantization = requantize_within_gate(ctx, options, calibration, path, max_tries,
-                                                             progress=progress)
+        requantized, requantization = requantize_within_gate(ctx, options, calibration, path, max_tries)
         if requantized is not None:  # model.int8.onnx was replaced: check and compare the file kept
             result = requantized
             exclude = requantization["exclude"]
@@ -273,7 +272,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
         if max_tries > 0 and cpu_drift is not None and not cpu_drift.passed:
             # the same sensitivity-guided exclusions as the Q/DQ graph's, continued down the same ranking
             requantized_cpu, cpu_requantization = cpu_requantize_within_gate(
-                ctx, options, calibration, cpu_path, result.excluded_nodes, requantization, max_tries, progress=progress)
+                ctx, options, calibration, cpu_path, result.excluded_nodes, requantization, max_tries)
             if requantized_cpu is not None:
                 cpu = requantized_cpu
                 cpu_stages, cpu_rows = _int8_checked(ctx, cpu_path, "int8_cpu")

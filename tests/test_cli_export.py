@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from vitmsn.cli import group
 from vitmsn.cli.export_cmd import command as export_command
-from vitmsn.config import default_map
+from vitmsn.config import load_defaults
 
 from checkpoints import TINY_CONFIG, save_transformers
 
@@ -47,7 +47,7 @@ def test_config_file_only_run(tiny_ck: Path, tmp_path: Path) -> None:
 
 def test_command_line_beats_config_file(tiny_ck: Path, tmp_path: Path) -> None:
     (tmp_path / "vitmsn.toml").write_text(f'model = "{tiny_ck}"\nbatch = "1:2:4"\nengine = "skip"\n')
-    defaults = default_map(tmp_path, {"": {p.name for p in export_command.params}})
+    defaults = load_defaults(tmp_path, {"": {p.name for p in export_command.params}}).values
     out = tmp_path / "o"
     result = CliRunner().invoke(export_command, ["--batch", "2:8:8", "--out", str(out)], default_map=defaults)
     assert result.exit_code == 0, result.output

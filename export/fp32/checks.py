@@ -167,21 +167,17 @@ def check_runtime_parity(run_onnx: Callable[[np.ndarray], dict[str, np.ndarray]]
                          run_torch: Callable[[np.ndarray], dict[str, np.ndarray]],
                          spec: ExportSpec, *, atol: float = ATOL_FP32, rtol: float = RTOL_FP32,
                          batch_sizes: tuple[int, ...] = CHECK_BATCH_SIZES, seed: int = 0,
-                         inputs: np.ndarray | None = None, torch_chunk: int | None = None) -> StageResult:
+                         torch_chunk: int | None = None) -> StageResult:
     """Compare ``run_onnx`` with ``run_torch`` on the same inputs at each batch size.
 
-    One set of rows as large as the largest batch: ``inputs`` (real preprocessed images, [N,3,H,W]) when
-    given and large enough, else drawn from N(0, 1), the range a normalised image has. PyTorch computes
-    the reference for every row once, ``torch_chunk`` rows at a time (all at once without one), before
-    ONNX Runtime runs; each batch size compares ONNX Runtime on the first n rows with their reference.
+    One set of rows as large as the largest batch, drawn from N(0, 1), the range a normalised image has.
+    PyTorch computes the reference for every row once, ``torch_chunk`` rows at a time (all at once without
+    one), before ONNX Runtime runs; each batch size compares ONNX Runtime on the first n rows with their reference.
     """
     a = spec.arch
     largest = max(batch_sizes)
-    if inputs is not None and len(inputs) >= largest:
-        x_all = np.ascontiguousarray(inputs[:largest], dtype=np.float32)
-    else:
-        x_all = np.random.default_rng(seed).standard_normal((largest, a.num_channels, a.image_size, a.image_size),
-                                                            dtype=np.float32)
+    x_all = np.random.default_rng(seed).standard_normal((largest, a.num_channels, a.image_size, a.image_size),
+                                                        dtype=np.float32)
     ref_all = _in_chunks(run_torch, x_all, torch_chunk or largest)
     per_batch: dict[str, dict[str, Any]] = {}
     failures = []

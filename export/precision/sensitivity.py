@@ -262,19 +262,17 @@ def sensitivity_analysis(int8_path: str | Path, fp32_path: str | Path, inputs: n
 
 
 def sensitivity_for_artifacts(artifacts_dir: str | Path, images_dir: str | Path, *, samples: int = 32,
-                              precision: str = "int8", mode: str = "only", granularity: str = "block",
                               progress: bool = True) -> SensitivityResult:
     """:func:`sensitivity_analysis` of an artifacts directory's INT8 graph on ``samples`` images of ``images_dir``."""
     from vitmsn.calibration import CalibrationOptions, calibration_set_from_directory
     from vitmsn.runtime.manifest import Manifest
 
     manifest = Manifest.load(artifacts_dir)
-    if precision not in manifest.precisions:
-        raise InputError(f"{manifest.root}: no {precision} graph to analyse (it has: {', '.join(manifest.precisions)}); "
-                         f"export with --precision {precision}")
-    int8_path = manifest.verify(manifest.precision(precision))
+    if "int8" not in manifest.precisions:
+        raise InputError(f"{manifest.root}: no int8 graph to analyse (it has: {', '.join(manifest.precisions)}); "
+                         "export with --precision int8")
+    int8_path = manifest.verify(manifest.precision("int8"))
     fp32_path = manifest.verify(manifest.precision("fp32"))
     cs = calibration_set_from_directory(images_dir, manifest.preprocess.to_json(),
                                         CalibrationOptions(samples=samples, use_cache=False, progress=progress, min_images=1))
-    return sensitivity_analysis(int8_path, fp32_path, cs.tensors, mode=mode, granularity=granularity,
-                                input_name=manifest.input_name, progress=progress)
+    return sensitivity_analysis(int8_path, fp32_path, cs.tensors, input_name=manifest.input_name, progress=progress)

@@ -50,7 +50,7 @@ def records_from_validation(result: Any, by: str = "validate", report: str = "re
 
 
 def records_from_export(rows: Sequence[dict[str, Any]], manifest: Manifest, inputs: dict[str, Any] | None,
-                        enforced: bool, report: str = "report.json") -> list[VerdictRecord]:
+                        enforced: bool) -> list[VerdictRecord]:
     """One record per drift row of the export (``compare_with_reference``); none for unenforced rows."""
     if not rows or inputs is None or not (inputs.get("real_images") or enforced):
         return []
@@ -66,7 +66,7 @@ def records_from_export(rows: Sequence[dict[str, Any]], manifest: Manifest, inpu
         ref = entry.flavours.get(flavour, entry) if flavour in entry.flavours else entry
         verdict = worst([g.get("verdict", "passed" if g.get("passed") else "failed") for g in row.get("gates", [])])
         out.append(VerdictRecord(precision, row.get("backend", "onnxruntime"), flavour, verdict, ref.file, ref.sha256,
-                                 content, images, _gates(row.get("gates", [])), "export", report))
+                                 content, images, _gates(row.get("gates", [])), "export", "report.json"))
     return out
 
 

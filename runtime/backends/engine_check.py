@@ -49,7 +49,7 @@ def versions_compatible(built: str, running: str, target: str, version_compatibl
 
 
 def rebuild_command(entry: EngineEntry, manifest: "Manifest | None", root: Any = "ARTIFACTS",
-                    gpu: Gpu | None = None, model: str | None = None) -> str:
+                    gpu: Gpu | None = None) -> str:
     """The ``vitmsn-export`` command that rebuilds ``entry``'s engine with the options the manifest
     recorded. An export replaces its --out directory whole, so the command asks again for EVERY
     precision the directory holds (int8 with its recorded calibration images), never just one.
@@ -61,7 +61,7 @@ def rebuild_command(entry: EngineEntry, manifest: "Manifest | None", root: Any =
         precisions = [entry.precision]
     if entry.precision not in precisions:
         precisions.append(entry.precision)
-    source = manifest.model.source if manifest is not None else model
+    source = manifest.model.source if manifest is not None else None
     args = ["vitmsn-export", "--model", str(source or "<the model>")]
     for p in precisions:
         args += ["--precision", p]
@@ -98,7 +98,7 @@ def rebuild_command(entry: EngineEntry, manifest: "Manifest | None", root: Any =
 
 
 def engine_problems(entry: EngineEntry, *, runtime_version: str | None, gpus: Iterable[Gpu],
-                    root: Any = "ARTIFACTS", model: str | None = None, gpu_index: int = 0,
+                    root: Any = "ARTIFACTS", gpu_index: int = 0,
                     manifest: "Manifest | None" = None, with_rebuild: bool = True) -> list[str]:
     """Why the engine ``entry`` cannot run on CUDA device ``gpu_index`` here (empty when it can).
 
@@ -127,6 +127,6 @@ def engine_problems(entry: EngineEntry, *, runtime_version: str | None, gpus: It
         problems.append(f"{name}: built for compute capability {', '.join(wanted)}, but GPU {gpu.index} "
                         f"({gpu.name}) is {gpu.compute_capability}")
     if problems and with_rebuild:
-        command = rebuild_command(entry, manifest, root, gpu, model)
+        command = rebuild_command(entry, manifest, root, gpu)
         problems[-1] += f"; rebuild it for this machine: {command}; or run it with --backend onnxruntime"
     return problems

@@ -183,8 +183,3 @@ def load_defaults(cwd: Path, params: dict[str, set[str] | dict[str, Key]]) -> De
         if values:
             result[sub] = values
     return Defaults(result, path)
-
-
-def default_map(cwd: Path, params: dict[str, set[str] | dict[str, Key]]) -> dict[str, Any]:
-    """:func:`load_defaults` without the file's name."""
-    return load_defaults(cwd, params).values

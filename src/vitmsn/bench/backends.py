@@ -222,8 +222,8 @@ def onnxruntime_row(path: Path, input_name: str, *, precision: str = "fp32", dev
     return BenchRow(runner, "onnxruntime", precision, input_name, device, variant, describe, check)
 
 
-def openvino_rows(manifest: Any, input_name: str, threads: int, wants: Callable[[str, str], bool],
-                  defaults: bool = True) -> tuple[list[BenchRow], str]:
+def openvino_rows(manifest: Any, input_name: str, threads: int,
+                  wants: Callable[[str, str], bool]) -> tuple[list[BenchRow], str]:
     """The OpenVINO rows for these artifacts on this CPU, or none and the reason. ``variant`` says the
     inference precision the compiled model really ran; int8 runs at bf16 (where the CPU has it) and f32.
     The "OpenVINO defaults" rows compile the same files with no property set: on a BF16 CPU OpenVINO's
@@ -248,12 +248,11 @@ def openvino_rows(manifest: Any, input_name: str, threads: int, wants: Callable[
                      input_name, variant=f"inference {i}", describe=describe,
                      relabel=lambda r: f"inference {r.inference_precision}")
             for p, path, inference in graphs for i in inference if wants("openvino", p)]
-    if defaults:
-        for p, path, _ in graphs:
-            label = ("bf16" if bf16 else "fp32") if p in ("fp32", "bf16") else p
-            if p != "bf16" and wants("openvino", label):
-                rows.append(BenchRow(OpenVINODefaults(path, precision=label), "openvino", label, input_name,
-                                     variant="OpenVINO defaults", describe=describe))
+    for p, path, _ in graphs:
+        label = ("bf16" if bf16 else "fp32") if p in ("fp32", "bf16") else p
+        if p != "bf16" and wants("openvino", label):
+            rows.append(BenchRow(OpenVINODefaults(path, precision=label), "openvino", label, input_name,
+                                 variant="OpenVINO defaults", describe=describe))
     return rows, ""
 
 

@@ -14,7 +14,7 @@ from vitmsn.core.interrupts import exit_code_of, received
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_OK, EXIT_FAILED_GATE, EXIT_USAGE = 0, 1, 2
+EXIT_FAILED_GATE, EXIT_USAGE = 1, 2
 NO_ARTIFACTS = ("ARTIFACTS is required: pass the artifacts directory, or set out = \"...\" under [tool.vitmsn] "
                 "in pyproject.toml or in vitmsn.toml (found in this directory or one above it)")
 

@@ -79,13 +79,13 @@ def describe_manifest(m: Manifest) -> str:
     return "\n".join(lines)
 
 
-def verdict_lines(m: Manifest, on_disk: dict[str, str] | None = None) -> list[str]:
+def verdict_lines(m: Manifest) -> list[str]:
     """The per-precision verdict table from manifest.json's "verdicts" (the one place every command reads)."""
     if not m.verdicts:
         return ["verdicts   none recorded (run vitmsn validate ARTIFACTS --images DIR)"]
     lines = ["verdicts   backend      precision flavour                verdict       images  by        gates"]
     for v in sorted(m.verdicts, key=lambda r: (r.precision, r.backend, r.flavour)):
-        void = void_reason(v, m, on_disk)
+        void = void_reason(v, m)
         word = "VOID" if void else v.verdict if v.verdict == "passed" else v.verdict.upper()
         gates = "; ".join(g.describe() for g in v.gates) or "-"
         lines.append(f"           {v.backend:12s} {v.precision:9s} {v.flavour or '-':22s} {word:13s} "

@@ -194,15 +194,14 @@ def _top_k(request: Request, default: int, most: int) -> int:
     return int(raw)
 
 
-def create_app(predictor: Any, options: ServeOptions = ServeOptions(),
-               metrics: ServerMetrics | None = None) -> Starlette:
+def create_app(predictor: Any, options: ServeOptions = ServeOptions()) -> Starlette:
     """The ASGI app serving ``predictor`` (a :class:`vitmsn.runtime.Predictor`, not closed here)."""
     manifest = predictor.manifest
     logits = next((o for o in manifest.outputs if o.name == "logits"), None)
     if logits is None:
         raise InputError(f"{manifest.root}: a {manifest.task} model has no logits; vitmsn serve answers /predict "
                          "with class labels and needs an image-classification export")
-    metrics = metrics or ServerMetrics()
+    metrics = ServerMetrics()
     most = max(1, min(int(logits.shape[-1]), MAX_TOP_K))
     metrics.model_info.labels(str(predictor.manifest.model.source or predictor.manifest.root),
                               predictor.backend, predictor.precision).set(1)
