@@ -102,13 +102,14 @@ def ours(work: Path, shape: str, precision: str, ck: Path, memory_limit: str | N
     if manifest.exists():
         m = json.loads(manifest.read_text())
         resources = m.get("resources", {})
-        rows = [{"stage": "onnx_export", **resources.get("onnx_export", {})}] + [
-            r for r in resources.get("stages", []) if r.get("seconds") is not None]
+        # every step of the run with its wall time and peak RSS (the stages' own times miss the conversions)
+        rows = [{"stage": r["step"].split(" (")[0].split(":")[0], **r} for r in resources.get("steps", [])]
         if rows:
             slow = max(rows, key=lambda r: r.get("seconds") or 0)
             high = max(rows, key=lambda r: r.get("peak_rss_mb") or 0)
             row["slowest_stage"] = f"{slow['stage']} {slow['seconds']:.0f}s"
             row["peak_stage"] = f"{high['stage']} {high['peak_rss_mb'] / 1000:.1f} GB"
+            row["steps"] = {r["step"]: [r["seconds"], r["peak_rss_mb"]] for r in resources["steps"]}
         row["files_mb"] = {p.name: round(p.stat().st_size / 1e6, 1) for p in sorted(out.glob("*.onnx"))}
         parity = m["precisions"]["fp32"].get("validation", {}).get("onnxruntime_parity", {})
         sizes = re.search(r"batch sizes (\[[\d, ]+\])", parity.get("detail", ""))
@@ -136,7 +137,7 @@ def markdown(rows: list[dict[str, object]], machine: str) -> str:
              f"Measured by `python benchmarks/scale.py` on {machine}, one export at a time, `/usr/bin/time -v`; random "
              "weights in the published shapes (ViTMSNModel backbones, 224x224), default options, `--engine skip`. "
              "INT8 with random weights fails its drift gate by design (exit 1, ENVIRONMENT.md).", "",
-             "| shape | tool | precision | exit | wall | peak RSS | slowest stage | peak set by | parity batches | files (MB) |",
+             "| shape | tool | precision | exit | wall | peak RSS | slowest step | peak set by (step) | parity batches | files (MB) |",
              "|---|---|---|---:|---:|---:|---|---|---|---|"]
     for r in rows:
         files = ", ".join(f"{k} {v:g}" for k, v in (r.get("files_mb") or {}).items())

@@ -152,6 +152,7 @@ def _preload(opts: ExportOptions, build_engines: bool) -> None:
 def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[ExportResult, str | None]:
     """The run, written into ``out`` (the staging directory); the second value is the ValidationFailed
     message when a check failed."""
+    stages = StageLog()  # each check as it finishes, and every step of the run, with its time and peak RSS
     activity(f"loading checkpoint {opts.model}")
     fewshot = None
     if opts.fewshot is not None or opts.fewshot_labels is not None:
@@ -215,7 +216,6 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     parity = opts.parity_batch or checks.parity_batch_sizes(opts.batch.min, opts.batch.opt, opts.batch.max)
     activity(f"checking {fp32_path.name}: onnx.checker, I/O signature, ONNX Runtime parity at batch "
              f"{', '.join(map(str, parity))} (within memory)")
-    stages = StageLog()  # each check is timed, with its peak RSS, as it finishes
     fp32_stages(fp32_path, spec, model, opts.batch, parity_sizes=parity, into=stages)
     release_memory()  # the parity check's ONNX Runtime session is gone: its memory too, before the fusions
     skeleton = manifest_skeleton(opts, ck, spec, root=out)
@@ -309,7 +309,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     extra.update(notes=list(notes), total_seconds=round(time.perf_counter() - started, 2),
                  # where time and memory went: the torch.onnx export, then each stage (stage_table prints them)
                  resources={"peak_rss_mb": round(PeakRss.high_water() / 1e6), "onnx_export": export_resources,
-                            "stages": stages.resources()})
+                            "stages": stages.resources(), "steps": stages.step_resources()})
     result.manifest = replace(result.manifest, extra=extra)
     # the one verdict (manifest.json "verdicts"): the drift rows on held-out images, then --validate-images' run
     records = records_from_export(rows, result.manifest, inputs.describe() if inputs else None, opts.fail_on_drift)

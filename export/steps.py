@@ -201,6 +201,13 @@ def _keep_passing(rq: Any, built: dict[Path, R], path: Path) -> tuple[R | None, 
     return final, record
 
 
+def _a_gate_failed(drift: checks.StageResult | None) -> bool:
+    """Only a gate that failed is re-quantized for; an inconclusive one needs more held-out images, not fewer INT8
+    blocks."""
+    return drift is not None and not drift.passed and any(g.get("verdict") == "failed"
+                                                           for g in drift.metrics.get("gates", []))
+
+
 def _requantization_stage(record: dict[str, Any], label: str = "int8") -> checks.StageResult:
     tries = record["tries"]
     n = len(tries) - 1  # try 0 is the graph as first quantized
@@ -240,9 +247,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
     requantization = None
     exclude = list(options.exclude)
     drift = next((s for s in stages if s.stage == "drift_int8"), None)
-    # only a gate that failed is re-quantized for; an inconclusive one needs more held-out images, not fewer INT8 blocks
-    failed_gate = drift is not None and any(g.get("verdict") == "failed" for g in drift.metrics.get("gates", []))
-    if max_tries > 0 and drift is not None and not drift.passed and failed_gate:
+    if max_tries > 0 and _a_gate_failed(drift):
         requantized, requantization = requantize_within_gate(ctx, options, calibration, path, max_tries)
         if requantized is not None:  # model.int8.onnx was replaced: check and compare the file kept
             result = requantized
@@ -269,7 +274,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
         cpu_stages, cpu_rows = _int8_checked(ctx, cpu_path, "int8_cpu")
         cpu_drift = next((s for s in cpu_stages if s.stage == "drift_int8_cpu"), None)
         cpu_requantization = None
-        if max_tries > 0 and cpu_drift is not None and not cpu_drift.passed:
+        if max_tries > 0 and _a_gate_failed(cpu_drift):
             # the same sensitivity-guided exclusions as the Q/DQ graph's, continued down the same ranking
             requantized_cpu, cpu_requantization = cpu_requantize_within_gate(
                 ctx, options, calibration, cpu_path, result.excluded_nodes, requantization, max_tries)

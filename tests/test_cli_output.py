@@ -70,6 +70,33 @@ def test_stage_log_prints_each_stage_when_added_and_the_table() -> None:
     assert all(r["peak_rss_mb"] > 0 and r["seconds"] >= 0 for r in stages.resources())
 
 
+def test_time_goes_to_the_steps_that_spent_it_not_to_the_first_check_reported_after_them() -> None:
+    """A step that converts and then reports its checks together (the INT8 step: calibration, CPU placement, then
+    seven stages at once) spent its time converting: its stages get no time of their own, and the step timeline
+    says where the time went, each step with its own wall time."""
+    buf = io.StringIO()
+    con = console()
+    saved = con.pinned
+    con.pinned = buf
+    try:
+        stages = StageLog()
+        activity("calibrating")
+        time.sleep(0.4)
+        activity("placing for the CPU")
+        time.sleep(0.2)
+        stages += [SimpleNamespace(stage="checker", passed=True, detail="fine"),
+                   SimpleNamespace(stage="drift", passed=True, detail="fine")]
+        steps = stages.step_resources()
+    finally:
+        con.pinned = saved
+    assert [r["seconds"] for r in stages.resources()] == [None, None]
+    assert [s["step"] for s in steps] == ["calibrating", "placing for the CPU"]
+    assert 0.4 <= steps[0]["seconds"] < 0.6 and 0.2 <= steps[1]["seconds"] < 0.4, steps
+    table = stage_table(stages)
+    assert re.search(r"ok\s+checker\s+fine", table), table  # no time column filled for it
+    assert re.search(r"time by step.*\n\s+0\.[45]s\s+\d+\.\d GB\s+calibrating\n\s+0\.[23]s\s+\d+\.\d GB\s+placing", table), table
+
+
 def test_the_stage_table_says_inconclusive_where_the_gates_could_not_decide() -> None:
     """A drift stage whose only unmet gate is inconclusive (too few images) is not a FAIL; one failed gate is."""
     from vitmsn.export.fp32.checks import StageResult

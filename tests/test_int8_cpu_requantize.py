@@ -94,3 +94,20 @@ def test_cpu_flavour_failing_its_gate_is_requantized_with_sensitive_blocks_in_fp
     assert report["requantize_int8_cpu"]["passed"] and report["drift_int8_cpu"]["passed"]
     assert result.exit_code == 0, result.output
     assert not [p for p in out.iterdir() if p.name.startswith(".requantize")]
+
+
+def test_cpu_flavour_whose_gate_is_only_undecided_is_not_requantized(planted, tmp_path):
+    """Too few held-out images to decide the CPU flavour's gate: more images would decide it, fewer INT8 blocks
+    would not. As for the Q/DQ graph, nothing is re-quantized and the run ends inconclusive, not failed."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(export_command, [
+        "--model", str(planted["ck"]), "--out", str(out), "--engine", "skip", "--batch", "1:4:8",
+        "--precision", "int8", "--calib-images", str(planted["calib"]), "--calib-samples", "16",
+        "--calib-min-images", "4", "--calib-cache", str(planted["cache"]), "--int8-max-tries", "2"],
+        catch_exceptions=False)
+    report = {s["stage"]: s for s in json.loads((out / "report.json").read_text())["stages"]}
+    verdicts = {g["verdict"] for g in report["drift_int8_cpu"]["metrics"]["gates"]}
+    assert "inconclusive" in verdicts and "failed" not in verdicts, report["drift_int8_cpu"]
+    assert "requantize_int8_cpu" not in report, report["requantize_int8_cpu"]
+    assert "requantization" not in json.loads((out / "manifest.json").read_text())["precisions"]["int8"]["onnxruntime_cpu"]
+    assert result.exit_code == 1 and "INCONCLUSIVE" in result.output and "FAILED" not in result.output, result.output

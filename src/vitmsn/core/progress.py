@@ -75,9 +75,10 @@ def say(text: str) -> None:
 
 def activity(text: str) -> None:
     """Name the step now running (the heartbeat repeats it); printed at once as ``... text``."""
-    _CONSOLE.step = (text, time.monotonic())
-    if isinstance(_CONSOLE.stages, StageLog):  # the next stage's peak RSS counts from here, as its time does
+    if isinstance(_CONSOLE.stages, StageLog):  # the step before ends here; the next stage's peak RSS counts from here
+        _CONSOLE.stages.close_step()
         _CONSOLE.stages._rss.start()
+    _CONSOLE.step = (text, time.monotonic())
     _CONSOLE.line(f"[{_CONSOLE.elapsed():6.1f}s] ... {text}")
 
 
@@ -223,25 +224,40 @@ def _sample_forever() -> None:
 
 class StageLog(list):  # type: ignore[type-arg]
     """A list of stage results that prints each one when it is added, with the time since the one before and the
-    peak RSS meanwhile (the first stage of what is added at once gets them; the others, None)."""
+    peak RSS meanwhile. Stages added together (a step's checks, reported at its end) get none: their step's time
+    covers its own work too (a conversion, a calibration). Where the time went is :attr:`steps`: every
+    :func:`activity` step while the log is open, with its wall time and peak RSS."""
 
     def __init__(self, items: Iterable[Any] = ()) -> None:
         super().__init__()
         self.seconds: list[float | None] = []
         self.peak_rss: list[int | None] = []
+        self.steps: list[dict[str, Any]] = []
         self._mark = time.monotonic()
         self._rss = PeakRss().start()
+        self._step_rss = PeakRss().start()
+        self._opened, self._recorded = self._mark, 0.0
         _CONSOLE.stages = self
         self.extend(items)
+
+    def close_step(self) -> None:
+        """Record the step now running (begun while this log was open, not yet recorded); the next one's peak
+        RSS counts from here."""
+        text, since = _CONSOLE.step
+        if text and since >= self._opened and since != self._recorded:
+            self.steps.append({"step": text, "seconds": round(time.monotonic() - since, 2),
+                               "peak_rss_mb": round(self._step_rss.peak() / 1e6)})
+            self._recorded = since
+        self._step_rss.start()
 
     def _announce(self, new: list[Any]) -> None:
         now = time.monotonic()
         self._mark = max(self._mark, _CONSOLE.step[1])  # a stage's time counts from its step's start
         peak = self._rss.peak()
         for i, stage in enumerate(new):
-            took = now - self._mark if i == 0 else None
+            took = now - self._mark if len(new) == 1 else None
             self.seconds.append(took)
-            self.peak_rss.append(peak if i == 0 else None)
+            self.peak_rss.append(peak if len(new) == 1 else None)
             say(f"[{_CONSOLE.elapsed():6.1f}s] " + stage_line(stage, took))
         self._mark = now
         self._rss.start()
@@ -251,6 +267,11 @@ class StageLog(list):  # type: ignore[type-arg]
         return [{"stage": s.stage, "seconds": None if t is None else round(t, 2),
                  "peak_rss_mb": None if m is None else round(m / 1e6)}
                 for s, t, m in zip(self, self.seconds, self.peak_rss)]
+
+    def step_resources(self) -> list[dict[str, Any]]:
+        """Every step of the run so far (the one running included) with its seconds and peak RSS (MB), in order."""
+        self.close_step()
+        return list(self.steps)
 
     def append(self, item: Any) -> None:
         super().append(item)
@@ -272,8 +293,8 @@ class StageLog(list):  # type: ignore[type-arg]
 
 def stage_table(stages: Iterable[Any]) -> str:
     """Every stage, one line each, in run order, with a closing count; a :class:`StageLog`'s also with each stage's
-    time and peak RSS (blank for the stages that finished with the one before)."""
-    seconds, peaks = getattr(stages, "seconds", []), getattr(stages, "peak_rss", [])
+    time and peak RSS (blank for stages reported together), then the time and peak RSS of every step of the run."""
+    seconds, peaks, steps = (getattr(stages, a, []) for a in ("seconds", "peak_rss", "steps"))
     stages = list(stages)
     width = max((len(s.stage) for s in stages), default=5)
     lines = [f"stages ({sum(s.passed for s in stages)} of {len(stages)} passed):"]
@@ -286,10 +307,17 @@ def stage_table(stages: Iterable[Any]) -> str:
         peak = peaks[i] if i < len(peaks) else None
         columns = ""
         if seconds:
-            columns = (f"{'' if took is None else (f'{took:.1f}s' if took < 90 else _duration(took)):>6s} "
+            columns = (f"{'' if took is None else _took(took):>6s} "
                        f"{'' if peak is None else f'{peak / 1e9:.1f} GB':>8s}  ")
         lines.append(f"  {status:{status_width}s} {s.stage:{width}s}  {columns}{s.detail}")
+    if steps:
+        lines.append("time by step (wall, peak RSS):")
+        lines += [f"  {_took(st['seconds']):>6s} {st['peak_rss_mb'] / 1e3:6.1f} GB  {st['step']}" for st in steps]
     return "\n".join(lines)
+
+
+def _took(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 90 else _duration(seconds)
 
 
 # ---- heartbeat ----------------------------------------------------------------------------------
