@@ -32,24 +32,30 @@ class CalibrationReader:
         self.batch_size = batch_size
         self.input_name = input_name
         self._next = 0
+        self._end = len(self.tensors)
 
     def __len__(self) -> int:
         """Number of batches."""
         return -(-len(self.tensors) // self.batch_size)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Read only batches ``start_index`` to ``end_index`` (exclusive) from now on: ONNX Runtime's strided
+        calibration (``CalibStridedMinMax``) collects one range at a time."""
+        self._next, self._end = start_index * self.batch_size, min(end_index * self.batch_size, len(self.tensors))
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self.tensors), self.batch_size):
             yield {self.input_name: self.tensors[start:start + self.batch_size]}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self.tensors):
+        if self._next >= self._end:
             return None
         batch = self.tensors[self._next:self._next + self.batch_size]
         self._next += self.batch_size
         return {self.input_name: batch}
 
     def rewind(self) -> None:
-        self._next = 0
+        self._next, self._end = 0, len(self.tensors)
 
 
 def as_ort_reader(reader: CalibrationReader) -> Any:
@@ -62,6 +68,9 @@ def as_ort_reader(reader: CalibrationReader) -> Any:
 
         def rewind(self) -> None:
             reader.rewind()
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            reader.set_range(start_index, end_index)
 
         def __len__(self) -> int:
             return len(reader)

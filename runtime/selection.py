@@ -35,15 +35,14 @@ BACKENDS = ("auto", *REGISTRY)
 
 
 def choose(manifest: Manifest, backend: str = "auto", precision: str | None = None) -> Choice:
-    """The backend and precision to run (the rule in the module docstring), with the verdict's note."""
+    """The backend and precision to run (the rule in the module docstring), with the verdict's line."""
     choice = _choose(manifest, backend, precision)
     failed = failed_precisions(manifest).get(choice.precision)
     if precision in (None, "", "auto") and failed is not None:  # e.g. OpenVINO's fp32 when fp32 itself failed
         raise InputError(f"{manifest.root}: automatic selection found only {choice.precision} to run here, and it "
                          f"failed its latest verdict ({failed.name}: {failed.reason()}); pass --precision "
                          f"{choice.precision} to run it anyway, or re-export")
-    note = verdict_note(manifest, choice.precision)
-    return replace(choice, notes=(*choice.notes, note)) if note else choice
+    return replace(choice, verdict=verdict_note(manifest, choice.precision))
 
 
 def _choose(manifest: Manifest, backend: str, precision: str | None) -> Choice:

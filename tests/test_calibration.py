@@ -154,6 +154,22 @@ def test_reader_is_a_plain_iterable_and_an_ort_reader() -> None:
     assert [even_batch_size(n) for n in (32, 33, 37, 7, 1)] == [8, 3, 1, 7, 1]
 
 
+def test_strided_collection_reads_every_batch_once_one_range_at_a_time() -> None:
+    """ONNX Runtime's strided calibration (what the CPU INT8 flavour uses so that one batch's activations, not the
+    whole set's, are held at a time) calls set_range(start, start + stride) in batches, then reads to the end of
+    each range: every calibration tensor must arrive exactly once, in order."""
+    x = np.arange(7 * 3 * 2 * 2, dtype=np.float32).reshape(7, 3, 2, 2)
+    ort_reader = as_ort_reader(CalibrationReader(x, batch_size=2))
+    seen = []
+    for start in range(0, len(ort_reader), 1):  # quantize_static's loop with CalibStridedMinMax = 1
+        ort_reader.set_range(start_index=start, end_index=start + 1)
+        while (batch := ort_reader.get_next()) is not None:
+            seen.append(batch["pixel_values"])
+    assert [b.shape[0] for b in seen] == [2, 2, 2, 1] and np.array_equal(np.concatenate(seen), x)
+    ort_reader.rewind()  # a rewind reads the whole set again
+    assert sum(b["pixel_values"].shape[0] for b in iter(ort_reader.get_next, None)) == 7
+
+
 def test_cli_int8_with_too_few_images_exits_2_before_writing(tmp_path: Path) -> None:
     from checkpoints import TINY_CONFIG, save_transformers
 

@@ -38,6 +38,7 @@ class Choice:
     providers: tuple[str, ...] = ()
     inference_precision: str | None = None  # OpenVINO only: "f32" or "bf16", what the CPU runs
     notes: tuple[str, ...] = field(default=())
+    verdict: str | None = None  # the line for a precision whose latest verdict is not plainly passed (selection's)
 
     @property
     def ref(self) -> FileRef:

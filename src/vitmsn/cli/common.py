@@ -73,10 +73,12 @@ def need_artifacts(artifacts: Path | str | None) -> Path:
     return Path(artifacts)
 
 
-def show_choice_notes(verbose: bool, asked: bool) -> bool:
-    """Whether predict/serve print the runtime's notes on what it did not use: with -v, when the user asked for a
-    backend or precision, or on a machine with a CUDA GPU (an engine not used there is news); on a CPU machine
-    nobody asked for TensorRT, so its absence is not worth a line."""
+def choice_notes(choice: Any, verbose: bool, asked: bool) -> list[str]:
+    """What predict/serve say at start-up about the runtime's choice: the verdict's line for a precision not plainly
+    passed, always; the notes on what it did not use with -v, when the user asked for a backend or precision, or on
+    a machine with a CUDA GPU (an engine not used there is news); on a CPU machine nobody asked for TensorRT, so its
+    absence is not worth a line."""
     from vitmsn.runtime.backends.device import has_cuda_gpu
 
-    return verbose or asked or has_cuda_gpu()
+    notes = list(choice.notes) if verbose or asked or has_cuda_gpu() else []
+    return ([choice.verdict] if choice.verdict else []) + notes

@@ -23,7 +23,7 @@ import click
 
 from vitmsn.cli.common import EXIT_USAGE, handle_errors, need_artifacts
 from vitmsn.runtime.images.read import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_FILE_BYTES
-from vitmsn.cli.common import EXIT_USAGE, handle_errors, need_artifacts, show_choice_notes
+from vitmsn.cli.common import EXIT_USAGE, handle_errors, need_artifacts, choice_notes
 
 
 def _entries(inputs: tuple[str, ...], results: list[Any]) -> list[dict[str, Any]]:
@@ -146,7 +146,7 @@ def command(paths: tuple[str, ...], artifacts: str | None, backend: str, precisi
 
     with Predictor.from_artifacts(artifacts_dir, backend=backend, precision=None if precision == "auto" else precision,
                                   batch_size=batch_size, threads=threads, draft=draft) as predictor:
-        for note in predictor.choice.notes if show_choice_notes(verbose, backend != "auto" or precision != "auto") else ():
+        for note in choice_notes(predictor.choice, verbose, backend != "auto" or precision != "auto"):
             click.echo(f"note: {note}", err=True)
         if not as_json:
             click.echo(f"running: {predictor.describe()}", err=True)

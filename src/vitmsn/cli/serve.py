@@ -15,7 +15,7 @@ import click
 
 from vitmsn.runtime.images.read import DEFAULT_MAX_DECODE_BYTES
 
-from .common import artifacts_argument, handle_errors, need_artifacts, show_choice_notes
+from .common import artifacts_argument, handle_errors, need_artifacts, choice_notes
 
 
 @click.command("serve")
@@ -81,7 +81,7 @@ def command(artifacts: Path | None, host: str, port: int, backend: str, precisio
                            max_receiving_bytes=max_receiving_bytes, max_decode_bytes=int(max_decode_mb * 2**20))
     with Predictor.from_artifacts(artifacts, backend=backend, precision=precision and precision.lower(),
                                   threads=threads, draft=draft) as predictor:
-        for note in predictor.choice.notes if show_choice_notes(verbose, backend != "auto" or bool(precision)) else ():
+        for note in choice_notes(predictor.choice, verbose, backend != "auto" or bool(precision)):
             click.echo(f"note: {note}", err=True)  # e.g. an engine that cannot start here
         sock = bind_socket(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
