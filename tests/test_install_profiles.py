@@ -64,18 +64,19 @@ COMMANDS = {
     "validate": ["vitmsn", "validate", "ARTIFACTS", "--images", "IMAGES"],
     "bench": ["vitmsn", "bench", "ARTIFACTS"],
     "export": ["vitmsn-export", "--model", "demo", "--out", "OUT"],
+    "cache": ["vitmsn", "cache"],
 }
 OK = "ok"
 # profile -> command -> "ok" or the extras the one-line hint must name (no NVIDIA GPU is visible: CPU backend 'cpu')
 EXPECTED = {
     "none": {"help": "cli", "predict": "cli,cpu", "inspect": "cli", "triton": "triton", "serve": "serve,cpu",
-             "validate": "export", "bench": "export", "export": "export"},
+             "validate": "export", "bench": "export", "export": "export", "cache": "cli"},
     "cpu": {"help": "cli", "predict": "cli", "inspect": "cli", "triton": "triton", "serve": "serve",
-            "validate": "export", "bench": "export", "export": "export"},
+            "validate": "export", "bench": "export", "export": "export", "cache": "cli"},
     "onnxruntime": {"help": "cli", "predict": "cli", "inspect": "cli", "triton": "triton", "serve": "serve",
-                    "validate": "export", "bench": "export", "export": "export"},
+                    "validate": "export", "bench": "export", "export": "export", "cache": "cli"},
     "openvino": {"help": "cli", "predict": "cli", "inspect": "cli", "triton": "triton", "serve": "serve",
-                 "validate": "export", "bench": "export", "export": "export"},
+                 "validate": "export", "bench": "export", "export": "export", "cache": "cli"},
     "export": {"help": OK, "predict": OK, "inspect": OK, "triton": "triton", "serve": "serve",
                "validate": OK, "bench": OK, "export": OK},
     "serve": {"help": OK, "predict": "cpu", "inspect": OK, "triton": "triton", "serve": "cpu",
@@ -108,7 +109,8 @@ def test_command_in_profile_works_or_names_the_extra(profile: str, command: str,
         args = [a for a in args if a in ("validate", "bench")] + ["--help"]
     hidden = [m for m in OPTIONAL if m not in PROFILES[profile]]
     env = dict(os.environ, PYTHONPATH=f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               VITMSN_TEST_HIDE=",".join(hidden), CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
+               VITMSN_TEST_HIDE=",".join(hidden), CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
+               VITMSN_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run([str(Path(sys.executable).parent / script), *args], capture_output=True, text=True,
                           timeout=300, env=env, cwd=tmp_path)
     assert "Traceback" not in proc.stderr, proc.stderr
