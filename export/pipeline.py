@@ -41,9 +41,9 @@ from vitmsn.export.validation.comparison import calibration_content, comparison_
 from vitmsn.export.validation.drift_report import VALIDATION_STAGE, validation_stage, write_drift_reports
 from vitmsn.export.engines.builder import builder_status, check_engine_options
 from vitmsn.export.options import ExportOptions
-from vitmsn.export.precision.fp16 import Fp16Options
+from vitmsn.export.precision.fp16 import Fp16Options, reference_batch
 from vitmsn.export.precision.int8 import Int8Options
-from vitmsn.export.fp32.memory import batch_within_memory, release_memory
+from vitmsn.export.fp32.memory import available_memory, batch_within_memory, release_memory
 from vitmsn.export.fp32.onnx_export import onnx_from_model
 from vitmsn.export.steps import StepContext, engine_step, file_ref, fp16_step, int8_step, validation_record
 from vitmsn.export.staging import StagedOutput
@@ -253,6 +253,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
         if "fp16" in opts.precisions:
             activity("FP16: ModelOpt AutoCast, then checks and drift against PyTorch FP32")
             entry, new, r = fp16_step(ctx, Fp16Options(io_dtype="float16" if opts.fp16_io else "float32",
+                                                       reference_batch=reference_batch(spec.arch, available_memory().usable),
                                                        verbose=opts.verbose), calibration)
             precisions["fp16"] = entry
             release_memory()

@@ -48,7 +48,7 @@ def test_layernorm_stays_fp32_matmuls_become_fp16_io_stays_fp32(tiny_fp32: Path,
     assert set(kept) == set(ln) and all("LayerNorm" in k["reason"] for k in kept.values())
     entry = r.to_manifest()
     assert entry["kept_fp32"]["by_op_type"] == {"LayerNormalization": len(ln)}
-    assert entry["io_dtype"] == "float32" and entry["range_check"]["reference"] == "8 calibration images"
+    assert entry["io_dtype"] == "float32" and entry["range_check"]["reference"] == "8 calibration images, 4 per run"
     half = {i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
     assert any(i in half for n in m.graph.node if n.op_type == "MatMul" for i in n.input)
 
@@ -83,7 +83,7 @@ def test_demo_fp16_matches_fp32_on_heldout_images(tmp_path_factory: pytest.TempP
     entry = Manifest.load(run["out"]).data["precisions"]["fp16"]
     n_ln = sum(1 for n in onnx.load(str(out / "model.fp16.onnx")).graph.node if n.op_type == "LayerNormalization")
     assert entry["kept_fp32"]["by_op_type"].get("LayerNormalization") == n_ln and entry["io_dtype"] == "float32"
-    assert entry["range_check"]["reference"] == "16 calibration images"
+    assert entry["range_check"]["reference"] == "16 calibration images, 4 per run"
 
 
 def test_kept_fp32_list_comes_from_the_graph_not_the_log(tiny_fp32: Path, tmp_path: Path, monkeypatch) -> None:

@@ -226,3 +226,19 @@ def test_fused_fp32_flavour_is_not_run_when_the_optimizer_cannot_fit(demo_artifa
     assert stage.detail.startswith("not run: ONNX Runtime's transformer optimizer needs about ")
     assert "0 MB usable of 0 MB available (VITMSN_MEMORY_LIMIT less this process's RSS)" in stage.detail
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_autocast_runs_its_range_check_in_batches_that_hold_every_intermediate_output() -> None:
+    """AutoCast's FP16 range check exposes every intermediate output, so one run holds all layers' activations:
+    ViT-L/7 at its default 4 images per run peaked at 24.1 GB of a 24 GiB machine. Per image, by hand: 16 heads x
+    1,025^2 scores x 1.6 copies + 1,025 x (8 x 1,024 + 2 x 4,096) dense values, 4 bytes, 24 layers = 4.2 GB."""
+    from vitmsn.export.precision.fp16 import reference_batch
+
+    l7 = ViTMSNArch(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                    patch_size=7)
+    by_hand = (16 * 1025**2 * 1.6 + 1025 * (8 * 1024 + 2 * 4096)) * 4 * 24
+    assert 4.1 * GB < by_hand < 4.3 * GB
+    assert reference_batch(l7, int(12 * GB)) == 2  # 2 x 4.2 GB fits in 12 GB, 3 do not
+    assert reference_batch(l7, int(3 * GB)) == 1  # never fewer than one image
+    s16 = ViTMSNArch(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536)
+    assert reference_batch(s16, int(12 * GB)) == 4  # small models keep AutoCast's 4 per run

@@ -56,6 +56,7 @@ class Fp16Options:
     keep_fp32_nodes: tuple[str, ...] = ()  # regular expressions over node names
     data_max: float = DEFAULT_DATA_MAX
     reference_samples: int = DEFAULT_REFERENCE_SAMPLES  # images AutoCast's range check runs on
+    reference_batch: int = 4  # images per run of it (every intermediate output is held at once: see reference_batch)
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -90,6 +91,17 @@ class Fp16Result:
         }
 
 
+def reference_batch(arch: Any, usable_bytes: int, most: int = 4) -> int:
+    """Images per run of AutoCast's range check that fit in ``usable_bytes``: it runs the graph with every
+    intermediate output exposed, so one run holds every layer's activations at once, about the number of layers
+    times one forward pass's peak per image (ViT-L/7: 4.2 GB per image; at 4 images its FP16 step peaked at 24.1 GB
+    of a 24 GiB machine). Its statistics are per tensor over all runs, so fewer images per run lose nothing."""
+    from vitmsn.export.fp32.memory import activation_bytes
+
+    per_image = activation_bytes(arch, 1) * arch.num_hidden_layers
+    return max(1, min(most, usable_bytes // per_image))
+
+
 def _write_reference_batches(tensors: np.ndarray, input_name: str, folder: Path, batch: int = 4) -> None:
     """AutoCast reads a folder of .npz files as several batches and keeps only per-tensor statistics."""
     for i, start in enumerate(range(0, len(tensors), batch)):
@@ -111,9 +123,9 @@ def fp16_onnx_from_fp32(fp32_path: str | Path, out_path: str | Path, *, options:
         reference = "random inputs in [-1, 1] (no calibration images)"
         if reference_inputs is not None and len(reference_inputs):
             ref = reference_inputs[: options.reference_samples]
-            _write_reference_batches(ref, input_name, Path(tmp))
+            _write_reference_batches(ref, input_name, Path(tmp), options.reference_batch)
             calibration_data = tmp
-            reference = f"{len(ref)} calibration images"
+            reference = f"{len(ref)} calibration images, {options.reference_batch} per run"
         with captured_modelopt_logs(options.verbose) as messages:
             model = convert_to_mixed_precision(
                 str(fp32_path),
