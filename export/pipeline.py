@@ -41,7 +41,7 @@ from vitmsn.export.validation.comparison import calibration_content, comparison_
 from vitmsn.export.validation.drift_report import VALIDATION_STAGE, validation_stage, write_drift_reports
 from vitmsn.export.engines.builder import builder_status, check_engine_options
 from vitmsn.export.options import ExportOptions
-from vitmsn.export.precision.fp16 import Fp16Options, reference_batch
+from vitmsn.export.precision.fp16 import Fp16Options, reference_samples
 from vitmsn.export.precision.int8 import Int8Options
 from vitmsn.export.fp32.memory import available_memory, batch_within_memory, release_memory
 from vitmsn.export.fp32.onnx_export import onnx_from_model
@@ -55,7 +55,7 @@ from vitmsn.export.validation.recording import records_from_export, records_from
 from vitmsn.export.validation.inputs import image_set
 from vitmsn.export.fp32.stages import FUSED_FP32_FILE, fp32_stages, fused_fp32_step, torch_runner
 from vitmsn.export.manifest_skeleton import manifest_skeleton
-from vitmsn.core.progress import PeakRss, StageLog, activity
+from vitmsn.core.progress import PeakRss, StageLog, activity, say
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +252,12 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
         ctx = StepContext(out, fp32_path, spec, inputs, reference, opts.gates, opts.fail_on_drift, opts.verbose)
         if "fp16" in opts.precisions:
             activity("FP16: ModelOpt AutoCast, then checks and drift against PyTorch FP32")
+            samples, skipped = reference_samples(spec.arch, available_memory().usable)
+            if skipped:  # said before it runs, and recorded (range_check.reference)
+                say(f"note: {skipped}")
+                notes.append(skipped)
             entry, new, r = fp16_step(ctx, Fp16Options(io_dtype="float16" if opts.fp16_io else "float32",
-                                                       reference_batch=reference_batch(spec.arch, available_memory().usable),
+                                                       reference_samples=samples, range_check_skipped=skipped,
                                                        verbose=opts.verbose), calibration)
             precisions["fp16"] = entry
             release_memory()

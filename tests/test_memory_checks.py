@@ -228,17 +228,24 @@ def test_fused_fp32_flavour_is_not_run_when_the_optimizer_cannot_fit(demo_artifa
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_autocast_runs_its_range_check_in_batches_that_hold_every_intermediate_output() -> None:
-    """AutoCast's FP16 range check exposes every intermediate output, so one run holds all layers' activations:
-    ViT-L/7 at its default 4 images per run peaked at 24.1 GB of a 24 GiB machine. Per image, by hand: 16 heads x
-    1,025^2 scores x 1.6 copies + 1,025 x (8 x 1,024 + 2 x 4,096) dense values, 4 bytes, 24 layers = 4.2 GB."""
-    from vitmsn.export.precision.fp16 import reference_batch
+def test_autocast_range_check_runs_on_as_many_images_as_all_their_intermediate_outputs_fit() -> None:
+    """AutoCast's FP16 range check holds every intermediate output of every reference image at once: ViT-L/7 on
+    one image peaked at 22.3 GB. By hand, per image: (heads x tokens^2 x 1.6 + tokens x (8 x hidden + 2 x
+    intermediate)) x 4 bytes x layers x 4, beside 4 copies of the weights (12 x hidden^2 x layers x 4 bytes);
+    as many images as fit (at most 16), none when one does not (said)."""
+    from vitmsn.export.precision.fp16 import reference_samples
 
+    def by_hand(heads: int, tokens: int, hidden: int, inter: int, layers: int) -> float:
+        return (heads * tokens**2 * 1.6 + tokens * (8 * hidden + 2 * inter)) * 4 * layers * 4
+
+    l16 = ViTMSNArch(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+    assert 1.6 * GB < by_hand(16, 197, 1024, 4096, 24) < 1.65 * GB
+    assert 4 * 12 * 1024**2 * 24 * 4 == 4_831_838_208
+    assert reference_samples(l16, int(12 * GB)) == (4, None)  # 4.83 GB + 4 x 1.62 GB fit in 12 GB, + 5 do not
+    b16 = ViTMSNArch()
+    assert reference_samples(b16, int(12 * GB)) == (16, None)  # at most the 16 images it asks for
     l7 = ViTMSNArch(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                     patch_size=7)
-    by_hand = (16 * 1025**2 * 1.6 + 1025 * (8 * 1024 + 2 * 4096)) * 4 * 24
-    assert 4.1 * GB < by_hand < 4.3 * GB
-    assert reference_batch(l7, int(12 * GB)) == 2  # 2 x 4.2 GB fits in 12 GB, 3 do not
-    assert reference_batch(l7, int(3 * GB)) == 1  # never fewer than one image
-    s16 = ViTMSNArch(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536)
-    assert reference_batch(s16, int(12 * GB)) == 4  # small models keep AutoCast's 4 per run
+    assert 16.7 * GB < by_hand(16, 1025, 1024, 4096, 24) < 16.9 * GB
+    n, why = reference_samples(l7, int(15 * GB))
+    assert n == 0 and "not run" in why and "16.8 GB for one image beside 4.8 GB" in why and "15.0 GB usable" in why

@@ -55,8 +55,8 @@ class Fp16Options:
     keep_fp32_op_types: tuple[str, ...] = LAYERNORM_OP_TYPES
     keep_fp32_nodes: tuple[str, ...] = ()  # regular expressions over node names
     data_max: float = DEFAULT_DATA_MAX
-    reference_samples: int = DEFAULT_REFERENCE_SAMPLES  # images AutoCast's range check runs on
-    reference_batch: int = 4  # images per run of it (every intermediate output is held at once: see reference_batch)
+    reference_samples: int = DEFAULT_REFERENCE_SAMPLES  # images AutoCast's range check runs on (see reference_samples)
+    range_check_skipped: str | None = None  # why the range check does not run (it cannot fit), or None
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -91,15 +91,26 @@ class Fp16Result:
         }
 
 
-def reference_batch(arch: Any, usable_bytes: int, most: int = 4) -> int:
-    """Images per run of AutoCast's range check that fit in ``usable_bytes``: it runs the graph with every
-    intermediate output exposed, so one run holds every layer's activations at once, about the number of layers
-    times one forward pass's peak per image (ViT-L/7: 4.2 GB per image; at 4 images its FP16 step peaked at 24.1 GB
-    of a 24 GiB machine). Its statistics are per tensor over all runs, so fewer images per run lose nothing."""
-    from vitmsn.export.fp32.memory import activation_bytes
+def reference_samples(arch: Any, usable_bytes: int, most: int = DEFAULT_REFERENCE_SAMPLES) -> tuple[int, str | None]:
+    """How many images AutoCast's range check can run on in ``usable_bytes``, and why none when none fits.
 
-    per_image = activation_bytes(arch, 1) * arch.num_hidden_layers
-    return max(1, min(most, usable_bytes // per_image))
+    It runs the graph with every intermediate output exposed and holds all of them, for every image, until it
+    has its statistics (Polygraphy's Comparator keeps each run's outputs): about four times the number of layers
+    times one forward pass's peak per image, beside about four copies of the weights (its copy of the graph, the
+    session's). Measured: ViT-L/7 on its one random image peaked at 22.3 GB in a fresh process (estimate: 16.8 GB of
+    outputs + 4.8 GB of weights). With none, the FP16 graph is converted without it (nodes whose
+    values exceed FP16's range are then not kept in FP32 by it) and the drift gate still compares it with PyTorch.
+    """
+    from vitmsn.export.fp32.memory import activation_bytes, size_text
+
+    per_image = activation_bytes(arch, 1) * arch.num_hidden_layers * 4
+    weights = 4 * 12 * arch.hidden_size**2 * arch.num_hidden_layers  # FP32 bytes of the encoder's linear layers
+    n = int(min(most, max(0, usable_bytes - 4 * weights) // per_image))
+    if n >= 1:
+        return n, None
+    return 0, (f"AutoCast's range check not run: it holds every intermediate output, about {size_text(per_image)} "
+               f"for one image beside {size_text(4 * weights)} of graph copies, {size_text(usable_bytes)} usable "
+               "here; the FP16 drift gate still runs")
 
 
 def _write_reference_batches(tensors: np.ndarray, input_name: str, folder: Path, batch: int = 4) -> None:
@@ -123,16 +134,18 @@ def fp16_onnx_from_fp32(fp32_path: str | Path, out_path: str | Path, *, options:
         reference = "random inputs in [-1, 1] (no calibration images)"
         if reference_inputs is not None and len(reference_inputs):
             ref = reference_inputs[: options.reference_samples]
-            _write_reference_batches(ref, input_name, Path(tmp), options.reference_batch)
+            _write_reference_batches(ref, input_name, Path(tmp))
             calibration_data = tmp
-            reference = f"{len(ref)} calibration images, {options.reference_batch} per run"
+            reference = f"{len(ref)} calibration images"
+        if options.range_check_skipped:
+            calibration_data, reference = None, options.range_check_skipped
         with captured_modelopt_logs(options.verbose) as messages:
             model = convert_to_mixed_precision(
                 str(fp32_path),
                 low_precision_type="fp16",
                 op_types_to_exclude=list(options.keep_fp32_op_types),
                 nodes_to_exclude=list(options.keep_fp32_nodes) or None,
-                data_max=options.data_max,
+                data_max=np.inf if options.range_check_skipped else options.data_max,  # inf: no reference run
                 keep_io_types=options.io_dtype == "float32",
                 calibration_data=calibration_data,
                 providers=["cpu"],
