@@ -147,6 +147,14 @@ def cannot_fit(arch: ViTMSNArch, batch: int, *, runtime: str = "onnxruntime", me
             f"{size_text(memory.usable)} usable of {memory.describe()}")
 
 
+def cannot_fit_either(arch: ViTMSNArch, batch: int, *, memory: Memory | None = None,
+                      attention: Attention = "math") -> str | None:
+    """None when ``batch`` images fit both PyTorch (the reference) and ONNX Runtime; else why not, PyTorch first."""
+    memory = memory or available_memory()
+    return (cannot_fit(arch, batch, runtime="pytorch", memory=memory, attention=attention)
+            or cannot_fit(arch, batch, memory=memory, attention=attention))
+
+
 def size_text(n: int) -> str:
     return f"{n / GB:.1f} GB" if n >= GB else f"{n / 1e6:.0f} MB"
 

@@ -132,13 +132,13 @@ def fp16_onnx_from_fp32(fp32_path: str | Path, out_path: str | Path, *, options:
     with tempfile.TemporaryDirectory(prefix="vitmsn-fp16-") as tmp:
         calibration_data = None
         reference = "random inputs in [-1, 1] (no calibration images)"
-        if reference_inputs is not None and len(reference_inputs):
+        if options.range_check_skipped:
+            reference = options.range_check_skipped
+        elif reference_inputs is not None and len(reference_inputs):
             ref = reference_inputs[: options.reference_samples]
             _write_reference_batches(ref, input_name, Path(tmp))
             calibration_data = tmp
             reference = f"{len(ref)} calibration images"
-        if options.range_check_skipped:
-            calibration_data, reference = None, options.range_check_skipped
         with captured_modelopt_logs(options.verbose) as messages:
             model = convert_to_mixed_precision(
                 str(fp32_path),

@@ -170,15 +170,14 @@ def _worst(per: dict[str, np.ndarray], classification: bool, n: int) -> np.ndarr
 
 def _batch_within_memory(manifest: Manifest, wanted: int, attention: str) -> int:
     """``wanted``, or the largest batch PyTorch and ONNX Runtime both fit in the memory available here (said)."""
-    from vitmsn.export.fp32.memory import available_memory, batch_within_memory, cannot_fit
+    from vitmsn.export.fp32.memory import available_memory, batch_within_memory, cannot_fit_either
     from vitmsn.export.fp32.model import ViTMSNArch
 
     arch, memory = ViTMSNArch.from_config(manifest.model.config), available_memory()
     bs = min(batch_within_memory(arch, wanted, runtime=rt, memory=memory, attention=attention)  # type: ignore[arg-type]
              for rt in ("pytorch", "onnxruntime"))
     if bs < wanted:
-        why = cannot_fit(arch, wanted, runtime="pytorch", memory=memory, attention=attention)  # type: ignore[arg-type]
-        why = why or cannot_fit(arch, wanted, memory=memory, attention=attention)  # type: ignore[arg-type]
+        why = cannot_fit_either(arch, wanted, memory=memory, attention=attention)  # type: ignore[arg-type]
         say(f"validate: batch {wanted} does not fit ({why}); {bs} images at a time instead")
     return bs
 

@@ -287,11 +287,11 @@ def _time_batch(backends: list[BenchRow], checks: dict[int, dict[str, Any]], mod
 def _check_batches_fit(arch: Any, batch_sizes: tuple[int, ...]) -> None:
     """A batch size is what the bench measures, so it is never shrunk: one that cannot fit in the memory available
     here is refused before anything runs (exit 2), with the numbers, instead of an out-of-memory kill mid-run."""
-    from vitmsn.export.fp32.memory import available_memory, cannot_fit
+    from vitmsn.export.fp32.memory import available_memory, cannot_fit_either
 
     memory = available_memory()
     for batch in sorted(set(batch_sizes), reverse=True):
-        why = cannot_fit(arch, batch, runtime="pytorch", memory=memory) or cannot_fit(arch, batch, memory=memory)
+        why = cannot_fit_either(arch, batch, memory=memory)
         if why:
             raise InputError(f"--batch-sizes {batch}: does not fit in this machine's memory ({why}); "
                              "pass smaller batch sizes")
