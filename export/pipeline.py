@@ -217,7 +217,14 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     activity(f"checking {fp32_path.name}: onnx.checker, I/O signature, ONNX Runtime parity at batch "
              f"{', '.join(map(str, parity))} (within memory)")
     fp32_stages(fp32_path, spec, model, opts.batch, parity_sizes=parity, into=stages)
-    release_memory()  # the parity check's ONNX Runtime session is gone: its memory too, before the fusions
+    reference_cache, reference = ReferenceCache(), None
+    if inputs is not None and all(s.passed for s in stages):
+        activity(f"PyTorch FP32 reference outputs on {len(inputs.tensors)} comparison inputs")
+        reference = outputs_in_batches(torch_runner(model, spec), inputs.tensors,
+                                       batch_within_memory(spec.arch, 8, runtime="pytorch"))
+        reference_cache.add(inputs.tensors, reference)  # --validate-images reads these again at the end
+    del model  # nothing runs PyTorch after this: its weights are not held beside the fusions, FP16 or INT8
+    release_memory()  # nor the parity check's ONNX Runtime session
     skeleton = manifest_skeleton(opts, ck, spec, root=out)
     if fewshot is not None:  # the fitted checkpoint's files, and what a user needs to trust the head
         skeleton = replace(skeleton, checkpoint=fewshot.files(out), extra={**skeleton.extra, "fewshot": fewshot.block})
@@ -241,14 +248,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
             dict(calibration.to_manifest(), **sample.to_manifest()), Where(str(skeleton.path), "calibration")))
     result = ExportResult(out, replace(skeleton, precisions=precisions), stages, notes)
     rows: list[dict[str, Any]] = []
-    reference_cache = ReferenceCache()
-    if inputs is not None and all(s.passed for s in stages):
-        activity(f"PyTorch FP32 reference outputs on {len(inputs.tensors)} comparison inputs")
-        reference = outputs_in_batches(torch_runner(model, spec), inputs.tensors,
-                                       batch_within_memory(spec.arch, 8, runtime="pytorch"))
-        reference_cache.add(inputs.tensors, reference)  # --validate-images reads these again at the end
-        del model  # nothing runs PyTorch after this: its weights and activations are not held beside FP16/INT8
-        release_memory()
+    if inputs is not None and reference is not None:  # the FP32 graph passed its checks
         ctx = StepContext(out, fp32_path, spec, inputs, reference, opts.gates, opts.fail_on_drift, opts.verbose)
         if "fp16" in opts.precisions:
             activity("FP16: ModelOpt AutoCast, then checks and drift against PyTorch FP32")

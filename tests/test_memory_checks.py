@@ -158,6 +158,36 @@ def test_parity_runs_pytorch_in_chunks_and_onnxruntime_at_each_whole_batch(demo_
     assert seen == {"onnx": [1, 3, 5], "torch": [2, 2, 1]}  # the reference once, for the 5 rows of the largest batch
 
 
+def test_the_profile_max_runs_whole_on_onnxruntime_from_rows_pytorch_computed_for_the_smaller_sizes(
+        demo_artifacts: Path) -> None:
+    from vitmsn.export.fp32.checkpoint import load_checkpoint
+    from vitmsn.export.fp32.spec import ExportSpec
+    from vitmsn.export.fp32.stages import ort_runner, torch_runner
+
+    ck = load_checkpoint("demo")
+    spec = ExportSpec(ck.arch, ck.task, ck.num_labels)
+    seen: dict[str, list[int]] = {"onnx": [], "torch": []}
+    run_onnx, run_torch = ort_runner(demo_artifacts / "model.fp32.onnx", spec.input.name), torch_runner(ck.build_model(), spec)
+    shift = {"rows": 0}
+
+    def onnx(x: np.ndarray) -> dict[str, np.ndarray]:
+        seen["onnx"].append(len(x))
+        out = run_onnx(x)
+        return {k: np.roll(v, shift["rows"], axis=0) if len(x) == 20 else v for k, v in out.items()}
+
+    def torch_(x: np.ndarray) -> dict[str, np.ndarray]:
+        seen["torch"].append(len(x))
+        return run_torch(x)
+
+    stage = checks.check_runtime_parity(onnx, torch_, spec, batch_sizes=(1, 3, 8, 20), torch_chunk=4)
+    assert stage.passed, stage.detail
+    assert seen == {"onnx": [1, 3, 8, 20], "torch": [4, 4]}  # PyTorch: the 8 distinct rows, never the batch of 20
+    assert stage.metrics["reference_images"] == 8 and "8 reference images" in stage.detail
+    shift["rows"] = 8  # a graph that shifts rows at the large batch: its rows are the wrong images' outputs
+    stage = checks.check_runtime_parity(onnx, torch_, spec, batch_sizes=(1, 3, 8, 20), torch_chunk=4)
+    assert not stage.passed and stage.detail.startswith("batch 20: output"), stage.detail
+
+
 def test_parity_stage_fails_with_the_numbers_when_nothing_fits(demo_artifacts: Path) -> None:
     from vitmsn.export.fp32.checkpoint import load_checkpoint
     from vitmsn.export.fp32.spec import BatchRange, ExportSpec
