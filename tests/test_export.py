@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vitmsn.core.errors import ValidationFailed
-from vitmsn.export.fp32 import checks
+from vitmsn.export.fp32 import checks, onnx_export
 from vitmsn.export.fp32.checkpoint import load_checkpoint
 from vitmsn.export.fp32.stages import fp32_stages
 from vitmsn.export.pipeline import ExportOptions, run_export
@@ -205,7 +205,7 @@ def test_interrupted_export_leaves_nothing_that_looks_complete(tmp_path: Path, m
         raise KeyboardInterrupt
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    monkeypatch.setattr(onnx, "save_model", interrupted)
+    monkeypatch.setattr(onnx_export, "save_onnx", interrupted)  # while model.fp32.onnx is being written
     with pytest.raises(KeyboardInterrupt):
         run_export(ExportOptions(model=str(tmp_path / "ck"), out=out, engine="skip"))
     # the run wrote into a staging directory beside --out, removed with it: --out is as it was

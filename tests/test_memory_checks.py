@@ -279,3 +279,25 @@ def test_autocast_range_check_runs_on_as_many_images_as_all_their_intermediate_o
     assert 16.7 * GB < by_hand(16, 1025, 1024, 4096, 24) < 16.9 * GB
     n, why = reference_samples(l7, int(15 * GB))
     assert n == 0 and "not run" in why and "16.8 GB for one image beside 4.8 GB" in why and "15.0 GB usable" in why
+
+
+def test_an_onnx_model_written_one_tensor_at_a_time_loads_and_runs_as_the_same_model(demo_artifacts: Path,
+                                                                                     tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from vitmsn.export.onnx_file import save_onnx
+
+    model = onnx.load(str(demo_artifacts / "model.fp32.onnx"))
+    onnx.helper.set_model_props(model, {"vitmsn": "kept"})  # a repeated field of the model itself
+    model.doc_string = "kept too"
+    save_onnx(model, tmp_path / "m.onnx")
+    got = onnx.load(str(tmp_path / "m.onnx"))
+    assert {t.name: t.raw_data for t in got.graph.initializer} == {t.name: t.raw_data for t in model.graph.initializer}
+    del got.graph.initializer[:], model.graph.initializer[:]
+    assert got == model  # every other field of the model and its graph, in order
+    shape = [d.dim_value or 2 for d in model.graph.input[0].type.tensor_type.shape.dim]  # batch 2
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    want, have = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x})
+                  for p in (demo_artifacts / "model.fp32.onnx", tmp_path / "m.onnx"))
+    assert all(np.array_equal(a, b) for a, b in zip(want, have))

@@ -14,6 +14,7 @@ import torch
 from vitmsn.runtime.manifest import atomic_path
 
 from vitmsn.export.fp32.spec import BATCH_AXIS, SUPPORTED_OPSETS, BatchRange, ExportSpec
+from vitmsn.export.onnx_file import save_onnx
 
 log = logging.getLogger(__name__)
 # The exporter warns once per process that torchvision's operators are not registered; the
@@ -56,7 +57,7 @@ def onnx_from_model(model: torch.nn.Module, spec: ExportSpec, path: str | Path, 
     proto = program.model_proto
     _name_batch_axis(proto)
     with atomic_path(path) as tmp:
-        onnx.save_model(proto, str(tmp))
+        save_onnx(proto, tmp)
     return proto
 
 

@@ -34,6 +34,7 @@ import onnx
 from vitmsn.runtime.manifest import atomic_path
 
 from vitmsn.export.precision.modelopt_quirks import captured_modelopt_logs
+from vitmsn.export.onnx_file import save_onnx
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def fp16_onnx_from_fp32(fp32_path: str | Path, out_path: str | Path, *, options:
     kept = _kept_fp32(model, messages, options.keep_fp32_op_types)
     total = sum(1 for n in model.graph.node if n.op_type != "Cast")
     with atomic_path(out_path) as tmp_out:
-        onnx.save_model(model, str(tmp_out))
+        save_onnx(model, tmp_out)
     warnings = tuple(m for m in messages if "smaller than smallest fp16" in m or "out of range" in m)
     result = Fp16Result(Path(out_path), options.io_dtype, kept, total - len(kept), total, reference,
                         time.perf_counter() - started, warnings)

@@ -190,13 +190,15 @@ def qdq_onnx_from_calibration(fp32_path: str | Path, out_path: str | Path, calib
     attention = [] if options.quantize_attention else [n for n in activation_matmuls(source) if n not in excluded]
     batch = even_batch_size(len(calibration))
     shape = "x".join(str(d) for d in (batch,) + tuple(calibration.shape[1:]))
-    # ModelOpt writes its intermediate graphs (<input>_named.onnx, <input>_opset19.onnx, ...) beside its output
-    # and removes them only when it finishes: give it a private folder, never the artifacts directory.
+    # ModelOpt rewrites its input file in place (shape inference, infer_shapes_path) and writes its intermediate
+    # graphs (<input>_named.onnx, ...) beside it, removed only when it finishes: it gets a private copy in a private
+    # folder, never a file of the artifacts directory.
     with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory(prefix="vitmsn-int8-") as work, \
             captured_modelopt_logs(options.verbose):
-        produced = Path(work) / "model.int8.onnx"
+        produced, source_copy = Path(work) / "model.int8.onnx", Path(work) / "model.fp32.onnx"
+        shutil.copyfile(fp32_path, source_copy)
         quantize(
-            str(fp32_path),
+            str(source_copy),
             quantize_mode="int8",
             calibration_data={input_name: np.ascontiguousarray(calibration, dtype=np.float32)},
             calibration_shapes=f"{input_name}:{shape}",

@@ -59,6 +59,7 @@ import onnx
 
 from vitmsn.calibration import CalibrationMethod, CalibrationReader, as_ort_reader, even_batch_size
 from vitmsn.runtime.manifest import atomic_path
+from vitmsn.export.onnx_file import save_onnx
 
 
 log = logging.getLogger(__name__)
@@ -174,13 +175,13 @@ def _quantize(fp32_path: Path, out_path: Path, calibration: np.ndarray, method: 
     nodes = [n for n in linear_nodes(model) + score_matmuls(model) if n not in set(exclude_nodes)]
     if not nodes:  # every linear layer excluded: quantize_static reads nodes_to_quantize=[] as "all of them"
         with atomic_path(out_path) as tmp_out:
-            onnx.save_model(model, str(tmp_out))
+            save_onnx(model, tmp_out)
         return {"quantized_nodes": [], "counts": dict(Counter(n.op_type for n in model.graph.node))}
     batch = even_batch_size(len(calibration), batch_size)  # the histogram collector cannot stack ragged batches
     reader = as_ort_reader(CalibrationReader(calibration, batch_size=batch, input_name=input_name))
     with tempfile.TemporaryDirectory(prefix="vitmsn-int8cpu-") as tmp:
         clean = Path(tmp) / "fp32.onnx"
-        onnx.save_model(model, str(clean))
+        save_onnx(model, clean)
         with atomic_path(out_path) as tmp_out:
             quantize_static(
                 str(clean), str(tmp_out), reader,
@@ -232,7 +233,7 @@ def _fuse_for_ort(path: Path, fp32_path: Path, sample: np.ndarray, input_name: s
     options.enable_attention = False
     with tempfile.TemporaryDirectory(prefix="vitmsn-int8cpu-fuse-") as tmp:
         rewritten, candidate = Path(tmp) / "rewritten.onnx", Path(tmp) / "fused.onnx"
-        onnx.save_model(model, str(rewritten))
+        save_onnx(model, rewritten)
         try:
             fused = optimize_model(str(rewritten), model_type="vit", num_heads=0, hidden_size=0,
                                    optimization_options=options, opt_level=0, use_gpu=False).model
@@ -245,7 +246,7 @@ def _fuse_for_ort(path: Path, fp32_path: Path, sample: np.ndarray, input_name: s
         done = {op: ops[op] for op in ("BiasGelu", "SkipLayerNormalization") if ops.get(op)}
         if not done:
             return {"applied": False, "reason": "no fusion pattern matched"}
-        onnx.save_model(fused, str(candidate))
+        save_onnx(fused, candidate)
         ref, a, b = outputs(fp32_path), outputs(path), outputs(candidate)
         cos = float(np.min(cosine_similarity(b, a)))
         to_fp32 = {"unfused": float(np.mean(cosine_similarity(a, ref))), "fused": float(np.mean(cosine_similarity(b, ref)))}

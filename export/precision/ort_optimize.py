@@ -44,6 +44,7 @@ from vitmsn.runtime.manifest import atomic_path
 from vitmsn.export.fp32.memory import release_memory
 from vitmsn.export.fp32.model import ViTMSNArch
 from vitmsn.export.fp32.spec import ATOL_FP32, RTOL_FP32
+from vitmsn.export.onnx_file import save_onnx
 
 log = logging.getLogger(__name__)
 FUSED_OPS = ("Attention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu", "LayerNormalization")
@@ -210,7 +211,7 @@ def ort_optimized_onnx_from_fp32(src: str | os.PathLike[str], dst: str | os.Path
         model = onnx.load(str(src))
         rewrites = rewrite_for_ort_fusion(model)
         with tempfile.TemporaryDirectory(prefix="vitmsn-ortopt-") as tmp:
-            onnx.save_model(_optimize(model, arch, skip_layer_norm=False), str(Path(tmp) / "attention.onnx"))
+            save_onnx(_optimize(model, arch, skip_layer_norm=False), Path(tmp) / "attention.onnx")
             del model
             release_memory()
             model = _optimize(onnx.load(str(Path(tmp) / "attention.onnx")), arch, skip_layer_norm=True)
@@ -219,7 +220,7 @@ def ort_optimized_onnx_from_fp32(src: str | os.PathLike[str], dst: str | os.Path
             model.opset_import.append(helper.make_opsetid("com.microsoft", 1))  # the optimizer omits it
         counts = dict(collections.Counter(n.op_type for n in model.graph.node))
         with atomic_path(dst) as candidate:
-            onnx.save_model(model, str(candidate))
+            save_onnx(model, candidate)
             del model
             release_memory()
             diff = _max_abs_diff(src, candidate, arch)

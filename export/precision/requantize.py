@@ -31,6 +31,7 @@ from vitmsn.core.progress import Progress
 from vitmsn.export.validation.gates import Gates, GateResult
 from vitmsn.export.validation.verdict import compare_outputs
 from vitmsn.export.precision.sensitivity import SensitivityResult, qdq_groups, run_model, sensitivity_analysis, without_qdq
+from vitmsn.export.onnx_file import save_onnx
 
 
 @dataclass
@@ -94,7 +95,7 @@ def bypass_builder(int8_path: str | Path, fp32_path: str | Path, granularity: st
     groups = qdq_groups(int8, onnx.load(str(fp32_path), load_external_data=False), granularity)
 
     def build(excluded: list[str], out: Path) -> Path:
-        onnx.save_model(without_qdq(int8, [d for g in excluded for d in groups.get(g, [])]), str(out))
+        save_onnx(without_qdq(int8, [d for g in excluded for d in groups.get(g, [])]), out)
         return out
 
     return build

@@ -41,6 +41,7 @@ from vitmsn.core.progress import Progress
 
 from vitmsn.export.validation import metrics as dm
 from vitmsn.export.precision.int8 import name_scopes
+from vitmsn.export.onnx_file import save_onnx
 
 _BLOCK = re.compile(r"^vit\.encoder\.layer\.(\d+)$")
 MODES = ("only", "remove")
@@ -185,7 +186,7 @@ def run_model(model: onnx.ModelProto | str | Path, inputs: np.ndarray, input_nam
     with tempfile.TemporaryDirectory(prefix="vitmsn-sens-") as tmp:
         path = Path(model) if isinstance(model, (str, Path)) else Path(tmp) / "candidate.onnx"
         if not isinstance(model, (str, Path)):
-            onnx.save_model(model, str(path))
+            save_onnx(model, path)
         parts: dict[str, list[np.ndarray]] = {}
         with OnnxRuntimeRunner(path, allow_spinning=False) as runner:
             for s in range(0, len(inputs), batch):
