@@ -71,11 +71,13 @@ def timed(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[
     text = log.read_text(errors="replace")
     rss = re.findall(r"Maximum resident set size \(kbytes\): (\d+)", text)
     wall = re.findall(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    cpu = [float(v) for v in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text)[-2:]]
     seconds = None
     if wall:
         parts = [float(p) for p in wall[-1].split(":")]
         seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
-    return {"exit": proc.returncode, "wall_s": seconds, "peak_rss_gb": round(int(rss[-1]) * 1024 / 1e9, 2) if rss else None}
+    return {"exit": proc.returncode, "wall_s": seconds, "cpu_s": round(sum(cpu)) if cpu else None,
+            "peak_rss_gb": round(int(rss[-1]) * 1024 / 1e9, 2) if rss else None}
 
 
 def _free_gb() -> float:
@@ -137,16 +139,17 @@ def markdown(rows: list[dict[str, object]], machine: str) -> str:
              f"Measured by `python benchmarks/scale.py` on {machine}, one export at a time, `/usr/bin/time -v`; random "
              "weights in the published shapes (ViTMSNModel backbones, 224x224), default options, `--engine skip`. "
              "INT8 with random weights fails its drift gate by design (exit 1, ENVIRONMENT.md).", "",
-             "| shape | tool | precision | exit | wall | peak RSS | slowest step | peak set by (step) | parity batches | files (MB) |",
-             "|---|---|---|---:|---:|---:|---|---|---|---|"]
+             "| shape | tool | precision | exit | wall | CPU (user+sys) | peak RSS | slowest step | peak set by (step) | parity batches | files (MB) |",
+             "|---|---|---|---:|---:|---:|---:|---|---|---|---|"]
     for r in rows:
         files = ", ".join(f"{k} {v:g}" for k, v in (r.get("files_mb") or {}).items())
         parity = r.get("parity_batch_sizes") or ""
         if r.get("parity_note"):
             parity += f" ({r['parity_note']})"
-        wall = r.get("wall_s")
+        wall, cpu = r.get("wall_s"), r.get("cpu_s")
         lines.append(f"| {r['shape']} | {r['tool']} | {r['precision']} | {r['exit']} | "
-                     f"{'' if wall is None else f'{wall:.0f} s'} | {r.get('peak_rss_gb')} GB | {r.get('slowest_stage', '')} | "
+                     f"{'' if wall is None else f'{wall:.0f} s'} | {'' if cpu is None else f'{cpu} s'} | "
+                     f"{r.get('peak_rss_gb')} GB | {r.get('slowest_stage', '')} | "
                      f"{r.get('peak_stage', '')} | {parity} | {files} |")
     return "\n".join(lines) + "\n"
 

@@ -1,23 +1,8 @@
 """The whole export run behind ``vitmsn-export``: checkpoint -> ONNX (FP32, FP16, INT8) -> engines ->
-checks and drift gates -> manifest and report.
-
-Each step is a named function from the other modules (:mod:`.steps` holds the FP16, INT8
-and engine steps, :mod:`.options` what the run was asked); this module only sequences them, records what they did in the manifest and
-report, and decides the outcome:
-
-* bad options or input (including too few calibration images, or ``--engine require`` without a
-  builder) -> :class:`InputError` before anything is written (exit 2);
-* artifacts written but a check, an engine build or a drift gate failed -> :class:`ValidationFailed`
-  (exit 1); the report says which stage, which precision and by how much.
-
-With ``--validate-images`` the run ends with the full ``vitmsn validate`` on what it wrote
-(:func:`drift_validation`): its report.html/.md/.json go into the artifacts directory, merged over
-the export report, and its verdict is the ``drift_validation`` stage. An INT8 graph that fails its
-drift gate is re-quantized with its most sensitive blocks in high precision when
-``int8_max_tries`` > 0 (:func:`.steps.requantize_within_gate`).
-
-The run writes into a staging directory beside ``--out`` under an exclusive lock, and ``--out`` is
-replaced whole at the end (:mod:`.staging`): an interrupted or failed run leaves it as it was.
+checks and drift gates -> manifest, verdicts and report. Each step is a function of another module (:mod:`.steps`
+the FP16, INT8 and engine steps); this module sequences them, records them and decides the outcome: bad options or
+input -> :class:`InputError` before anything is written (exit 2); artifacts written but a check, an engine build or
+a drift gate failed -> :class:`ValidationFailed` (exit 1). Output is staged and swapped in whole (:mod:`.staging`).
 """
 
 from __future__ import annotations
@@ -114,15 +99,9 @@ def drift_validation(manifest: Manifest, opts: ExportOptions, stages: list[check
 
 
 def run_export(opts: ExportOptions) -> ExportResult:
-    """Run the export. Raises InputError (nothing written) or ValidationFailed (artifacts written).
-
-    The run holds ``--out``'s lock from start to end and writes into a staging directory beside it
-    (:class:`.staging.StagedOutput`); ``--out`` is replaced whole once the artifacts are written
-    (also when a check failed: exit 1 leaves the failing artifacts for inspection). Bad input,
-    an error or an interrupt (SIGINT/SIGTERM) leave ``--out`` as it was. Third-party output goes to
-    ``export.log`` in the artifacts directory while it runs (:mod:`vitmsn.core.third_party_output`); the capture ends
-    however the run ends.
-    """
+    """Run the export into a staging directory beside ``--out`` (:class:`.staging.StagedOutput`), which replaces
+    ``--out`` whole at the end, also when a check failed (exit 1 leaves the failing artifacts for inspection).
+    Raises InputError (nothing written) or ValidationFailed (artifacts written)."""
     started = time.perf_counter()
     with StagedOutput(opts.out) as staged:
         try:

@@ -88,12 +88,7 @@ def fp16_step(ctx: StepContext, options: Fp16Options,
     reference = calibration.tensors if calibration is not None else (ctx.inputs.tensors if ctx.inputs.real else None)
     result = fp16_onnx_from_fp32(ctx.fp32_path, path, options=options, reference_inputs=reference,
                                  input_name=ctx.spec.input.name)
-    stages = _graph_stages(path, ctx.spec, options.io_dtype)
-    rows = []
-    if all(s.passed for s in stages):
-        stage, row = _drift(ctx, "fp16", "fp16", path)
-        stages.append(stage)
-        rows.append(row)
+    stages, rows = _checked(ctx, path, "fp16", "fp16", options.io_dtype)
     ref, record = file_ref(path), result.to_manifest()
     io_dtype = record.pop("io_dtype")
     entry = PrecisionEntry(ref.file, ref.sha256, ref.size_bytes, io_dtype,
@@ -101,16 +96,26 @@ def fp16_step(ctx: StepContext, options: Fp16Options,
     return entry, stages, rows
 
 
-def _int8_checked(ctx: StepContext, path: Path, variant: str = "int8") -> tuple[list[checks.StageResult], list[dict[str, Any]]]:
-    """The graph stages of an INT8 graph (``model.int8.onnx``, or ``variant="int8_cpu"`` for
-    ``model.int8.cpu.onnx``) and, when they pass, its drift stage and report row."""
-    stages = _graph_stages(path, ctx.spec, "float32")
+def _checked(ctx: StepContext, path: Path, label: str, precision: str,
+             io_dtype: str = "float32") -> tuple[list[checks.StageResult], list[dict[str, Any]]]:
+    """The graph stages of a converted graph (``label``: fp16, int8 or int8_cpu) and, when they pass, its drift
+    stage and report row."""
+    stages = _graph_stages(path, ctx.spec, io_dtype)
     rows = []
     if all(s.passed for s in stages):
-        stage, row = _drift(ctx, variant, "int8", path)
+        stage, row = _drift(ctx, label, precision, path)
         stages.append(stage)
         rows.append(row)
     return stages, rows
+
+
+def _gate_check(ctx: StepContext) -> Any:
+    """The export's own drift gate as a re-quantization check: the same inputs, reference, thresholds and labels."""
+    from vitmsn.export.precision.requantize import GateCheck
+
+    known = ctx.inputs.labels >= 0
+    return GateCheck(ctx.inputs.tensors, ctx.reference, ctx.gates, ctx.inputs.labels if known.any() else None,
+                     precision="int8", input_name=ctx.spec.input.name, batch=batch_within_memory(ctx.spec.arch, 16))
 
 
 def requantize_within_gate(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, path: Path,
@@ -126,11 +131,9 @@ def requantize_within_gate(ctx: StepContext, options: Int8Options, calibration: 
     value is the manifest's ``requantization`` record: :meth:`RequantResult.to_dict` (each try's
     exclusions, gate figures and ONNX Runtime speed) plus the sensitivity ranking.
     """
-    from vitmsn.export.precision.requantize import GateCheck, int8_within_gate
+    from vitmsn.export.precision.requantize import int8_within_gate
 
-    known = ctx.inputs.labels >= 0
-    check = GateCheck(ctx.inputs.tensors, ctx.reference, ctx.gates, ctx.inputs.labels if known.any() else None,
-                      precision="int8", input_name=ctx.spec.input.name, batch=batch_within_memory(ctx.spec.arch, 16))
+    check = _gate_check(ctx)
     built: dict[Path, Int8Result] = {}
     log.info("int8: drift gate failed; re-quantizing with the most sensitive blocks excluded (at most %d tries)", max_tries)
     with tempfile.TemporaryDirectory(prefix=".requantize-", dir=ctx.out) as tmp:
@@ -152,12 +155,10 @@ def cpu_requantize_within_gate(ctx: StepContext, options: Int8Options, calibrati
     blocks that graph already excludes (``excluded_nodes`` stay out of this one too). As for the Q/DQ graph, a try
     that passes replaces ``path``; otherwise ``path`` is left as it was."""
     from vitmsn.export.precision.int8 import resolve_exclusions
-    from vitmsn.export.precision.requantize import GateCheck, requantize_until
+    from vitmsn.export.precision.requantize import requantize_until
     from vitmsn.export.precision.sensitivity import sensitivity_analysis
 
-    known = ctx.inputs.labels >= 0
-    check = GateCheck(ctx.inputs.tensors, ctx.reference, ctx.gates, ctx.inputs.labels if known.any() else None,
-                      precision="int8", input_name=ctx.spec.input.name, batch=batch_within_memory(ctx.spec.arch, 16))
+    check = _gate_check(ctx)
     if qdq_record is not None:
         sensitivity, done = qdq_record["sensitivity"], set(qdq_record["excluded"])
     else:
@@ -243,7 +244,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
     path = ctx.out / FILES["int8"]
     result = qdq_onnx_from_calibration(ctx.fp32_path, path, calibration.tensors, options=options,
                                        input_name=ctx.spec.input.name)
-    stages, rows = _int8_checked(ctx, path)
+    stages, rows = _checked(ctx, path, "int8", "int8")
     requantization = None
     exclude = list(options.exclude)
     drift = next((s for s in stages if s.stage == "drift_int8"), None)
@@ -252,7 +253,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
         if requantized is not None:  # model.int8.onnx was replaced: check and compare the file kept
             result = requantized
             exclude = requantization["exclude"]
-            stages, rows = _int8_checked(ctx, path)
+            stages, rows = _checked(ctx, path, "int8", "int8")
         stages.insert(len(stages) - 1 if stages and stages[-1].stage == "drift_int8" else len(stages),
                       _requantization_stage(requantization))
     quant = result.to_manifest()
@@ -271,7 +272,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
                                              method=CalibrationMethod(options.method),
                                              exclude_nodes=result.excluded_nodes, input_name=ctx.spec.input.name,
                                              verbose=ctx.verbose)
-        cpu_stages, cpu_rows = _int8_checked(ctx, cpu_path, "int8_cpu")
+        cpu_stages, cpu_rows = _checked(ctx, cpu_path, "int8_cpu", "int8")
         cpu_drift = next((s for s in cpu_stages if s.stage == "drift_int8_cpu"), None)
         cpu_requantization = None
         if max_tries > 0 and _a_gate_failed(cpu_drift):
@@ -280,7 +281,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
                 ctx, options, calibration, cpu_path, result.excluded_nodes, requantization, max_tries)
             if requantized_cpu is not None:
                 cpu = requantized_cpu
-                cpu_stages, cpu_rows = _int8_checked(ctx, cpu_path, "int8_cpu")
+                cpu_stages, cpu_rows = _checked(ctx, cpu_path, "int8_cpu", "int8")
             cpu_stages.insert(len(cpu_stages) - 1, _requantization_stage(cpu_requantization, "int8_cpu"))
         rows += cpu_rows
         stages += cpu_stages
