@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from vitmsn.core.errors import InputError
 from vitmsn.cli.export_cmd import command as export_command
 from vitmsn.export.demo.shapes import write_dataset
 from vitmsn.export.fewshot.checkpoint import backbone_from_state, backbone_state
@@ -203,3 +204,16 @@ def test_demo_fewshot_set_is_new_classes_written_reproducibly(tmp_path):
     assert sorted({p.parent.name for p in a}) == sorted(FEWSHOT_LABELS) and len(a) == 12
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
     assert not {p.read_bytes() for p in a} & {p.read_bytes() for p in held}  # the held-out split is other images
+
+
+def test_labels_csv_over_its_cap_or_not_utf8_is_refused_unread(tmp_path, monkeypatch):
+    from vitmsn.export.fewshot import shots
+
+    monkeypatch.setattr(shots, "MAX_CSV_BYTES", 64)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("a.png,heart\n" * 10)  # 120 bytes: /dev/zero or a stray dump would be read no further either
+    with pytest.raises(InputError, match=r"--fewshot-labels .*labels.csv: more than 64 bytes; expected one"):
+        shots_from_csv(csv)
+    csv.write_bytes("\u00e9.png,heart\n".encode("latin-1"))
+    with pytest.raises(InputError, match="cannot be read .*save it as UTF-8 CSV"):
+        shots_from_csv(csv)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vitmsn.calibration.images import IMAGE_EXTENSIONS
 from vitmsn.core.errors import InputError
-from vitmsn.export.validation.inputs import path_label_rows
+from vitmsn.export.validation.inputs import csv_text, path_label_rows
 
 MAX_CSV_BYTES = 64 << 20  # 100,000 rows of long paths fit many times over
 
@@ -74,14 +74,7 @@ def shots_from_csv(csv_path: Path) -> Shots:
     source = f"--fewshot-labels {csv_path}"
     if not csv_path.is_file():
         raise InputError(f"{source}: {'not a regular file' if csv_path.exists() else 'no such file'}")
-    try:
-        with open(csv_path, "rb") as fh:
-            data = fh.read(MAX_CSV_BYTES + 1)
-        if len(data) > MAX_CSV_BYTES:
-            raise InputError(f"{source}: over {MAX_CSV_BYTES >> 20} MiB; expected one 'path,label' line per image")
-        text = data.decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{source}: cannot be read ({exc}); save it as UTF-8 CSV") from exc
+    text = csv_text(csv_path, source, MAX_CSV_BYTES)
     base = csv_path.resolve().parent
     rows: dict[Path, tuple[str, int]] = {}
     shots = Shots(source, [], [])

@@ -92,6 +92,19 @@ def _from_folders(root: Path, files: list[Path], labels: dict[int, str]) -> tupl
 
 
 
+def csv_text(path: Path, source: str, limit: int, why: str = "") -> str:
+    """The UTF-8 text of a ``path,label`` CSV of at most ``limit`` bytes (``/dev/zero`` or a stray dump is refused)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise InputError(f"{source}: more than {limit} bytes{' ' + why if why else ''}; expected one "
+                             "'path,label' line per image")
+        return data.decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{source}: cannot be read ({exc}); save it as UTF-8 CSV") from exc
+
+
 def path_label_rows(text: str, source: str) -> Iterator[tuple[int, list[str]]]:
     """The data rows of a ``path,label`` CSV with their line numbers: blank lines, ``#`` comments and a leading
     ``path,label`` header skipped; malformed CSV is an :class:`InputError` naming ``source`` and the line."""
@@ -118,15 +131,7 @@ def _from_csv(root: Path, files: list[Path], labels: dict[int, str], labels_file
     position = {f.relative_to(root).as_posix(): i for i, f in enumerate(files)}
     out = -np.ones(len(files), dtype=np.int64)
     limit = (1 << 20) + 4096 * len(files)  # a line per image, paths up to 4 KiB: /dev/zero or a stray dump is refused
-    try:
-        with open(labels_file, "rb") as fh:
-            data = fh.read(limit + 1)
-        if len(data) > limit:
-            raise InputError(f"--labels {labels_file}: more than {limit} bytes for {len(files)} image(s); "
-                             "expected one 'path,label' line per image")
-        text = data.decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"--labels {labels_file}: cannot be read ({exc}); save it as UTF-8 CSV") from exc
+    text = csv_text(labels_file, f"--labels {labels_file}", limit, f"for {len(files)} image(s)")
     seen: dict[str, tuple[str, int]] = {}
     for line, row in path_label_rows(text, f"--labels {labels_file}"):
         if len(row) != 2:
