@@ -227,13 +227,11 @@ class StagedOutput:
         from vitmsn.runtime.manifest import Manifest
 
         try:
-            named = {f.file for f in Manifest.load(self.out).files()} | {MANIFEST_NAME}
+            unnamed = Manifest.load(self.out).unnamed_files()
         except InputError as exc:
             raise InputError(f"--out {self.requested}: its {MANIFEST_NAME} cannot be read ({exc}), so the files "
                              "vitmsn-export wrote cannot be told from others; remove the directory or choose another "
                              "--out") from None
-        unnamed = sorted(p.relative_to(self.out).as_posix() for p in self.out.rglob("*")
-                         if (p.is_file() or p.is_symlink()) and p.relative_to(self.out).as_posix() not in named)
         if unnamed:
             listed = ", ".join(unnamed[:10]) + (f" and {len(unnamed) - 10} more" if len(unnamed) > 10 else "")
             raise InputError(f"--out {self.requested}: holds {len(unnamed)} file(s) its {MANIFEST_NAME} does not name "
