@@ -18,13 +18,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from vitmsn.core.errors import InputError
 from vitmsn.core.progress import Progress
-from vitmsn.runtime.images.preprocess import ImageError, PreprocessConfig
+from vitmsn.runtime.images.preprocess import PreprocessConfig, preprocess_files
 
 from . import cache
 from .cache import tensor_sha256, tensor_stats
@@ -175,23 +175,19 @@ def calibration_set_from_directory(images: str | os.PathLike[str], preprocess_bl
                 _check_minimum(root, cached, options)
                 return cached
 
-    tensors = np.empty((target, 3, preprocess.height, preprocess.width), dtype=np.float32)
-    chosen: list[Path] = []
-    skipped: list[tuple[str, str]] = []
-    with Progress("calibration images", target, unit="img", enabled=options.progress) as bar:
+    tried: list[Path] = []  # the candidates read, in order (reserves only as far as skipped images need them)
+
+    def candidates() -> Iterator[Path]:
         for path in order.candidates():
-            if len(chosen) == target:
-                break
-            try:
-                tensors[len(chosen)] = preprocess(path)
-            except (ImageError, OSError, ValueError) as exc:  # ImageError names the file; keep the reason
-                reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
-                skipped.append((path.relative_to(root).as_posix(), reason))
-                continue
-            chosen.append(path)
-            bar.update()
+            tried.append(path)
+            yield path
+
+    with Progress("calibration images", target, unit="img", enabled=options.progress) as bar:
+        tensors, ok, bad = preprocess_files(preprocess, candidates(), root, limit=target, on_read=bar.update)
+    chosen = [tried[i] for i in ok]
+    skipped = [(s["image"], s["reason"]) for s in bad]
     cs = CalibrationSet(
-        tensors[: len(chosen)].copy(), tuple(p.relative_to(root).as_posix() for p in chosen),
+        tensors.copy(), tuple(p.relative_to(root).as_posix() for p in chosen),
         tuple(order.stratum_of.get(p, "") for p in chosen), tuple(skipped), str(root), options.seed,
         options.samples, len(files), stratified, cache_file=str(cache_path) if cache_path else None, **held)
     for f, reason in skipped:

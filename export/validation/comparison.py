@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vitmsn.calibration import CalibrationSet
-from vitmsn.runtime.images.preprocess import ImageError, PreprocessConfig
+from vitmsn.runtime.images.preprocess import PreprocessConfig, preprocess_files
 from vitmsn.calibration.content import SampleDigests
 
 from vitmsn.export.fp32.checks import StageResult
@@ -52,17 +52,6 @@ class ComparisonInputs:
                 "in_sample": False, "excluded_in_sample": self.excluded_in_sample}
 
 
-def _preprocessed(pre: PreprocessConfig, files: list[Path]) -> tuple[np.ndarray | None, list[int]]:
-    keep, rows = [], []
-    for i, f in enumerate(files):
-        try:
-            rows.append(pre(f))
-        except ImageError:
-            continue  # listed by `vitmsn validate`; here it is simply not compared
-        keep.append(i)
-    return (np.stack(rows) if rows else None), keep
-
-
 def calibration_content(calibration: CalibrationSet, preprocess_block: dict[str, Any]) -> SampleDigests:
     """The calibration sample by content (what the manifest records, and what gating images are matched with)."""
     pre = PreprocessConfig.from_manifest(preprocess_block)
@@ -84,8 +73,8 @@ def comparison_inputs(preprocess_block: dict[str, Any], labels: dict[int, str], 
         chosen = sample.outside(images.files, pre) if sample is not None else list(range(len(images.files)))
         excluded = len(images.files) - len(chosen)
         chosen = chosen[:MAX_VALIDATION_IMAGES]
-        x, keep = _preprocessed(pre, [images.files[i] for i in chosen])
-        if x is not None:
+        x, keep, _ = preprocess_files(pre, [images.files[i] for i in chosen])  # unreadable ones: not compared
+        if len(keep):
             note = f", {excluded} left out as they are in the calibration sample" if excluded else ""
             return ComparisonInputs(x, images.labels[[chosen[i] for i in keep]],
                                     f"validation images {validate_images}{note}", True, "validate-images",
@@ -93,8 +82,8 @@ def comparison_inputs(preprocess_block: dict[str, Any], labels: dict[int, str], 
     if calibration is not None and sample is not None and calibration.heldout:
         held = [Path(calibration.source) / f for f in calibration.heldout]
         distinct = sample.outside(held, pre)  # a copy of a calibrated image in the same folder stays out
-        x, keep = _preprocessed(pre, [held[i] for i in distinct])
-        if x is not None:
+        x, keep, _ = preprocess_files(pre, [held[i] for i in distinct])
+        if len(keep):
             index = {name: i for i, name in labels.items()}
             y = np.array([index.get(calibration.heldout_classes[distinct[i]], -1) for i in keep], dtype=np.int64)
             excluded = len(held) - len(distinct)

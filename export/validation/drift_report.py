@@ -20,7 +20,7 @@ import datetime as _dt
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import vitmsn
 from vitmsn.runtime.manifest import write_bytes_atomic, write_json_atomic
@@ -143,9 +143,12 @@ def verdicts_markdown(verdicts: list[dict[str, Any]]) -> list[str]:
         [[v["backend"], v["precision"], v.get("flavour") or "-", verdict_text(v), str(v["images"].get("count", "")),
           v["by"], v["file"]] for v in verdicts])
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+
+def _table(headers: list[str], rows: list[list[str]], right: Collection[int] = ()) -> list[str]:
+    """A markdown table, ``|`` escaped in its cells; ``right``: the columns aligned right (numbers)."""
     esc = [[c.replace("|", "\\|") for c in r] for r in rows]
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in esc]
+    rule = "|" + "".join("---:|" if i in right else "---|" for i in range(len(headers)))
+    return ["| " + " | ".join(headers) + " |", rule] + ["| " + " | ".join(r) + " |" for r in esc]
 
 
 def markdown(report: dict[str, Any]) -> str:

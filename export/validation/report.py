@@ -8,6 +8,7 @@ from typing import Any
 from vitmsn.runtime.manifest import write_bytes_atomic, write_json_atomic
 
 from vitmsn.export.fp32.checks import StageResult, stage_word
+from vitmsn.export.validation.drift_report import _table, gate_verdict_text, requantization_markdown, verdict_text
 
 
 def _parity_metrics(stage: StageResult) -> dict[str, Any]:
@@ -27,12 +28,12 @@ def _parity_metrics(stage: StageResult) -> dict[str, Any]:
 
 def export_report(manifest: dict[str, Any], stages: list[StageResult], rows: list[dict[str, Any]] | None = None,
                   inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-    verdict = manifest.get("verdict") or ("passed" if all(s.passed for s in stages) else "failed")
     """report.json: the staged checks, then one result per (backend, precision) compared with PyTorch FP32.
 
     ``rows`` are the converted precisions' comparisons (:mod:`.comparison`); ``failed_stages``
     names every stage that failed, so a CI log can say which gate stopped the run.
     """
+    verdict = manifest.get("verdict") or ("passed" if all(s.passed for s in stages) else "failed")
     parity = next((s for s in stages if s.stage == "onnxruntime_parity"), None)
     fp32_stages = [s for s in stages if s.stage in ("onnx_checker", "io_signature", "onnxruntime_parity")]
     fewshot = {"fewshot": manifest["fewshot"]} if manifest.get("fewshot") else {}
@@ -77,54 +78,44 @@ def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
         "",
         "## Staged checks",
         "",
-        "| stage | result | detail |",
-        "|---|---|---|",
     ]
-    for s in report["stages"]:
-        detail = s["detail"].replace("|", "\\|")
-        word = stage_word(s)
-        lines.append(f"| {s['stage']} | {word if word == 'passed' else f'**{word.upper()}**'} | {detail} |")
+    lines += _table(["stage", "result", "detail"],
+                    [[s["stage"], verdict_text({"verdict": stage_word(s)}), s["detail"]] for s in report["stages"]])
     parity = next((s for s in report["stages"] if s["stage"] == "onnxruntime_parity"), None)
     if parity and parity["metrics"].get("per_batch"):
-        lines += ["", f"## ONNX Runtime vs PyTorch (atol {parity['metrics']['atol']:g}, rtol {parity['metrics']['rtol']:g})", "",
-                  "| batch | output | max abs | mean abs | max rel L2 | violations |", "|---:|---|---:|---:|---:|---:|"]
-        for batch, outputs in parity["metrics"]["per_batch"].items():
-            for name, f in outputs.items():
-                lines.append(f"| {batch} | {name} | {f['max_abs']:.2e} | {f['mean_abs']:.2e} | {f['rel_l2_max']:.2e} | "
-                             f"{f['violations']}/{f['elements']} |")
+        lines += ["", f"## ONNX Runtime vs PyTorch (atol {parity['metrics']['atol']:g}, rtol {parity['metrics']['rtol']:g})", ""]
+        lines += _table(["batch", "output", "max abs", "mean abs", "max rel L2", "violations"], [
+            [str(batch), name, f"{f['max_abs']:.2e}", f"{f['mean_abs']:.2e}", f"{f['rel_l2_max']:.2e}",
+             f"{f['violations']}/{f['elements']}"]
+            for batch, outputs in parity["metrics"]["per_batch"].items() for name, f in outputs.items()], right={0, 2, 3, 4, 5})
     converted = [r for r in report["results"] if r.get("variant") != "fp32"]
     if converted:
         inputs = report.get("comparison_inputs") or {}
-        lines += ["", f"## Precisions vs PyTorch FP32 ({inputs.get('source', '?')}, {inputs.get('count', '?')} images)", "",
-                  "| graph | precision | top-1 agreement | cosine p5 | cosine min | cosine mean | max abs | accuracy | accuracy (FP32) |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in converted:
-            m = r["metrics"]
-            lines.append(f"| {r['variant']} | {r['precision']} | {_fmt(m.get('top1_agreement'))} | {_fmt(m.get('cosine_p5'))} | "
-                         f"{_fmt(m.get('cosine_min'))} | {_fmt(m.get('cosine_mean'))} | {_fmt(m.get('max_abs'))} | "
-                         f"{_fmt(m.get('accuracy'))} | {_fmt(m.get('accuracy_reference'))} |")
-        lines += ["", "Gates (each decided on its one-sided 95% bound; inconclusive: the images cannot decide):", "",
-                  "| graph | gate | metric | value | bound | threshold | n | verdict |", "|---|---|---|---:|---:|---|---:|---|"]
-        for r in converted:
-            for g in r.get("gates", []):
-                word = g.get("verdict", "passed" if g["passed"] else "failed")
-                needed = f" ({g['needed']} images would decide)" if word == "inconclusive" and g.get("needed") else ""
-                lines.append(f"| {r['variant']} | {g['gate']} | {g['metric']} | {_fmt(g.get('value'))} | {_fmt(g.get('bound'))} | "
-                             f"{g['op']} {g['threshold']:g} | {g.get('n', '')} | {word if word == 'passed' else '**' + word.upper() + '**'}{needed} |")
+        lines += ["", f"## Precisions vs PyTorch FP32 ({inputs.get('source', '?')}, {inputs.get('count', '?')} images)", ""]
+        keys = ["top1_agreement", "cosine_p5", "cosine_min", "cosine_mean", "max_abs", "accuracy", "accuracy_reference"]
+        lines += _table(["graph", "precision", "top-1 agreement", "cosine p5", "cosine min", "cosine mean", "max abs",
+                         "accuracy", "accuracy (FP32)"],
+                        [[r["variant"], r["precision"], *(_fmt(r["metrics"].get(k)) for k in keys)] for r in converted],
+                        right=range(2, 9))
+        lines += ["", "Gates (each decided on its one-sided 95% bound; inconclusive: the images cannot decide):", ""]
+        lines += _table(["graph", "gate", "metric", "value", "bound", "threshold", "n", "verdict"], [
+            [r["variant"], g["gate"], g["metric"], _fmt(g.get("value")), _fmt(g.get("bound")),
+             f"{g['op']} {g['threshold']:g}", str(g.get("n", "")), gate_verdict_text(g)]
+            for r in converted for g in r.get("gates", [])], right={3, 4, 6})
     engines = report.get("engines") or []
     if engines:
-        lines += ["", "## Engines", "", "| file | precision | target | version | size | build | profile (min/opt/max) | compute |",
-                  "|---|---|---|---|---:|---:|---|---|"]
+        lines += ["", "## Engines", ""]
+        rows = []
         for e in engines:
             prof = next(iter((e.get("profile") or {}).values()), {})
             shapes = " / ".join("x".join(str(d) for d in prof.get(k, [])) for k in ("min", "opt", "max"))
-            lines.append(f"| {e['file']} | {e['precision']} | {e['target']} | {e['tensorrt_version']} | "
-                         f"{(e.get('size_bytes') or 0) / 1e6:.1f} MB | {_fmt(e.get('build_seconds'))}s | {shapes} | "
-                         f"{','.join(e.get('compute_capabilities') or [])} |")
+            rows.append([e["file"], str(e["precision"]), str(e["target"]), str(e["tensorrt_version"]),
+                         f"{(e.get('size_bytes') or 0) / 1e6:.1f} MB", f"{_fmt(e.get('build_seconds'))}s", shapes,
+                         ",".join(e.get("compute_capabilities") or [])])
+        lines += _table(["file", "precision", "target", "version", "size", "build", "profile (min/opt/max)", "compute"],
+                        rows, right={4, 5})
     requantization = (manifest.get("precisions", {}).get("int8") or {}).get("requantization")
     if requantization:
-        from vitmsn.export.validation.drift_report import requantization_markdown
-
         lines += ["", *requantization_markdown(requantization)]
     if manifest.get("fewshot"):
         from vitmsn.export.fewshot.record import fewshot_markdown

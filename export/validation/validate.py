@@ -26,7 +26,7 @@ import numpy as np
 from vitmsn.core.errors import InputError
 from vitmsn.core.progress import Progress, say
 from vitmsn.runtime.manifest import Manifest
-from vitmsn.runtime.images.preprocess import ImageError, PreprocessConfig
+from vitmsn.runtime.images.preprocess import PreprocessConfig, preprocess_files
 
 from vitmsn.export.validation import metrics as dm
 from vitmsn.export.validation.gates import Gates, GateResult, worst
@@ -142,20 +142,6 @@ class ValidationResult:
 
 
 # ---- running --------------------------------------------------------------------------------
-def preprocess_files(pre: PreprocessConfig, files: Sequence[Path], root: Path) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
-    out = np.empty((len(files), 3, pre.height, pre.width), dtype=np.float32)
-    ok: list[int] = []
-    skipped: list[dict[str, str]] = []
-    for i, f in enumerate(files):
-        try:
-            pre(f, out[len(ok)])
-            ok.append(i)
-        except (ImageError, OSError, ValueError) as exc:
-            reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
-            skipped.append({"image": f.relative_to(root).as_posix(), "reason": reason})
-    return out[: len(ok)], ok, skipped
-
-
 def _prediction(logits: np.ndarray, labels: dict[int, str]) -> dict[str, Any]:
     p = np.exp(dm.log_softmax(logits))
     i = int(np.argmax(logits))

@@ -30,7 +30,8 @@ are pre-reduced with ``reducing_gap=3``. It no longer matches transformers to 1e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -229,6 +230,35 @@ class PreprocessConfig:
         for i, image in enumerate(images):
             self(image, out[i])
         return out
+
+
+def preprocess_files(pre: PreprocessConfig, files: Iterable[Path], root: Path | None = None, *,
+                     limit: int | None = None, on_read: Callable[[], Any] | None = None,
+                     ) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
+    """Preprocess ``files`` in order, skipping (and listing) the unreadable ones.
+
+    Returns float32 [K, 3, H, W] for the K images read, their indices in ``files``, and the skipped
+    ones as ``{"image": path relative to root (as given without root), "reason": ...}``. With ``limit``
+    it stops after that many readable images (``files`` may then be a lazy iterable); ``on_read`` is
+    called after each image read (a progress bar).
+    """
+    n = len(files) if limit is None else limit  # type: ignore[arg-type]
+    out = np.empty((n, 3, pre.height, pre.width), dtype=np.float32)
+    ok: list[int] = []
+    skipped: list[dict[str, str]] = []
+    for i, f in enumerate(files):
+        if len(ok) == n:
+            break
+        try:
+            pre(f, out[len(ok)])
+        except (ImageError, OSError, ValueError) as exc:  # ImageError names the file; keep the reason
+            reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
+            skipped.append({"image": (f.relative_to(root) if root is not None else f).as_posix(), "reason": reason})
+            continue
+        ok.append(i)
+        if on_read is not None:
+            on_read()
+    return out[: len(ok)], ok, skipped
 
 
 def _alpha_from_manifest(block: dict[str, Any]) -> tuple[int, int, int] | None:
