@@ -118,26 +118,48 @@ def _trt_factory(path: Path, entry: EngineEntry) -> Callable[[], Any]:
     return lambda: TensorRTRunner(path, entry)
 
 
-def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
-    """The PyTorch FP32 model the artifacts were exported from, its description, and its checks."""
+def checkpoint_for(manifest: Manifest, checkpoint: str | None = None, missing_ok: bool = False,
+                   mismatch: Callable[[str, Any], str] | None = None) -> Any:
+    """The checkpoint the artifacts were exported from, its SHA-256 checked against the manifest's
+    ``model.checkpoint_sha256`` (an :class:`InputError` where it differs, worded by ``mismatch(source, ck)`` if given).
+
+    Where: ``checkpoint`` (``--checkpoint``) if given; else a few-shot export's fitted checkpoint inside the
+    artifacts, the directory recorded at export time (if it is still there), then ``model.source``. The first
+    of these is loaded and its load error raised; ``missing_ok``: the first that loads, None where none does."""
     from vitmsn.export.fp32.checkpoint import load_checkpoint
 
     model_block = manifest.model
     recorded = Path(str(model_block.extra.get("directory", "")))
+    sources: list[tuple[str, str]] = []
     if checkpoint:
-        source, option = checkpoint, "--checkpoint"
-    elif manifest.checkpoint is not None:  # a few-shot export: the fitted checkpoint inside the artifacts
-        source, option = str(manifest.path_of(manifest.checkpoint.directory)), "manifest.json checkpoint.directory"
-    elif recorded.is_absolute() and recorded.is_dir():
-        source, option = str(recorded), "manifest.json model.directory"
+        sources.append((checkpoint, "--checkpoint"))
     else:
-        source, option = model_block.source, "manifest.json model.source (pass the checkpoint with --checkpoint)"
-    ck = load_checkpoint(str(source), option)
-    expected = model_block.checkpoint_sha256
-    if ck.sha256 != expected:
-        raise InputError(f"{ck.directory}: checkpoint SHA-256 {ck.sha256[:12]}... does not match the manifest's "
-                         f"model.checkpoint_sha256 {str(expected)[:12]}...; this is not the checkpoint the artifacts "
-                         "were exported from (pass the original one with --checkpoint, or re-export)")
+        if manifest.checkpoint is not None:  # a few-shot export: the fitted checkpoint inside the artifacts
+            sources.append((str(manifest.path_of(manifest.checkpoint.directory)), "manifest.json checkpoint.directory"))
+        if recorded.is_absolute() and recorded.is_dir():
+            sources.append((str(recorded), "manifest.json model.directory"))
+        sources.append((model_block.source, "manifest.json model.source (pass the checkpoint with --checkpoint)"))
+    for source, option in sources if missing_ok else sources[:1]:
+        try:
+            ck = load_checkpoint(str(source), option)
+        except InputError:
+            if missing_ok:
+                continue
+            raise
+        expected = model_block.checkpoint_sha256
+        if ck.sha256 != expected:
+            raise InputError(mismatch(source, ck) if mismatch else
+                             f"{ck.directory}: checkpoint SHA-256 {ck.sha256[:12]}... does not match the manifest's "
+                             f"model.checkpoint_sha256 {str(expected)[:12]}...; this is not the checkpoint the artifacts "
+                             "were exported from (pass the original one with --checkpoint, or re-export)")
+        return ck
+    return None
+
+
+def reference_model(manifest: Manifest, checkpoint: str | None = None) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    """The PyTorch FP32 model the artifacts were exported from, its description, and its checks."""
+    model_block = manifest.model
+    ck = checkpoint_for(manifest, checkpoint)
     attention = str(model_block.extra.get("attention", "math"))
     model = ck.build_model(attention)
     manifest_pre = PreprocessConfig.from_manifest(manifest.preprocess)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .machine import GemmProbe
+from .machine import GemmProbe, SquareGemm
 
 CEILING_PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -35,7 +35,7 @@ class Bf16GemmProbe(GemmProbe):
         self.out = self.out.to(torch.bfloat16)
 
 
-class Int8GemmProbe:
+class Int8GemmProbe(SquareGemm):
     """``MatMulInteger`` (uint8 x int8 -> int32) on ONNX Runtime's CPU provider, ``threads`` intra-op threads."""
 
     def __init__(self, n: int = 2048, threads: int = 1) -> None:
@@ -63,9 +63,6 @@ class Int8GemmProbe:
 
     def __call__(self) -> None:
         self.session.run(None, self.feed)
-
-    def gflops_per_s(self, milliseconds: float) -> float:
-        return 2.0 * self.n**3 / (milliseconds / 1000.0) / 1e9
 
 
 def gemm_probes(n: int, threads: int) -> dict[str, Any]:

@@ -28,8 +28,3 @@ def jpeg_images(count: int, seed: int = 0, size: tuple[int, int] = PHOTO_SIZE, q
         Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=quality)
         out.append(buf.getvalue())
     return out
-
-
-def pixel_values(preprocess: object, count: int, seed: int = 0) -> np.ndarray:
-    """float32 [count, 3, H, W] from ``count`` synthetic JPEGs through ``preprocess.batch``."""
-    return preprocess.batch(jpeg_images(count, seed))  # type: ignore[attr-defined]

@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import time
 from typing import Any
+
+from .timing import time_calls
 
 # /proc/cpuinfo flags worth naming in a report (SIMD width and int8 dot-product support).
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
@@ -104,25 +105,26 @@ def gemm_ceiling_cpu(threads: int, n: int = 2048, repeats: int = 5) -> dict[str,
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        gen = torch.Generator().manual_seed(0)
-        a = torch.randn(n, n, generator=gen)
-        b = torch.randn(n, n, generator=gen)
-        out = torch.empty(n, n)
-        torch.matmul(a, b, out=out)  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.matmul(a, b, out=out)
-            times.append(time.perf_counter() - start)
+        probe = GemmProbe(n)
+        probe()  # warm-up
+        times = sorted(time_calls(probe, repeats))
     finally:
         torch.set_num_threads(previous)
-    flops = 2.0 * n**3
     return {"device": "cpu", "dtype": "float32", "library": "torch.matmul", "n": n, "threads": threads,
-            "gflops_per_s": round(flops / min(times) / 1e9, 2),
-            "gflops_per_s_median": round(flops / sorted(times)[len(times) // 2] / 1e9, 2)}
+            "gflops_per_s": round(probe.gflops_per_s(times[0]), 2),
+            "gflops_per_s_median": round(probe.gflops_per_s(times[len(times) // 2]), 2)}
 
 
-class GemmProbe:
+class SquareGemm:
+    """A call that runs one n x n by n x n GEMM, its GFLOP/s from the milliseconds it took."""
+
+    n: int
+
+    def gflops_per_s(self, milliseconds: float) -> float:
+        return 2.0 * self.n**3 / (milliseconds / 1000.0) / 1e9
+
+
+class GemmProbe(SquareGemm):
     """An n x n FP32 ``torch.matmul`` timed as one more row among the benchmark rows.
 
     Interleaved with them, it meets the same load as they do, so the fraction of the ceiling a
@@ -141,9 +143,6 @@ class GemmProbe:
         import torch
 
         torch.matmul(self.a, self.b, out=self.out)
-
-    def gflops_per_s(self, milliseconds: float) -> float:
-        return 2.0 * self.n**3 / (milliseconds / 1000.0) / 1e9
 
 
 def gemm_ceiling_cuda(dtype_name: str = "float32", n: int = 8192, repeats: int = 10) -> dict[str, Any]:

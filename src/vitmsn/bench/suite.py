@@ -92,21 +92,17 @@ class _Prepared:
 
 def _load_checkpoint(manifest: Any) -> Any:
     """The checkpoint the artifacts were exported from (None when it is not on this machine)."""
-    from vitmsn.export.fp32.checkpoint import load_checkpoint
+    from vitmsn.export.validation.targets import checkpoint_for
 
-    model = manifest.model
-    for source in (model.extra.get("directory"), model.source):
-        if not source:
-            continue
-        try:
-            ck = load_checkpoint(str(source))
-        except InputError:
-            continue
-        if ck.sha256 != model.checkpoint_sha256:
-            raise InputError(f"{source}: the checkpoint changed since the export (its SHA-256 differs from "
-                             f"{manifest.root / 'manifest.json'}); re-export, or restore the checkpoint the artifacts came from")
-        return ck
-    return None
+    return checkpoint_for(manifest, missing_ok=True, mismatch=lambda source, ck: (
+        f"{source}: the checkpoint changed since the export (its SHA-256 differs from "
+        f"{manifest.root / 'manifest.json'}); re-export, or restore the checkpoint the artifacts came from"))
+
+
+def _skipped(b: BenchRow, reason: str, **extra: Any) -> dict[str, Any]:
+    """A ``skipped`` entry for a backend that was set up but could not open or run."""
+    return {"backend": b.backend, "precision": b.precision, "device": b.device, "variant": b.variant,
+            "reason": reason, **extra}
 
 
 def flavours(manifest: Any, precision: str) -> list[tuple[str, Path]]:
@@ -208,8 +204,7 @@ def _open_and_check(prep: _Prepared, x: np.ndarray, reference: dict[str, np.ndar
             b.open()
             out = b.infer(x)
         except Exception as exc:  # any backend failure (missing library, no GPU, compile error) skips its row
-            prep.skipped.append({"backend": b.backend, "precision": b.precision, "device": b.device,
-                                 "variant": b.variant, "reason": f"{type(exc).__name__}: {exc}".strip()[:500]})
+            prep.skipped.append(_skipped(b, f"{type(exc).__name__}: {exc}".strip()[:500]))
             with contextlib.suppress(Exception):
                 b.close()
             continue
@@ -236,16 +231,14 @@ def _time_batch(backends: list[BenchRow], checks: dict[int, dict[str, Any]], mod
     jpegs = stream.jpegs[:batch * e2e.STREAM_BATCHES]
     for b in backends:
         if not b.supports_batch(batch):
-            prep.skipped.append({"backend": b.backend, "precision": b.precision, "device": b.device, "variant": b.variant,
-                                 "reason": f"batch {batch} is outside the engine's profile", "batch_size": batch})
+            prep.skipped.append(_skipped(b, f"batch {batch} is outside the engine's profile", batch_size=batch))
             continue
         if b.backend == "tensorrt" and mode == "model":
             say(f"timing {b.label} batch {batch} (CUDA events)")
             try:  # the runner opened above: one deserialization
                 t = time_engine(b.runner, b.input_name, batch, plan, streams=trt_streams, cuda_graphs=cuda_graphs)
             except Exception as exc:  # the unverified TensorRT timing path must not sink the other rows
-                prep.skipped.append({"backend": b.backend, "precision": b.precision, "device": b.device, "variant": b.variant,
-                                     "reason": f"timing failed: {type(exc).__name__}: {exc}"[:500], "batch_size": batch})
+                prep.skipped.append(_skipped(b, f"timing failed: {type(exc).__name__}: {exc}"[:500], batch_size=batch))
                 continue
             rows.append(_row(b, mode, batch, t.latency, t.throughput, checks[id(b)], t.info()))
             continue
@@ -254,8 +247,7 @@ def _time_batch(backends: list[BenchRow], checks: dict[int, dict[str, Any]], mod
         try:
             call()  # first call: compiles (torch.compile) or allocates; not timed
         except Exception as exc:
-            prep.skipped.append({"backend": b.backend, "precision": b.precision, "device": b.device, "variant": b.variant,
-                                 "reason": f"{type(exc).__name__}: {exc}"[:500], "batch_size": batch, "mode": mode})
+            prep.skipped.append(_skipped(b, f"{type(exc).__name__}: {exc}"[:500], batch_size=batch, mode=mode))
             continue
         timed.append(b)
         calls.append(call)
