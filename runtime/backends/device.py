@@ -95,6 +95,7 @@ def gpu(index: int) -> Gpu | None:
 
 
 def module_available(name: str) -> bool:
+    """Whether ``name`` (dotted names too: their parents are imported to look) can be imported here."""
     try:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):

@@ -26,6 +26,7 @@ from vitmsn.core.errors import InputError
 
 from .cpu import bf16_capable, cpu_flags  # noqa: F401  (re-exported)
 from .base import RunnerBase, TensorMeta, cast_feed
+from .device import module_available
 
 _OV_PRECISION = {"f32": "f32", "bf16": "bf16"}
 
@@ -40,12 +41,7 @@ def inference_precision_for(precision: str, flags: frozenset[str] | None = None)
 
 
 def openvino_available() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("openvino") is not None
-    except (ImportError, ValueError):
-        return False
+    return module_available("openvino")
 
 
 def _precision_name(value: Any) -> str:

@@ -19,7 +19,6 @@ Adding a backend: a runner module in this package (subclass :class:`~.base.Runne
 
 from __future__ import annotations
 
-import importlib.util
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,13 +63,6 @@ class LoadOptions:
     threads: int | None = None  # ONNX Runtime intra-op / OpenVINO inference threads
     providers: Any = "auto"  # ONNX Runtime
     graph_optimization: str = "all"  # ONNX Runtime
-
-
-def installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 # ---- ONNX Runtime --------------------------------------------------------------------------------
@@ -257,6 +249,6 @@ class Backend:
 BACKENDS = {b.name: b for b in (
     Backend("tensorrt", lambda: any(device.module_available(m) for m in device.TENSORRT_MODULES.values()),
             tensorrt_candidate, tensorrt_load),
-    Backend("onnxruntime", lambda: installed("onnxruntime"), onnxruntime_candidate, onnxruntime_load),
+    Backend("onnxruntime", lambda: device.module_available("onnxruntime"), onnxruntime_candidate, onnxruntime_load),
     Backend("openvino", openvino_available, openvino_candidate, openvino_load),
 )}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from .common import artifacts_argument, handle_errors, need_artifacts
+from .options import positive_ints
 
 if TYPE_CHECKING:
     from vitmsn.bench.timing import TimingPlan
@@ -34,16 +35,6 @@ def timing_plan(thorough: bool, warmup: int | None, iterations: int | None, roun
                       ci_target=base.ci_target if iterations is None else 0.0, max_seconds=base.max_seconds)
 
 
-def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated positive integers such as 1,8,32, got {value!r}") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise click.BadParameter(f"expected comma-separated positive integers such as 1,8,32, got {value!r}")
-    return tuple(dict.fromkeys(sizes))
-
-
 @click.command("bench")
 @artifacts_argument()
 @click.option("--backend", "backends", multiple=True, type=click.Choice(BACKEND_NAMES),
@@ -51,7 +42,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tupl
                    "runs: it is the baseline of every ratio. [default: all]")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
               help="Precisions to time (repeatable). [default: all exported]")
-@click.option("--batch-sizes", default="1,8", show_default=True, callback=_batch_sizes, help="Comma-separated batch sizes.")
+@click.option("--batch-sizes", default="1,8", show_default=True, callback=positive_ints, help="Comma-separated batch sizes.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_path", type=click.Path(path_type=Path), help="Write the Markdown report here.")
 @click.option("--thorough", is_flag=True,

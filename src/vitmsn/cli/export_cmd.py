@@ -58,16 +58,6 @@ def _split(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     return tuple((value or "").split(","))
 
 
-def _batch_sizes(ctx: click.Context, param: click.Parameter, text: str | None) -> tuple[int, ...]:
-    """'1,3,8' -> (1, 3, 8); None -> () (the profile's sizes)."""
-    if text is None:
-        return ()
-    parts = [p.strip() for p in str(text).split(",")]
-    if not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise click.BadParameter(f"{text!r}: expected positive batch sizes separated by commas, e.g. 1,3,8")
-    return tuple(sorted({int(p) for p in parts}))
-
-
 def _size(ctx: click.Context | None, param: click.Parameter | None, text: str | None) -> int | None:
     """'2G', '512M', '1048576' -> bytes (binary units)."""
     if text is None:
@@ -95,7 +85,8 @@ OPTIONS = [
     click.option("--calib-images", type=click.Path(path_type=Path), help="Image directory for INT8 calibration."),
     click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True, help="Calibration images to sample."),
     click.option("--batch", default="1:8:32", show_default=True, metavar="MIN:OPT:MAX", callback=_batch_range, help="Batch profile."),
-    click.option("--parity-batch", metavar="N,N,...", callback=_batch_sizes,
+    click.option("--parity-batch", metavar="N,N,...",
+                 callback=lambda ctx, param, value: tuple(sorted(options.positive_ints(ctx, param, value))),
                  help="Batch sizes of the ONNX Runtime parity check [default: the profile's min, opt, max and an odd size "
                       "inside; a size that does not fit in memory is replaced by the largest that does, and said]."),
     click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (17-20)."),

@@ -8,9 +8,10 @@ any install profile: ``vitmsn-export`` names ``[export]`` at once, ``vitmsn serv
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from typing import NoReturn
+
+from vitmsn.runtime.backends.device import module_available, onnxruntime_extra
 
 # top-level module name -> the extra of pyproject.toml that installs it
 EXTRA_OF = {
@@ -54,12 +55,6 @@ BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 EXIT_USAGE = 2
 
 
-def _extra_for_backend() -> str:
-    from vitmsn.runtime.backends.device import onnxruntime_extra
-
-    return onnxruntime_extra()
-
-
 def install_hint(module: str, what: str, extra: str | None = None) -> str:
     """``what needs the Python package 'x' (not installed): pip install 'vitmsn[extra]'`` in one line."""
     top = module.split(".")[0]
@@ -70,13 +65,7 @@ def install_hint(module: str, what: str, extra: str | None = None) -> str:
 
 def missing(*modules: str) -> str | None:
     """The first of ``modules`` that cannot be imported here, or None."""
-    for name in modules:
-        try:
-            if importlib.util.find_spec(name) is None:
-                return name
-        except (ImportError, ValueError):
-            return name
-    return None
+    return next((name for name in modules if not module_available(name)), None)
 
 
 def exit_with_hint(module: str, what: str, extra: str | None = None) -> NoReturn:
@@ -100,7 +89,7 @@ def require_command(command: str) -> None:
     if name is None and not no_backend:
         return
     what = f"'{command}'" if command.startswith("vitmsn-") else f"'vitmsn {command}'"
-    extras = ([extra] if name is not None else []) + ([_extra_for_backend()] if no_backend else [])
+    extras = ([extra] if name is not None else []) + ([onnxruntime_extra()] if no_backend else [])
     if name is None:  # only the backend is missing
         print(f"error: {what} needs an inference backend, and none is installed; install one with: "
               f"pip install 'vitmsn[{','.join(extras)}]' (or 'vitmsn[openvino]')", file=sys.stderr)

@@ -45,23 +45,12 @@ class LazyGroup(click.Group):
             with deferred():  # a command module may load C++ extensions: see vitmsn.core.interrupts
                 mod = importlib.import_module(f"vitmsn.cli.{module}")
         except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("vitmsn.cli"):
-                return _unavailable(cmd_name)
             return _missing_dependency(cmd_name, exc.name or str(exc))
         return mod.command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
             formatter.write_dl([(name, HELP[name]) for name in sorted(COMMANDS)])
-
-
-def _unavailable(name: str) -> click.Command:
-    @click.command(name, help=HELP[name], context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def stub(args: tuple[str, ...]) -> None:
-        raise click.UsageError(f"'vitmsn {name}' is not available in this version")
-
-    return stub
 
 
 def _missing_dependency(name: str, missing: str) -> click.Command:

@@ -27,6 +27,16 @@ class ThresholdType(click.ParamType):
 THRESHOLD = ThresholdType()
 
 
+def positive_ints(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> tuple[int, ...]:
+    """Click callback: '8,1,8' -> (8, 1) (input order, duplicates dropped); None -> () (the default)."""
+    if value is None:
+        return ()
+    parts = [p.strip() for p in str(value).split(",") if p.strip()]
+    if not parts or not all(p.isdecimal() and int(p) > 0 for p in parts):
+        raise click.BadParameter(f"{value!r}: expected positive batch sizes separated by commas, e.g. 1,3,8")
+    return tuple(dict.fromkeys(int(p) for p in parts))
+
+
 def toml_types(param: click.Parameter) -> tuple[type, ...] | None:
     """The TOML value types a parameter accepts (None: not checked here; click's own type still converts it)."""
     kind = param.type

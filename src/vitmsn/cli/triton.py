@@ -13,16 +13,7 @@ import click
 from vitmsn.core.errors import ValidationFailed
 
 from .common import artifacts_argument, handle_errors, need_artifacts
-
-
-def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
-    if not value:
-        return ()
-    try:
-        sizes = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 8,32") from None
-    return sizes
+from .options import positive_ints
 
 
 @click.command("triton")
@@ -39,7 +30,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="The inference model the ensemble runs (also written) [default: plan, else onnx].")
 @click.option("--engine", "engine_file", metavar="FILE", help="The engine file to use when several match the precision.")
 @click.option("--max-batch", type=int, help="max_batch_size [default: the engine profile's max, or the exported batch max].")
-@click.option("--preferred-batch", callback=_batch_sizes, metavar="N,N",
+@click.option("--preferred-batch", callback=positive_ints, metavar="N,N",
               help="dynamic_batching preferred_batch_size [default: the profile's opt and max].")
 @click.option("--queue-delay-us", type=int, default=500, show_default=True, help="dynamic_batching max_queue_delay_microseconds.")
 @click.option("--instances", type=int, default=1, show_default=True, help="instance_group count per model.")

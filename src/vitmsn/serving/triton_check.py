@@ -13,11 +13,12 @@ are absent so a caller can say so instead of failing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vitmsn.runtime.backends.device import module_available
 
 from .triton import INFER_TEMPLATE, RUNTIME_FILE, TRITON_TYPES, VERSION
 
@@ -34,15 +35,7 @@ class RepositoryCheck:
 
 def missing_packages() -> list[str]:
     needed = {"tritonclient.grpc.model_config_pb2": "tritonclient[grpc]", "onnx": "onnx"}
-    missing = []
-    for module, package in needed.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if not found:
-            missing.append(package)
-    return missing
+    return [package for module, package in needed.items() if not module_available(module)]
 
 
 def parse_config(path: Path) -> Any:
