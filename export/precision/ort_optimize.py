@@ -204,17 +204,21 @@ def ort_optimized_onnx_from_fp32(src: str | os.PathLike[str], dst: str | os.Path
     for lg in quiet:
         lg.setLevel(logging.ERROR)
     try:
-        # The optimizer's fusions rewrite the loaded proto in place. The graph is saved and loaded again between
-        # the passes: protobuf frees the tensors a fusion replaced only with the whole message, and on a ViT-B
-        # keeping them cost 0.8 GB more peak memory than the reload's 1 s. The result is written once, beside
-        # dst, and renamed onto it only after its outputs match.
+        # The optimizer's fusions rewrite the loaded proto in place, and its symbolic shape inference copies the
+        # whole model twice per call (protobuf frees nothing before the whole message goes). So the first pass's
+        # result goes to disk with its weight matrices (1 MB and more) as external data, and the second pass, whose
+        # fusions read only biases, runs on the graph without them; the weights are read back once, at the end.
+        # The result is written once, beside dst, and renamed onto it only after its outputs match.
         model = onnx.load(str(src))
         rewrites = rewrite_for_ort_fusion(model)
         with tempfile.TemporaryDirectory(prefix="vitmsn-ortopt-") as tmp:
-            save_onnx(_optimize(model, arch, skip_layer_norm=False), Path(tmp) / "attention.onnx")
+            onnx.save_model(_optimize(model, arch, skip_layer_norm=False), str(Path(tmp) / "attention.onnx"),
+                            save_as_external_data=True, location="weights", size_threshold=1 << 20)
             del model
             release_memory()
-            model = _optimize(onnx.load(str(Path(tmp) / "attention.onnx")), arch, skip_layer_norm=True)
+            model = _optimize(onnx.load(str(Path(tmp) / "attention.onnx"), load_external_data=False), arch,
+                              skip_layer_norm=True)
+            onnx.load_external_data_for_model(model, tmp)
         if any(n.domain == "com.microsoft" for n in model.graph.node) and \
                 not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid("com.microsoft", 1))  # the optimizer omits it
