@@ -34,9 +34,9 @@ from vitmsn.export.engines.builder import BUILD_ERRORS, EngineOptions, engine_fr
 from vitmsn.export.precision.fp16 import Fp16Options, fp16_onnx_from_fp32
 from vitmsn.export.precision.int8 import Int8Options, Int8Result, qdq_onnx_from_calibration
 from vitmsn.export.precision.int8_cpu import CpuInt8Result, cpu_int8_onnx_from_calibration
-from vitmsn.export.fp32.memory import batch_within_memory
+from vitmsn.export.fp32.memory import batch_within_memory, calibration_batch
 from vitmsn.export.fp32.spec import ExportSpec
-from vitmsn.core.progress import activity
+from vitmsn.core.progress import activity, say
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,8 @@ def cpu_requantize_within_gate(ctx: StepContext, options: Int8Options, calibrati
         nodes = tuple(excluded_nodes) + tuple(resolve_exclusions(fp32, groups, ("MatMul",)) if groups else ())
         built[out] = cpu_int8_onnx_from_calibration(ctx.fp32_path, out, calibration.tensors,
                                                     method=CalibrationMethod(options.method), exclude_nodes=nodes,
-                                                    input_name=ctx.spec.input.name, verbose=ctx.verbose)
+                                                    input_name=ctx.spec.input.name,
+                                                    batch_size=options.calibration_batch, verbose=ctx.verbose)
         return out
 
     log.info("int8_cpu: drift gate failed; re-quantizing with the most sensitive blocks in FP32 (at most %d tries)",
@@ -242,6 +243,10 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
     with its most sensitive blocks in high precision (:func:`requantize_within_gate`), and the stages
     and figures reported are those of the file finally written."""
     path = ctx.out / FILES["int8"]
+    batch, note = calibration_batch(ctx.spec.arch, len(calibration), ctx.fp32_path.stat().st_size)
+    if note:  # said before it runs
+        say(f"note: {note}")
+    options = replace(options, calibration_batch=batch)  # the re-quantization tries and the CPU flavour too
     result = qdq_onnx_from_calibration(ctx.fp32_path, path, calibration.tensors, options=options,
                                        input_name=ctx.spec.input.name)
     stages, rows = _checked(ctx, path, "int8", "int8")
@@ -271,7 +276,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
         cpu = cpu_int8_onnx_from_calibration(ctx.fp32_path, cpu_path, calibration.tensors,
                                              method=CalibrationMethod(options.method),
                                              exclude_nodes=result.excluded_nodes, input_name=ctx.spec.input.name,
-                                             verbose=ctx.verbose)
+                                             batch_size=batch, verbose=ctx.verbose)
         cpu_stages, cpu_rows = _checked(ctx, cpu_path, "int8_cpu", "int8")
         cpu_drift = next((s for s in cpu_stages if s.stage == "drift_int8_cpu"), None)
         cpu_requantization = None

@@ -301,3 +301,18 @@ def test_an_onnx_model_written_one_tensor_at_a_time_loads_and_runs_as_the_same_m
     want, have = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x})
                   for p in (demo_artifacts / "model.fp32.onnx", tmp_path / "m.onnx"))
     assert all(np.array_equal(a, b) for a, b in zip(want, have))
+
+
+def test_int8_calibration_batch_shrinks_to_memory_divides_the_images_and_refuses_what_cannot_fit() -> None:
+    from vitmsn.export.fp32.memory import calibration_batch, calibration_bytes
+
+    b4 = ViTMSNArch(patch_size=4)  # 3,137 tokens: ModelOpt's calibration measured 3.4 GB per image, 3.7 GB fixed
+    graph = 350 * 10**6
+    assert 3.0 * GB < calibration_bytes(b4, 2, graph) - calibration_bytes(b4, 1, graph) < 3.8 * GB
+    assert calibration_batch(b4, 32, graph, Memory(int(100 * GB), "test")) == (8, None)
+    batch, note = calibration_batch(b4, 32, graph, Memory(int(22 * GB), "test"))  # a 24 GiB machine
+    assert batch == 4 and note.startswith("INT8 calibration at batch 4 instead of 8: batch 5 needs about")
+    batch, _ = calibration_batch(b4, 30, graph, Memory(int(22 * GB), "test"))
+    assert batch == 3  # the largest size that fits and divides 30: every image calibrates once
+    with pytest.raises(InputError, match=r"INT8 calibration of this model needs about 7\.\d GB for one image"):
+        calibration_batch(b4, 32, graph, Memory(int(6 * GB), "test"))

@@ -53,6 +53,43 @@ def activation_bytes(arch: ViTMSNArch, batch: int, *, runtime: str = "onnxruntim
     return batch * int(dtype_bytes * (scores + dense))
 
 
+# INT8 calibration (ModelOpt's and ONNX Runtime's) exposes the input of every quantized MatMul as a graph output
+# (per layer: the two LayerNorm outputs, the attention context, the GELU output) and holds about three copies of them
+# while it bins them, beside one forward pass; and about 11 copies of the graph whatever the batch. Measured on the
+# B/4 shape (ModelOpt entropy calibration): 3.4 GB per image and 3.7 GB fixed (estimate: 3.3 GB per image).
+_CALIBRATION_OUTPUT_COPIES = 3
+_CALIBRATION_GRAPH_COPIES = 11
+
+
+def calibration_bytes(arch: ViTMSNArch, batch: int, graph_bytes: int) -> int:
+    """Peak memory, in bytes, of calibrating ``batch`` images at a time on a graph of ``graph_bytes``."""
+    t = arch.num_patches + 1
+    exposed = arch.num_hidden_layers * t * (3 * arch.hidden_size + arch.intermediate_size) * 4
+    return (batch * _CALIBRATION_OUTPUT_COPIES * exposed + activation_bytes(arch, batch)
+            + _CALIBRATION_GRAPH_COPIES * graph_bytes)
+
+
+def calibration_batch(arch: ViTMSNArch, images: int, graph_bytes: int, memory: Memory | None = None,
+                      preferred: int = 8) -> tuple[int, str | None]:
+    """The INT8 calibration batch: the largest size up to ``preferred`` that divides ``images`` (every image counts
+    once) and fits the usable memory, and a note when memory made it smaller. Raises InputError, with the numbers,
+    when one image does not fit."""
+    from vitmsn.calibration import even_batch_size
+
+    memory = memory or available_memory()
+    fits = next((b for b in range(preferred, 0, -1) if calibration_bytes(arch, b, graph_bytes) <= memory.usable), 0)
+    if fits == 0:
+        raise InputError(f"INT8 calibration of this model needs about {size_text(calibration_bytes(arch, 1, graph_bytes))}"
+                         f" for one image, {size_text(memory.usable)} usable of {memory.describe()}; free memory "
+                         "or export without --precision int8")
+    batch = even_batch_size(images, fits)
+    if fits >= min(preferred, images):
+        return batch, None
+    return batch, (f"INT8 calibration at batch {batch} instead of {even_batch_size(images, preferred)}: batch "
+                   f"{fits + 1} needs about {size_text(calibration_bytes(arch, fits + 1, graph_bytes))}, "
+                   f"{size_text(memory.usable)} usable of {memory.describe()}")
+
+
 @dataclass(frozen=True)
 class Memory:
     """Bytes this process may still allocate, and where the figure comes from."""

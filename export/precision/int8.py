@@ -66,6 +66,7 @@ class Int8Options:
     op_types: tuple[str, ...] = QUANTIZED_OP_TYPES
     quantize_attention: bool = False  # also the activation x activation MatMuls (Q.K^T, softmax.V)
     verbose: bool = False
+    calibration_batch: int = 8  # at most; a size that divides the number of images (even_batch_size)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", CalibrationMethod(self.method))
@@ -188,7 +189,7 @@ def qdq_onnx_from_calibration(fp32_path: str | Path, out_path: str | Path, calib
     source = onnx.load(str(fp32_path), load_external_data=False)
     excluded = resolve_exclusions(source, options.exclude, options.op_types)
     attention = [] if options.quantize_attention else [n for n in activation_matmuls(source) if n not in excluded]
-    batch = even_batch_size(len(calibration))
+    batch = even_batch_size(len(calibration), options.calibration_batch)
     shape = "x".join(str(d) for d in (batch,) + tuple(calibration.shape[1:]))
     # ModelOpt rewrites its input file in place (shape inference, infer_shapes_path) and writes its intermediate
     # graphs (<input>_named.onnx, ...) beside it, removed only when it finishes: it gets a private copy in a private
