@@ -186,6 +186,24 @@ def test_ort_fused_graph_fuses_every_layer(bench_tiny_artifacts: Path, tmp_path:
     onnx.checker.check_model(onnx.load(str(result.path)))
 
 
+def test_ort_fusions_wait_for_weight_matrices_on_disk_and_still_fuse_every_layer(
+        bench_tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    import onnx
+
+    from vitmsn.export.fp32.model import ViTMSNArch
+    from vitmsn.export.precision import ort_optimize
+
+    monkeypatch.setattr(ort_optimize, "EXTERNAL_MIN_BYTES", 0)  # every weight matrix, as on a ViT-B/4 or larger
+    arch = ViTMSNArch.from_config(TINY_CONFIG)
+    layers = arch.num_hidden_layers
+    result = ort_optimize.ort_optimized_onnx_from_fp32(bench_tiny_artifacts / "model.fp32.onnx", tmp_path / "f.onnx", arch)
+    assert result.fused == {"Attention": layers, "SkipLayerNormalization": 2 * layers, "BiasGelu": layers,
+                            "LayerNormalization": 1}
+    model = onnx.load(str(result.path))  # one self-contained file: every weight back inside it
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert list(tmp_path.iterdir()) == [result.path] and result.max_abs_diff < 1e-4
+
+
 def _assert_every_row_passed(artifacts: Path, out: Path) -> dict:
     result = _bench([str(artifacts), "--batch-sizes", "1,8", "--json", str(out), *FAST])
     assert result.exit_code == 0, result.output

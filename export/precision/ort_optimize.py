@@ -34,6 +34,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -189,6 +190,18 @@ def _max_abs_diff(a: Path, b: Path, arch: ViTMSNArch, batch: int = 2) -> float:
     return worst
 
 
+EXTERNAL_MIN_BYTES = 1 << 20  # weight matrices from this size wait on disk while a pass does not read them
+
+
+def _matrices_aside(model: onnx.ModelProto, location: str, select: Callable[[onnx.TensorProto], bool]) -> None:
+    """Mark the 2-D weights ``select`` picks as external data in ``location``: the next ``onnx.save_model`` writes
+    them there. Only matrices: the symbolic shape inference reads small constants and the position embeddings
+    (B/4: 9.6 MB), and without them the SkipLayerNormalization fusion is skipped."""
+    for weight in model.graph.initializer:
+        if len(weight.dims) == 2 and weight.HasField("raw_data") and select(weight):
+            external_data_helper.set_external_data(weight, location)
+
+
 def ort_optimized_onnx_from_fp32(src: str | os.PathLike[str], dst: str | os.PathLike[str],
                                  arch: ViTMSNArch) -> OrtOptimizeResult:
     """Write the ONNX Runtime-fused graph of the FP32 export ``src`` to ``dst`` (atomically).
@@ -214,17 +227,15 @@ def ort_optimized_onnx_from_fp32(src: str | os.PathLike[str], dst: str | os.Path
         with tempfile.TemporaryDirectory(prefix="vitmsn-ortopt-") as tmp:
             model = onnx.load(str(src))
             rewrites = rewrite_for_ort_fusion(model)
-            mlp = arch.intermediate_size != arch.hidden_size  # else the MLP's weights cannot be told from Q/K/V's
-            for weight in model.graph.initializer:
-                if mlp and len(weight.dims) == 2 and arch.intermediate_size in weight.dims:
-                    external_data_helper.set_external_data(weight, "mlp")
-            onnx.save_model(model, str(Path(tmp) / "rewritten.onnx"))  # writes the marked tensors to tmp/mlp
+            if arch.intermediate_size != arch.hidden_size:  # else the MLP's weights cannot be told from Q/K/V's
+                _matrices_aside(model, "mlp", lambda w: arch.intermediate_size in w.dims)
+            onnx.save_model(model, str(Path(tmp) / "rewritten.onnx"))  # writes the tensors set aside to tmp/mlp
             del model
             release_memory()
             model = _optimize(onnx.load(str(Path(tmp) / "rewritten.onnx"), load_external_data=False), arch,
                               skip_layer_norm=False)
-            onnx.save_model(model, str(Path(tmp) / "attention.onnx"), save_as_external_data=True, location="weights",
-                            size_threshold=1 << 20)
+            _matrices_aside(model, "weights", lambda w: len(w.raw_data) >= EXTERNAL_MIN_BYTES)
+            onnx.save_model(model, str(Path(tmp) / "attention.onnx"))
             del model
             release_memory()
             model = _optimize(onnx.load(str(Path(tmp) / "attention.onnx"), load_external_data=False), arch,
