@@ -258,6 +258,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
             activity(f"INT8: ModelOpt {opts.int8_method} calibration on {len(calibration)} images, then checks and drift")
             entry, new, r = int8_step(ctx, int8_options, calibration, cpu_flavour=opts.int8_cpu,
                                       max_tries=opts.int8_max_tries)
+            if "cpu_flavour_not_built" in entry.extra:
+                notes.append(f"no model.int8.cpu.onnx: {entry.extra['cpu_flavour_not_built']}")
             precisions["int8"] = entry
             release_memory()
             stages += new

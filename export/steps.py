@@ -36,6 +36,7 @@ from vitmsn.export.precision.int8 import Int8Options, Int8Result, qdq_onnx_from_
 from vitmsn.export.precision.int8_cpu import CpuInt8Result, cpu_int8_onnx_from_calibration
 from vitmsn.export.fp32.memory import batch_within_memory, calibration_batch
 from vitmsn.export.fp32.spec import ExportSpec
+from vitmsn.core.errors import InputError
 from vitmsn.core.progress import activity, say
 
 log = logging.getLogger(__name__)
@@ -243,9 +244,12 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
     with its most sensitive blocks in high precision (:func:`requantize_within_gate`), and the stages
     and figures reported are those of the file finally written."""
     path = ctx.out / FILES["int8"]
-    batch, note = calibration_batch(ctx.spec.arch, len(calibration), ctx.fp32_path.stat().st_size)
+    graph_bytes = ctx.fp32_path.stat().st_size
+    batch, note = calibration_batch(ctx.spec.arch, len(calibration), graph_bytes)
+    if batch == 0:
+        raise InputError(f"INT8: {note}; free memory or export without --precision int8")
     if note:  # said before it runs
-        say(f"note: {note}")
+        say(f"note: INT8 {note}")
     options = replace(options, calibration_batch=batch)  # the re-quantization tries and the CPU flavour too
     result = qdq_onnx_from_calibration(ctx.fp32_path, path, calibration.tensors, options=options,
                                        input_name=ctx.spec.input.name)
@@ -270,13 +274,27 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
     if requantization is not None:
         extra["requantization"] = requantization
     flavours: dict[str, FlavourEntry] = {}
-    if cpu_flavour:
-        cpu_path = ctx.out / CPU_INT8_FILE
-        activity(f"INT8 placed for ONNX Runtime on CPU -> {CPU_INT8_FILE}")
-        cpu = cpu_int8_onnx_from_calibration(ctx.fp32_path, cpu_path, calibration.tensors,
-                                             method=CalibrationMethod(options.method),
-                                             exclude_nodes=result.excluded_nodes, input_name=ctx.spec.input.name,
-                                             batch_size=batch, verbose=ctx.verbose)
+    cpu, cpu_path = None, ctx.out / CPU_INT8_FILE
+    if cpu_flavour:  # optional: when it cannot be built, the run says why and goes on without it
+        cpu_batch, note = calibration_batch(ctx.spec.arch, len(calibration), graph_bytes, scores=True)
+        if cpu_batch == 0:
+            extra["cpu_flavour_not_built"] = f"ONNX Runtime's calibration also bins the attention scores: {note}"
+        else:
+            if note:
+                say(f"note: {CPU_INT8_FILE}: {note}")
+            activity(f"INT8 placed for ONNX Runtime on CPU -> {CPU_INT8_FILE}")
+            try:
+                cpu = cpu_int8_onnx_from_calibration(ctx.fp32_path, cpu_path, calibration.tensors,
+                                                     method=CalibrationMethod(options.method),
+                                                     exclude_nodes=result.excluded_nodes,
+                                                     input_name=ctx.spec.input.name, batch_size=cpu_batch,
+                                                     verbose=ctx.verbose)
+            except RuntimeError as exc:  # its child interpreter failed (or was killed)
+                extra["cpu_flavour_not_built"] = str(exc)
+        if cpu is None:
+            say(f"note: no {CPU_INT8_FILE}: {extra['cpu_flavour_not_built']}")
+    if cpu is not None:
+        options = replace(options, calibration_batch=cpu_batch)  # its re-quantization tries
         cpu_stages, cpu_rows = _checked(ctx, cpu_path, "int8_cpu", "int8")
         cpu_drift = next((s for s in cpu_stages if s.stage == "drift_int8_cpu"), None)
         cpu_requantization = None

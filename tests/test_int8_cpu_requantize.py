@@ -111,3 +111,24 @@ def test_cpu_flavour_whose_gate_is_only_undecided_is_not_requantized(planted, tm
     assert "requantize_int8_cpu" not in report, report["requantize_int8_cpu"]
     assert "requantization" not in json.loads((out / "manifest.json").read_text())["precisions"]["int8"]["onnxruntime_cpu"]
     assert result.exit_code == 1 and "INCONCLUSIVE" in result.output and "FAILED" not in result.output, result.output
+
+
+def test_a_cpu_flavour_that_cannot_be_built_is_said_and_the_export_goes_on_without_it(planted, tmp_path, monkeypatch):
+    from vitmsn.export import steps
+
+    def killed(*args, **kwargs):  # what the child interpreter's failure raises (e.g. killed out of memory)
+        raise RuntimeError("INT8 (ONNX Runtime CPU) quantization of model.fp32.onnx failed: (killed by signal 9)")
+
+    monkeypatch.setattr(steps, "cpu_int8_onnx_from_calibration", killed)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(export_command, [
+        "--model", str(planted["ck"]), "--out", str(out), "--engine", "skip", "--batch", "1:4:8",
+        "--precision", "int8", "--calib-images", str(planted["calib"]), "--calib-samples", "16",
+        "--calib-min-images", "4", "--calib-cache", str(planted["cache"]), "--int8-max-tries", "0"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and "note: no model.int8.cpu.onnx: INT8 (ONNX Runtime CPU)" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    int8 = manifest["precisions"]["int8"]
+    assert "onnxruntime_cpu" not in int8 and "killed by signal 9" in int8["cpu_flavour_not_built"]
+    assert any(n.startswith("no model.int8.cpu.onnx: ") for n in manifest["notes"])
+    assert not (out / "model.int8.cpu.onnx").exists() and (out / "model.int8.onnx").is_file()

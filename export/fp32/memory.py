@@ -61,33 +61,36 @@ _CALIBRATION_OUTPUT_COPIES = 3
 _CALIBRATION_GRAPH_COPIES = 11
 
 
-def calibration_bytes(arch: ViTMSNArch, batch: int, graph_bytes: int) -> int:
-    """Peak memory, in bytes, of calibrating ``batch`` images at a time on a graph of ``graph_bytes``."""
+def calibration_bytes(arch: ViTMSNArch, batch: int, graph_bytes: int, *, scores: bool = False) -> int:
+    """Peak memory, in bytes, of calibrating ``batch`` images at a time on a graph of ``graph_bytes``; ``scores``:
+    the calibration also bins the attention score matrices (ONNX Runtime's, for the CPU flavour, calibrates every
+    MatMul's tensors)."""
     t = arch.num_patches + 1
-    exposed = arch.num_hidden_layers * t * (3 * arch.hidden_size + arch.intermediate_size) * 4
+    exposed = arch.num_hidden_layers * (t * (3 * arch.hidden_size + arch.intermediate_size)
+                                        + (2 * arch.num_attention_heads * t * t if scores else 0)) * 4
     return (batch * _CALIBRATION_OUTPUT_COPIES * exposed + activation_bytes(arch, batch)
             + _CALIBRATION_GRAPH_COPIES * graph_bytes)
 
 
 def calibration_batch(arch: ViTMSNArch, images: int, graph_bytes: int, memory: Memory | None = None,
-                      preferred: int = 8) -> tuple[int, str | None]:
+                      preferred: int = 8, *, scores: bool = False) -> tuple[int, str | None]:
     """The INT8 calibration batch: the largest size up to ``preferred`` that divides ``images`` (every image counts
-    once) and fits the usable memory, and a note when memory made it smaller. Raises InputError, with the numbers,
-    when one image does not fit."""
+    once) and fits the usable memory, and a note when memory made it smaller; ``(0, why)`` when one image does not
+    fit."""
     from vitmsn.calibration import even_batch_size
 
     memory = memory or available_memory()
-    fits = next((b for b in range(preferred, 0, -1) if calibration_bytes(arch, b, graph_bytes) <= memory.usable), 0)
+    need = [calibration_bytes(arch, b, graph_bytes, scores=scores) for b in range(1, preferred + 2)]
+    fits = next((b for b in range(preferred, 0, -1) if need[b - 1] <= memory.usable), 0)
     if fits == 0:
-        raise InputError(f"INT8 calibration of this model needs about {size_text(calibration_bytes(arch, 1, graph_bytes))}"
-                         f" for one image, {size_text(memory.usable)} usable of {memory.describe()}; free memory "
-                         "or export without --precision int8")
+        return 0, (f"calibrating one image needs about {size_text(need[0])}, {size_text(memory.usable)} usable of "
+                   f"{memory.describe()}")
     batch = even_batch_size(images, fits)
     if fits >= min(preferred, images):
         return batch, None
-    return batch, (f"INT8 calibration at batch {batch} instead of {even_batch_size(images, preferred)}: batch "
-                   f"{fits + 1} needs about {size_text(calibration_bytes(arch, fits + 1, graph_bytes))}, "
-                   f"{size_text(memory.usable)} usable of {memory.describe()}")
+    return batch, (f"calibration at batch {batch} instead of {even_batch_size(images, preferred)}: batch "
+                   f"{fits + 1} needs about {size_text(need[fits])}, {size_text(memory.usable)} usable of "
+                   f"{memory.describe()}")
 
 
 @dataclass(frozen=True)
