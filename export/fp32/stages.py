@@ -16,9 +16,10 @@ from vitmsn.core.progress import say
 from vitmsn.runtime.manifest import FlavourEntry
 
 FUSED_FP32_FILE = "model.fp32.ort.onnx"
-# Peak memory of ONNX Runtime's transformer optimizer, in copies of the FP32 graph: 8.6 measured on ViT-B/16 (3.0 GB
-# for a 344 MB graph, both passes and the check, with release_memory between them).
-FUSION_COPIES = 9
+# Peak memory of ONNX Runtime's transformer fusions, in copies of the FP32 graph, with the weight matrices a pass
+# does not read on disk (ort_optimize): 2.5 measured on ViT-L/16 (3.07 GB above the process for a 1.21 GB graph), the
+# load and the final check's ONNX Runtime sessions setting it.
+FUSION_COPIES = 3
 
 
 def ort_runner(path: Path, input_name: str):
