@@ -309,14 +309,14 @@ def test_int8_calibration_batch_shrinks_to_memory_divides_the_images_and_refuses
 
     b4 = ViTMSNArch(patch_size=4)  # 3,137 tokens: ModelOpt's calibration measured 3.4 GB per image, 3.7 GB fixed
     graph = 350 * 10**6
-    assert 3.0 * GB < calibration_bytes(b4, 2, graph) - calibration_bytes(b4, 1, graph) < 3.8 * GB
+    assert 3.4 * GB < calibration_bytes(b4, 2, graph) - calibration_bytes(b4, 1, graph) < 1.3 * 3.4 * GB
     assert calibration_batch(b4, 32, graph, Memory(int(100 * GB), "test")) == (8, None)
-    batch, note = calibration_batch(b4, 32, graph, Memory(int(22 * GB), "test"))  # a 24 GiB machine
-    assert batch == 4 and note.startswith("calibration at batch 4 instead of 8: batch 5 needs about")
+    batch, note = calibration_batch(b4, 32, graph, Memory(int(22 * GB), "test"))  # a 24 GiB machine: 3 fit
+    assert batch == 2 and note.startswith("calibration at batch 2 instead of 8: batch 4 needs about")
     batch, _ = calibration_batch(b4, 30, graph, Memory(int(22 * GB), "test"))
     assert batch == 3  # the largest size that fits and divides 30: every image calibrates once
     batch, note = calibration_batch(b4, 32, graph, Memory(int(6 * GB), "test"))
-    assert batch == 0 and re.match(r"calibrating one image needs about 7\.\d GB, 4\.8 GB usable", note)
+    assert batch == 0 and re.match(r"calibrating one image needs about 8\.\d GB, 4\.8 GB usable", note)
     # ONNX Runtime's calibration (the CPU flavour) bins the 12 x 3,137^2 attention scores of every layer too
     assert calibration_batch(b4, 32, graph, Memory(int(22 * GB), "test"), scores=True)[0] == 0
     assert calibration_batch(ViTMSNArch(), 32, graph, Memory(int(22 * GB), "test"), scores=True) == (8, None)
