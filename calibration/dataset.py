@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -175,16 +175,10 @@ def calibration_set_from_directory(images: str | os.PathLike[str], preprocess_bl
                 _check_minimum(root, cached, options)
                 return cached
 
-    tried: list[Path] = []  # the candidates read, in order (reserves only as far as skipped images need them)
-
-    def candidates() -> Iterator[Path]:
-        for path in order.candidates():
-            tried.append(path)
-            yield path
-
+    candidates = list(order.candidates())  # the sample, then reserves read only as far as skipped images need them
     with Progress("calibration images", target, unit="img", enabled=options.progress) as bar:
-        tensors, ok, bad = preprocess_files(preprocess, candidates(), root, limit=target, on_read=bar.update)
-    chosen = [tried[i] for i in ok]
+        tensors, ok, bad = preprocess_files(preprocess, candidates, root, limit=target, on_read=bar.update)
+    chosen = [candidates[i] for i in ok]
     skipped = [(s["image"], s["reason"]) for s in bad]
     cs = CalibrationSet(
         tensors.copy(), tuple(p.relative_to(root).as_posix() for p in chosen),

@@ -237,6 +237,25 @@ def _speed(value: float | None) -> str:
     return "n/a img/s" if value is None else f"{value:.1f} img/s"
 
 
+def _cpu_int8(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, excluded_nodes: tuple[str, ...],
+              graph_bytes: int) -> tuple[CpuInt8Result | None, int, str | None]:
+    """``model.int8.cpu.onnx``, the batch it calibrated at, and why not when it cannot be built: ONNX Runtime's
+    calibration also bins the attention scores, so one image may not fit, and its child interpreter may fail."""
+    batch, note = calibration_batch(ctx.spec.arch, len(calibration), graph_bytes, scores=True)
+    if batch == 0:
+        return None, 0, f"ONNX Runtime's calibration also bins the attention scores: {note}"
+    if note:
+        say(f"note: {CPU_INT8_FILE}: {note}")
+    activity(f"INT8 placed for ONNX Runtime on CPU -> {CPU_INT8_FILE}")
+    try:
+        return cpu_int8_onnx_from_calibration(ctx.fp32_path, ctx.out / CPU_INT8_FILE, calibration.tensors,
+                                              method=CalibrationMethod(options.method), exclude_nodes=excluded_nodes,
+                                              input_name=ctx.spec.input.name, batch_size=batch,
+                                              verbose=ctx.verbose), batch, None
+    except RuntimeError as exc:  # its child interpreter failed (or was killed)
+        return None, batch, str(exc)
+
+
 def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, *,
               cpu_flavour: bool = True,
               max_tries: int = 0) -> tuple[PrecisionEntry, list[checks.StageResult], list[dict[str, Any]]]:
@@ -276,23 +295,10 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
     flavours: dict[str, FlavourEntry] = {}
     cpu, cpu_path = None, ctx.out / CPU_INT8_FILE
     if cpu_flavour:  # optional: when it cannot be built, the run says why and goes on without it
-        cpu_batch, note = calibration_batch(ctx.spec.arch, len(calibration), graph_bytes, scores=True)
-        if cpu_batch == 0:
-            extra["cpu_flavour_not_built"] = f"ONNX Runtime's calibration also bins the attention scores: {note}"
-        else:
-            if note:
-                say(f"note: {CPU_INT8_FILE}: {note}")
-            activity(f"INT8 placed for ONNX Runtime on CPU -> {CPU_INT8_FILE}")
-            try:
-                cpu = cpu_int8_onnx_from_calibration(ctx.fp32_path, cpu_path, calibration.tensors,
-                                                     method=CalibrationMethod(options.method),
-                                                     exclude_nodes=result.excluded_nodes,
-                                                     input_name=ctx.spec.input.name, batch_size=cpu_batch,
-                                                     verbose=ctx.verbose)
-            except RuntimeError as exc:  # its child interpreter failed (or was killed)
-                extra["cpu_flavour_not_built"] = str(exc)
-        if cpu is None:
-            say(f"note: no {CPU_INT8_FILE}: {extra['cpu_flavour_not_built']}")
+        cpu, cpu_batch, why = _cpu_int8(ctx, options, calibration, result.excluded_nodes, graph_bytes)
+        if why is not None:
+            extra["cpu_flavour_not_built"] = why
+            say(f"note: no {CPU_INT8_FILE}: {why}")
     if cpu is not None:
         options = replace(options, calibration_batch=cpu_batch)  # its re-quantization tries
         cpu_stages, cpu_rows = _checked(ctx, cpu_path, "int8_cpu", "int8")

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -232,17 +232,16 @@ class PreprocessConfig:
         return out
 
 
-def preprocess_files(pre: PreprocessConfig, files: Iterable[Path], root: Path | None = None, *,
+def preprocess_files(pre: PreprocessConfig, files: Sequence[Path], root: Path | None = None, *,
                      limit: int | None = None, on_read: Callable[[], Any] | None = None,
                      ) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
     """Preprocess ``files`` in order, skipping (and listing) the unreadable ones.
 
     Returns float32 [K, 3, H, W] for the K images read, their indices in ``files``, and the skipped
     ones as ``{"image": path relative to root (as given without root), "reason": ...}``. With ``limit``
-    it stops after that many readable images (``files`` may then be a lazy iterable); ``on_read`` is
-    called after each image read (a progress bar).
+    it stops after that many readable images; ``on_read`` is called after each image read (a progress bar).
     """
-    n = len(files) if limit is None else limit  # type: ignore[arg-type]
+    n = len(files) if limit is None else min(limit, len(files))
     out = np.empty((n, 3, pre.height, pre.width), dtype=np.float32)
     ok: list[int] = []
     skipped: list[dict[str, str]] = []
