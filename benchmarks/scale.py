@@ -87,7 +87,8 @@ def _free_gb() -> float:
     return float("nan")
 
 
-def ours(work: Path, shape: str, precision: str, ck: Path, memory_limit: str | None) -> dict[str, object]:
+def ours(work: Path, shape: str, precision: str, ck: Path, memory_limit: str | None,
+         int8_max_tries: int | None = None) -> dict[str, object]:
     out = work / f"out-{shape.replace('/', '-')}-{precision}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [str(Path(sys.executable).parent / "vitmsn-export"), "--model", str(ck), "--out", str(out), "--engine", "skip"]
@@ -96,9 +97,12 @@ def ours(work: Path, shape: str, precision: str, ck: Path, memory_limit: str | N
     if precision == "int8":
         cmd += ["--calib-images", str(calibration_images(work)), "--calib-samples", "32",
                 "--calib-cache", str(work / "calib-cache")]
+        if int8_max_tries is not None:  # re-quantization tries: each one calibrates again (B/4: minutes apiece)
+            cmd += ["--int8-max-tries", str(int8_max_tries)]
     env = dict(os.environ, **({"VITMSN_MEMORY_LIMIT": memory_limit} if memory_limit else {}))
     row: dict[str, object] = {"tool": "vitmsn-export", "shape": shape, "precision": precision,
                               "available_gb_before": _free_gb(), "memory_limit": memory_limit,
+                              "int8_max_tries": int8_max_tries if precision == "int8" else None,
                               **timed(cmd, work / f"{out.name}.log", env)}
     manifest = out / "manifest.json"
     if manifest.exists():
@@ -147,7 +151,8 @@ def markdown(rows: list[dict[str, object]], machine: str) -> str:
         if r.get("parity_note"):
             parity += f" ({r['parity_note']})"
         wall, cpu = r.get("wall_s"), r.get("cpu_s")
-        lines.append(f"| {r['shape']} | {r['tool']} | {r['precision']} | {r['exit']} | "
+        precision = r["precision"] if r.get("int8_max_tries") is None else f"{r['precision']} (tries {r['int8_max_tries']})"
+        lines.append(f"| {r['shape']} | {r['tool']} | {precision} | {r['exit']} | "
                      f"{'' if wall is None else f'{wall:.0f} s'} | {'' if cpu is None else f'{cpu} s'} | "
                      f"{r.get('peak_rss_gb')} GB | {r.get('slowest_stage', '')} | "
                      f"{r.get('peak_stage', '')} | {parity} | {files} |")
@@ -161,20 +166,23 @@ def main() -> None:
     p.add_argument("--optimum-cli", default=shutil.which("optimum-cli"), help="optimum-cli to compare with (skipped without)")
     p.add_argument("--memory-limit", default="14G",
                    help="VITMSN_MEMORY_LIMIT for the exports: their share of a shared machine ('' for none)")
+    p.add_argument("--int8-max-tries", type=int, help="passed to vitmsn-export (its default without this)")
     p.add_argument("--work", type=Path, default=Path("/tmp/vitmsn-scale"))
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("scale"))
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     json_path = args.out.with_suffix(".json")
     rows: list[dict[str, object]] = json.loads(json_path.read_text())["rows"] if json_path.exists() else []
-    machine = f"{os.cpu_count()} cores, {round(os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30)} GiB"
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "CPU")
+    machine = f"{cpu}, {os.cpu_count()} cores, {round(os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30)} GiB"
     for shape in args.shapes.split(","):
         python = str(Path(args.optimum_cli).parent / "python") if args.optimum_cli else sys.executable
         ck = checkpoint(args.work, shape, python)
         runs = [("ours", pr) for pr in args.precisions.split(",")] + ([("optimum", "fp32")] if args.optimum_cli else [])
         for tool, precision in runs:
             print(f"{time.strftime('%H:%M:%S')} {shape} {tool} {precision} ({_free_gb()} GB available)", flush=True)
-            row = (ours(args.work, shape, precision, ck, args.memory_limit) if tool == "ours"
+            row = (ours(args.work, shape, precision, ck, args.memory_limit, args.int8_max_tries) if tool == "ours"
                    else optimum(args.work, shape, ck, args.optimum_cli))
             print(f"  {row}", flush=True)
             rows = [r for r in rows if (r["shape"], r["tool"], r["precision"]) != (shape, row["tool"], precision)] + [row]
