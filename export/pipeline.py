@@ -30,7 +30,8 @@ from vitmsn.export.precision.fp16 import Fp16Options, reference_samples
 from vitmsn.export.precision.int8 import Int8Options
 from vitmsn.export.fp32.memory import available_memory, batch_within_memory, release_memory
 from vitmsn.export.fp32.onnx_export import onnx_from_model
-from vitmsn.export.steps import StepContext, engine_step, file_ref, fp16_step, int8_step, validation_record
+from vitmsn.export.steps import (StepContext, engine_step, file_ref, fp16_step, int8_calibration_batch, int8_step,
+                                 validation_record)
 from vitmsn.export.staging import StagedOutput
 from vitmsn.export.validation.report import write_export_report
 from vitmsn.export.fp32.spec import ExportSpec
@@ -169,6 +170,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     if opts.calib_images is not None and {"fp16", "int8"} & set(opts.precisions):
         activity(f"reading calibration images from {opts.calib_images}")
     calibration = _calibration(opts, preprocess_block)
+    if calibration is not None and "int8" in opts.precisions:  # refused now, not after minutes of FP32 export and checks
+        int8_calibration_batch(spec.arch, len(calibration), 4 * sum(t.numel() for t in ck.state_dict.values()))
     sample = calibration_content(calibration, preprocess_block) if calibration is not None else None
     converted = [p for p in opts.precisions if p != "fp32"]
     inputs = None

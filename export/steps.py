@@ -36,6 +36,7 @@ from vitmsn.export.precision.int8 import Int8Options, Int8Result, qdq_onnx_from_
 from vitmsn.export.precision.int8_cpu import CpuInt8Result, cpu_int8_onnx_from_calibration
 from vitmsn.export.fp32.memory import batch_within_memory, calibration_batch
 from vitmsn.export.fp32.spec import ExportSpec
+from vitmsn.export.fp32.model import ViTMSNArch
 from vitmsn.core.errors import InputError
 from vitmsn.core.progress import activity, say
 
@@ -256,6 +257,14 @@ def _cpu_int8(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
         return None, batch, str(exc)
 
 
+def int8_calibration_batch(arch: ViTMSNArch, images: int, graph_bytes: int) -> tuple[int, str | None]:
+    """:func:`.calibration_batch` within the memory available now; InputError (exit 2) when one image cannot fit."""
+    batch, note = calibration_batch(arch, images, graph_bytes)
+    if batch == 0:
+        raise InputError(f"INT8: {note}; free memory or export without --precision int8")
+    return batch, note
+
+
 def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSet, *,
               cpu_flavour: bool = True,
               max_tries: int = 0) -> tuple[PrecisionEntry, list[checks.StageResult], list[dict[str, Any]]]:
@@ -264,9 +273,7 @@ def int8_step(ctx: StepContext, options: Int8Options, calibration: CalibrationSe
     and figures reported are those of the file finally written."""
     path = ctx.out / FILES["int8"]
     graph_bytes = ctx.fp32_path.stat().st_size
-    batch, note = calibration_batch(ctx.spec.arch, len(calibration), graph_bytes)
-    if batch == 0:
-        raise InputError(f"INT8: {note}; free memory or export without --precision int8")
+    batch, note = int8_calibration_batch(ctx.spec.arch, len(calibration), graph_bytes)
     if note:  # said before it runs
         say(f"note: INT8 {note}")
     options = replace(options, calibration_batch=batch)  # the re-quantization tries and the CPU flavour too

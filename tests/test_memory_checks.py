@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -320,3 +321,20 @@ def test_int8_calibration_batch_shrinks_to_memory_divides_the_images_and_refuses
     # ONNX Runtime's calibration (the CPU flavour) bins the 12 x 3,137^2 attention scores of every layer too
     assert calibration_batch(b4, 32, graph, Memory(int(22 * GB), "test"), scores=True)[0] == 0
     assert calibration_batch(ViTMSNArch(), 32, graph, Memory(int(22 * GB), "test"), scores=True) == (8, None)
+
+
+def test_an_int8_export_that_cannot_calibrate_one_image_is_refused_before_the_fp32_export(tmp_path: Path) -> None:
+    """Said at the start, exit 2 and nothing written: not after the FP32 export and its checks, which took 10 minutes
+    before the ViT-L/7 INT8 export learned that one calibration image could not fit."""
+    from vitmsn.export.demo import write_dataset
+
+    calib, out = tmp_path / "calib", tmp_path / "art"
+    write_dataset(calib, per_class=4, split="train")  # 32 images: 16 calibrate, 16 are held out
+    proc = subprocess.run([str(Path(sys.executable).parent / "vitmsn-export"), "--model", "demo", "--precision", "int8",
+                           "--calib-images", str(calib), "--calib-samples", "16", "--engine", "skip", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1", VITMSN_MEMORY_LIMIT="1M"))
+    assert proc.returncode == 2, proc.stderr
+    assert "INT8: calibrating one image needs about" in proc.stderr and "Traceback" not in proc.stderr
+    assert "exporting model.fp32.onnx" not in proc.stderr  # before the export, not after it
+    assert not out.exists()
