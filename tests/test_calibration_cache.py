@@ -181,6 +181,9 @@ def test_zero_poisoned_cache_no_longer_ships_an_int8_graph_that_fails_heldout(tm
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precisions"]["int8"]["calibration"]["sha256"] == honest.sha256  # calibrated on the images
-    validate = subprocess.run([str(BIN / "vitmsn"), "validate", str(out), "--images", str(held), "--precision", "int8"],
+    # On the backend the export gated on: OpenVINO's INT8 kernels differ by CPU (an AVX2 EPYC without VNNI: top-1
+    # agreement 0.976, 95% bound 0.948 on these 168 images, inconclusive; 0.99 on AVX-512 VNNI), a CPU's arithmetic
+    validate = subprocess.run([str(BIN / "vitmsn"), "validate", str(out), "--images", str(held), "--precision", "int8",
+                               "--backend", "onnxruntime"],
                               capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert validate.returncode == 0, validate.stdout + validate.stderr
