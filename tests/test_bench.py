@@ -78,7 +78,9 @@ def test_derived_figures_are_consistent(report: dict) -> None:
         # each CPU row against its own precision's GEMM ceiling, measured in the same rounds
         assert r["gemm_ceiling_precision"] == {"bf16": "bf16", "int8": "int8"}.get(r["precision"], "fp32")
         assert r["gemm_ceiling_gflops_per_s"] == r["gemm_ceilings_gflops_per_s"][r["gemm_ceiling_precision"]]
-    assert {"fp32", "bf16", "int8"} <= set(rows[0]["gemm_ceilings_gflops_per_s"])
+    # a BF16 ceiling only where oneDNN has BF16 kernels (AVX-512 or ARM BF16); on AVX2 PyTorch's BF16 GEMM is a
+    # reference loop at about 1 GFLOP/s (20 s per probe), which is no ceiling and stalled the bench for minutes
+    assert set(rows[0]["gemm_ceilings_gflops_per_s"]) == {"fp32", "int8"} | ({"bf16"} if _cpu_has_bf16_kernels() else set())
     threads = report["options"]["threads"]
     for r in (r for r in rows if r["mode"] == "e2e"):  # end to end against the same configuration's model-only row
         twin = [m for m in rows if m["mode"] == "model" and all(m[k] == r[k] for k in
@@ -88,6 +90,12 @@ def test_derived_figures_are_consistent(report: dict) -> None:
         core_ms = threads * twin[0]["latency_ms"]["median"] / r["batch_size"]
         assert math.isclose(r["cpu_time_bound"], core_ms / (core_ms + r["preprocess_ms_per_image"]), rel_tol=5e-3, abs_tol=1e-3)
     assert all(r["ratio_to_pytorch_eager"] == 1.0 for r in rows if r["backend"] == "pytorch-eager")
+
+
+def _cpu_has_bf16_kernels() -> bool:
+    flags = " ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith(("flags", "Features"))).split()
+    return {"avx512bw", "avx512vl", "avx512dq"} <= set(flags) or "bf16" in flags
 
 
 def test_markdown_lists_every_row_and_what_did_not_run(report: dict) -> None:

@@ -5,7 +5,9 @@ GEMM, a BF16 row against the BF16 GEMM. Dividing every row by the FP32 ceiling (
 INT8 rows read 128-217% "of the ceiling", which says nothing about how much is left.
 
 * ``fp32``: ``torch.matmul`` on float32 n x n (:class:`.machine.GemmProbe`);
-* ``bf16``: ``torch.matmul`` on bfloat16 n x n (oneDNN: AVX512_BF16 / AMX where the CPU has them);
+* ``bf16``: ``torch.matmul`` on bfloat16 n x n (oneDNN: AVX512_BF16 / AMX where the CPU has them), only
+  where oneDNN has a BF16 kernel for this CPU: elsewhere (AVX2) PyTorch falls back to a reference loop at
+  about 1 GFLOP/s, 20 s per 2048 GEMM, which is no ceiling and made one bench row take over 15 minutes;
 * ``int8``: ONNX Runtime ``MatMulInteger`` u8 x s8 -> int32 on n x n, the integer GEMM under the
   CPU INT8 graphs (VNNI ``vpdpbusd`` where present), on the bench's thread count.
 
@@ -65,10 +67,23 @@ class Int8GemmProbe(SquareGemm):
         self.session.run(None, self.feed)
 
 
+def has_bf16_gemm() -> bool:
+    """Whether PyTorch's oneDNN has a BF16 GEMM for this CPU (AVX-512 or ARM BF16), not the reference loop."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
 def gemm_probes(n: int, threads: int) -> dict[str, Any]:
     """The probes this machine can run, by precision (a probe that cannot be built is left out)."""
     probes: dict[str, Any] = {"fp32": GemmProbe(n)}
-    for precision, build in (("bf16", lambda: Bf16GemmProbe(n)), ("int8", lambda: Int8GemmProbe(n, threads))):
+    builds = {"bf16": lambda: Bf16GemmProbe(n), "int8": lambda: Int8GemmProbe(n, threads)}
+    if not has_bf16_gemm():
+        del builds["bf16"]
+    for precision, build in builds.items():
         try:
             probe = build()
             probe()  # warm-up; raises where the kernel is missing
