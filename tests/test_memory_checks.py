@@ -338,3 +338,26 @@ def test_an_int8_export_that_cannot_calibrate_one_image_is_refused_before_the_fp
     assert "INT8: calibrating one image needs about" in proc.stderr and "Traceback" not in proc.stderr
     assert "exporting model.fp32.onnx" not in proc.stderr  # before the export, not after it
     assert not out.exists()
+
+
+def test_the_weights_are_freed_once_the_export_returns_and_the_model_is_deleted(tmp_path: Path) -> None:
+    """onnxscript's rewrite rules kept the last graph they matched, and through its initializers every weight of
+    the model: ViT-B's 343 MB stayed held through the FP16 and INT8 steps, which size themselves by what is left."""
+    import gc
+
+    import torch
+
+    from vitmsn.export.fp32.model import ViTMSNBackbone
+    from vitmsn.export.fp32.onnx_export import onnx_from_model
+    from vitmsn.export.fp32.spec import BatchRange, ExportSpec
+    from vitmsn.export.options import DEFAULT_OPSET
+
+    model = ViTMSNBackbone(TINY).eval()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    onnx_from_model(model, ExportSpec(TINY, "feature-extraction"), tmp_path / "tiny.onnx", opset=DEFAULT_OPSET,
+                    batch=BatchRange())
+    del model
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.device.type == "cpu"
+             and not getattr(o, "fake_mode", None) and o.untyped_storage().data_ptr() in weights]
+    assert not alive, f"{len(alive)} of the model's weight tensors are still alive after the export"
