@@ -212,11 +212,11 @@ def test_ort_fusions_wait_for_weight_matrices_on_disk_and_still_fuse_every_layer
     assert list(tmp_path.iterdir()) == [result.path] and result.max_abs_diff < 1e-4
 
 
-def _assert_every_row_passed(artifacts: Path, out: Path) -> dict:
-    result = _bench([str(artifacts), "--batch-sizes", "1,8", "--json", str(out), *FAST])
+def _assert_every_row_passed(artifacts: Path, out: Path, *options: str, batch_sizes: str = "1,8") -> dict:
+    result = _bench([str(artifacts), "--batch-sizes", batch_sizes, "--json", str(out), *options, *FAST])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert {r["batch_size"] for r in data["results"]} == {1, 8}
+    assert {r["batch_size"] for r in data["results"]} == {int(b) for b in batch_sizes.split(",")}
     assert data["passed"] and all(r["correctness"]["passed"] for r in data["results"])
     return data
 
@@ -227,7 +227,10 @@ def test_bench_on_the_demo(demo_artifacts: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_on_a_vit_s_shaped_model(vits_artifacts: Path, tmp_path: Path) -> None:
-    data = _assert_every_row_passed(vits_artifacts, tmp_path / "out.json")
+    # every backend's correctness check at the ViT-S shape; the check runs once per backend whatever the batch
+    # sizes, so one batch size, model only (the demo test above times both modes at 1 and 8): 92 s -> 22 s on an EPYC
+    data = _assert_every_row_passed(vits_artifacts, tmp_path / "out.json", "--no-e2e", batch_sizes="8")
+    assert {r["mode"] for r in data["results"]} == {"model"}
     assert data["model"]["gflops_per_image"] == pytest.approx(8.48, abs=5e-3)  # the ViT-S figure
 
 
