@@ -76,11 +76,16 @@ def test_derived_figures_are_consistent(report: dict) -> None:
         assert math.isclose(r["gflops_per_s"], gflops * r["throughput"], rel_tol=1e-2, abs_tol=1e-2)
         assert math.isclose(r["roofline_fraction"], r["gflops_per_s"] / r["gemm_ceiling_gflops_per_s"], rel_tol=1e-2, abs_tol=1e-3)
         # each CPU row against its own precision's GEMM ceiling, measured in the same rounds
-        assert r["gemm_ceiling_precision"] == {"bf16": "bf16", "int8": "int8"}.get(r["precision"], "fp32")
+        own = {"bf16": "bf16", "int8": "int8"}.get(r["precision"], "fp32")
+        assert r["gemm_ceiling_precision"] == (own if own in r["gemm_ceilings_gflops_per_s"] else "fp32")
         assert r["gemm_ceiling_gflops_per_s"] == r["gemm_ceilings_gflops_per_s"][r["gemm_ceiling_precision"]]
-    # a BF16 ceiling only where oneDNN has BF16 kernels (AVX-512 or ARM BF16); on AVX2 PyTorch's BF16 GEMM is a
-    # reference loop at about 1 GFLOP/s (20 s per probe), which is no ceiling and stalled the bench for minutes
-    assert set(rows[0]["gemm_ceilings_gflops_per_s"]) == {"fp32", "int8"} | ({"bf16"} if _cpu_has_bf16_kernels() else set())
+    # a BF16 ceiling only where oneDNN has BF16 kernels; on plain AVX2 PyTorch's BF16 GEMM is a reference loop at
+    # about 1 GFLOP/s (20 s per probe), which is no ceiling and stalled the bench for minutes
+    ceilings = set(rows[0]["gemm_ceilings_gflops_per_s"])
+    assert {"fp32", "int8"} <= ceilings
+    bf16_kernels = _cpu_bf16_kernels()
+    if bf16_kernels is not None:  # None: a CPU whose flags cannot tell (AVX-NE-CONVERT is not listed in cpuinfo)
+        assert ("bf16" in ceilings) == bf16_kernels
     threads = report["options"]["threads"]
     for r in (r for r in rows if r["mode"] == "e2e"):  # end to end against the same configuration's model-only row
         twin = [m for m in rows if m["mode"] == "model" and all(m[k] == r[k] for k in
@@ -92,10 +97,21 @@ def test_derived_figures_are_consistent(report: dict) -> None:
     assert all(r["ratio_to_pytorch_eager"] == 1.0 for r in rows if r["backend"] == "pytorch-eager")
 
 
-def _cpu_has_bf16_kernels() -> bool:
-    flags = " ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith(("flags", "Features"))).split()
-    return {"avx512bw", "avx512vl", "avx512dq"} <= set(flags) or "bf16" in flags
+def _cpu_bf16_kernels() -> bool | None:
+    """Whether oneDNN has BF16 GEMM kernels here, from /proc/cpuinfo: AVX-512 BW/VL/DQ or ARM BF16 yes; plain AVX2
+    no; None where the flags cannot tell (an AVX-VNNI CPU may have AVX-NE-CONVERT, which cpuinfo does not list)."""
+    flags = set(" ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith(("flags", "Features"))).split())
+    if {"avx512bw", "avx512vl", "avx512dq"} <= flags or "bf16" in flags:
+        return True
+    return None if "avx_vnni" in flags else False
+
+
+def test_no_bf16_ceiling_where_pytorch_has_no_onednn_bf16_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vitmsn.bench import ceilings
+
+    monkeypatch.setattr(ceilings, "has_bf16_gemm", lambda: False)  # as on a plain AVX2 CPU, on any machine
+    assert set(ceilings.gemm_probes(64, 1)) == {"fp32", "int8"}
 
 
 def test_markdown_lists_every_row_and_what_did_not_run(report: dict) -> None:

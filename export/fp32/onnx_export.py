@@ -40,7 +40,7 @@ def onnx_from_model(model: torch.nn.Module, spec: ExportSpec, path: str | Path, 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         captured = io.StringIO()
-        with contextlib.redirect_stdout(captured):
+        with contextlib.redirect_stdout(captured), _rewriter_forgets_its_last_graph():
             program = torch.onnx.export(
                 model.eval(),
                 (example,),
@@ -56,15 +56,16 @@ def onnx_from_model(model: torch.nn.Module, spec: ExportSpec, path: str | Path, 
     log.debug("exporter output:\n%s", captured.getvalue())
     proto = program.model_proto
     del program
-    _forget_the_rewriters_last_graph()
     _name_batch_axis(proto)
     with atomic_path(path) as tmp:
         save_onnx(proto, tmp)
     return proto
 
 
-def _forget_the_rewriters_last_graph() -> None:
-    """Drop the exported graph that onnxscript's rewrite rules keep after ``optimize=True``.
+@contextlib.contextmanager
+def _rewriter_forgets_its_last_graph():
+    """On the way out (also when the export raised), drop the graph that onnxscript's rewrite rules keep after
+    ``optimize=True``.
 
     The default rules are module-level objects, and each one's pattern matcher keeps the last graph it matched
     (onnxscript 0.7: ``SimplePatternMatcher._graph`` and ``_match``). That graph's initializers wrap the model's
@@ -72,16 +73,15 @@ def _forget_the_rewriters_last_graph() -> None:
     ViT-B/16 and 1.2 GB on ViT-L, held through the FP16 and INT8 steps that size themselves against the memory left.
     """
     try:
-        from onnxscript import rewriter
+        yield
+    finally:
+        from onnxscript import rewriter  # torch.onnx's dynamo exporter depends on onnxscript
 
-        rules = rewriter._DEFAULT_REWRITE_RULES
-    except (ImportError, AttributeError):  # another onnxscript: nothing of ours to undo
-        return
-    for rule in rules:
-        state = getattr(getattr(rule, "_matcher", None), "__dict__", {})
-        for name in ("_graph", "_match", "_current_node", "_tracer"):
-            if name in state:
-                state[name] = None
+        for rule in getattr(rewriter, "_DEFAULT_REWRITE_RULES", ()):  # another onnxscript: nothing to undo
+            state = getattr(getattr(rule, "_matcher", None), "__dict__", {})
+            for name in ("_graph", "_match", "_current_node", "_tracer"):
+                if name in state:
+                    state[name] = None
 
 
 def _name_batch_axis(proto: onnx.ModelProto) -> None:
