@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from cpu_flags_here import cpuinfo_flags
 from bench_fixtures import bench_tiny_artifacts  # noqa: F401  (fixture)
 from checkpoints import TINY_CONFIG
 
@@ -100,8 +101,7 @@ def test_derived_figures_are_consistent(report: dict) -> None:
 def _cpu_bf16_kernels() -> bool | None:
     """Whether oneDNN has BF16 GEMM kernels here, from /proc/cpuinfo: AVX-512 BW/VL/DQ or ARM BF16 yes; plain AVX2
     no; None where the flags cannot tell (an AVX-VNNI CPU may have AVX-NE-CONVERT, which cpuinfo does not list)."""
-    flags = set(" ".join(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith(("flags", "Features"))).split())
+    flags = cpuinfo_flags()
     if {"avx512bw", "avx512vl", "avx512dq"} <= flags or "bf16" in flags:
         return True
     return None if "avx_vnni" in flags else False

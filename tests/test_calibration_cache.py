@@ -182,7 +182,8 @@ def test_zero_poisoned_cache_no_longer_ships_an_int8_graph_that_fails_heldout(tm
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precisions"]["int8"]["calibration"]["sha256"] == honest.sha256  # calibrated on the images
     # On the backend the export gated on: OpenVINO's INT8 kernels differ by CPU (an AVX2 EPYC without VNNI: top-1
-    # agreement 0.976, 95% bound 0.948 on these 168 images, inconclusive; 0.99 on AVX-512 VNNI), a CPU's arithmetic
+    # agreement 0.976, 95% bound 0.948 on these 168 images, inconclusive; 0.99 on AVX-512 VNNI): that is the CPU's
+    # arithmetic, not the graph's
     validate = subprocess.run([str(BIN / "vitmsn"), "validate", str(out), "--images", str(held), "--precision", "int8",
                                "--backend", "onnxruntime"],
                               capture_output=True, text=True, timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))

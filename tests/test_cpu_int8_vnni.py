@@ -16,14 +16,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from cpu_flags_here import cpuinfo_flags
 from bench_fixtures import bench_tiny_artifacts  # noqa: F401  (fixture)
 from vitmsn.runtime.manifest import Manifest
 
 
 def _vnni_here() -> bool:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpuinfo_flags())
 
 
 def _largest_int8_weight(path: Path) -> int:

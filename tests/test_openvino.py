@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from runtime_fixtures import Exported, rt_cls  # noqa: F401
+from cpu_flags_here import cpuinfo_flags
 from vitmsn.runtime.manifest import Manifest, sha256_file
 from vitmsn.runtime.backends.registry import openvino_precision
 from vitmsn.runtime.backends.openvino import OpenVINORunner, cpu_flags, inference_precision_for
@@ -24,9 +25,7 @@ from vitmsn.runtime.selection import choose, describe_choice
 
 
 def _cpu_has_bf16() -> bool:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpuinfo_flags())
 
 
 HERE_BF16 = "bf16" if _cpu_has_bf16() else "f32"

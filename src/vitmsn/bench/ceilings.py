@@ -5,10 +5,10 @@ GEMM, a BF16 row against the BF16 GEMM. Dividing every row by the FP32 ceiling (
 INT8 rows read 128-217% "of the ceiling", which says nothing about how much is left.
 
 * ``fp32``: ``torch.matmul`` on float32 n x n (:class:`.machine.GemmProbe`);
-* ``bf16``: ``torch.matmul`` on bfloat16 n x n (oneDNN: AVX512_BF16 / AMX where the CPU has them), only
-  where oneDNN has a BF16 kernel for this CPU (AVX-512 BW/VL/DQ, AVX-NE-CONVERT or ARM BF16): elsewhere (plain
-  AVX2) PyTorch falls back to a reference loop at
-  about 1 GFLOP/s, 20 s per 2048 GEMM, which is no ceiling and made one bench row take over 15 minutes;
+* ``bf16``: ``torch.matmul`` on bfloat16 n x n (oneDNN: AVX512_BF16 / AMX where the CPU has them), only where
+  oneDNN has a BF16 kernel for this CPU (AVX-512 BW/VL/DQ, AVX-NE-CONVERT or ARM BF16): elsewhere (plain AVX2)
+  PyTorch falls back to a reference loop at about 1 GFLOP/s, 20 s per 2048 GEMM, which is no ceiling and made one
+  bench row take over 15 minutes;
 * ``int8``: ONNX Runtime ``MatMulInteger`` u8 x s8 -> int32 on n x n, the integer GEMM under the
   CPU INT8 graphs (VNNI ``vpdpbusd`` where present), on the bench's thread count.
 
@@ -83,9 +83,8 @@ def gemm_probes(n: int, threads: int) -> dict[str, Any]:
     """The probes this machine can run, by precision: one that cannot be built is left out, and so is BF16 where
     PyTorch has no oneDNN BF16 kernel (:func:`has_bf16_gemm`)."""
     probes: dict[str, Any] = {"fp32": GemmProbe(n)}
-    builds = {"bf16": lambda: Bf16GemmProbe(n), "int8": lambda: Int8GemmProbe(n, threads)}
-    if not has_bf16_gemm():
-        del builds["bf16"]
+    builds = {"bf16": lambda: Bf16GemmProbe(n)} if has_bf16_gemm() else {}
+    builds["int8"] = lambda: Int8GemmProbe(n, threads)
     for precision, build in builds.items():
         try:
             probe = build()
