@@ -198,7 +198,8 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     parity = opts.parity_batch or checks.parity_batch_sizes(opts.batch.min, opts.batch.opt, opts.batch.max)
     activity(f"checking {fp32_path.name}: onnx.checker, I/O signature, ONNX Runtime parity at batch "
              f"{', '.join(map(str, parity))} (within memory)")
-    fp32_stages(fp32_path, spec, model, opts.batch, parity_sizes=parity, into=stages)
+    parity_rows: list[checks.Reference] = []  # the fused CPU flavour is checked against them
+    fp32_stages(fp32_path, spec, model, opts.batch, parity_sizes=parity, into=stages, keep=parity_rows)
     reference_cache, reference = ReferenceCache(), None
     if inputs is not None and all(s.passed for s in stages):
         activity(f"PyTorch FP32 reference outputs on {len(inputs.tensors)} comparison inputs")
@@ -215,7 +216,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     fp32_validation = validation_record(stages)
     if opts.fp32_cpu and all(s.passed for s in stages):
         activity(f"ONNX Runtime transformer fusions -> {FUSED_FP32_FILE}")
-        fused_stage, fused = fused_fp32_step(out, fp32_path, ck)
+        fused_stage, fused = fused_fp32_step(out, fp32_path, ck, next(iter(parity_rows), None))
         if fused is not None:
             stages.append(fused_stage)
             flavours["onnxruntime_optimized"] = fused

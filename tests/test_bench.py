@@ -210,6 +210,28 @@ def test_ort_fused_graph_fuses_every_layer(bench_tiny_artifacts: Path, tmp_path:
     onnx.checker.check_model(onnx.load(str(result.path)))
 
 
+def test_ort_fused_graph_is_refused_when_it_does_not_reproduce_the_reference_given(
+        bench_tiny_artifacts: Path, tmp_path: Path) -> None:  # noqa: F811
+    import onnxruntime as ort
+
+    from vitmsn.export.fp32.checks import Reference
+    from vitmsn.export.fp32.model import ViTMSNArch
+    from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
+
+    arch = ViTMSNArch.from_config(TINY_CONFIG)
+    src = bench_tiny_artifacts / "model.fp32.onnx"
+    feeds = {"pixel_values": np.random.default_rng(3).standard_normal((2, 3, arch.image_size, arch.image_size),
+                                                                       dtype=np.float32)}
+    session = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    outputs = {o.name: v for o, v in zip(session.get_outputs(), session.run(None, feeds))}
+    result = ort_optimized_onnx_from_fp32(src, tmp_path / "a.onnx", arch, Reference(feeds, outputs, "these rows"))
+    assert result.compared_with == "these rows" and result.max_abs_diff < 1e-4
+    shifted = {name: value + 0.01 for name, value in outputs.items()}  # a reference the graph does not reproduce
+    with pytest.raises(ValueError, match="disagrees with these rows"):
+        ort_optimized_onnx_from_fp32(src, tmp_path / "b.onnx", arch, Reference(feeds, shifted, "these rows"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx"]  # nothing written for the refused one
+
+
 def test_ort_fusions_wait_for_weight_matrices_on_disk_and_still_fuse_every_layer(
         bench_tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     import onnx

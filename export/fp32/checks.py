@@ -39,6 +39,15 @@ def stage_word(stage: dict[str, Any]) -> str:
     return "inconclusive" if words == {"inconclusive"} else "failed"
 
 
+@dataclass(frozen=True)
+class Reference:
+    """Inputs and the outputs a graph must reproduce (within the FP32 parity tolerance), and their source."""
+
+    feeds: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    source: str
+
+
 @dataclass
 class StageResult:
     stage: str
@@ -178,19 +187,23 @@ def check_runtime_parity(run_onnx: Callable[[np.ndarray], dict[str, np.ndarray]]
                          run_torch: Callable[[np.ndarray], dict[str, np.ndarray]],
                          spec: ExportSpec, *, atol: float = ATOL_FP32, rtol: float = RTOL_FP32,
                          batch_sizes: tuple[int, ...] = CHECK_BATCH_SIZES, seed: int = 0,
-                         torch_chunk: int | None = None) -> StageResult:
+                         torch_chunk: int | None = None, keep: list[Reference] | None = None) -> StageResult:
     """Compare ``run_onnx`` with ``run_torch`` on the same inputs at each batch size.
 
     :func:`reference_row_count` distinct rows drawn from N(0, 1), the range a normalised image has. PyTorch computes
     their reference once, ``torch_chunk`` rows at a time (all at once without one), before ONNX Runtime runs. A batch
     of n rows at most that count is its first n rows; a larger one draws its rows from them in a seeded random order
     (a batch that mixed or shifted rows would not match). Each batch size compares ONNX Runtime's rows with theirs.
+    ``keep``, when given, receives the first two rows and their reference: a later graph made from this one (the
+    fused CPU flavour) is checked against them without running this one again.
     """
     a = spec.arch
     distinct = reference_row_count(batch_sizes)
     rng = np.random.default_rng(seed)
     x_all = rng.standard_normal((distinct, a.num_channels, a.image_size, a.image_size), dtype=np.float32)
     ref_all = _in_chunks(run_torch, x_all, torch_chunk or distinct)
+    if keep is not None:
+        keep.append(Reference({spec.input.name: x_all[:2]}, {k: v[:2] for k, v in ref_all.items()}, "PyTorch FP32"))
     per_batch: dict[str, dict[str, Any]] = {}
     failures = []
     for n in batch_sizes:

@@ -46,11 +46,13 @@ def torch_runner(model: torch.nn.Module, spec: ExportSpec):
 
 def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module, batch: BatchRange | None = None, *,
                 parity_sizes: tuple[int, ...] = (), memory: Memory | None = None,
-                into: list[checks.StageResult] | None = None) -> list[checks.StageResult]:
+                into: list[checks.StageResult] | None = None,
+                keep: list[checks.Reference] | None = None) -> list[checks.StageResult]:
     """The staged checks of the reference graph; a failed stage skips the ones after it. ONNX Runtime parity runs
     at ``parity_sizes``, else :func:`.checks.parity_batch_sizes` of ``batch`` (the checks' default sizes without
     one), each within ``memory`` (:func:`.checks.parity_plan`; measured now when not given). Each stage is
-    appended to ``into`` (a :class:`vitmsn.progress.StageLog` times each one) as it finishes; returned."""
+    appended to ``into`` (a :class:`vitmsn.progress.StageLog` times each one) as it finishes; returned. ``keep``
+    receives the parity check's first reference rows (:func:`.checks.check_runtime_parity`)."""
     import onnx
 
     stages = into if into is not None else []
@@ -74,7 +76,7 @@ def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module, batch: Bat
                                          {"plan": plan.to_dict()}))
         return stages
     stage = checks.check_runtime_parity(run_onnx, torch_runner(model, spec), spec, batch_sizes=plan.sizes,
-                                        torch_chunk=plan.torch_chunk)
+                                        torch_chunk=plan.torch_chunk, keep=keep)
     stage.metrics["plan"] = plan.to_dict()
     if plan.notes:
         stage.detail += f"; {'; '.join(plan.notes)}"
@@ -82,9 +84,11 @@ def fp32_stages(path: Path, spec: ExportSpec, model: torch.nn.Module, batch: Bat
     return stages
 
 
-def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint) -> tuple[checks.StageResult, FlavourEntry | None]:
+def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint, reference: checks.Reference | None = None
+                    ) -> tuple[checks.StageResult, FlavourEntry | None]:
     """``model.fp32.ort.onnx``: ONNX Runtime's transformer fusions (Attention, SkipLayerNorm, BiasGelu) on the
-    reference graph, checked against it (atol 1e-4, rtol 1e-3) before it is written; recorded as the fp32 entry's
+    reference graph, checked (atol 1e-4, rtol 1e-3) before it is written against ``reference`` (the rows PyTorch
+    computed for the parity check), or against the reference graph without one; recorded as the fp32 entry's
     ``onnxruntime_optimized`` flavour, which the runtime loads on ONNX Runtime's CPU provider (about 1.1x the
     plain graph's throughput on a ViT-S shape, ``benchmarks/``)."""
     from vitmsn.export.precision.ort_optimize import ort_optimized_onnx_from_fp32
@@ -96,7 +100,7 @@ def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint) -> tuple[checks.
                                   f"{size_text(need)} for this graph, {size_text(memory.usable)} usable of "
                                   f"{memory.describe()}"), None
     try:
-        result = ort_optimized_onnx_from_fp32(fp32_path, path, ck.arch)
+        result = ort_optimized_onnx_from_fp32(fp32_path, path, ck.arch, reference)
     except Exception as exc:  # noqa: BLE001 - the optimizer is third-party code on a user's graph: report, go on
         return checks.StageResult("ort_fused_fp32", False, f"{type(exc).__name__}: {exc}"), None
     from vitmsn.export.steps import file_ref
@@ -106,4 +110,4 @@ def fused_fp32_step(out: Path, fp32_path: Path, ck: Checkpoint) -> tuple[checks.
                            {"runtime": "onnxruntime (com.microsoft fused operators)", **result.to_manifest()})
     fused = ", ".join(f"{k} x{v}" for k, v in result.fused.items())
     return checks.StageResult("ort_fused_fp32", True,
-                              f"{fused}; max abs diff vs model.fp32.onnx {result.max_abs_diff:.2e}"), flavour
+                              f"{fused}; max abs diff vs {result.compared_with} {result.max_abs_diff:.2e}"), flavour

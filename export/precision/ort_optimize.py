@@ -10,7 +10,7 @@ export and writes a graph in which every encoder layer is four fused kernels plu
 
 The optimizer matches fixed graph patterns, and the dynamo export of our "math" attention misses
 them on three details, each rewritten first (the rewrites are exact; outputs are re-checked
-against the source graph before anything is written):
+against the source graph's, or the PyTorch outputs it matched, before anything is written):
 
 1. ``Shape(start=0, end=1)`` (opset >= 15 attributes) -> ``Shape`` + ``Slice``: ONNX Runtime's
    symbolic shape inference ignores the attributes, fails on the CLS-token ``Concat`` and so
@@ -42,6 +42,7 @@ from onnx import external_data_helper, helper, numpy_helper
 
 from vitmsn.runtime.manifest import atomic_path
 
+from vitmsn.export.fp32.checks import Reference
 from vitmsn.export.fp32.memory import release_memory
 from vitmsn.export.fp32.model import ViTMSNArch
 from vitmsn.export.fp32.spec import ATOL_FP32, RTOL_FP32
@@ -57,6 +58,7 @@ class OrtOptimizeResult:
     rewrites: dict[str, int]
     op_counts: dict[str, int]
     max_abs_diff: float
+    compared_with: str
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -65,7 +67,7 @@ class OrtOptimizeResult:
 
     def to_manifest(self) -> dict[str, object]:
         return {"file": self.path.name, "rewrites": self.rewrites, "fused_ops": self.fused,
-                "max_abs_diff_vs_fp32": self.max_abs_diff, "notes": self.notes}
+                "max_abs_diff_vs_fp32": self.max_abs_diff, "compared_with": self.compared_with, "notes": self.notes}
 
 
 # ---- pattern rewrites (exact) --------------------------------------------------------------------
@@ -167,27 +169,31 @@ def _optimize(model: onnx.ModelProto, arch: ViTMSNArch, *, skip_layer_norm: bool
     return optimized.model
 
 
-def _max_abs_diff(a: Path, b: Path, arch: ViTMSNArch, batch: int = 2) -> float:
+def _outputs(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
-    x = np.random.default_rng(0).uniform(-1, 1, (batch, arch.num_channels, arch.image_size, arch.image_size))
-    feeds = {"pixel_values": x.astype(np.float32)}
-    outs = []
-    for path in (a, b):  # one session at a time, no arena: a ViT-L holds 1.2 GB of weights per session
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.enable_cpu_mem_arena = False
-        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        outs.append({o.name: v for o, v in zip(session.get_outputs(), session.run(None, feeds))})
-        del session
+    so = ort.SessionOptions()  # no arena: a ViT-L holds 1.2 GB of weights per session
+    so.log_severity_level = 3
+    so.enable_cpu_mem_arena = False
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return {o.name: v for o, v in zip(session.get_outputs(), session.run(None, feeds))}
+
+
+def _max_abs_diff(src: Path, fused: Path, arch: ViTMSNArch, reference: Reference | None) -> tuple[float, str]:
+    """The fused graph's largest difference from ``reference`` (the source graph's outputs on 2 images of noise,
+    computed now without one), and what it was compared with; raises ValueError beyond the FP32 parity tolerance."""
+    if reference is None:
+        x = np.random.default_rng(0).uniform(-1, 1, (2, arch.num_channels, arch.image_size, arch.image_size))
+        feeds = {"pixel_values": x.astype(np.float32)}
+        reference = Reference(feeds, _outputs(src, feeds), src.name)
+    got = _outputs(fused, reference.feeds)
     worst = 0.0
-    for name, ref in outs[0].items():
-        got = outs[1][name]
-        if not np.allclose(got, ref, atol=ATOL_FP32, rtol=RTOL_FP32):
-            raise ValueError(f"ONNX Runtime-fused graph disagrees with {a.name} on {name!r} "
-                             f"(max abs {np.abs(got - ref).max():.3g}); not written")
-        worst = max(worst, float(np.abs(got - ref).max()))
-    return worst
+    for name, ref in reference.outputs.items():
+        if not np.allclose(got[name], ref, atol=ATOL_FP32, rtol=RTOL_FP32):
+            raise ValueError(f"ONNX Runtime-fused graph disagrees with {reference.source} on {name!r} "
+                             f"(max abs {np.abs(got[name] - ref).max():.3g}); not written")
+        worst = max(worst, float(np.abs(got[name] - ref).max()))
+    return worst, reference.source
 
 
 EXTERNAL_MIN_BYTES = 1 << 20  # weight matrices from this size wait on disk while a pass does not read them
@@ -203,11 +209,12 @@ def _matrices_aside(model: onnx.ModelProto, location: str, select: Callable[[onn
 
 
 def ort_optimized_onnx_from_fp32(src: str | os.PathLike[str], dst: str | os.PathLike[str],
-                                 arch: ViTMSNArch) -> OrtOptimizeResult:
+                                 arch: ViTMSNArch, reference: Reference | None = None) -> OrtOptimizeResult:
     """Write the ONNX Runtime-fused graph of the FP32 export ``src`` to ``dst`` (atomically).
 
-    Raises ValueError when the fused graph's outputs differ from ``src`` beyond the FP32 parity
-    tolerance (``atol`` 1e-4, ``rtol`` 1e-3); nothing is written then.
+    Raises ValueError when the fused graph's outputs differ from ``reference`` (the export's PyTorch outputs, which
+    ``src`` matched in its parity check; without one, ``src``'s own outputs on 2 images of noise) beyond the FP32
+    parity tolerance (``atol`` 1e-4, ``rtol`` 1e-3); nothing is written then.
     """
     src, dst = Path(src), Path(dst)
     quiet = [logging.getLogger(n) for n in ("onnxruntime.transformers", "fusion_base", "fusion_skiplayernorm",
@@ -249,7 +256,7 @@ def ort_optimized_onnx_from_fp32(src: str | os.PathLike[str], dst: str | os.Path
             save_onnx(model, candidate)
             del model
             release_memory()
-            diff = _max_abs_diff(src, candidate, arch)
+            diff, compared_with = _max_abs_diff(src, candidate, arch, reference)
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
@@ -257,6 +264,6 @@ def ort_optimized_onnx_from_fp32(src: str | os.PathLike[str], dst: str | os.Path
     if counts.get("Attention", 0) != arch.num_hidden_layers:
         notes.append(f"Attention fused in {counts.get('Attention', 0)} of {arch.num_hidden_layers} layers "
                      "(the pattern needs Q/K/V projections with bias)")
-    result = OrtOptimizeResult(dst, rewrites, counts, diff, notes)
+    result = OrtOptimizeResult(dst, rewrites, counts, diff, compared_with, notes)
     log.info("ONNX Runtime-fused graph %s: %s", dst.name, result.fused)
     return result
