@@ -108,13 +108,7 @@ class MicroBatcher(Generic[T, R]):
             return
         self._closed.set()
         if not drain:
-            while True:
-                try:
-                    pending = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(pending, _Item) and pending.future.set_running_or_notify_cancel():
-                    pending.future.set_exception(BatcherClosed("the micro-batcher was closed before this ran"))
+            self._fail_leftovers()
         self._queue.put(_STOP)  # blocks only while the worker still drains a full queue
         self._worker.join(timeout)
 
@@ -159,7 +153,7 @@ class MicroBatcher(Generic[T, R]):
                 return
 
     def _fail_leftovers(self) -> None:
-        """Items that raced past ``close()`` into the queue behind the stop marker."""
+        """Fail what is queued: items that raced past ``close()`` behind the stop marker, or all of it (no drain)."""
         while True:
             try:
                 item = self._queue.get_nowait()

@@ -40,23 +40,15 @@ from PIL import Image
 from torch import nn
 
 from vitmsn.export.fp32.model import ViTMSNArch, ViTMSNClassifier
-from vitmsn.runtime.images.preprocess import PreprocessConfig
+from vitmsn.runtime.images.preprocess import DEFAULT_PREPROCESSOR_CONFIG, PreprocessConfig
 
 from . import CHECKPOINT_DIR
 from .pool import augment, normalized, render_pool
 from .shapes import DEFAULT_HELDOUT_SEED, LABELS, write_dataset
 
-PREPROCESSOR_CONFIG: dict[str, Any] = {
-    "image_processor_type": "ViTImageProcessor",
-    "do_resize": True,
-    "size": {"height": 224, "width": 224},
-    "resample": 2,
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-}
+PREPROCESSOR_CONFIG: dict[str, Any] = dict(  # ViTImageProcessor's defaults with ImageNet's mean and std
+    DEFAULT_PREPROCESSOR_CONFIG, image_processor_type="ViTImageProcessor", image_mean=[0.485, 0.456, 0.406],
+    image_std=[0.229, 0.224, 0.225])
 DEFAULT_TRAIN_SEED = 1234
 
 
@@ -66,19 +58,10 @@ def hf_config(arch: ViTMSNArch, labels: Sequence[str]) -> dict[str, Any]:
     return {
         "architectures": ["ViTMSNForImageClassification"],
         "model_type": "vit_msn",
-        "hidden_size": arch.hidden_size,
-        "num_hidden_layers": arch.num_hidden_layers,
-        "num_attention_heads": arch.num_attention_heads,
-        "intermediate_size": arch.intermediate_size,
-        "hidden_act": arch.hidden_act,
+        **arch.to_dict(),
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
         "initializer_range": 0.02,
-        "layer_norm_eps": arch.layer_norm_eps,
-        "image_size": arch.image_size,
-        "patch_size": arch.patch_size,
-        "num_channels": arch.num_channels,
-        "qkv_bias": arch.qkv_bias,
         "id2label": {str(i): name for i, name in enumerate(labels)},
         "label2id": {name: i for i, name in enumerate(labels)},
         "torch_dtype": "float32",

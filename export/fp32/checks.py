@@ -166,11 +166,13 @@ def parity_plan(requested: tuple[int, ...], arch: ViTMSNArch, memory: Memory) ->
                       tuple(notes))
 
 
-def _in_chunks(run: Callable[[np.ndarray], dict[str, np.ndarray]], x: np.ndarray, chunk: int) -> dict[str, np.ndarray]:
+def outputs_in_batches(run: Callable[[np.ndarray], dict[str, np.ndarray]], x: np.ndarray,
+                       batch: int = 8) -> dict[str, np.ndarray]:
+    """``run`` on ``x``, ``batch`` rows at a time; its outputs in float32, concatenated."""
     parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(x), chunk):
-        for name, value in run(np.ascontiguousarray(x[start:start + chunk])).items():
-            parts.setdefault(name, []).append(value)
+    for start in range(0, len(x), batch):
+        for name, value in run(np.ascontiguousarray(x[start:start + batch])).items():
+            parts.setdefault(name, []).append(np.asarray(value, dtype=np.float32))
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
@@ -201,7 +203,7 @@ def check_runtime_parity(run_onnx: Callable[[np.ndarray], dict[str, np.ndarray]]
     distinct = reference_row_count(batch_sizes)
     rng = np.random.default_rng(seed)
     x_all = rng.standard_normal((distinct, a.num_channels, a.image_size, a.image_size), dtype=np.float32)
-    ref_all = _in_chunks(run_torch, x_all, torch_chunk or distinct)
+    ref_all = outputs_in_batches(run_torch, x_all, torch_chunk or distinct)
     if keep is not None:
         keep.append(Reference({spec.input.name: x_all[:2]}, {k: v[:2] for k, v in ref_all.items()}, "PyTorch FP32"))
     per_batch: dict[str, dict[str, Any]] = {}

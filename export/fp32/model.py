@@ -109,16 +109,12 @@ class ViTMSNArch:
     def from_config(cls, config: dict[str, Any]) -> "ViTMSNArch":
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in config.items() if k in known}
-        image_size = values.get("image_size")
-        if isinstance(image_size, (list, tuple)):
-            if not image_size or any(v != image_size[0] for v in image_size):
-                raise ValueError(f"non-square image_size {image_size} is not supported")
-            values["image_size"] = image_size[0]
-        patch_size = values.get("patch_size")
-        if isinstance(patch_size, (list, tuple)):
-            if not patch_size or any(v != patch_size[0] for v in patch_size):
-                raise ValueError(f"non-square patch_size {patch_size} is not supported")
-            values["patch_size"] = patch_size[0]
+        for key in ("image_size", "patch_size"):
+            size = values.get(key)
+            if isinstance(size, (list, tuple)):
+                if not size or any(v != size[0] for v in size):
+                    raise ValueError(f"non-square {key} {size} is not supported")
+                values[key] = size[0]
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

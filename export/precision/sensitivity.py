@@ -39,6 +39,7 @@ import onnx
 from vitmsn.core.errors import InputError
 from vitmsn.core.progress import Progress
 
+from vitmsn.export.fp32.checks import outputs_in_batches
 from vitmsn.export.validation import metrics as dm
 from vitmsn.export.precision.int8 import name_scopes
 from vitmsn.export.onnx_file import save_onnx
@@ -187,12 +188,8 @@ def run_model(model: onnx.ModelProto | str | Path, inputs: np.ndarray, input_nam
         path = Path(model) if isinstance(model, (str, Path)) else Path(tmp) / "candidate.onnx"
         if not isinstance(model, (str, Path)):
             save_onnx(model, path)
-        parts: dict[str, list[np.ndarray]] = {}
         with OnnxRuntimeRunner(path, allow_spinning=False) as runner:
-            for s in range(0, len(inputs), batch):
-                for k, v in runner.infer({input_name: inputs[s:s + batch]}).items():
-                    parts.setdefault(k, []).append(np.asarray(v, dtype=np.float32))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+            return outputs_in_batches(lambda b: runner.infer({input_name: b}), inputs, batch)
 
 
 def drift(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, Any]:

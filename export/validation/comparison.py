@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from vitmsn.calibration import CalibrationSet
 from vitmsn.runtime.images.preprocess import PreprocessConfig, preprocess_files
 from vitmsn.calibration.content import SampleDigests
 
-from vitmsn.export.fp32.checks import StageResult
+from vitmsn.export.fp32.checks import StageResult, outputs_in_batches
 from vitmsn.export.validation.gates import Gates
 from vitmsn.export.validation.verdict import compare_outputs
 
@@ -94,15 +94,6 @@ def comparison_inputs(preprocess_block: dict[str, Any], labels: dict[int, str], 
                 split_seed=calibration.seed, excluded_in_sample=excluded)
     x = np.random.default_rng(seed).standard_normal((SYNTHETIC_IMAGES, *chw), dtype=np.float32)
     return ComparisonInputs(x, -np.ones(len(x), dtype=np.int64), f"{SYNTHETIC_IMAGES} synthetic N(0,1) tensors", False)
-
-
-def outputs_in_batches(run: Callable[[np.ndarray], dict[str, np.ndarray]], x: np.ndarray,
-                       batch: int = 8) -> dict[str, np.ndarray]:
-    parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(x), batch):
-        for k, v in run(np.ascontiguousarray(x[start:start + batch])).items():
-            parts.setdefault(k, []).append(np.asarray(v, dtype=np.float32))
-    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def onnxruntime_outputs(path: Path, x: np.ndarray, input_name: str, batch: int = 8) -> dict[str, np.ndarray]:

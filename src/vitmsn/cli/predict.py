@@ -21,7 +21,6 @@ from typing import Any
 
 import click
 
-from vitmsn.cli.common import EXIT_USAGE, handle_errors, need_artifacts
 from vitmsn.runtime.images.read import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_FILE_BYTES
 from vitmsn.cli.common import EXIT_USAGE, handle_errors, need_artifacts, choice_notes
 
