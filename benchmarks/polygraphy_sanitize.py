@@ -20,23 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from vits import vits_checkpoint
+
 
 def _export(model: str, out: Path) -> Path:
     from vitmsn.export.pipeline import ExportOptions, run_export
 
     run_export(ExportOptions(model=model, out=out, engine="skip", fp32_cpu=False))
     return out / "model.fp32.onnx"
-
-
-def _vits_checkpoint(root: Path) -> Path:
-    import torch
-    from transformers import ViTMSNConfig, ViTMSNForImageClassification
-
-    torch.manual_seed(0)
-    config = ViTMSNConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                          layer_norm_eps=1e-6, num_labels=1000)
-    ViTMSNForImageClassification(config).save_pretrained(root / "vits")
-    return root / "vits"
 
 
 def _sanitized(src: Path, dst: Path) -> float:
@@ -93,7 +84,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        graphs = {"demo": _export("demo", root / "demo"), "vit-s": _export(str(_vits_checkpoint(root)), root / "vits-art")}
+        graphs = {"demo": _export("demo", root / "demo"), "vit-s": _export(str(vits_checkpoint(root / "vits")), root / "vits-art")}
         for name, path in graphs.items():
             folded = path.with_name("model.fp32.sanitized.onnx")
             fold_s = _sanitized(path, folded)

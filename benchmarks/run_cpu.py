@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vits import vits_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
-VIT_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, layer_norm_eps=1e-6)
 GOAL_ORT_VS_SDPA, GOAL_INT8_VS_FP32, GOAL_ROOFLINE = 1.1, 1.5, 0.85
 # issue 17 (AVX-512 machine class): best CPU INT8 vs ORT FP32 fused; ours vs OpenVINO alone; BF16 vs FP32; e2e vs raw
 GOAL_INT8_VS_ORT_FUSED, GOAL_OURS_VS_OPENVINO, GOAL_BF16_VS_FP32, GOAL_E2E_VS_RAW = 3.0, 1.0, 1.8, 0.9
@@ -38,22 +39,6 @@ GOAL_INT8_VS_ORT_FUSED, GOAL_OURS_VS_OPENVINO, GOAL_BF16_VS_FP32, GOAL_E2E_VS_RA
 
 def say(msg: str) -> None:
     print(f"run_cpu: {msg}", file=sys.stderr, flush=True)
-
-
-def vits_checkpoint(path: Path) -> Path:
-    if (path / "config.json").is_file():
-        return path
-    import torch
-    from transformers import ViTMSNConfig, ViTMSNForImageClassification
-
-    torch.manual_seed(0)
-    model = ViTMSNForImageClassification(ViTMSNConfig(**VIT_S, num_labels=1000)).eval()
-    with torch.no_grad():  # a trained model has distinct biases; zero ones would be deduplicated by the exporter
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "layernorm" in name:
-                p.add_(torch.randn_like(p) * 0.02)
-    model.save_pretrained(path)
-    return path
 
 
 def export(model: str, out: Path, calib: Path, fresh: bool, heldout: Path | None = None) -> tuple[bool, list[str]]:
@@ -319,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     calib = args.work / "calib-images"
     if not calib.is_dir():
         write_dataset(calib, per_class=8, split="train")
-    ok_vits, notes = export(str(vits_checkpoint(args.work / "vit-s-checkpoint")), args.work / "vit-s", calib, args.fresh)
+    ok_vits, notes = export(str(vits_checkpoint(args.work / "vit-s-checkpoint", jitter=True)), args.work / "vit-s", calib, args.fresh)
     heldout = args.work / "heldout-images"
     if not heldout.is_dir():
         write_dataset(heldout, per_class=25, split="heldout")

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from vits import vits_checkpoint
+
 
 def photo_like(width: int, height: int, seed: int) -> Image.Image:
     """Smooth colour fields, mid-frequency texture and sensor-like noise: JPEG-encodes like a photo."""
@@ -64,15 +66,9 @@ def write_jpegs(out: Path, count: int) -> list[Path]:
 
 
 def export_vits(out: Path) -> Path:
-    import torch
-    from transformers import ViTMSNConfig, ViTMSNForImageClassification
-
     from vitmsn.export.pipeline import ExportOptions, run_export
 
-    torch.manual_seed(0)
-    config = ViTMSNConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                          layer_norm_eps=1e-6, num_labels=1000)  # type: ignore[call-arg]
-    ViTMSNForImageClassification(config).save_pretrained(out / "checkpoint")
+    vits_checkpoint(out / "checkpoint")
     run_export(ExportOptions(model=str(out / "checkpoint"), out=out / "artifacts", engine="skip"))
     return out / "artifacts"
 

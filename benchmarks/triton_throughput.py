@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_throughput import _images, _server_round, _start_server  # noqa: E402
+from vits import vits_checkpoint  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,14 +51,7 @@ def _export(model: str, tmp: Path) -> Path:
 
     source = model
     if model == "vits":  # the vit-msn-small shape, randomly initialised (no hub access here)
-        import torch
-        from transformers import ViTMSNConfig, ViTMSNForImageClassification
-
-        torch.manual_seed(0)
-        config = ViTMSNConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                              layer_norm_eps=1e-6, num_labels=1000)
-        source = str(tmp / "vits-checkpoint")
-        ViTMSNForImageClassification(config).eval().save_pretrained(source)
+        source = str(vits_checkpoint(tmp / "vits-checkpoint"))
     out = tmp / model
     run_export(ExportOptions(model=source, out=out, engine="skip"))
     return out

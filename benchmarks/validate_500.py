@@ -20,19 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from vits import vits_checkpoint
+
 
 def vits_artifacts(workdir: Path, int8: bool) -> Path:
     from vitmsn.export.pipeline import ExportOptions, run_export
 
     checkpoint, artifacts = workdir / "vits-checkpoint", workdir / "vits-artifacts"
-    if not (checkpoint / "config.json").is_file():
-        import torch
-        from transformers import ViTMSNConfig, ViTMSNForImageClassification
-
-        torch.manual_seed(0)
-        config = ViTMSNConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                              layer_norm_eps=1e-6, num_labels=1000)
-        ViTMSNForImageClassification(config).save_pretrained(checkpoint)
+    vits_checkpoint(checkpoint)
     if not (artifacts / "manifest.json").is_file():
         run_export(ExportOptions(model=str(checkpoint), out=artifacts, engine="skip"))
     manifest = json.loads((artifacts / "manifest.json").read_text())
