@@ -185,6 +185,9 @@ def test_the_profile_max_runs_whole_on_onnxruntime_from_rows_pytorch_computed_fo
     assert stage.passed, stage.detail
     assert seen == {"onnx": [1, 3, 8, 20], "torch": [4, 4]}  # PyTorch: the 8 distinct rows, never the batch of 20
     assert stage.metrics["reference_images"] == 8 and "8 reference images" in stage.detail
+    seconds = stage.metrics["seconds"]  # where the check's time went: the reference, then each whole batch
+    assert list(seconds) == ["pytorch_reference"] + [f"onnxruntime_batch_{n}" for n in (1, 3, 8, 20)]
+    assert all(s > 0 for s in seconds.values()), seconds
     shift["rows"] = 8  # a graph that shifts rows at the large batch: its rows are the wrong images' outputs
     stage = checks.check_runtime_parity(onnx, torch_, spec, batch_sizes=(1, 3, 8, 20), torch_chunk=4)
     assert not stage.passed and stage.detail.startswith("batch 20: output"), stage.detail

@@ -15,6 +15,7 @@ mean nothing.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -203,14 +204,18 @@ def check_runtime_parity(run_onnx: Callable[[np.ndarray], dict[str, np.ndarray]]
     distinct = reference_row_count(batch_sizes)
     rng = np.random.default_rng(seed)
     x_all = rng.standard_normal((distinct, a.num_channels, a.image_size, a.image_size), dtype=np.float32)
+    started = time.perf_counter()
     ref_all = outputs_in_batches(run_torch, x_all, torch_chunk or distinct)
+    seconds = {"pytorch_reference": round(time.perf_counter() - started, 3)}  # where the check's time goes
     if keep is not None:
         keep.append(Reference({spec.input.name: x_all[:2]}, {k: v[:2] for k, v in ref_all.items()}, "PyTorch FP32"))
     per_batch: dict[str, dict[str, Any]] = {}
     failures = []
     for n in batch_sizes:
         rows = np.arange(n) if n <= distinct else rng.integers(0, distinct, n)
+        started = time.perf_counter()
         got, ref = run_onnx(x_all[rows]), {name: value[rows] for name, value in ref_all.items()}
+        seconds[f"onnxruntime_batch_{n}"] = round(time.perf_counter() - started, 3)
         per_output = {}
         for name in spec.output_names:
             if name not in got:
@@ -226,7 +231,7 @@ def check_runtime_parity(run_onnx: Callable[[np.ndarray], dict[str, np.ndarray]]
                                 f"atol {atol:g} + rtol {rtol:g} (max abs {m['max_abs']:.3g})")
         per_batch[str(n)] = per_output
     metrics = {"atol": atol, "rtol": rtol, "batch_sizes": list(batch_sizes), "reference_images": distinct,
-               "per_batch": per_batch}
+               "per_batch": per_batch, "seconds": seconds}
     if failures:
         return StageResult("onnxruntime_parity", False, "; ".join(failures), metrics)
     worst = max((m["max_abs"] for out in per_batch.values() for m in out.values()), default=0.0)

@@ -88,6 +88,8 @@ def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
             [str(batch), name, f"{f['max_abs']:.2e}", f"{f['mean_abs']:.2e}", f"{f['rel_l2_max']:.2e}",
              f"{f['violations']}/{f['elements']}"]
             for batch, outputs in parity["metrics"]["per_batch"].items() for name, f in outputs.items()], right={0, 2, 3, 4, 5})
+        if parity["metrics"].get("seconds"):  # reports written before the times were recorded have none
+            lines += ["", "Time: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in parity["metrics"]["seconds"].items())]
     converted = [r for r in report["results"] if r.get("variant") != "fp32"]
     if converted:
         inputs = report.get("comparison_inputs") or {}
