@@ -22,7 +22,8 @@ from vitmsn.runtime.manifest import (MANIFEST_NAME, CalibrationRecord, EngineEnt
 
 from vitmsn.export.fp32 import checks
 from vitmsn.export.fp32.checkpoint import load_checkpoint
-from vitmsn.export.validation.comparison import calibration_content, comparison_inputs, outputs_in_batches
+from vitmsn.export.fp32.checks import outputs_in_batches
+from vitmsn.export.validation.comparison import calibration_content, comparison_inputs
 from vitmsn.export.validation.drift_report import VALIDATION_STAGE, validation_stage, write_drift_reports
 from vitmsn.export.engines.builder import builder_status, check_engine_options
 from vitmsn.export.options import ExportOptions
@@ -216,7 +217,7 @@ def _export_into(opts: ExportOptions, out: Path, started: float) -> tuple[Export
     fp32_validation = validation_record(stages)
     if opts.fp32_cpu and all(s.passed for s in stages):
         activity(f"ONNX Runtime transformer fusions -> {FUSED_FP32_FILE}")
-        fused_stage, fused = fused_fp32_step(out, fp32_path, ck, next(iter(parity_rows), None))
+        fused_stage, fused = fused_fp32_step(out, fp32_path, ck, parity_rows[0] if parity_rows else None)
         if fused is not None:
             stages.append(fused_stage)
             flavours["onnxruntime_optimized"] = fused

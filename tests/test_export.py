@@ -47,7 +47,7 @@ def test_demo_export_manifest_and_symbolic_batch(demo_artifacts: Path) -> None:
     assert report["passed"] and [s["stage"] for s in report["stages"]] == [
         "onnx_checker", "io_signature", "onnxruntime_parity", "ort_fused_fp32"]
     assert (demo_artifacts / "report.md").read_text().count("| passed |") == 4
-    assert "Time: pytorch reference " in (demo_artifacts / "report.md").read_text()  # the parity check's time, by run
+    assert "Time: PyTorch reference " in (demo_artifacts / "report.md").read_text()  # the parity check's time, by run
 
 
 def test_demo_fused_fp32_flavour_matches_and_is_what_the_cpu_runtime_loads(demo_artifacts: Path) -> None:

@@ -46,9 +46,9 @@ from . import CHECKPOINT_DIR
 from .pool import augment, normalized, render_pool
 from .shapes import DEFAULT_HELDOUT_SEED, LABELS, write_dataset
 
-PREPROCESSOR_CONFIG: dict[str, Any] = dict(  # ViTImageProcessor's defaults with ImageNet's mean and std
-    DEFAULT_PREPROCESSOR_CONFIG, image_processor_type="ViTImageProcessor", image_mean=[0.485, 0.456, 0.406],
-    image_std=[0.229, 0.224, 0.225])
+PREPROCESSOR_CONFIG: dict[str, Any] = {  # ViTImageProcessor's defaults with ImageNet's mean and std
+    "image_processor_type": "ViTImageProcessor", **DEFAULT_PREPROCESSOR_CONFIG,
+    "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 DEFAULT_TRAIN_SEED = 1234
 
 

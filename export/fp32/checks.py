@@ -197,8 +197,8 @@ def check_runtime_parity(run_onnx: Callable[[np.ndarray], dict[str, np.ndarray]]
     their reference once, ``torch_chunk`` rows at a time (all at once without one), before ONNX Runtime runs. A batch
     of n rows at most that count is its first n rows; a larger one draws its rows from them in a seeded random order
     (a batch that mixed or shifted rows would not match). Each batch size compares ONNX Runtime's rows with theirs.
-    ``keep``, when given, receives the first two rows and their reference: a later graph made from this one (the
-    fused CPU flavour) is checked against them without running this one again.
+    ``keep``, when given and the check passes, receives the first two rows and their reference: a later graph made
+    from this one (the fused CPU flavour) is checked against them without running this one again.
     """
     a = spec.arch
     distinct = reference_row_count(batch_sizes)
@@ -206,16 +206,14 @@ def check_runtime_parity(run_onnx: Callable[[np.ndarray], dict[str, np.ndarray]]
     x_all = rng.standard_normal((distinct, a.num_channels, a.image_size, a.image_size), dtype=np.float32)
     started = time.perf_counter()
     ref_all = outputs_in_batches(run_torch, x_all, torch_chunk or distinct)
-    seconds = {"pytorch_reference": round(time.perf_counter() - started, 3)}  # where the check's time goes
-    if keep is not None:
-        keep.append(Reference({spec.input.name: x_all[:2]}, {k: v[:2] for k, v in ref_all.items()}, "PyTorch FP32"))
+    seconds: dict[str, Any] = {"pytorch_reference": round(time.perf_counter() - started, 3), "onnxruntime": {}}
     per_batch: dict[str, dict[str, Any]] = {}
     failures = []
     for n in batch_sizes:
         rows = np.arange(n) if n <= distinct else rng.integers(0, distinct, n)
         started = time.perf_counter()
         got, ref = run_onnx(x_all[rows]), {name: value[rows] for name, value in ref_all.items()}
-        seconds[f"onnxruntime_batch_{n}"] = round(time.perf_counter() - started, 3)
+        seconds["onnxruntime"][str(n)] = round(time.perf_counter() - started, 3)  # where the check's time goes
         per_output = {}
         for name in spec.output_names:
             if name not in got:
@@ -234,6 +232,9 @@ def check_runtime_parity(run_onnx: Callable[[np.ndarray], dict[str, np.ndarray]]
                "per_batch": per_batch, "seconds": seconds}
     if failures:
         return StageResult("onnxruntime_parity", False, "; ".join(failures), metrics)
+    if keep is not None:  # copies: the rest of the check's arrays are freed when it returns
+        keep.append(Reference({spec.input.name: x_all[:2].copy()}, {k: v[:2].copy() for k, v in ref_all.items()},
+                              "PyTorch FP32"))
     worst = max((m["max_abs"] for out in per_batch.values() for m in out.values()), default=0.0)
     return StageResult("onnxruntime_parity", True,
                        f"ONNX Runtime CPU matches PyTorch at batch sizes {list(batch_sizes)} within atol {atol:g}, "

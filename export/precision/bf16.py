@@ -21,7 +21,8 @@ from vitmsn.runtime.manifest import sha256_file
 from vitmsn.runtime.backends.openvino import OpenVINORunner, bf16_capable, openvino_available
 
 from vitmsn.export.fp32 import checks
-from vitmsn.export.validation.comparison import compare_with_reference, outputs_in_batches
+from vitmsn.export.fp32.checks import outputs_in_batches
+from vitmsn.export.validation.comparison import compare_with_reference
 
 BF16_LABEL = "bf16_openvino"
 

@@ -89,7 +89,9 @@ def export_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
              f"{f['violations']}/{f['elements']}"]
             for batch, outputs in parity["metrics"]["per_batch"].items() for name, f in outputs.items()], right={0, 2, 3, 4, 5})
         if parity["metrics"].get("seconds"):  # reports written before the times were recorded have none
-            lines += ["", "Time: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in parity["metrics"]["seconds"].items())]
+            seconds = parity["metrics"]["seconds"]
+            runs = ", ".join(f"{n}: {s:.1f} s" for n, s in seconds["onnxruntime"].items())
+            lines += ["", f"Time: PyTorch reference {seconds['pytorch_reference']:.1f} s; ONNX Runtime at batch {runs}"]
     converted = [r for r in report["results"] if r.get("variant") != "fp32"]
     if converted:
         inputs = report.get("comparison_inputs") or {}
